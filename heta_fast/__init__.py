@@ -1,0 +1,26 @@
+"""heta-fast: fast HETA (Hessian-Enhanced Token Attribution) for decoder-only language models.
+
+Importing this package imports neither Triton nor the model stack beyond torch, and never
+queries CUDA; the Triton kernels in ``heta_fast.kernels`` load only when a GPU path runs.
+"""
+from __future__ import annotations
+
+from .config import HETAConfig
+from .errors import (ConfigError, HetaError, InputError, MemoryBudgetError, ModelLoadError,
+                     NonFiniteError, UnsupportedArchitectureError)
+from .result import Attribution, FailedAttribution
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The engine pulls in transformers; load it on first use only.
+    if name == "Attributor":
+        from .engine import Attributor
+
+        return Attributor
+    raise AttributeError(f"module 'heta_fast' has no attribute {name!r}")
+
+
+__all__ = ["Attributor", "HETAConfig", "Attribution", "FailedAttribution", "HetaError", "ConfigError",
+           "InputError", "ModelLoadError", "NonFiniteError", "UnsupportedArchitectureError", "MemoryBudgetError"]

@@ -1,0 +1,93 @@
+"""The ``heta-fast`` command line: attribute, demo.
+
+Errors a user can cause print one line on stderr and exit with status 2; they never show a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEMO_PROMPT = ("Photosynthesis primarily occurs in the leaves of the plant. Question: In which part "
+               "of the plant does photosynthesis take place? Answer: the")
+DEMO_TARGET = " leaves"
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model alias (default: smollm2-135m), .gguf file, folder or hub id")
+    p.add_argument("--beta", type=float, default=0.5, help="weight of the curvature term (default 0.5)")
+    p.add_argument("--gamma", type=float, default=0.5, help="weight of the information term (default 0.5)")
+    p.add_argument("--components", default="flow,curvature,information",
+                   help="comma-separated subset of flow,curvature,information")
+    p.add_argument("--num-probes", type=int, default=10, help="Hutchinson probes per token (default 10)")
+    p.add_argument("--mask-scheme", default="zero", help="zero | mean | pad | unk (default zero)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="float32 | float64 | float16 | bfloat16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--top", type=int, default=5, help="how many top tokens to list")
+    p.add_argument("--words", action="store_true", help="aggregate token scores into words")
+    p.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
+    p.add_argument("--html", dest="html_out", default=None, help="write an HTML heatmap to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heta-fast", description="Fast HETA token attribution for decoder-only LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    att = sub.add_parser("attribute", help="attribute a target continuation to its prompt")
+    att.add_argument("--prompt", required=True, help="the context text")
+    att.add_argument("--target", required=True, help="the continuation to attribute (one or more tokens)")
+    _config_args(att)
+    demo = sub.add_parser("demo", help="run the default model on a built-in example")
+    _config_args(demo)
+    return parser
+
+
+def _config_from(args):
+    from .config import HETAConfig
+
+    comps = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    return HETAConfig(beta=args.beta, gamma=args.gamma, components=comps, num_probes=args.num_probes,
+                      mask_scheme=args.mask_scheme, seed=args.seed, dtype=args.dtype, device=args.device)
+
+
+def _run(args) -> int:
+    from .engine import Attributor
+
+    config = _config_from(args)
+    prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)
+    if args.command == "demo":
+        print(f"prompt: {prompt!r}\ntarget: {target!r}", flush=True)
+    attributor = Attributor.from_pretrained(args.model, config=config)
+    result = attributor.attribute(prompt, target)
+    shown = result.aggregate("words") if args.words else result
+    shown.show(k=args.top)
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    print(f"time: {timings}")
+    if args.json_out:
+        result.to_json(args.json_out)
+        print(f"wrote {args.json_out}")
+    if args.html_out:
+        result.to_html(args.html_out)
+        print(f"wrote {args.html_out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import HetaError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (HetaError, NotImplementedError) as exc:
+        print(f"heta-fast: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output path and the like
+        print(f"heta-fast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heta-fast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The model adapter: a loaded causal LM plus its architecture module map.
+
+It turns token ids into input embeddings and runs the model *from embeddings*, because every
+HETA signal perturbs or differentiates the input embeddings (positions are added inside the
+model for absolute-position architectures, so masking a token never moves a position).
+
+``capture`` runs one forward pass and records what the flow gate needs: per-layer attention
+probabilities, the values of the normalised attention input (bias included) and the per-head
+output projection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import ArchitectureSpec, HeadLayout, head_layout_from_config, spec_for_config
+
+
+@dataclass
+class ForwardCapture:
+    """What one forward pass of a single sequence of n tokens leaves behind.
+
+    log_probs:   [n, V]  next-token log-probabilities at every position
+    attentions:  list over layers of [H, n, n] attention probabilities (row = query)
+    values:      list over layers of [Hkv, n, dh] values of the normalised attention input
+    out_proj:    list over layers of [H, dh, d_model] per-head output projections
+    """
+
+    log_probs: torch.Tensor
+    attentions: list[torch.Tensor]
+    values: list[torch.Tensor]
+    out_proj: list[torch.Tensor]
+    layout: HeadLayout
+
+
+class ModelAdapter:
+    """A causal LM with its :class:`ArchitectureSpec`; the only place that calls the model."""
+
+    def __init__(self, model: nn.Module, spec: ArchitectureSpec | None = None):
+        self.model = model
+        self.spec = spec or spec_for_config(model.config)
+        self.layout = head_layout_from_config(model.config)
+        self.layers = self.spec.layers(model)
+        # Double backward (curvature) and returned attention weights (flow) both need the
+        # eager attention path: fused SDPA/flash kernels have no double backward and do not
+        # expose probabilities. Forced here, for every entry point.
+        model.config._attn_implementation = "eager"
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def max_length(self) -> int | None:
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            v = getattr(cfg, name, None)
+            if v:
+                return int(v)
+        return None
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [n] -> input embeddings [n, d_model] (detached)."""
+        emb = self.model.get_input_embeddings()
+        return emb(ids.to(self.device)).detach()
+
+    def logits(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, n, d] -> logits [B, P, V] at ``positions`` (all n if None). Differentiable."""
+        if positions is None:
+            return self.model(inputs_embeds=embeds, use_cache=False).logits
+        # Only the requested positions reach the LM head (a [n, V] logits block per sequence
+        # would dominate the cost of short inputs with large vocabularies).
+        keep = positions.to(embeds.device)
+        return self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep).logits
+
+    def log_probs(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, n, d] -> next-token log-probabilities [B, P, V] (float32 at least)."""
+        logits = self.logits(embeds, positions)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return torch.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def capture(self, embeds: torch.Tensor) -> ForwardCapture:
+        """One forward pass of embeds [n, d]; see :class:`ForwardCapture`."""
+        attn_inputs: dict[int, torch.Tensor] = {}
+        handles = []
+        for idx, layer in enumerate(self.layers):
+            attn = self.spec.attention(layer)
+
+            def hook(module, args, kwargs, idx=idx):
+                x = args[0] if args else kwargs["hidden_states"]
+                attn_inputs[idx] = x
+
+            handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            out = self.model(inputs_embeds=embeds[None], output_attentions=True, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        if out.attentions is None or len(out.attentions) != len(self.layers):
+            raise RuntimeError("the model did not return attention weights from the eager path")
+        values, out_proj = [], []
+        for idx, layer in enumerate(self.layers):
+            attn = self.spec.attention(layer)
+            values.append(self.spec.values(attn, self.layout, attn_inputs[idx])[0].transpose(0, 1))
+            out_proj.append(self.spec.out_proj(attn, self.layout))
+        logits = out.logits[0]
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return ForwardCapture(
+            log_probs=torch.log_softmax(logits, dim=-1),
+            attentions=[a[0] for a in out.attentions],
+            values=values,
+            out_proj=out_proj,
+            layout=self.layout,
+        )

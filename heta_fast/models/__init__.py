@@ -1,0 +1,1 @@
+"""Model loading: aliases, GGUF conversion cache, local folders and hub ids."""

@@ -1,0 +1,158 @@
+"""The reference engine: HETA written plainly, readable before fast (the oracle).
+
+Every fast path is tested against these functions. They run on the CPU, in float64 when the
+model and inputs are float64, and they materialise everything (attention matrices, full
+vocabulary distributions, one HVP at a time). Exact semantics: docs/method.md.
+
+Notation: the model input is a single sequence of n embeddings X [n, d]. The first
+``n_context`` positions are the context (the prompt); a target token x_t sits at input
+position ``p_t + 1`` and is predicted from position ``p_t``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .model_adapter import ModelAdapter
+
+
+# ----------------------------------------------------------------------------- flow gate M_T
+def value_norms_reference(values: torch.Tensor, out_proj: torch.Tensor) -> torch.Tensor:
+    """‖v_i W_O^h‖₁ for every head and token.
+
+    values:   [Hkv, n, dh]  values of the normalised attention input (bias included)
+    out_proj: [H, dh, d_model]
+    returns:  [H, n]; query head h reads KV head h // (H // Hkv)
+    """
+    num_heads, num_kv = out_proj.shape[0], values.shape[0]
+    group = num_heads // num_kv
+    per_head = values.repeat_interleave(group, dim=0)  # [H, n, dh]
+    return torch.einsum("hnk,hkd->hnd", per_head, out_proj).abs().sum(-1)
+
+
+def flow_gate_reference(
+    attentions: list[torch.Tensor],
+    value_norms: list[torch.Tensor],
+    target_positions: torch.Tensor,
+    n_context: int,
+) -> torch.Tensor:
+    """Semantic flow gate M_T for each target (materialised attention rollout).
+
+    attentions:       L tensors [H, n, n], attention probabilities (row = query), bottom layer first
+    value_norms:      L tensors [H, n]
+    target_positions: [T] positions p_t that predict each target
+    returns:          [T, n_context], each row on the simplex (all zeros if no flow reaches the context)
+
+    r^(L) = one-hot(p_t); for l = L..1: Φ^(l,h) = r^(l) A^(l,h); M += Σ_h Φ^(l,h) ⊙ vn^(l,h);
+    r^(l-1) = r^(l) Â^(l) with Â = ½ mean_h A^(l,h) + ½ I, row-normalised.
+    """
+    n = attentions[0].shape[-1]
+    dtype = attentions[0].dtype
+    rows = []
+    for p in target_positions.tolist():
+        r = torch.zeros(n, dtype=dtype)
+        r[p] = 1.0
+        m = torch.zeros(n, dtype=dtype)
+        for attn, vn in zip(reversed(attentions), reversed(value_norms)):
+            phi = torch.einsum("j,hji->hi", r, attn.to(dtype))  # [H, n]
+            m = m + (phi * vn.to(dtype)).sum(0)
+            a_hat = 0.5 * attn.to(dtype).mean(0) + 0.5 * torch.eye(n, dtype=dtype)
+            a_hat = a_hat / a_hat.sum(-1, keepdim=True)
+            r = r @ a_hat
+        rows.append(_simplex(m[:n_context]))
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------- curvature S_i
+def rademacher_probes(n_context: int, num_probes: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """The block-restricted probes of the curvature estimator: [n_context, m, d] of ±1.
+
+    Probe (i, k) is zero outside token i's embedding block; only its block is stored. One
+    seeded draw, in this order, so that every implementation uses identical probes.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    signs = torch.randint(0, 2, (n_context, num_probes, d), generator=g)
+    return (signs * 2 - 1).to(dtype)
+
+
+def target_log_prob(adapter: ModelAdapter, embeds: torch.Tensor, position: int, token_id: int) -> torch.Tensor:
+    """f(X) = log p(x_T = token_id | X[:position+1]); embeds [n, d] -> scalar."""
+    logp = adapter.log_probs(embeds[None, : position + 1], torch.tensor([position]))
+    return logp[0, 0, token_id]
+
+
+def hvp_reference(adapter: ModelAdapter, embeds: torch.Tensor, position: int, token_id: int,
+                  vector: torch.Tensor) -> torch.Tensor:
+    """H v by Pearlmutter's trick (double backward), H = ∇²_X f(X). embeds, vector [n, d] -> [n, d]."""
+    x = embeds.detach().clone().requires_grad_(True)
+    f = target_log_prob(adapter, x, position, token_id)
+    (grad,) = torch.autograd.grad(f, x, create_graph=True)
+    (hv,) = torch.autograd.grad((grad * vector).sum(), x)
+    return hv
+
+
+def curvature_reference(adapter: ModelAdapter, embeds: torch.Tensor, position: int, token_id: int,
+                        n_context: int, probes: torch.Tensor) -> torch.Tensor:
+    """S_i = (1/m) Σ_k ‖Π_i H (Π_i r_k)‖₁, one HVP per (i, k), sequentially.
+
+    embeds: [n, d]; probes: [n_context, m, d] (see :func:`rademacher_probes`); returns [n_context].
+    """
+    x = embeds[: position + 1]
+    m = probes.shape[1]
+    out = torch.zeros(n_context, dtype=x.dtype)
+    for i in range(n_context):
+        total = torch.zeros((), dtype=x.dtype)
+        for k in range(m):
+            v = torch.zeros_like(x)
+            v[i] = probes[i, k].to(x.dtype)
+            hv = hvp_reference(adapter, x, position, token_id, v)
+            total = total + hv[i].abs().sum()
+        out[i] = total / m
+    return out
+
+
+# ----------------------------------------------------------------------------- information I_i
+def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) over the last axis from log-probabilities; terms with p = 0 contribute 0."""
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+def information_reference(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: torch.Tensor,
+                          n_context: int, mask_vectors: torch.Tensor) -> torch.Tensor:
+    """I_i = KL(P_orig ‖ P_masked^(i)) at every target position; one full forward per masked token.
+
+    embeds: [n, d]; target_positions: [T]; mask_vectors: [n_context, d] (row i replaces x_i)
+    returns [T, n_context]
+    """
+    with torch.no_grad():
+        orig = adapter.log_probs(embeds[None], target_positions)[0]  # [T, V]
+        cols = []
+        for i in range(n_context):
+            masked = embeds.clone()
+            masked[i] = mask_vectors[i].to(embeds.dtype)
+            logq = adapter.log_probs(masked[None], target_positions)[0]
+            cols.append(kl_divergence(orig, logq))
+    return torch.stack(cols, dim=1)
+
+
+# ----------------------------------------------------------------------------- combination
+def combine(flow: torch.Tensor | None, curvature: torch.Tensor | None, information: torch.Tensor | None,
+            beta: float, gamma: float) -> torch.Tensor:
+    """Attr = M ⊙ (β S + γ I), using only the components that were computed.
+
+    Without the flow gate the score is ungated (β S + γ I); with the gate alone it is M.
+    """
+    inner = None
+    if curvature is not None:
+        inner = beta * curvature
+    if information is not None:
+        inner = gamma * information if inner is None else inner + gamma * information
+    if flow is None:
+        return inner
+    return flow if inner is None else flow * inner
+
+
+def _simplex(v: torch.Tensor) -> torch.Tensor:
+    total = v.sum()
+    return v / total if total > 0 else torch.zeros_like(v)

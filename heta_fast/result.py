@@ -1,0 +1,163 @@
+"""Attribution results: the scores, their components, the tokens, and (de)serialisation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+COMPONENT_NAMES = ("flow", "curvature", "information")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Attribution:
+    """HETA (or baseline) attribution of target tokens to context tokens.
+
+    scores:       [n_target_tokens, n_context] Attr(i -> t); row t is conditioned on the
+                  context plus target tokens < t
+    flow, curvature, information: same shape, or None when that component was not computed
+    context_tokens / target_tokens: decoded text of each token (or word, after aggregation)
+    """
+
+    scores: torch.Tensor
+    context_tokens: list[str]
+    target_tokens: list[str]
+    flow: torch.Tensor | None = None
+    curvature: torch.Tensor | None = None
+    information: torch.Tensor | None = None
+    context_ids: list[int] | None = None
+    target_ids: list[int] | None = None
+    prompt: str | None = None
+    method: str = "heta"
+    model: str | None = None
+    config: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    unit: str = "tokens"
+    ok: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        t, n = len(self.target_tokens), len(self.context_tokens)
+        for name in ("scores",) + COMPONENT_NAMES:
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (t, n):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({t}, {n})")
+
+    # ------------------------------------------------------------------ queries
+    def row(self, target: int | None = None) -> torch.Tensor:
+        """Scores for one target token [n_context], or summed over targets when ``target`` is None."""
+        return self.scores.sum(0) if target is None else self.scores[target]
+
+    def topk(self, k: int = 5, target: int | None = None) -> list[tuple[int, str, float]]:
+        """The k highest-scoring context units as (index, text, score), highest first."""
+        row = self.row(target)
+        k = min(int(k), row.numel())
+        values, idx = torch.topk(row.double(), k)
+        return [(int(i), self.context_tokens[int(i)], float(v)) for v, i in zip(values, idx)]
+
+    # ------------------------------------------------------------------ aggregation
+    def aggregate(self, unit: str = "words") -> "Attribution":
+        """Sum token scores (and components) into words: a word starts at a token beginning with white space."""
+        if unit != "words":
+            raise ValueError(f"unknown aggregation unit {unit!r}; only 'words' is supported")
+        groups: list[list[int]] = []
+        for i, tok in enumerate(self.context_tokens):
+            if not groups or tok[:1].isspace() or not tok.strip():
+                groups.append([i])
+            else:
+                groups[-1].append(i)
+        index = torch.zeros(len(self.context_tokens), dtype=torch.long)
+        for g, members in enumerate(groups):
+            index[members] = g
+
+        def pool(x):
+            if x is None:
+                return None
+            out = torch.zeros(x.shape[0], len(groups), dtype=x.dtype)
+            return out.index_add_(1, index, x)
+
+        words = ["".join(self.context_tokens[i] for i in members) for members in groups]
+        return Attribution(
+            scores=pool(self.scores), flow=pool(self.flow), curvature=pool(self.curvature),
+            information=pool(self.information), context_tokens=words, target_tokens=list(self.target_tokens),
+            context_ids=None, target_ids=self.target_ids, prompt=self.prompt, method=self.method,
+            model=self.model, config=dict(self.config), timings=dict(self.timings), unit="words",
+        )
+
+    # ------------------------------------------------------------------ rendering
+    def show(self, k: int = 5, file=None, color: bool | None = None) -> None:
+        """Print a heatmap of the context and the top-k tokens to the terminal."""
+        from .render import render_terminal
+
+        print(render_terminal(self, k=k, color=color), file=file)
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write a self-contained HTML heatmap; returns the path."""
+        from .render import render_html
+
+        path = Path(path)
+        path.write_text(render_html(self), encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        def lst(x):
+            return None if x is None else x.double().tolist()
+
+        return {
+            "format_version": FORMAT_VERSION, "method": self.method, "model": self.model,
+            "prompt": self.prompt, "unit": self.unit,
+            "context_tokens": self.context_tokens, "target_tokens": self.target_tokens,
+            "context_ids": self.context_ids, "target_ids": self.target_ids,
+            "scores": lst(self.scores), "flow": lst(self.flow), "curvature": lst(self.curvature),
+            "information": lst(self.information), "config": self.config, "timings": self.timings,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """JSON text of the result; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Attribution":
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported attribution format version {d.get('format_version')!r}")
+
+        def ten(x):
+            return None if x is None else torch.tensor(x, dtype=torch.float64).reshape(
+                len(d["target_tokens"]), len(d["context_tokens"]))
+
+        return cls(
+            scores=ten(d["scores"]), flow=ten(d.get("flow")), curvature=ten(d.get("curvature")),
+            information=ten(d.get("information")), context_tokens=list(d["context_tokens"]),
+            target_tokens=list(d["target_tokens"]), context_ids=d.get("context_ids"),
+            target_ids=d.get("target_ids"), prompt=d.get("prompt"), method=d.get("method", "heta"),
+            model=d.get("model"), config=d.get("config") or {}, timings=d.get("timings") or {},
+            unit=d.get("unit", "tokens"),
+        )
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "Attribution":
+        """Read a result written by :meth:`to_json` (a path, or the JSON text itself)."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class FailedAttribution:
+    """The result slot of a request that could not be attributed (``attribute_many``)."""
+
+    index: int
+    prompt: object
+    target: object
+    error_type: str
+    message: str
+    ok: bool = field(default=False, init=False)
+
+    def __str__(self) -> str:
+        return f"request {self.index} failed: {self.error_type}: {self.message}"

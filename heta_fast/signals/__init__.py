@@ -1,0 +1,1 @@
+"""The three HETA signals, each a function of what the model adapter gives it."""
