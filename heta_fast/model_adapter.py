@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import register as register_attention
 from .adapters import ArchitectureSpec, HeadLayout, head_layout_from_config, spec_for_config
 
 
@@ -43,10 +44,10 @@ class ModelAdapter:
         self.spec = spec or spec_for_config(model.config)
         self.layout = head_layout_from_config(model.config)
         self.layers = self.spec.layers(model)
-        # Double backward (curvature) and returned attention weights (flow) both need the
+        # Double backward (curvature) and returned attention weights (flow) both need an
         # eager attention path: fused SDPA/flash kernels have no double backward and do not
-        # expose probabilities. Forced here, for every entry point.
-        model.config._attn_implementation = "eager"
+        # expose probabilities. Forced here, for every entry point (see heta_fast/attention.py).
+        model.set_attn_implementation(register_attention())
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
