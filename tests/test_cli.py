@@ -1,0 +1,66 @@
+"""The heta-fast command line: output, files, and one-line errors without tracebacks."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from heta_fast import Attribution
+from heta_fast.cli import main
+
+
+def _run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_attribute_on_a_model_folder_writes_json_and_html(tiny_model_dir, tmp_path, capsys):
+    js, page = tmp_path / "r.json", tmp_path / "r.html"
+    code, out, err = _run(["attribute", "--model", str(tiny_model_dir), "--prompt", "w1 w2 w3 w4",
+                           "--target", "w5 w6", "--num-probes", "2", "--json", str(js), "--html", str(page)], capsys)
+    assert code == 0, err
+    assert "target 0: 'w5'" in out and "target 1: 'w6'" in out and "rank" in out
+    res = Attribution.from_json(js)
+    assert res.scores.shape == (2, 4) and res.context_tokens == ["w1", "w2", "w3", "w4"]
+    assert "<span" in page.read_text()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--model", "nosuchmodel", "--prompt", "w1", "--target", "w2"], "unknown model 'nosuchmodel'"),
+    (["--prompt", "", "--target", "w2"], "prompt is empty"),
+    (["--prompt", "w1 w2", "--target", " "], "tokenises to no tokens"),
+    (["--prompt", "w1 " * 80, "--target", "w2"], "maximum is 64"),
+    (["--prompt", "w1", "--target", "w2", "--beta", "-1"], "beta must be"),
+    (["--prompt", "w1", "--target", "w2", "--components", "flow,magic"], "unknown component"),
+    (["--prompt", "w1", "--target", "w2", "--mask-scheme", "blank"], "mask_scheme"),
+])
+def test_user_errors_print_one_line_and_exit_2(tiny_model_dir, capsys, args, match):
+    if "--model" not in args:
+        args = ["--model", str(tiny_model_dir)] + args
+    code, out, err = _run(["attribute"] + args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("heta-fast: error:") and match in lines[0]
+    assert "Traceback" not in err
+
+
+def test_non_finite_model_output_is_one_line(tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    broken = tmp_path / "broken"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    for f in tiny_model_dir.iterdir():
+        if "token" in f.name:
+            (broken / f.name).write_bytes(f.read_bytes())
+    code, _, err = _run(["attribute", "--model", str(broken), "--prompt", "w1 w2", "--target", "w3"], capsys)
+    assert code == 2 and "non-finite" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_works_everywhere():
+    for args in ([], ["attribute"], ["demo"]):
+        proc = subprocess.run([sys.executable, "-m", "heta_fast", *args, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: heta-fast" in proc.stdout

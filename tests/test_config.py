@@ -1,0 +1,45 @@
+import pytest
+
+from heta_fast import HETAConfig
+from heta_fast.errors import ConfigError
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(beta=-0.1), "beta"),
+    (dict(gamma=float("nan")), "gamma"),
+    (dict(beta="1"), "beta"),
+    (dict(components=()), "non-empty"),
+    (dict(components=("flow", "gradient")), "unknown component"),
+    (dict(components=("flow", "flow")), "duplicates"),
+    (dict(num_probes=0), "num_probes"),
+    (dict(num_probes=2.5), "num_probes"),
+    (dict(estimator="magic"), "estimator"),
+    (dict(mask_scheme="blank"), "mask_scheme"),
+    (dict(window_overlap=1.0), "window_overlap"),
+    (dict(window_size=-1), "window_size"),
+    (dict(dtype="int8"), "dtype"),
+    (dict(memory_budget=0), "memory_budget"),
+    (dict(seed=1.5), "seed"),
+])
+def test_bad_values_raise_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        HETAConfig(**kwargs)
+
+
+def test_config_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        HETAConfig(beta=-1)
+
+
+@pytest.mark.parametrize("kwargs", [dict(window_size=512), dict(layer_subset=6), dict(use_fisher=True)])
+def test_options_of_later_releases_refuse_to_run(kwargs):
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        HETAConfig(**kwargs)
+
+
+def test_defaults_round_trip_and_single_component_string():
+    cfg = HETAConfig(components="flow", beta=0.3)
+    assert cfg.components == ("flow",)
+    assert HETAConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown HETAConfig fields"):
+        HETAConfig.from_dict({"betta": 1})
