@@ -1,0 +1,256 @@
+"""Triton kernel for the streaming flow step (see ``heta_fast.ops.flow``).
+
+Computes the per-head flow
+
+    Phi[t, h, i] = sum_j r[t, j] * A[h, j, i],
+    A[h, j, i]   = exp(scale * q[h, j] . k[kv(h), i] - lse[h, j])   (allowed j, i; else 0)
+
+without ever writing A.  Layout of the work:
+
+* grid = (cdiv(n_rows, BLOCK_N), H, cdiv(T, BLOCK_T)).  Program (i, h, t) owns the key
+  tile ``[i*BLOCK_N, (i+1)*BLOCK_N)`` of head h and the target slice
+  ``[t*BLOCK_T, (t+1)*BLOCK_T)``.  Its k tile stays in registers while it loops over
+  query tiles j, flash-attention style (transposed: keys outer, queries inner, because
+  the reduction runs over queries).
+* Only query tiles that can see the key tile are visited: j >= first key (causal) and
+  j < last key + window (sliding window), and j < n_rows, the row after the last
+  target position (rows past it carry no rollout mass).
+* Per query tile: ``s = q k^T`` with ``tl.dot(input_precision="ieee")`` (fp32
+  accumulation whatever the input dtype), ``p = exp(scale*s - lse)`` masked to exact
+  zeros, and ``acc += r_tile @ p`` (an fp32 ``tl.dot`` with T padded to >= 16, or a
+  broadcast multiply-reduce for T <= 2, where padding would waste most of the work).
+* The head reduction (``sum_h Phi*vn`` and ``mean_h Phi``) is O(T*H*n) and done in torch
+  by :func:`heta_fast.ops.flow.combine_heads`.
+
+Only ``tl.exp`` is used (no libdevice), so the kernel also runs under
+``TRITON_INTERPRET=1`` on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from heta_fast.ops.flow import _check_inputs, active_rows, combine_heads
+
+__all__ = ["flow_step_triton"]
+
+# Fixed tiles under the interpreter.  Its cost is per program and per op, not per
+# element (n=333, H=9: 5.7 s with 16x16 tiles, 1.7 s with 32x32), and 32 still leaves
+# tails for odd n.  Tests pin 16 (the smallest tl.dot size) where they want many tiles.
+_INTERPRET_BLOCK_M = 32
+_INTERPRET_BLOCK_N = 32
+# Targets per program; more targets spread over the third grid axis.  Up to _SMALL_T
+# targets are reduced with a broadcast multiply-sum instead of a (padded) tl.dot; the
+# [BLOCK_T, BLOCK_M, BLOCK_N] product must stay small enough for registers.
+_MAX_BLOCK_T = 64
+_SMALL_T = 2
+
+
+# ---------------------------------------------------------------------------
+# device code
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _flow_phi_kernel(
+    q_ptr,
+    k_ptr,
+    lse_ptr,
+    r_ptr,
+    phi_ptr,
+    scale,
+    n_rows,
+    n_targets,
+    head_dim,
+    rep,
+    window,
+    stride_qh,
+    stride_qn,
+    stride_qd,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_lh,
+    stride_ln,
+    stride_rt,
+    stride_rn,
+    stride_pt,
+    stride_ph,
+    stride_pn,
+    HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """Phi[t, h, keys of this tile] for one (key tile, head, target slice)."""
+    pid_n = tl.program_id(0)
+    head = tl.program_id(1)
+    pid_t = tl.program_id(2)
+    kv_head = head // rep
+
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    n_ok = offs_n < n_rows
+    d_ok = offs_d < head_dim  # head dim padded to a power of two (dh = 80 -> 128)
+    t_ok = offs_t < n_targets
+
+    # k tile [BLOCK_N, BLOCK_D]; padded lanes are 0 so they add nothing to q.k.
+    k_ptrs = k_ptr + kv_head * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    k_tile = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    k_t = tl.trans(k_tile)
+
+    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+
+    # Queries that can see any key of the tile: causal j >= start_n, window
+    # j < start_n + BLOCK_N - 1 + window, and j < n_rows.
+    m_lo = (start_n // BLOCK_M) * BLOCK_M
+    m_hi = n_rows
+    if HAS_WINDOW:
+        m_hi = tl.minimum(m_hi, start_n + BLOCK_N - 1 + window)
+    for start_m in range(m_lo, m_hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < n_rows
+        q_ptrs = q_ptr + head * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
+        q_tile = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        lse = tl.load(lse_ptr + head * stride_lh + offs_m * stride_ln, mask=m_ok, other=0.0)
+
+        s = tl.dot(q_tile, k_t, input_precision="ieee", out_dtype=tl.float32)
+        s = s * scale - lse[:, None]
+        allowed = (offs_n[None, :] <= offs_m[:, None]) & m_ok[:, None] & n_ok[None, :]
+        if HAS_WINDOW:
+            allowed = allowed & (offs_n[None, :] > offs_m[:, None] - window)
+        # Mask before exp: scores of hidden (future) keys are not bounded by lse.
+        p = tl.exp(tl.where(allowed, s, float("-inf")))
+
+        r_ptrs = r_ptr + offs_t[:, None] * stride_rt + offs_m[None, :] * stride_rn
+        r_tile = tl.load(r_ptrs, mask=t_ok[:, None] & m_ok[None, :], other=0.0)
+        if BLOCK_T >= 16:
+            acc += tl.dot(r_tile, p, input_precision="ieee", out_dtype=tl.float32)
+        else:
+            # One or two targets (T = 1 is the common case): tl.dot needs >= 16 rows and
+            # padding r to 16 would waste most of it; multiply-reduce is cheaper.
+            acc += tl.sum(r_tile[:, :, None] * p[None, :, :], axis=1)
+
+    phi_ptrs = phi_ptr + offs_t[:, None] * stride_pt + head * stride_ph + offs_n[None, :] * stride_pn
+    tl.store(phi_ptrs, acc, mask=t_ok[:, None] & n_ok[None, :])
+
+
+# ---------------------------------------------------------------------------
+# host code
+# ---------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    """True when triton runs kernels through its CPU interpreter."""
+    try:
+        return bool(triton.knobs.runtime.interpret)
+    except AttributeError:  # older triton without knobs
+        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _autotuned_kernel():
+    """The kernel wrapped in ``triton.autotune``; only built for real GPU runs."""
+    configs = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm in (32, 64, 128)
+        for bn in (32, 64, 128)
+        for w in (4, 8)
+        for s in (2, 3)
+        if bm * bn <= 64 * 128
+    ]
+    # n_rows changes every call, so it is deliberately not part of the key.
+    return triton.autotune(configs=configs, key=["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW"])(
+        _flow_phi_kernel
+    )
+
+
+def _prepare(q, k, lse, r):
+    """Kernel-ready operands: q/k in one 16/32-bit float dtype, lse and r in fp32.
+
+    float64 inputs run the fp32 kernel (the GPU fp64 dot is slow or absent); the exact
+    float64 path is ``flow_step_blocked``.
+    """
+    dt = q.dtype if q.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+    return q.to(dt), k.to(dt), lse.to(torch.float32), r.to(torch.float32).contiguous()
+
+
+def flow_step_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    r: torch.Tensor,
+    vn: torch.Tensor,
+    window: Optional[int] = None,
+    block_m: Optional[int] = None,
+    block_n: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One flow-rollout layer with the Triton kernel.
+
+    Args:
+        q: [H, n, dh] rotary queries (not pre-scaled); fp16/bf16/fp32.
+        k: [Hkv, n, dh] rotary keys; query head h reads kv head h // (H // Hkv).
+        lse: [H, n] natural-log softmax denominator per query row.
+        scale: score scale (usually dh**-0.5).
+        r: [T, n] rollout rows.
+        vn: [H, n] value norms.
+        window: sliding window length or None (plain causal).
+        block_m, block_n: pin the query/key tile sizes (default: autotuned on a GPU,
+            32 under the interpreter).
+
+    Returns:
+        flow [T, n] and r_next [T, n] in fp32.
+
+    Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before
+    triton was imported.
+    """
+    _check_inputs(q, k, lse, r, vn, window)
+    interpret = _interpreting()
+    if not q.is_cuda and not interpret:
+        raise RuntimeError(
+            "flow_step_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"
+        )
+    q, k, lse, r = _prepare(q, k, lse, r)
+    n_heads, n, dh = q.shape
+    n_targets = r.shape[0]
+    phi = torch.zeros(n_targets, n_heads, n, dtype=torch.float32, device=q.device)
+    n_rows = active_rows(r)  # one host sync; bounds both grid and query loop
+    if n_rows > 0 and n_targets > 0:
+        _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_n)
+    return combine_heads(phi, r, vn.to(torch.float32))
+
+
+def _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_n) -> None:
+    """Pick tiles (fixed or autotuned) and launch the kernel; fills ``phi`` [T, H, n]."""
+    n_heads, _, dh = q.shape
+    n_targets = r.shape[0]
+    block_d = max(16, triton.next_power_of_2(dh))
+    # T <= _SMALL_T: exact power-of-two tile, reduced without tl.dot; else >= 16 rows.
+    block_t = triton.next_power_of_2(n_targets)
+    if block_t > _SMALL_T:
+        block_t = min(_MAX_BLOCK_T, max(16, block_t))
+    args = (
+        q, k, lse, r, phi, float(scale), n_rows, n_targets, dh,
+        n_heads // k.shape[0], 0 if window is None else int(window),
+        *q.stride(), *k.stride(), *lse.stride(), *r.stride(), *phi.stride(),
+    )
+    flags = {"HAS_WINDOW": window is not None, "BLOCK_D": block_d, "BLOCK_T": block_t}
+    n_t_tiles = triton.cdiv(n_targets, block_t)
+    if interpret or block_m is not None or block_n is not None:
+        bm = block_m or _INTERPRET_BLOCK_M
+        bn = block_n or _INTERPRET_BLOCK_N
+        grid = (triton.cdiv(n_rows, bn), n_heads, n_t_tiles)
+        _flow_phi_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn)
+    else:
+        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), n_heads, n_t_tiles)  # noqa: E731
+        _autotuned_kernel()[grid](*args, **flags)

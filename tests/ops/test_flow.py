@@ -1,0 +1,384 @@
+"""Tests for the streaming flow step (heta_fast.ops.flow, heta_fast.kernels.flow).
+
+Every fast path is compared with ``flow_step_reference`` evaluated in float64 on the
+*same* (already rounded) inputs, so tolerances only absorb the fast path's own fp32
+arithmetic.  The reference itself is checked against explicit Python loops, and a
+3-layer chain is checked against a rollout written independently in this file.  The
+Triton kernel runs under ``TRITON_INTERPRET=1`` on CPU (set in tests/conftest.py)
+unless a GPU is present.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from heta_fast.ops.flow import (
+    attention_probs_reference,
+    flow_step,
+    flow_step_blocked,
+    flow_step_reference,
+    lse_reference,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Relative tolerance (w.r.t. the largest |expected|) by input dtype.  fp16 inputs are
+# exact in fp32, but on a GPU the q.k products go through tensor cores, so keep slack.
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-4}
+
+GQA = [(9, 3), (4, 1), (4, 4)]  # (H, Hkv): default model 9:3, 4:1, MHA
+
+
+# ---------------------------------------------------------------------------
+# case construction
+# ---------------------------------------------------------------------------
+
+
+def make_rows(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Rollout rows r [T, n] (float64) of a given kind; every row sums to 1.
+
+    onehot1: one target at the last position.
+    onehot3: targets at n-1, n//2 and 0 (tiles between them carry no mass).
+    general: 4 probability rows whose support ends at different positions.
+    """
+    if kind == "onehot1":
+        r = torch.zeros(1, n, dtype=torch.float64)
+        r[0, n - 1] = 1.0
+        return r
+    if kind == "onehot3":
+        r = torch.zeros(3, n, dtype=torch.float64)
+        for t, p in enumerate((n - 1, n // 2, 0)):
+            r[t, p] = 1.0
+        return r
+    if kind == "general":
+        r = torch.rand(4, n, generator=gen, dtype=torch.float64)
+        for t, p in enumerate((n - 1, (2 * n) // 3, n // 4, 0)):
+            r[t, p + 1 :] = 0.0  # a rollout row has no mass after its target
+        return r / r.sum(dim=-1, keepdim=True)
+    raise ValueError(kind)
+
+
+def make_case(heads, n, dh, window, dtype, rows="general", seed=0, amp=2.0):
+    """Inputs of one layer: (q, k, lse, scale, r, vn) with q/k in ``dtype``.
+
+    ``amp`` > 1 sharpens the attention (scores ~ N(0, amp^2)) so exp() is stressed.
+    lse is computed in float64 from the rounded q, k (as the model would provide it)
+    and handed over in float32 (float64 for float64 cases).
+    """
+    n_heads, n_kv = heads
+    gen = torch.Generator().manual_seed(seed)
+    q = (amp * torch.randn(n_heads, n, dh, generator=gen, dtype=torch.float64)).to(dtype)
+    k = torch.randn(n_kv, n, dh, generator=gen, dtype=torch.float64).to(dtype)
+    scale = dh**-0.5
+    side = torch.float64 if dtype == torch.float64 else torch.float32
+    lse = lse_reference(q.double(), k.double(), scale, window).to(side)
+    vn = (torch.rand(n_heads, n, generator=gen, dtype=torch.float64) * 3.0).to(side)
+    r = make_rows(rows, n, gen).to(side)
+    return q, k, lse, scale, r, vn
+
+
+def to_device(*ts):
+    return tuple(t.to(DEVICE) for t in ts)
+
+
+def oracle(q, k, lse, scale, r, vn, window):
+    """flow_step_reference in float64 on the same (rounded) inputs."""
+    return flow_step_reference(
+        q.double().cpu(), k.double().cpu(), lse.double().cpu(), scale,
+        r.double().cpu(), vn.double().cpu(), window,
+    )
+
+
+def assert_rel_close(actual, expected, rtol, what=""):
+    """|actual - expected| <= rtol * max|expected| elementwise (plus the same rtol)."""
+    actual = actual.double().cpu()
+    atol = rtol * max(float(expected.abs().max()), 1e-300)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+# ---------------------------------------------------------------------------
+# the references themselves
+# ---------------------------------------------------------------------------
+
+
+def _loop_probs(q, k, scale, window):
+    """A[h, j, i] by explicit loops over allowed keys (float64, tiny n only)."""
+    n_heads, n, _ = q.shape
+    rep = n_heads // k.shape[0]
+    probs = torch.zeros(n_heads, n, n, dtype=torch.float64)
+    for h in range(n_heads):
+        for j in range(n):
+            keys = [i for i in range(n) if i <= j and (window is None or i > j - window)]
+            s = torch.stack([scale * torch.dot(q[h, j], k[h // rep, i]) for i in keys])
+            probs[h, j, keys] = torch.softmax(s, dim=0)
+    return probs
+
+
+@pytest.mark.parametrize("window", [None, 2])
+@pytest.mark.parametrize("heads", [(4, 2), (3, 3)])
+def test_reference_probs_match_loops(heads, window):
+    q, k, *_ = make_case(heads, 6, 8, window, torch.float64)
+    expected = _loop_probs(q, k, 8**-0.5, window)
+    probs = attention_probs_reference(q, k, 8**-0.5, window)
+    torch.testing.assert_close(probs, expected, rtol=1e-12, atol=1e-12)
+    lse = lse_reference(q, k, 8**-0.5, window)
+    # Rebuilding A from lse must give the same probabilities where allowed.
+    n = q.shape[1]
+    rebuilt = torch.exp(8**-0.5 * q @ k.repeat_interleave(heads[0] // heads[1], 0).transpose(1, 2) - lse[..., None])
+    torch.testing.assert_close(rebuilt * (expected > 0), expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(probs.sum(-1), torch.ones(heads[0], n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_reference_flow_matches_loops(window):
+    heads, n = (4, 2), 7
+    q, k, lse, scale, r, vn = make_case(heads, n, 8, window, torch.float64, rows="general")
+    probs = _loop_probs(q, k, scale, window)
+    n_targets = r.shape[0]
+    flow = torch.zeros(n_targets, n, dtype=torch.float64)
+    r_next = torch.zeros(n_targets, n, dtype=torch.float64)
+    for t in range(n_targets):
+        for i in range(n):
+            for h in range(heads[0]):
+                phi = sum(r[t, j] * probs[h, j, i] for j in range(n))
+                flow[t, i] += phi * vn[h, i]
+                r_next[t, i] += 0.5 * phi / heads[0]
+            r_next[t, i] += 0.5 * r[t, i]
+        r_next[t] /= r_next[t].sum()
+    got_flow, got_r = flow_step_reference(q, k, lse, scale, r, vn, window)
+    torch.testing.assert_close(got_flow, flow, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_r, r_next, rtol=1e-12, atol=1e-12)
+
+
+def test_comparisons_detect_wrong_window_and_gqa_mapping():
+    """Sanity: the checks used below are sensitive to the classic mistakes."""
+    q, k, lse, scale, r, vn = make_case((4, 2), 40, 16, 5, torch.float64)
+    good, _ = flow_step_reference(q, k, lse, scale, r, vn, 5)
+    no_window, _ = flow_step_blocked(q, k, lse, scale, r, vn, None)
+    assert (good - no_window).abs().max() > 1e-3
+    # h % Hkv instead of h // rep: swap the kv head of query heads 1 and 2.
+    wrong_q = q[[0, 2, 1, 3]]
+    wrong, _ = flow_step_blocked(wrong_q, k, lse[[0, 2, 1, 3]], scale, r, vn[[0, 2, 1, 3]], 5)
+    assert (good - wrong).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# blocked CPU path
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", ["onehot1", "onehot3", "general"])
+@pytest.mark.parametrize("window", [None, 5, 100])
+@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("n", [1, 7, 129, 333])
+def test_blocked_float64_tight(n, heads, window, rows):
+    dh = 80 if n % 2 else 64
+    case = make_case(heads, n, dh, window, torch.float64, rows=rows, seed=n)
+    expected_flow, expected_r = oracle(*case, window)
+    for block in (16, 64):
+        flow, r_next = flow_step_blocked(*case, window=window, block=block)
+        assert flow.dtype == torch.float64
+        assert_rel_close(flow, expected_flow, 1e-10, f"flow block={block}")
+        assert_rel_close(r_next, expected_r, 1e-10, f"r_next block={block}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dh", [64, 80])
+@pytest.mark.parametrize("window", [None, 33])
+@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("n", [1, 7, 129, 333])
+def test_blocked_low_precision(n, heads, window, dh, dtype):
+    case = make_case(heads, n, dh, window, dtype, rows="general", seed=7 * n + dh)
+    expected_flow, expected_r = oracle(*case, window)
+    flow, r_next = flow_step_blocked(*case, window=window)
+    assert flow.dtype == torch.float32
+    assert_rel_close(flow, expected_flow, RTOL[dtype], "flow")
+    assert_rel_close(r_next, expected_r, RTOL[dtype], "r_next")
+    assert torch.allclose(r_next.sum(-1).double(), torch.ones(r_next.shape[0], dtype=torch.float64), atol=1e-5)
+
+
+def test_blocked_zero_rows_and_skipped_tail():
+    """All-zero r gives zero flow and leaves r unnormalised; keys after the last
+    target get no flow."""
+    q, k, lse, scale, r, vn = make_case((4, 1), 50, 16, None, torch.float64)
+    flow, r_next = flow_step_blocked(q, k, lse, scale, torch.zeros_like(r), vn)
+    assert torch.count_nonzero(flow) == 0 and torch.count_nonzero(r_next) == 0
+    one = torch.zeros(1, 50, dtype=torch.float64)
+    one[0, 20] = 1.0
+    flow, r_next = flow_step_blocked(q, k, lse, scale, one, vn, block=16)
+    assert torch.count_nonzero(flow[:, 21:]) == 0 and torch.count_nonzero(r_next[:, 21:]) == 0
+    assert_rel_close(flow, oracle(q, k, lse, scale, one, vn, None)[0], 1e-12)
+
+
+def test_dispatcher_cpu_matches_blocked():
+    case = make_case((9, 3), 77, 64, None, torch.float32)
+    flow, r_next = flow_step(*case)
+    b_flow, b_r = flow_step_blocked(*case)
+    torch.testing.assert_close(flow, b_flow)
+    torch.testing.assert_close(r_next, b_r)
+
+
+def test_bad_shapes_raise():
+    q, k, lse, scale, r, vn = make_case((4, 2), 9, 16, None, torch.float32)
+    with pytest.raises(ValueError):
+        flow_step_blocked(q, k[:1, :5], lse, scale, r, vn)
+    with pytest.raises(ValueError):
+        flow_step_blocked(q, k[:, :, :8], lse, scale, r, vn)
+    with pytest.raises(ValueError):
+        flow_step_blocked(q, k, lse[:, :5], scale, r, vn)
+    with pytest.raises(ValueError):
+        flow_step_blocked(q[:3], k, lse[:3], scale, r, vn[:3])  # 3 heads on 2 kv heads
+
+
+def test_import_touches_neither_triton_nor_cuda():
+    code = (
+        "import sys, torch\n"
+        "import heta_fast.ops.flow, heta_fast.ops.value_norm\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+        "assert not torch.cuda.is_initialized(), 'cuda initialised'\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# 3-layer chain vs an independently written full rollout
+# ---------------------------------------------------------------------------
+
+
+def _independent_rollout(layers, positions, n):
+    """M_T [T, n] by materialising every attention matrix (float64, written from the
+    definition; shares no code with heta_fast.ops.flow)."""
+    r = torch.zeros(len(positions), n, dtype=torch.float64)
+    r[torch.arange(len(positions)), torch.tensor(positions)] = 1.0
+    gate = torch.zeros_like(r)
+    idx = torch.arange(n)
+    for q, k, scale, vn, window in reversed(layers):
+        rep = q.shape[0] // k.shape[0]
+        hidden = idx[None, :] > idx[:, None]
+        if window is not None:
+            hidden |= idx[None, :] <= idx[:, None] - window
+        scores = scale * torch.einsum("hjd,hid->hji", q.double(), k.double()[torch.arange(q.shape[0]) // rep])
+        probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
+        phi = torch.einsum("tj,hji->thi", r, probs)
+        gate += (phi * vn.double()[None]).sum(dim=1)
+        r = 0.5 * torch.einsum("tj,ji->ti", r, probs.mean(dim=0)) + 0.5 * r
+        r = r / r.sum(dim=-1, keepdim=True)
+    return gate
+
+
+def _random_layers(n, dtype, seed):
+    """Three layers with different GQA layouts / windows (as in mixed-attention models)."""
+    specs = [((9, 3), 64, None), ((4, 1), 80, 17), ((4, 4), 64, None)]
+    layers = []
+    for l, (heads, dh, window) in enumerate(specs):
+        q, k, _, scale, _, vn = make_case(heads, n, dh, window, dtype, seed=seed + l)
+        layers.append((q, k, scale, vn, window))
+    # H differs between layers on purpose: r [T, n] is the only state carried across.
+    return layers
+
+
+def _chain(step, layers, positions, n):
+    """Run ``step`` down the layers like the engine does; returns M_T [T, n]."""
+    side = torch.float64 if layers[0][0].dtype == torch.float64 else torch.float32
+    r = torch.zeros(len(positions), n, dtype=side)
+    r[torch.arange(len(positions)), torch.tensor(positions)] = 1.0
+    gate = torch.zeros_like(r)
+    for q, k, scale, vn, window in reversed(layers):
+        lse = lse_reference(q.double(), k.double(), scale, window).to(side)
+        q_, k_, lse_, r_, vn_ = to_device(q, k, lse, r, vn.to(side))
+        flow, r = step(q_, k_, lse_, scale, r_, vn_, window=window)
+        flow, r = flow.cpu().to(side), r.cpu().to(side)
+        gate += flow
+    return gate
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chain_blocked_matches_full_rollout(dtype):
+    n, positions = 61, [60, 33]
+    layers = _random_layers(n, dtype, seed=11)
+    expected = _independent_rollout(layers, positions, n)
+    got = _chain(flow_step_blocked, layers, positions, n)
+    assert_rel_close(got, expected, 1e-10 if dtype == torch.float64 else 1e-5, "M_T")
+    got = _chain(flow_step, layers, positions, n)
+    assert_rel_close(got, expected, 1e-10 if dtype == torch.float64 else 1e-5, "M_T dispatch")
+
+
+# ---------------------------------------------------------------------------
+# Triton kernel (interpreter on CPU)
+# ---------------------------------------------------------------------------
+
+
+def _triton_flow():
+    pytest.importorskip("triton")
+    from heta_fast.kernels.flow import flow_step_triton
+
+    return flow_step_triton
+
+
+# (n, heads, dh, window, rows, dtype, pinned tiles).  H is reduced for the biggest n so
+# each case stays well under ~10 s under the interpreter.
+TRITON_CASES = [
+    (1, (9, 3), 64, None, "onehot1", torch.float32, None),
+    (1, (4, 1), 80, 4, "general", torch.float16, None),
+    (7, (9, 3), 64, None, "onehot3", torch.float32, None),
+    (7, (4, 4), 80, 3, "general", torch.float16, None),
+    (129, (4, 1), 64, None, "general", torch.float32, 16),
+    (129, (9, 3), 80, 40, "onehot3", torch.float16, None),
+    # window - 2 divisible by the tile: the last query tile that sees a key tile starts
+    # exactly at the loop bound, so an off-by-one there drops it.
+    (129, (4, 4), 64, 18, "onehot1", torch.float32, 16),
+    (333, (9, 3), 64, None, "onehot1", torch.float32, None),
+    (333, (3, 1), 80, None, "general", torch.float32, None),
+    (333, (2, 2), 64, 66, "general", torch.float16, None),
+    (333, (4, 1), 80, 100, "onehot3", torch.float32, None),
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("n,heads,dh,window,rows,dtype,tiles", TRITON_CASES)
+def test_triton_matches_reference(n, heads, dh, window, rows, dtype, tiles):
+    flow_step_triton = _triton_flow()
+    case = make_case(heads, n, dh, window, dtype, rows=rows, seed=3 * n + dh)
+    expected_flow, expected_r = oracle(*case, window)
+    q, k, lse, scale, r, vn = case
+    q, k, lse, r, vn = to_device(q, k, lse, r, vn)
+    flow, r_next = flow_step_triton(q, k, lse, scale, r, vn, window, block_m=tiles, block_n=tiles)
+    assert flow.dtype == torch.float32 and flow.shape == r.shape
+    assert_rel_close(flow, expected_flow, RTOL[dtype], "flow")
+    assert_rel_close(r_next, expected_r, RTOL[dtype], "r_next")
+
+
+@pytest.mark.interpreter
+def test_triton_many_targets_span_target_tiles():
+    """T = 70 > 64 targets: the third grid axis splits targets over programs."""
+    flow_step_triton = _triton_flow()
+    heads, n = (2, 1), 40
+    q, k, lse, scale, _, vn = make_case(heads, n, 64, None, torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    r = torch.rand(70, n, generator=gen)
+    r[torch.arange(70), torch.arange(70) % n] += 1.0
+    r = (r / r.sum(-1, keepdim=True)).float()
+    expected_flow, expected_r = oracle(q, k, lse, scale, r, vn, None)
+    flow, r_next = flow_step_triton(*to_device(q, k, lse), scale, *to_device(r, vn))
+    assert_rel_close(flow, expected_flow, RTOL[torch.float32], "flow")
+    assert_rel_close(r_next, expected_r, RTOL[torch.float32], "r_next")
+
+
+@pytest.mark.interpreter
+def test_triton_chain_matches_full_rollout():
+    flow_step_triton = _triton_flow()
+    n, positions = 61, [60, 33]
+    layers = _random_layers(n, torch.float32, seed=11)
+    expected = _independent_rollout(layers, positions, n)
+    got = _chain(flow_step_triton, layers, positions, n)
+    assert_rel_close(got, expected, 1e-5, "M_T")

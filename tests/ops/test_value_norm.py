@@ -1,0 +1,144 @@
+"""Tests for per-head value norms (heta_fast.ops.value_norm, heta_fast.kernels.value_norm).
+
+Fast paths are compared with ``value_norm_reference`` in float64 on the same (already
+rounded) inputs; the reference is checked against explicit loops.  The Triton kernel
+runs under ``TRITON_INTERPRET=1`` on CPU (set in tests/conftest.py) unless a GPU is
+present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from heta_fast.ops.value_norm import value_norm, value_norm_blocked, value_norm_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Relative tolerance w.r.t. max |expected| by input dtype (see test_flow.py).
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-4}
+
+GQA = [(9, 3), (4, 1), (4, 4)]  # (H, Hkv): default model 9:3, 4:1, MHA
+
+
+def make_case(heads, n, dh, d_model, dtype, seed=0):
+    """v [Hkv, n, dh] (with a bias-like offset) and w_o [H, dh, d_model] in ``dtype``."""
+    n_heads, n_kv = heads
+    gen = torch.Generator().manual_seed(seed)
+    bias = torch.randn(n_kv, 1, dh, generator=gen, dtype=torch.float64)
+    v = (torch.randn(n_kv, n, dh, generator=gen, dtype=torch.float64) + bias).to(dtype)
+    w_o = (torch.randn(n_heads, dh, d_model, generator=gen, dtype=torch.float64) * dh**-0.5).to(dtype)
+    return v, w_o
+
+
+def assert_rel_close(actual, expected, rtol, what=""):
+    """|actual - expected| <= rtol * max|expected| elementwise (plus the same rtol)."""
+    actual = actual.double().cpu()
+    atol = rtol * max(float(expected.abs().max()), 1e-300)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def test_reference_matches_loops():
+    heads, n = (4, 2), 5
+    v, w_o = make_case(heads, n, 6, 11, torch.float64)
+    expected = torch.zeros(heads[0], n, dtype=torch.float64)
+    for h in range(heads[0]):
+        for i in range(n):
+            out = [sum(v[h // 2, i, d] * w_o[h, d, c] for d in range(6)) for c in range(11)]
+            expected[h, i] = sum(abs(x) for x in out)
+    torch.testing.assert_close(value_norm_reference(v, w_o), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_detects_wrong_gqa_mapping():
+    """Sanity: swapping which kv head a query head reads changes the result."""
+    v, w_o = make_case((4, 2), 20, 16, 32, torch.float64)
+    good = value_norm_reference(v, w_o)
+    wrong = value_norm_blocked(v, w_o[[0, 2, 1, 3]])[[0, 2, 1, 3]]
+    assert (good - wrong).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("d_model", [576, 101])
+@pytest.mark.parametrize("dh", [64, 80])
+@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("n", [1, 7, 129, 333])
+def test_blocked_float64_tight(n, heads, dh, d_model):
+    v, w_o = make_case(heads, n, dh, d_model, torch.float64, seed=n + dh)
+    expected = value_norm_reference(v, w_o)
+    for block in (16, 128):
+        got = value_norm_blocked(v, w_o, block=block)
+        assert got.dtype == torch.float64 and got.shape == (heads[0], n)
+        assert_rel_close(got, expected, 1e-10, f"block={block}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dh", [64, 80])
+@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("n", [1, 7, 129, 333])
+def test_blocked_low_precision(n, heads, dh, dtype):
+    v, w_o = make_case(heads, n, dh, 576, dtype, seed=3 * n + dh)
+    expected = value_norm_reference(v.double(), w_o.double())
+    got = value_norm_blocked(v, w_o)
+    assert got.dtype == torch.float32
+    assert_rel_close(got, expected, RTOL[dtype])
+
+
+def test_dispatcher_cpu_matches_blocked():
+    v, w_o = make_case((9, 3), 50, 64, 576, torch.float32)
+    torch.testing.assert_close(value_norm(v, w_o), value_norm_blocked(v, w_o))
+
+
+def test_bad_shapes_raise():
+    v, w_o = make_case((4, 2), 9, 16, 32, torch.float32)
+    with pytest.raises(ValueError):
+        value_norm_blocked(v, w_o[:, :8])
+    with pytest.raises(ValueError):
+        value_norm_blocked(v, w_o[:3])
+
+
+# ---------------------------------------------------------------------------
+# Triton kernel (interpreter on CPU)
+# ---------------------------------------------------------------------------
+
+
+def _triton_value_norm():
+    pytest.importorskip("triton")
+    from heta_fast.kernels.value_norm import value_norm_triton
+
+    return value_norm_triton
+
+
+# (n, heads, dh, d_model, dtype, pinned (block_n, block_c))
+TRITON_CASES = [
+    (1, (9, 3), 64, 576, torch.float32, None),
+    (7, (4, 1), 80, 101, torch.float16, None),
+    (7, (4, 4), 64, 576, torch.float32, (16, 16)),
+    (129, (9, 3), 80, 576, torch.float32, None),
+    (129, (4, 1), 64, 101, torch.float16, (16, 32)),
+    (333, (9, 3), 64, 576, torch.float32, None),
+    (333, (4, 4), 80, 576, torch.float16, None),
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("n,heads,dh,d_model,dtype,tiles", TRITON_CASES)
+def test_triton_matches_reference(n, heads, dh, d_model, dtype, tiles):
+    value_norm_triton = _triton_value_norm()
+    v, w_o = make_case(heads, n, dh, d_model, dtype, seed=5 * n + dh)
+    expected = value_norm_reference(v.double(), w_o.double())
+    block_n, block_c = tiles or (None, None)
+    got = value_norm_triton(v.to(DEVICE), w_o.to(DEVICE), block_n=block_n, block_c=block_c)
+    assert got.dtype == torch.float32 and got.shape == (heads[0], n)
+    assert_rel_close(got, expected, RTOL[dtype])
+
+
+@pytest.mark.interpreter
+def test_triton_strided_w_o():
+    """w_o as a transposed view of an nn.Linear weight [d_model, H*dh] (not contiguous)."""
+    value_norm_triton = _triton_value_norm()
+    heads, dh, d_model, n = (4, 2), 64, 96, 33
+    v, _ = make_case(heads, n, dh, d_model, torch.float32)
+    weight = torch.randn(d_model, heads[0] * dh)  # o_proj.weight layout
+    w_o = weight.t().reshape(heads[0], dh, d_model)
+    expected = value_norm_reference(v.double(), w_o.double())
+    got = value_norm_triton(v.to(DEVICE), w_o.to(DEVICE))
+    assert_rel_close(got, expected, RTOL[torch.float32])

@@ -1,0 +1,409 @@
+"""Tests for the fused vocabulary KL (heta_fast.ops.vocab_kl, heta_fast.kernels.vocab_kl).
+
+Every fast path is compared with ``vocab_kl_reference`` evaluated in float64 on
+the *same* (already rounded) inputs, so the tolerances only have to absorb the
+fast path's own fp32 arithmetic.  The Triton kernel runs under
+``TRITON_INTERPRET=1`` on CPU (set in tests/conftest.py) unless a GPU is present.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from heta_fast.ops.vocab_kl import (
+    vocab_kl,
+    vocab_kl_blocked,
+    vocab_kl_reference,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXTREME = 1.0e4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread():
+    """Run this module's (small) tensor ops on one intra-op thread.
+
+    The tensors here are tiny, so threading buys nothing, while on a shared
+    2-core machine every parallel region can stall for a scheduler slice when
+    the other core is busy (measured: ~6 ms per [4, 8192] reduction instead
+    of ~3 us).  Restored afterwards so other test modules are unaffected.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+# ---------------------------------------------------------------------------
+# case construction
+# ---------------------------------------------------------------------------
+
+
+def _ref_logp(n_targets: int, vocab: int, dist: str, gen: torch.Generator) -> torch.Tensor:
+    """[T, V] float32 reference log-probabilities of a given shape of distribution."""
+    if dist == "flat":
+        return torch.full((n_targets, vocab), -math.log(vocab))
+    if dist == "peaked":
+        # Temperature 8 on standard normals: a few tokens carry almost all mass.
+        return torch.log_softmax(8.0 * torch.randn(n_targets, vocab, generator=gen), -1)
+    if dist == "sparse":
+        # Support on ~10% of the vocabulary (at least one token), -inf elsewhere.
+        scores = torch.randn(n_targets, vocab, generator=gen)
+        keep = torch.rand(n_targets, vocab, generator=gen) < 0.1
+        keep[:, 0] = True
+        return torch.log_softmax(scores.masked_fill(~keep, float("-inf")), -1)
+    if dist == "onehot":
+        logp = torch.full((n_targets, vocab), float("-inf"))
+        hot = torch.randint(0, vocab, (n_targets,), generator=gen)
+        logp[torch.arange(n_targets), hot] = 0.0
+        return logp
+    raise ValueError(dist)
+
+
+def make_case(
+    vocab: int,
+    dim: int,
+    batch: int,
+    *,
+    dist: str = "peaked",
+    dtype: torch.dtype = torch.float32,
+    bias: bool = True,
+    extreme: bool = False,
+    n_targets: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Random inputs for one KL evaluation, all cast to ``dtype``.
+
+    Shapes: hidden [B, d], weight [V, d], ref_logp [T, V], target_index [B], bias [V].
+    With ``extreme`` the bias holds +-1e4 entries, so logits reach +-1e4.
+    Values are drawn in float32 and then cast; the oracle always sees the cast values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    hidden = 2.0 * torch.randn(batch, dim, generator=gen)
+    weight = torch.randn(vocab, dim, generator=gen) / math.sqrt(dim)
+    b = None
+    if bias or extreme:
+        b = torch.randn(vocab, generator=gen)
+        if extreme:
+            sign = torch.randint(0, 3, (vocab,), generator=gen).float() - 1.0  # -1, 0, +1
+            b = b + EXTREME * sign
+    case = {
+        "hidden": hidden.to(dtype),
+        "weight": weight.to(dtype),
+        "ref_logp": _ref_logp(n_targets, vocab, dist, gen).to(dtype),
+        "target_index": torch.randint(0, n_targets, (batch,), generator=gen),
+        "bias": None if b is None else b.to(dtype),
+    }
+    return case
+
+
+def oracle(case: dict) -> torch.Tensor:
+    """float64 reference on the case's own (possibly rounded) values. [B]"""
+    up = {k: (v.double() if (v is not None and v.is_floating_point()) else v) for k, v in case.items()}
+    return vocab_kl_reference(**up)
+
+
+def logit_scale(case: dict) -> float:
+    """max |z| over the batch: absolute rounding error of lse - z scales with it."""
+    z = case["hidden"].double() @ case["weight"].double().T
+    if case["bias"] is not None:
+        z = z + case["bias"].double()
+    return max(1.0, float(z.abs().max()))
+
+
+# (rtol, atol per unit logit magnitude).  The KL is a difference of terms of
+# size ~|z| (lse vs sum p z), so the absolute error floor grows with |z|.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-4, 1e-6),
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1e-3, 1e-5),
+}
+
+
+def assert_kl_close(out: torch.Tensor, case: dict, input_dtype: torch.dtype) -> None:
+    """Finite, right dtype/shape, and within dtype tolerances of the float64 oracle."""
+    expected = oracle(case)
+    assert out.shape == expected.shape
+    assert torch.isfinite(out).all(), f"non-finite KL: {out}"
+    rtol, atol_unit = TOLERANCES[input_dtype]
+    torch.testing.assert_close(
+        out.double().cpu(), expected, rtol=rtol, atol=atol_unit * logit_scale(case)
+    )
+
+
+# ---------------------------------------------------------------------------
+# reference oracle: checked independently of itself
+# ---------------------------------------------------------------------------
+
+
+def test_reference_matches_kl_div_definition():
+    """Oracle == torch's kl_div on explicitly built logits (strictly positive p)."""
+    case = make_case(300, 16, 4, dist="peaked", dtype=torch.float64)
+    z = case["hidden"] @ case["weight"].T + case["bias"]
+    log_p = case["ref_logp"][case["target_index"]]
+    expected = torch.nn.functional.kl_div(
+        torch.log_softmax(z, -1), log_p, reduction="none", log_target=True
+    ).sum(-1)
+    torch.testing.assert_close(vocab_kl_reference(**case), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_is_zero_for_identical_distributions():
+    case = make_case(500, 8, 3, dtype=torch.float64, n_targets=3)
+    case["target_index"] = torch.arange(3)
+    z = case["hidden"] @ case["weight"].T + case["bias"]
+    case["ref_logp"] = torch.log_softmax(z, -1)
+    torch.testing.assert_close(vocab_kl_reference(**case), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_reference_dtypes():
+    case32 = make_case(100, 8, 2)
+    assert vocab_kl_reference(**case32).dtype == torch.float32
+    case64 = make_case(100, 8, 2, dtype=torch.float64)
+    assert vocab_kl_reference(**case64).dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------
+# blocked CPU path
+# ---------------------------------------------------------------------------
+
+
+BLOCKED_FP32_CASES = [
+    (vocab, dim, dist)
+    for vocab in (1, 1271, 50257)
+    for dim in (37, 64)
+    for dist in ("peaked", "flat", "sparse")
+] + [(262144, 37, "peaked"), (262144, 64, "flat"), (262144, 37, "sparse")]
+
+
+@pytest.mark.parametrize("vocab, dim, dist", BLOCKED_FP32_CASES)
+def test_blocked_matches_reference_fp32(vocab, dim, dist):
+    case = make_case(vocab, dim, 4, dist=dist)
+    # Small chunks for small V so several chunks and a ragged tail are exercised.
+    chunk = 500 if vocab < 8192 else 8192
+    out = vocab_kl_blocked(**case, chunk_size=chunk)
+    assert out.dtype == torch.float32
+    assert_kl_close(out, case, torch.float32)
+
+
+@pytest.mark.parametrize("vocab", [1, 1271, 50257])
+@pytest.mark.parametrize("dist", ["peaked", "flat", "onehot"])
+def test_blocked_matches_reference_fp64(vocab, dist):
+    case = make_case(vocab, 37, 5, dist=dist, dtype=torch.float64)
+    out = vocab_kl_blocked(**case, chunk_size=777)
+    assert out.dtype == torch.float64
+    assert_kl_close(out, case, torch.float64)
+    # The float64 reference on the same inputs, not only the oracle helper.
+    torch.testing.assert_close(out, vocab_kl_reference(**case), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("vocab", [1271, 50257])
+@pytest.mark.parametrize("dist", ["peaked", "flat"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_blocked_half_precision_inputs(vocab, dist, dtype):
+    case = make_case(vocab, 64, 4, dist=dist, dtype=dtype)
+    out = vocab_kl_blocked(**case, chunk_size=4096)
+    assert out.dtype == torch.float32
+    assert_kl_close(out, case, dtype)
+
+
+@pytest.mark.parametrize("dist", ["peaked", "sparse", "onehot"])
+def test_blocked_extreme_logits(dist):
+    case = make_case(1271, 37, 6, dist=dist, extreme=True)
+    assert logit_scale(case) > 0.9 * EXTREME
+    out = vocab_kl_blocked(**case, chunk_size=300)
+    assert_kl_close(out, case, torch.float32)
+
+
+def test_blocked_zero_probabilities_do_not_make_nan():
+    """-inf reference entries in every chunk, including whole chunks of them."""
+    case = make_case(2000, 16, 3, dist="onehot")
+    out = vocab_kl_blocked(**case, chunk_size=64)
+    assert_kl_close(out, case, torch.float32)
+
+
+def test_blocked_chunk_size_does_not_change_result():
+    case = make_case(1271, 37, 4, dist="sparse")
+    results = [vocab_kl_blocked(**case, chunk_size=c) for c in (1, 128, 1271, 100000)]
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_without_bias_and_int32_index():
+    case = make_case(1271, 64, 4, bias=False)
+    case["target_index"] = case["target_index"].to(torch.int32)
+    assert_kl_close(vocab_kl_blocked(**case), case, torch.float32)
+
+
+def test_blocked_empty_batch():
+    case = make_case(100, 8, 0)
+    out = vocab_kl_blocked(**case)
+    assert out.shape == (0,) and out.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------
+# dispatcher and validation
+# ---------------------------------------------------------------------------
+
+
+def test_dispatcher_uses_blocked_path_on_cpu():
+    case = make_case(1271, 37, 4)
+    torch.testing.assert_close(vocab_kl(**case), vocab_kl_blocked(**case), rtol=0, atol=0)
+
+
+def test_import_pulls_in_neither_triton_nor_cuda():
+    code = (
+        "import sys, torch\n"
+        "import heta_fast.ops.vocab_kl\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _bad(**changes):
+    case = make_case(50, 8, 3)
+    case.update(changes)
+    return case
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        (_bad(hidden=torch.zeros(3, 8, 1)), "hidden must be 2-D"),
+        (_bad(weight=torch.zeros(50)), "weight must be 2-D"),
+        (_bad(hidden=torch.zeros(3, 9)), "hidden size mismatch"),
+        (_bad(weight=torch.zeros(0, 8), ref_logp=torch.zeros(3, 0), bias=None), "at least one"),
+        (_bad(ref_logp=torch.zeros(3, 49)), "ref_logp must be"),
+        (_bad(target_index=torch.zeros(2, dtype=torch.long)), "target_index must be \\[B\\]"),
+        (_bad(target_index=torch.zeros(3)), "int32 or int64"),
+        (_bad(target_index=torch.tensor([0, 1, 3])), "target_index values"),
+        (_bad(target_index=torch.tensor([0, -1, 2])), "target_index values"),
+        (_bad(bias=torch.zeros(49)), "bias must be"),
+        (_bad(hidden=torch.zeros(3, 8, dtype=torch.long)), "floating-point"),
+        (_bad(hidden=torch.zeros(3, 8, device="meta")), "same device"),
+    ],
+)
+@pytest.mark.parametrize("fn", [vocab_kl_reference, vocab_kl_blocked, vocab_kl])
+def test_validation_errors(fn, case, match):
+    with pytest.raises(ValueError, match=match):
+        fn(**case)
+
+
+def test_blocked_rejects_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size"):
+        vocab_kl_blocked(**make_case(50, 8, 3), chunk_size=0)
+
+
+# ---------------------------------------------------------------------------
+# Triton kernel (interpreter on CPU, native on a GPU)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def triton_kl():
+    """``vocab_kl_triton`` and the device its inputs must live on."""
+    pytest.importorskip("triton")
+    from heta_fast.kernels.vocab_kl import _interpreting, vocab_kl_triton
+
+    if _interpreting():
+        device = "cpu"
+    elif torch.cuda.is_available():
+        device = "cuda"
+    else:
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU")
+    return vocab_kl_triton, device
+
+
+def run_triton(triton_kl, case: dict, **kwargs) -> torch.Tensor:
+    kernel, device = triton_kl
+    moved = {k: (None if v is None else v.to(device)) for k, v in case.items()}
+    return kernel(**moved, **kwargs)
+
+
+# (vocab, dim, batch, dist, dtype, kernel kwargs).  Default tiles are
+# BLOCK_B=16, BLOCK_V=256, BLOCK_D=32: d=37 and V=1271 leave ragged tails, B=20
+# spans two row blocks; the large vocabularies use wider tiles to keep the
+# interpreter fast (~1.5 s for V=262144).
+TRITON_CASES = [
+    pytest.param(1, 16, 3, "peaked", torch.float32, {}, id="V1"),
+    pytest.param(1271, 37, 5, "peaked", torch.float32, {}, id="V1271-d37-peaked"),
+    pytest.param(1271, 64, 20, "flat", torch.float32, {}, id="V1271-d64-flat-2rowblocks"),
+    pytest.param(1271, 37, 4, "sparse", torch.float32, {"v_per_split": 300}, id="V1271-sparse-splits"),
+    pytest.param(1271, 37, 4, "onehot", torch.float32, {"block_v": 64, "block_d": 16}, id="V1271-onehot-small-tiles"),
+    pytest.param(1271, 37, 5, "peaked", torch.float16, {}, id="V1271-fp16-peaked"),
+    pytest.param(1271, 64, 5, "flat", torch.float16, {}, id="V1271-fp16-flat"),
+    pytest.param(50257, 37, 4, "peaked", torch.float32, {"block_v": 512}, id="V50257-d37-peaked"),
+    pytest.param(50257, 64, 3, "flat", torch.float16, {"block_v": 1024, "block_d": 64}, id="V50257-fp16-flat"),
+    pytest.param(262144, 32, 2, "peaked", torch.float32, {"block_v": 1024}, id="V262144"),
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("vocab, dim, batch, dist, dtype, kwargs", TRITON_CASES)
+def test_triton_matches_reference(triton_kl, vocab, dim, batch, dist, dtype, kwargs):
+    case = make_case(vocab, dim, batch, dist=dist, dtype=dtype)
+    out = run_triton(triton_kl, case, **kwargs)
+    assert out.dtype == torch.float32
+    assert_kl_close(out, case, dtype)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dist", ["peaked", "onehot"])
+def test_triton_extreme_logits(triton_kl, dtype, dist):
+    case = make_case(1271, 37, 5, dist=dist, dtype=dtype, extreme=True)
+    assert logit_scale(case) > 0.9 * EXTREME
+    out = run_triton(triton_kl, case, v_per_split=500)
+    assert_kl_close(out, case, dtype)
+
+
+@pytest.mark.interpreter
+def test_triton_bf16_inputs(triton_kl):
+    case = make_case(1271, 37, 5, dist="peaked", dtype=torch.bfloat16)
+    assert_kl_close(run_triton(triton_kl, case), case, torch.bfloat16)
+
+
+@pytest.mark.interpreter
+def test_triton_mixed_dtypes(triton_kl):
+    """fp16 hidden with fp32 weight / ref_logp: multiplied in fp32."""
+    case = make_case(1271, 37, 5, dist="sparse")
+    case["hidden"] = case["hidden"].half()
+    assert_kl_close(run_triton(triton_kl, case), case, torch.float32)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("kwargs", [{"block_v": 100}, {"block_d": 8}, {"v_per_split": 0}])
+def test_triton_rejects_bad_launch_parameters(triton_kl, kwargs):
+    with pytest.raises(ValueError):
+        run_triton(triton_kl, make_case(100, 8, 2), **kwargs)
+
+
+@pytest.mark.interpreter
+def test_triton_strided_inputs_and_int32_index(triton_kl):
+    """Non-contiguous hidden/weight/ref_logp/bias views exercise the stride arguments."""
+    case = make_case(1271, 37, 6, dist="sparse")
+    case["weight"] = case["weight"].T.contiguous().T  # [V, d] with strides (1, V)
+    case["hidden"] = torch.cat([case["hidden"], case["hidden"]], dim=1)[:, ::2]  # stride 2 in d
+    case["ref_logp"] = case["ref_logp"].T.contiguous().T
+    case["bias"] = torch.stack([case["bias"], -case["bias"]], dim=1)[:, 0]  # stride 2
+    case["target_index"] = case["target_index"].to(torch.int32)
+    for name in ("weight", "hidden", "ref_logp", "bias"):
+        assert not case[name].is_contiguous(), name
+    assert_kl_close(run_triton(triton_kl, case), case, torch.float32)
+
+
+@pytest.mark.interpreter
+def test_triton_empty_batch(triton_kl):
+    out = run_triton(triton_kl, make_case(100, 8, 0))
+    assert out.shape == (0,) and out.dtype == torch.float32
