@@ -29,12 +29,13 @@ Only ``tl.exp`` is used (no libdevice), so the kernel also runs under
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from ._runtime import interpreting
 
 from heta_fast.ops.flow import _check_inputs, active_rows, combine_heads
 
@@ -149,14 +150,6 @@ def _flow_phi_kernel(
 # ---------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    """True when triton runs kernels through its CPU interpreter."""
-    try:
-        return bool(triton.knobs.runtime.interpret)
-    except AttributeError:  # older triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.lru_cache(maxsize=None)
 def _autotuned_kernel():
     """The kernel wrapped in ``triton.autotune``; only built for real GPU runs."""
@@ -215,7 +208,7 @@ def flow_step_triton(
     triton was imported.
     """
     _check_inputs(q, k, lse, r, vn, window)
-    interpret = _interpreting()
+    interpret = interpreting()
     if not q.is_cuda and not interpret:
         raise RuntimeError(
             "flow_step_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"

@@ -15,12 +15,13 @@ No libdevice calls, so the kernel runs under ``TRITON_INTERPRET=1`` on CPU tenso
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from ._runtime import interpreting
 
 from heta_fast.ops.value_norm import check_value_norm_inputs
 
@@ -77,14 +78,6 @@ def _value_norm_kernel(
     tl.store(out_ptr + head * stride_oh + offs_n * stride_on, acc, mask=n_ok)
 
 
-def _interpreting() -> bool:
-    """True when triton runs kernels through its CPU interpreter."""
-    try:
-        return bool(triton.knobs.runtime.interpret)
-    except AttributeError:  # older triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.lru_cache(maxsize=None)
 def _autotuned_kernel():
     """The kernel wrapped in ``triton.autotune``; only built for real GPU runs."""
@@ -127,7 +120,7 @@ def value_norm_triton(
     triton was imported.
     """
     rep = check_value_norm_inputs(v, w_o)
-    interpret = _interpreting()
+    interpret = interpreting()
     if not v.is_cuda and not interpret:
         raise RuntimeError(
             "value_norm_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"

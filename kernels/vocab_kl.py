@@ -27,11 +27,12 @@ libdevice), so the kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._runtime import interpreting
 
 from heta_fast.ops.vocab_kl import validate_vocab_kl_inputs
 
@@ -197,19 +198,6 @@ def _vocab_kl_partials_kernel(
 # ---------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    """True when the kernel was built for triton's CPU interpreter.
-
-    ``triton.jit`` reads ``TRITON_INTERPRET`` when it decorates, so the type of
-    the kernel object (not the current environment) is what decides.
-    """
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # layout of other triton versions
-        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return isinstance(_vocab_kl_partials_kernel, InterpretedFunction)
-
-
 def _check_block(name: str, value: int) -> int:
     """Tile sizes feed tl.arange (power of two) and tl.dot (>= 16 on GPUs)."""
     if value < 16 or value & (value - 1):
@@ -294,7 +282,7 @@ def vocab_kl_triton(
     before triton was imported.
     """
     batch, vocab, dim, _ = validate_vocab_kl_inputs(hidden, weight, ref_logp, target_index, bias)
-    interpret = _interpreting()
+    interpret = interpreting(_vocab_kl_partials_kernel)
     if not hidden.is_cuda and not interpret:
         raise RuntimeError(
             "vocab_kl_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"

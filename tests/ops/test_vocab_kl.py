@@ -314,9 +314,10 @@ def test_blocked_rejects_bad_chunk_size():
 def triton_kl():
     """``vocab_kl_triton`` and the device its inputs must live on."""
     pytest.importorskip("triton")
-    from heta_fast.kernels.vocab_kl import _interpreting, vocab_kl_triton
+    from heta_fast.kernels._runtime import interpreting
+    from heta_fast.kernels.vocab_kl import _vocab_kl_partials_kernel, vocab_kl_triton
 
-    if _interpreting():
+    if interpreting(_vocab_kl_partials_kernel):
         device = "cpu"
     elif torch.cuda.is_available():
         device = "cuda"
