@@ -1,4 +1,4 @@
-"""The ``heta-fast`` command line: attribute, demo.
+"""The ``heta-fast`` command line: attribute, demo, eval.
 
 Errors a user can cause print one line on stderr and exit with status 2; they never show a
 traceback.
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(att)
     demo = sub.add_parser("demo", help="run the default model on a built-in example")
     _config_args(demo)
+    from .eval_cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -60,6 +63,11 @@ def _quiet_transformers() -> None:
 
 
 def _run(args) -> int:
+    if args.command == "eval":
+        from .eval_cli import run_eval
+
+        _quiet_transformers()
+        return run_eval(args)
     from .engine import Attributor
 
     _quiet_transformers()

@@ -56,12 +56,15 @@ class HETAConfig:
         _require(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unknown dtype {self.dtype!r}")
 
     def to_engine(self) -> EngineConfig:
-        """The equivalent engine configuration (options not implemented yet raise NotImplementedError)."""
-        if self.low_rank:
-            raise NotImplementedError("low_rank (the rank-k curvature sketch) is not implemented yet in heta-fast")
+        """The equivalent engine configuration (options not implemented yet raise NotImplementedError).
+
+        The published estimator is the exact block Hutchinson (num_hvp_samples probes per token);
+        low_rank = k > 0 selects the rank-k sketch instead.
+        """
+        estimator = dict(estimator="sketch", sketch_rank=self.low_rank) if self.low_rank else dict(estimator="exact")
         try:
-            return EngineConfig(beta=float(self.beta), gamma=float(self.gamma), num_probes=self.num_hvp_samples,
-                                mask_scheme=self.mask_scheme, window_size=self.window_size,
+            return EngineConfig(**estimator, beta=float(self.beta), gamma=float(self.gamma),
+                                num_probes=self.num_hvp_samples, mask_scheme=self.mask_scheme, window_size=self.window_size,
                                 window_overlap=float(self.window_overlap), layer_subset=self.layer_subset,
                                 use_fisher=bool(self.use_fisher), device=self.device, dtype=self.dtype)
         except ConfigError as exc:
@@ -175,3 +178,29 @@ def _require(ok: bool, message: str) -> None:
 
 
 __all__ = ["HETA", "HETAConfig", "AttributionResult", "resolve_device", "build_windows", "mask_token_embedding"]
+
+
+# ----------------------------------------------------------------------------- evaluation metrics
+class DSA:
+    """Dependent Sentence Attribution, the published interface: ``DSA.evaluate(scores, relevant, distractor)``."""
+
+    @staticmethod
+    def evaluate(attribution_scores: torch.Tensor, relevant_indices: list[int], distractor_indices: list[int]) -> float:
+        """mass(relevant) − mass(distractor) with scores normalised to sum 1; 0.0 when the total is not positive.
+
+        Token indices should come from character offsets (heta_fast.evaluate.spans), not from
+        matching token text against segment text.
+        """
+        from .evaluate.metrics import dsa
+
+        return dsa(attribution_scores, relevant_indices, distractor_indices)
+
+
+def f1_alignment(attribution_scores: torch.Tensor, gold_indices: list[int], top_k: int | None = None) -> float:
+    """Set F1 of the top-k indices by score against the gold indices (top_k defaults to len(gold))."""
+    from .evaluate.metrics import f1_alignment as _f1
+
+    return _f1(attribution_scores, gold_indices, top_k)
+
+
+__all__ += ["DSA", "f1_alignment"]

@@ -9,10 +9,10 @@ import torch
 from .config import HETAConfig
 from .errors import HetaError, InputError, NonFiniteError
 from .model_adapter import ModelAdapter
-from .reference import combine, rademacher_probes
+from .reference import combine
 from .request import TokenizedRequest, tokenize_prompt, tokenize_request
 from .result import Attribution, FailedAttribution
-from .signals.curvature import curvature_exact
+from .signals.curvature import curvature
 from .signals.flow import flow_gate
 from .signals.information import information
 from .signals.masking import mask_vectors
@@ -95,8 +95,10 @@ class Attributor:
         n_ctx = req.n_context
         comps = set(cfg.components)
 
-        capture = adapter.capture(embeds)  # one forward: log-probs, attentions, values
-        orig = capture.log_probs[positions]  # [T, V]
+        # One forward on the fused attention path: the targets' log-probs and, for the flow gate,
+        # per-layer q, k, row log-sum-exp and values. No attention probabilities are materialised.
+        capture = adapter.capture_stream(embeds, positions, record="flow" in comps)
+        orig = capture.log_probs  # [T, V]
         if not torch.isfinite(orig).all():
             raise NonFiniteError("the model produced non-finite log-probabilities for this input")
         timings["forward"] = _lap(clock)
@@ -109,15 +111,14 @@ class Attributor:
         del capture
         if "curvature" in comps:
             clock = time.perf_counter()
-            probes = rademacher_probes(n_ctx, cfg.num_probes, embeds.shape[-1], cfg.seed)
-            rows = [curvature_exact(adapter, embeds, int(p), int(t), n_ctx, probes, cfg.max_batch).cpu()
-                    for p, t in zip(positions.tolist(), req.target_ids.tolist())]
-            curv = torch.stack(rows)
+            curv = curvature(adapter, embeds, positions.cpu(), req.target_ids, n_ctx, cfg)
             timings["curvature"] = _lap(clock)
         if "information" in comps:
             clock = time.perf_counter()
             masks = mask_vectors(cfg.mask_scheme, embeds[:n_ctx], self.model.get_input_embeddings(), self.tokenizer)
-            info = information(adapter, embeds, positions, n_ctx, masks, orig, cfg.max_batch).cpu()
+            info = information(adapter, embeds, positions, n_ctx, masks, orig, memory_budget=cfg.memory_budget,
+                               max_batch=cfg.max_batch, window_size=cfg.window_size,
+                               window_overlap=cfg.window_overlap).cpu()
             timings["information"] = _lap(clock)
 
         scores = combine(flow, curv, info, cfg.beta, cfg.gamma)

@@ -4,9 +4,11 @@ It turns token ids into input embeddings and runs the model *from embeddings*, b
 HETA signal perturbs or differentiates the input embeddings (positions are added inside the
 model for absolute-position architectures, so masking a token never moves a position).
 
-``capture`` runs one forward pass and records what the flow gate needs: per-layer attention
-probabilities, the values of the normalised attention input (bias included) and the per-head
-output projection.
+``capture`` runs one forward pass and records what the reference flow gate needs: per-layer
+attention probabilities, the values of the normalised attention input (bias included) and the
+per-head output projection. ``capture_stream`` is the engine's forward pass: fused attention,
+no probabilities, and per layer only what the streaming flow gate needs to recompute them
+(O(L·H·n·dh) memory instead of O(L·H·n²)).
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import AttentionRecord, AttentionRecorder, recording
 from .attention import register as register_attention
+from .errors import UnsupportedArchitectureError
+from .ops.value_norm import value_norm
 from .adapters import ArchitectureSpec, HeadLayout, head_layout_from_config, spec_for_config
 
 
@@ -33,6 +38,24 @@ class ForwardCapture:
     attentions: list[torch.Tensor]
     values: list[torch.Tensor]
     out_proj: list[torch.Tensor]
+    layout: HeadLayout
+
+
+@dataclass
+class StreamCapture:
+    """What the engine's single forward pass of n tokens leaves behind (no attention matrices).
+
+    log_probs: [T, V] next-token log-probabilities at the requested positions only
+    layers:    list over layers (bottom first) of :class:`~heta_fast.attention.AttentionRecord`:
+               post-rotary q [H, n, dh], k [Hkv, n, dh], lse [H, n], scale, and as ``values``
+               the value norms vn[h, i] = ‖v_i W_O^h‖₁ [H, n] (reduced during the pass, so the
+               values themselves are never kept)
+    windows:   list over layers of the sliding-attention window (None: plain causal)
+    """
+
+    log_probs: torch.Tensor
+    layers: list[AttentionRecord]
+    windows: list[int | None]
     layout: HeadLayout
 
 
@@ -74,14 +97,19 @@ class ModelAdapter:
         emb = self.model.get_input_embeddings()
         return emb(ids.to(self.device)).detach()
 
-    def logits(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """embeds [B, n, d] -> logits [B, P, V] at ``positions`` (all n if None). Differentiable."""
+    def logits(self, embeds: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """embeds [B, n, d] -> logits [B, P, V] at ``positions`` (all n if None). Differentiable.
+
+        cache: optional transformers Cache holding positions [0, a) (extended in place); embeds
+        then sit at positions a..a+n-1 and ``positions`` index rows of embeds.
+        """
+        run = dict(use_cache=False) if cache is None else dict(use_cache=True, past_key_values=cache)
         if positions is None:
-            return self.model(inputs_embeds=embeds, use_cache=False).logits
+            return self.model(inputs_embeds=embeds, **run).logits
         # Only the requested positions reach the LM head (a [n, V] logits block per sequence
         # would dominate the cost of short inputs with large vocabularies).
         keep = positions.to(embeds.device)
-        return self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=keep).logits
+        return self.model(inputs_embeds=embeds, logits_to_keep=keep, **run).logits
 
     def log_probs(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """embeds [B, n, d] -> next-token log-probabilities [B, P, V] (float32 at least)."""
@@ -89,6 +117,22 @@ class ModelAdapter:
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         return torch.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def hidden_states(self, embeds: torch.Tensor, cache) -> torch.Tensor:
+        """embeds [B, L, d] continuing ``cache`` (a transformers Cache of positions [0, a), extended
+        in place) -> final normalised hidden states [B, L, d] at positions a..a+L-1 (LM head input)."""
+        return self.model.base_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
+
+    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b."""
+        cfg = self.model.config
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            if getattr(cfg, name, None) not in (None, 1, 1.0):
+                raise UnsupportedArchitectureError(f"{self.spec.name}: {name} transforms the logits; the fused "
+                                                   f"vocabulary KL supports a plain linear LM head only")
+        head = self.model.get_output_embeddings()
+        return head.weight.detach(), None if head.bias is None else head.bias.detach()
 
     @torch.no_grad()
     def capture(self, embeds: torch.Tensor) -> ForwardCapture:
@@ -123,5 +167,40 @@ class ModelAdapter:
             attentions=[a[0] for a in out.attentions],
             values=values,
             out_proj=out_proj,
+            layout=self.layout,
+        )
+
+    @torch.no_grad()
+    def capture_stream(self, embeds: torch.Tensor, positions: torch.Tensor, record: bool = True) -> StreamCapture:
+        """One forward pass of embeds [n, d] with fused attention; see :class:`StreamCapture`.
+
+        positions [T]: where log-probabilities are wanted (only those rows reach the LM head).
+        record=False keeps no per-layer data (``layers`` is empty): log-probs only.
+        """
+        attn_modules = [self.spec.attention(layer) for layer in self.layers]
+        out_proj = [self.spec.out_proj(a, self.layout) for a in attn_modules]
+        recorder = AttentionRecorder({id(a): i for i, a in enumerate(attn_modules)}, keep=record,
+                                     reduce_values=lambda i, v: value_norm(v, out_proj[i]))
+        undo = []
+        try:
+            if self.spec.route_attention is not None:
+                undo = [self.spec.route_attention(a, recorder.attend) for a in attn_modules]
+            with recording(recorder):
+                keep = positions.to(embeds.device)
+                logits = self.model(inputs_embeds=embeds[None], use_cache=False, logits_to_keep=keep).logits[0]
+        finally:
+            for fn in undo:
+                fn()
+        missing = [i for i in range(len(self.layers)) if i not in recorder.seen]
+        if missing:
+            raise UnsupportedArchitectureError(
+                f"{self.spec.name}: the attention of layers {missing} did not run through heta-fast's attention "
+                f"path; its adapter needs a route_attention hook (see heta_fast/adapters/base.py)")
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return StreamCapture(
+            log_probs=torch.log_softmax(logits, dim=-1),
+            layers=[recorder.records[i] for i in range(len(self.layers))] if record else [],
+            windows=[self.spec.window(self.model.config, i) for i in range(len(self.layers))],
             layout=self.layout,
         )

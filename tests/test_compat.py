@@ -17,7 +17,7 @@ def test_invalid_config_is_both_value_and_assertion_error(kwargs):
 
 
 def test_unimplemented_options_are_refused_not_ignored():
-    for kwargs in (dict(low_rank=64), dict(use_fisher=True), dict(layer_subset=6), dict(window_size=512)):
+    for kwargs in (dict(window_size=512),):
         with pytest.raises(NotImplementedError):
             HETA(tiny_model("llama"), tiny_tokenizer(), HETAConfig(**kwargs))
 
@@ -35,6 +35,12 @@ def test_attribute_defaults_to_the_last_token_and_matches_the_engine():
     torch.testing.assert_close(res.semantic_flow, engine.flow[0])
     top = res.topk(2)
     assert len(top) == 2 and top[0][1] >= top[1][1] and isinstance(top[0][0], str)
+
+
+def test_curvature_options_map_onto_the_engine():
+    assert HETAConfig().to_engine().estimator == "exact"  # the published estimator
+    low = HETAConfig(low_rank=16, use_fisher=True, layer_subset=1).to_engine()
+    assert (low.estimator, low.sketch_rank, low.use_fisher, low.layer_subset) == ("sketch", 16, True, 1)
 
 
 def test_target_pos_and_target_token_id():

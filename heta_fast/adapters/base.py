@@ -42,6 +42,11 @@ class ArchitectureSpec:
       that head h's contribution to the residual stream is ``v @ out_proj[h]`` (the output
       projection's bias is shared by all heads and belongs to no token; it is not included).
     - ``window(config, layer_idx)``: sliding-attention window of that layer, or None.
+    - ``route_attention(attn, attend)``: only for architectures whose attention module computes
+      softmax attention in its own code instead of through transformers' attention interface
+      (so ``heta_eager`` never sees it): sends that computation to
+      ``attend(module, q, k, v, mask, scale) -> (out [B, H, n, dh], None)`` for the duration of
+      a streaming capture and returns a function that undoes the change. None otherwise.
     """
 
     name: str
@@ -51,6 +56,7 @@ class ArchitectureSpec:
     values: Callable[[nn.Module, HeadLayout, torch.Tensor], torch.Tensor]
     out_proj: Callable[[nn.Module, HeadLayout], torch.Tensor]
     window: Callable[[object, int], int | None] = lambda config, layer_idx: None
+    route_attention: Callable[[nn.Module, Callable], Callable[[], None]] | None = None
 
 
 def head_layout_from_config(config) -> HeadLayout:

@@ -1,34 +1,42 @@
-"""Curvature term S_i: block-restricted Hutchinson estimate of ‖Π_i H Π_i r‖₁.
+"""Curvature term S_i for every target and context token, by ``config.estimator``.
 
-Current path: estimator "exact" with the reference's probes, batched: B probe vectors go
-through B copies of the input in one double-backward pass (the copies are independent, so
-the gradient of Σ_b f(X_b) holds each copy's own gradient and Hessian-vector product).
+Per target and per context window (heta_fast/windows.py: the same windows as the information
+term), one curvature operator (the Hessian of f w.r.t. the embeddings or the residual stream
+of the last ``layer_subset`` layers, or its Fisher surrogate) is built and the configured
+estimator reads the window's tokens from it; windowed scores are averaged over the windows
+containing the token. The pieces live in heta_fast/curvature/.
 """
 from __future__ import annotations
 
 import torch
 
+from ..curvature.cuda_graphs import graphs_for
+from ..curvature.estimators import estimate
+from ..curvature.operators import OperatorFactory
 from ..model_adapter import ModelAdapter
+from ..windows import average_over_windows, context_windows, window_input, window_positions
 
 
-def curvature_exact(adapter: ModelAdapter, embeds: torch.Tensor, position: int, token_id: int,
-                    n_context: int, probes: torch.Tensor, max_batch: int = 16) -> torch.Tensor:
-    """embeds [n, d]; probes [n_context, m, d] (block of probe (i, k) sits at token i); returns [n_context]."""
-    x = embeds[: position + 1].detach()
-    m = probes.shape[1]
-    pairs = [(i, k) for i in range(n_context) for k in range(m)]
-    totals = torch.zeros(n_context, dtype=torch.float64)
-    pos = torch.tensor([position], device=x.device)
-    for start in range(0, len(pairs), max_batch):
-        chunk = pairs[start : start + max_batch]
-        rows = torch.tensor([i for i, _ in chunk], device=x.device)
-        batch = torch.arange(len(chunk), device=x.device)
-        xb = x.unsqueeze(0).repeat(len(chunk), 1, 1).requires_grad_(True)
-        v = torch.zeros_like(xb)
-        v[batch, rows] = torch.stack([probes[i, k] for i, k in chunk]).to(x)
-        f = adapter.log_probs(xb, pos)[:, 0, token_id].sum()
-        (g,) = torch.autograd.grad(f, xb, create_graph=True)
-        (hv,) = torch.autograd.grad((g * v).sum(), xb)
-        block_norms = hv[batch, rows].abs().sum(-1).double().cpu()
-        totals.index_add_(0, rows.cpu(), block_norms)
-    return (totals / m).to(embeds.dtype if embeds.dtype == torch.float64 else torch.float32)
+def curvature(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: torch.Tensor,
+              target_ids: torch.Tensor, n_context: int, config, graphs=None) -> torch.Tensor:
+    """S for every target and context token.
+
+    embeds [n, d] (context + target[:-1]); target_positions [T] (where each target is predicted);
+    target_ids [T]; graphs: a CUDA :class:`~heta_fast.curvature.cuda_graphs.GraphCache` (by
+    default the adapter's own when the model is on CUDA and ``config.cuda_graphs``; None on CPU).
+    Returns [T, n_context] (float64 for float64 models, float32 otherwise), on the CPU.
+    """
+    if graphs is None:
+        graphs = graphs_for(adapter, config)
+    windows = context_windows(n_context, config.window_size, config.window_overlap)
+    per_window = []
+    for win in windows:
+        x = window_input(embeds, n_context, win)
+        positions = window_positions(target_positions.cpu(), n_context, win)
+        rows = torch.arange(win.start, win.stop)
+        scores = []
+        for pos, tok in zip(positions.tolist(), target_ids.tolist()):
+            scores.append(estimate(OperatorFactory(adapter, x, pos, tok, config, graphs), rows, n_context, config))
+        per_window.append(torch.stack(scores))
+    out = average_over_windows(per_window, windows, n_context)
+    return out.to(torch.float64 if embeds.dtype == torch.float64 else torch.float32)

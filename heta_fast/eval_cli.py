@@ -1,0 +1,115 @@
+"""``heta-fast eval``: compare attribution methods with faithfulness and alignment metrics.
+
+Kept apart from heta_fast/cli.py so that building the argument parser imports nothing heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_METHODS = "all"
+
+
+def add_eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="evaluate attribution methods on a dataset (faithfulness and alignment)",
+                       description="Attribute every example with every method, score each attribution with "
+                                   "Soft-NC, Soft-NS, comprehensiveness, sufficiency, DSA and F1, print a table "
+                                   "(mean and 95%% bootstrap interval) and write per-example results. Re-running "
+                                   "the same command continues an interrupted run.")
+    p.add_argument("--model", default=None, help="model alias (default: smollm2-135m), .gguf file, folder or hub id")
+    p.add_argument("--data", required=True, help="curated-format .json file or a .jsonl dataset (docs/evaluation.md)")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated methods, or 'all' (default): heta, saliency, input_x_gradient, "
+                        "integrated_gradients (ig), rollout, occlusion, heta_flow, heta_curvature, "
+                        "heta_information, heta_ungated")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--out", required=True, help="results JSON file (continued if it exists)")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    p.add_argument("--exclude-first", action="store_true",
+                   help="show DSA and F1 with the first prompt token dropped from normalisation")
+    p.add_argument("--metrics", default="all",
+                   help="comma-separated subset of soft_nc,soft_ns,comprehensiveness,sufficiency,dsa,f1 "
+                        "(default all; dsa and f1 alone need no extra forward pass)")
+    p.add_argument("--samples", type=int, default=10, help="Bernoulli mask samples of Soft-NS/NC (default 10)")
+    p.add_argument("--fractions", default="0.1,0.2,0.3", help="top-k fractions of the hard metrics")
+    p.add_argument("--measure", default="prob", help="hard metrics: prob (drop of the target's probability, default) | log_prob | kl")
+    p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient quadrature nodes (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Soft-NS/NC masks and of HETA's probes")
+    p.add_argument("--num-probes", type=int, default=None, help="HETA Hutchinson probes per token")
+    p.add_argument("--estimator", default=None, help="HETA curvature estimator (default: the engine's)")
+    p.add_argument("--beta", type=float, default=0.5, help="HETA weight of the curvature term (default 0.5)")
+    p.add_argument("--gamma", type=float, default=0.5, help="HETA weight of the information term (default 0.5)")
+    p.add_argument("--mask-scheme", default="zero", help="HETA information / occlusion mask: zero | mean | pad | unk")
+    p.add_argument("--dtype", default="float32", help="float32 | float64 | float16 | bfloat16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _settings(args):
+    from .errors import ConfigError
+    from .evaluate.metrics import MEASURES
+    from .evaluate.runner import METRICS, EvalSettings
+
+    try:
+        fractions = tuple(float(f) for f in args.fractions.split(",") if f.strip())
+    except ValueError:
+        raise ConfigError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ConfigError("--fractions must be numbers in (0, 1]")
+    if args.measure not in MEASURES:
+        raise ConfigError(f"--measure must be one of {', '.join(MEASURES)}")
+    if args.samples < 1:
+        raise ConfigError("--samples must be >= 1")
+    if args.ig_steps < 1:
+        raise ConfigError("--ig-steps must be >= 1")
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = METRICS if names == ["all"] else tuple(dict.fromkeys(names))
+    return EvalSettings(samples=args.samples, seed=args.seed, fractions=fractions, measure=args.measure,
+                        ig_steps=args.ig_steps, metrics=metrics)
+
+
+def _config(args):
+    from .config import HETAConfig
+
+    extra = {}
+    if args.num_probes is not None:
+        extra["num_probes"] = args.num_probes
+    if args.estimator is not None:
+        extra["estimator"] = args.estimator
+    return HETAConfig(beta=args.beta, gamma=args.gamma, mask_scheme=args.mask_scheme, seed=args.seed,
+                      dtype=args.dtype, device=args.device, **extra)
+
+
+def run_eval(args) -> int:
+    from .engine import Attributor
+    from .evaluate.data import load_examples
+    from .evaluate.methods import resolve_methods
+    from .evaluate.runner import run_evaluation
+    from .evaluate.summary import render_table, summarise
+
+    methods = resolve_methods(args.methods)
+    settings, config = _settings(args), _config(args)
+    examples = load_examples(args.data, args.limit)
+    attributor = Attributor.from_pretrained(args.model, config=config)
+    print(f"{len(examples)} examples x {len(methods)} methods ({', '.join(methods)}) -> {args.out}", flush=True)
+    try:
+        store = run_evaluation(attributor, examples, methods, args.out, settings, data=str(args.data),
+                               progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"heta-fast: interrupted; finished results are kept in {args.out}: "
+              "run the same command again to continue", file=sys.stderr)
+        return 130
+    ids = {ex.id for ex in examples}
+    records = [r for r in store.records if r["example"] in ids and r["method"] in methods]
+    table = render_table(summarise(records, exclude_first=args.exclude_first))
+    note = " (DSA and F1 with the first token excluded)" if args.exclude_first else ""
+    print(f"\n{len({r['example'] for r in records})} examples{note}; mean [95% bootstrap CI]; "
+          f"s / example = attribution wall time\n{table}")
+    if args.markdown:
+        from pathlib import Path
+
+        md = render_table(summarise(records, exclude_first=args.exclude_first), markdown=True)
+        Path(args.markdown).write_text(md + "\n", encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return 0

@@ -1,0 +1,218 @@
+"""Evaluation data: the curated distractor set and a JSONL format for user datasets.
+
+Every example is a prompt, a target continuation and, optionally, character spans inside the
+prompt: the answer-bearing ``support`` segment, the ``distractor`` segment (both needed for
+DSA) and the ``gold`` important words (needed for F1).
+
+JSONL format (one JSON object per line; blank lines and lines starting with ``#`` are skipped)::
+
+    {"id": "q1",                         # optional; default: the line number
+     "prompt": "Paris is in France. ...", # required: the text the model reads
+     "target": " Paris",                  # required: the continuation attributed, token by token
+     "target_tokens": 1,                  # optional: attribute only its first N tokens
+     "support": [0, 19],                  # optional: [start, end) character span in the prompt,
+                                          #   or the segment's text (must occur exactly once)
+     "distractor": "Rome is in Italy.",   # optional: same forms as support
+     "gold": ["Paris", [0, 5]]}           # optional: gold important words, each a [start, end)
+                                          #   span or a word (all whole-word, case-insensitive
+                                          #   occurrences inside the support segment, or inside
+                                          #   the prompt when there is no support segment)
+
+The curated set (``curated_qa_100.json``, released by the HETA authors) is read by
+:func:`load_curated`: prompt = ``input_text + "\\nAnswer:"``, target = the first token of
+``" " + answer`` (the published evaluation attributed the question mark that ends the input
+instead), segments located by their text, gold words from the word indices given for the support
+segment. :func:`load_examples` reads either format.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .spans import Span
+
+ANSWER_CUE = "\nAnswer:"
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """One evaluation example; spans are [start, end) character offsets into ``prompt``."""
+
+    id: str
+    prompt: str
+    target: str
+    target_tokens: int | None = None
+    support: Span | None = None
+    distractor: Span | None = None
+    gold: tuple[Span, ...] = ()
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+# ----------------------------------------------------------------------------- curated set
+def load_curated(path: str | Path) -> list[EvalExample]:
+    """The HETA authors' curated NarrativeQA ⊕ SciQ distractor set (JSON with an ``examples`` list)."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
+        raise InputError(f"{path}: not a curated dataset (expected a JSON object with an 'examples' list)")
+    return [_curated_example(rec, f"{path}: example {i}") for i, rec in enumerate(data["examples"])]
+
+
+def _curated_example(rec: dict, where: str) -> EvalExample:
+    try:
+        text, narrative, support = rec["input_text"], rec["narrative_segment"], rec["sciq_support_segment"]
+        answer = rec["answer"]
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{where}: missing field {exc}") from None
+    sup = _locate(text, support, f"{where}: support segment")
+    gold = _indexed_words(text, sup, rec.get("important_word_indices_in_sciq_support"))
+    if not gold:
+        gold = _word_occurrences(text, rec.get("important_words", []), sup)
+    return EvalExample(
+        id=str(rec.get("id", where)), prompt=text + ANSWER_CUE, target=" " + str(answer).strip(),
+        target_tokens=1, support=sup, distractor=_locate(text, narrative, f"{where}: distractor segment"),
+        gold=tuple(gold), meta={"answer": answer, "question": rec.get("question")},
+    )
+
+
+def _indexed_words(text: str, support: Span, indices) -> list[Span]:
+    """Spans of the support segment's whitespace-separated words at ``indices``, punctuation trimmed."""
+    if not indices:
+        return []
+    words = [(m.start() + support[0], m.end() + support[0])
+             for m in re.finditer(r"\S+", text[support[0] : support[1]])]
+    spans = []
+    for i in indices:
+        if not 0 <= int(i) < len(words):
+            raise InputError(f"important word index {i} is outside the support segment's {len(words)} words")
+        spans.append(_trim(text, words[int(i)]))
+    return spans
+
+
+def _trim(text: str, span: Span) -> Span:
+    """Drop leading/trailing punctuation ("plant," -> "plant") so that the comma is not gold."""
+    a, b = span
+    while a < b and not (text[a].isalnum()):
+        a += 1
+    while b > a and not (text[b - 1].isalnum()):
+        b -= 1
+    return (a, b) if a < b else span
+
+
+# ----------------------------------------------------------------------------- JSONL
+def load_jsonl(path: str | Path) -> list[EvalExample]:
+    """User examples in the JSONL format of this module's docstring."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    out, seen = [], set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+        ex = _jsonl_example(rec, where, default_id=str(number))
+        if ex.id in seen:
+            raise InputError(f"{where}: duplicate id {ex.id!r}")
+        seen.add(ex.id)
+        out.append(ex)
+    if not out:
+        raise InputError(f"{path}: no examples")
+    return out
+
+
+def _jsonl_example(rec, where: str, default_id: str) -> EvalExample:
+    if not isinstance(rec, dict):
+        raise InputError(f"{where}: each line must be a JSON object")
+    prompt, target = rec.get("prompt"), rec.get("target")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"{where}: 'prompt' must be a non-empty string")
+    if not isinstance(target, str) or not target:
+        raise InputError(f"{where}: 'target' must be a non-empty string")
+    n_target = rec.get("target_tokens")
+    if n_target is not None and (not isinstance(n_target, int) or isinstance(n_target, bool) or n_target < 1):
+        raise InputError(f"{where}: 'target_tokens' must be an integer >= 1")
+    support = _segment(prompt, rec.get("support"), f"{where}: support")
+    distractor = _segment(prompt, rec.get("distractor"), f"{where}: distractor")
+    gold = []
+    for item in rec.get("gold") or []:
+        if isinstance(item, str):
+            found = _word_occurrences(prompt, [item], support)
+            if not found:
+                raise InputError(f"{where}: gold word {item!r} does not occur in the "
+                                 f"{'support segment' if support else 'prompt'}")
+            gold += found
+        else:
+            gold.append(_span(prompt, item, f"{where}: gold"))
+    known = {"id", "prompt", "target", "target_tokens", "support", "distractor", "gold"}
+    return EvalExample(id=str(rec.get("id", default_id)), prompt=prompt, target=target, target_tokens=n_target,
+                       support=support, distractor=distractor, gold=tuple(gold),
+                       meta={k: v for k, v in rec.items() if k not in known})
+
+
+def _segment(prompt: str, value, where: str) -> Span | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _locate(prompt, value, where)
+    return _span(prompt, value, where)
+
+
+def _span(prompt: str, value, where: str) -> Span:
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    if not ok or not 0 <= value[0] < value[1] <= len(prompt):
+        raise InputError(f"{where}: a span must be [start, end) with 0 <= start < end <= {len(prompt)}, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+# ----------------------------------------------------------------------------- shared
+def _locate(text: str, segment: str, where: str) -> Span:
+    """The character span of ``segment`` in ``text``; it must occur exactly once."""
+    if not segment:
+        raise InputError(f"{where} is empty")
+    count = text.count(segment)
+    if count != 1:
+        raise InputError(f"{where} occurs {count} times in the prompt (it must occur exactly once)")
+    start = text.index(segment)
+    return start, start + len(segment)
+
+
+def _word_occurrences(text: str, words, within: Span | None) -> list[Span]:
+    """Every whole-word, case-insensitive occurrence of each word inside ``within`` (or all of text)."""
+    lo, hi = within if within else (0, len(text))
+    spans = []
+    for word in words:
+        pattern = r"(?<!\w)" + re.escape(str(word)) + r"(?!\w)"
+        spans += [(m.start() + lo, m.end() + lo) for m in re.finditer(pattern, text[lo:hi], re.IGNORECASE)]
+    return sorted(set(spans))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_examples(path: str | Path, limit: int | None = None) -> list[EvalExample]:
+    """Read a ``.jsonl`` user dataset or a curated-format ``.json`` file; the first ``limit`` examples."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no such data file: {path}")
+    examples = load_jsonl(path) if path.suffix.lower() in (".jsonl", ".ndjson") else load_curated(path)
+    if limit is not None:
+        if limit < 1:
+            raise InputError("--limit must be >= 1")
+        examples = examples[:limit]
+    return examples

@@ -1,0 +1,100 @@
+"""Summaries of a results file: mean and 95% bootstrap interval per method × metric, as a table."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .methods import METHODS
+from .runner import METRICS
+
+LABELS = {"soft_nc": "Soft-NC ↑", "soft_ns": "Soft-NS ↑", "comprehensiveness": "Comp ↑",
+          "sufficiency": "Suff ↓", "dsa": "DSA ↑", "f1": "F1 ↑"}
+
+
+def bootstrap_ci(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the sample mean and its percentile-bootstrap interval at ``level``.
+
+    Each of ``resamples`` resamples draws len(values) values with replacement (numpy
+    generator seeded with ``seed``); the interval is the (1−level)/2 and (1+level)/2 quantiles of
+    the resampled means. NaN for no values; (v, v, v) for one.
+    """
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean()), float(lo), float(hi)
+
+
+@dataclass
+class MethodSummary:
+    method: str
+    n: int                  # examples scored
+    failed: int             # examples that could not be attributed
+    metrics: dict           # metric -> (mean, low, high)
+    first_mass: tuple       # mean share of |score| mass on position 0, with its interval
+    seconds: float          # mean wall time of the attribution per example
+
+
+def summarise(records: list[dict], exclude_first: bool = False) -> list[MethodSummary]:
+    """One summary per method (in the canonical method order). exclude_first: DSA and F1 with
+    position 0 dropped from normalisation (see :func:`heta_fast.evaluate.runner.alignment`)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r)
+    order = [m for m in METHODS if m in by_method] + sorted(m for m in by_method if m not in METHODS)
+    out = []
+    for m in order:
+        ok = [r for r in by_method[m] if r.get("ok")]
+        metrics = {}
+        for key in METRICS:
+            source = "first_excluded" if exclude_first and key in ("dsa", "f1") else "metrics"
+            metrics[key] = bootstrap_ci([r.get(source, {}).get(key) for r in ok])
+        first = bootstrap_ci([r["diagnostics"].get("first_mass") for r in ok])
+        secs = float(np.mean([r["seconds"] for r in ok])) if ok else math.nan
+        out.append(MethodSummary(m, len(ok), len(by_method[m]) - len(ok), metrics, first, secs))
+    return out
+
+
+def paired_difference(records: list[dict], a: str, b: str, metric: str,
+                      exclude_first: bool = False) -> tuple[float, float, float, int]:
+    """Mean of (method a − method b) on ``metric`` over the examples both scored, with its 95%
+    bootstrap interval (examples resampled as pairs), and the number of pairs."""
+    source = "first_excluded" if exclude_first and metric in ("dsa", "f1") else "metrics"
+    values: dict[str, dict[str, float]] = {a: {}, b: {}}
+    for r in records:
+        v = r.get(source, {}).get(metric) if r.get("ok") else None
+        if r["method"] in values and v is not None:
+            values[r["method"]][r["example"]] = v
+    common = sorted(set(values[a]) & set(values[b]))
+    mean, lo, hi = bootstrap_ci([values[a][e] - values[b][e] for e in common])
+    return mean, lo, hi, len(common)
+
+
+def _cell(stat: tuple) -> str:
+    mean, lo, hi = stat
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def render_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
+    """Method × metric table: mean [95% bootstrap CI], first-token mass, seconds per example."""
+    header = ["method", "n"] + [LABELS[k] for k in METRICS] + ["first-token mass", "s / example"]
+    rows = []
+    for s in summaries:
+        n = f"{s.n}" + (f" ({s.failed} failed)" if s.failed else "")
+        rows.append([s.method, n] + [_cell(s.metrics[k]) for k in METRICS]
+                    + [_cell(s.first_mass), "–" if math.isnan(s.seconds) else f"{s.seconds:.2f}"])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])

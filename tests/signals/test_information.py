@@ -1,0 +1,208 @@
+"""The information term's fast path (prefix sharing, budgeted batches, fused KL, windows) against the reference."""
+import sys
+
+import pytest
+import torch
+
+from heta_fast.errors import MemoryBudgetError
+from heta_fast.fast_attention import choose_no_grad_attention
+from heta_fast.memory import ModelShape
+from heta_fast.model_adapter import ModelAdapter
+from heta_fast.reference import information_reference
+from heta_fast.signals.information import KL_CHUNK, information
+from heta_fast.signals.masking import mask_vectors
+from heta_fast.windows import Window, average_over_windows, context_windows, window_input, window_positions
+from tests.tiny_models import ARCHITECTURES, tiny_model, tiny_tokenizer
+
+N_CTX, N_TARGETS = 7, 3  # input = 7 context tokens + 2 target tokens; targets predicted at 6, 7, 8
+IDS = torch.tensor([2, 10, 33, 5, 41, 7, 19, 28, 12])
+
+
+def _setup(arch="llama", ids=IDS, n_ctx=N_CTX, n_targets=N_TARGETS):
+    adapter = ModelAdapter(tiny_model(arch))
+    x = adapter.embed(ids)
+    positions = torch.arange(n_targets) + n_ctx - 1
+    orig = adapter.log_probs(x[None], positions)[0]
+    return adapter, x, positions, orig
+
+
+def _zeros(n, x):
+    return torch.zeros(n, x.shape[-1], dtype=x.dtype)
+
+
+TIGHT = dict(rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fast_path_equals_reference_for_every_architecture(arch):
+    adapter, x, pos, orig = _setup(arch)
+    masks = _zeros(N_CTX, x)
+    before = adapter.model.config._attn_implementation
+    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=3)
+    assert adapter.model.config._attn_implementation == before  # the attention switch is undone
+    # GPT-J's attention computes in float32 whatever the model dtype.
+    tol = dict(rtol=1e-5, atol=1e-7) if arch == "gptj" else TIGHT
+    torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **tol)
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 32])
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_one_and_several_targets_any_batch_size(max_batch, n_targets):
+    ids = IDS[: N_CTX + n_targets - 1]
+    adapter, x, pos, orig = _setup(ids=ids, n_targets=n_targets)
+    masks = _zeros(N_CTX, x)
+    stats = {}
+    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=max_batch, stats=stats)
+    torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **TIGHT)
+    assert stats["max_rows"] <= max_batch
+
+
+@pytest.mark.parametrize("scheme", ["zero", "mean", "pad", "unk"])
+def test_every_mask_scheme(scheme):
+    adapter, x, pos, orig = _setup()
+    masks = mask_vectors(scheme, x[:N_CTX], adapter.model.get_input_embeddings(), tiny_tokenizer())
+    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=4)
+    torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **TIGHT)
+
+
+def test_targets_before_a_masked_token_are_exactly_zero():
+    adapter, x, _, _ = _setup()
+    pos = torch.tensor([2, 4, 6])  # general positions, as the reference allows
+    orig = adapter.log_probs(x[None], pos)[0]
+    masks = _zeros(N_CTX, x)
+    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=2)
+    ref = information_reference(adapter, x, pos, N_CTX, masks)
+    torch.testing.assert_close(got, ref, **TIGHT)
+    assert torch.all(got[0, 3:] == 0) and torch.all(got[1, 5:] == 0) and torch.all(got[0, :3] > 0)
+
+
+def test_masked_passes_share_the_prefix():
+    # One variant per pass: the masked passes run exactly sum_i (n - i) = n(n+1)/2 token-positions,
+    # the unmasked prefix n - 1 more (vs n^2 for full passes).
+    n = 12
+    ids = torch.arange(n) + 4
+    adapter, x, pos, orig = _setup(ids=ids, n_ctx=n, n_targets=1)
+    stats = {}
+    information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=1, stats=stats)
+    assert stats["masked_positions"] == n * (n + 1) // 2
+    assert stats["positions"] == n * (n + 1) // 2 + n - 1
+
+
+# ----------------------------------------------------------------------------- windows
+def test_window_definition():
+    assert context_windows(5, 0, 0.5) == [Window(0, 5)]
+    assert context_windows(5, 8, 0.5) == [Window(0, 5)]
+    assert context_windows(10, 4, 0.5) == [Window(0, 4), Window(2, 6), Window(4, 8), Window(6, 10)]
+    # The last window is aligned to the end of the context; every token is covered.
+    wins = context_windows(11, 4, 0.5)
+    assert wins[-1] == Window(7, 11) and wins[-2] == Window(6, 10)
+    for n, size, overlap in [(11, 4, 0.5), (37, 8, 0.25), (9, 3, 0.0), (20, 5, 0.9)]:
+        covered = torch.zeros(n)
+        for w in context_windows(n, size, overlap):
+            assert w.size == size
+            covered[w.start : w.stop] += 1
+        assert covered.min() >= 1
+
+
+def _windowed_reference(adapter, x, pos, n_ctx, masks, size, overlap):
+    """The windowed definition written plainly: the reference on each window's input, averaged."""
+    windows = context_windows(n_ctx, size, overlap)
+    per_window = []
+    for w in windows:
+        full = information_reference(adapter, window_input(x, n_ctx, w), window_positions(pos, n_ctx, w),
+                                     w.stop, masks[: w.stop])
+        per_window.append(full[:, w.start : w.stop])
+    return average_over_windows(per_window, windows, n_ctx)
+
+
+@pytest.mark.parametrize("arch,max_batch", [("llama", 2), ("gpt2", 32), ("mistral", 3)])
+def test_windowed_fast_path_equals_windowed_reference(arch, max_batch):
+    ids = torch.tensor([2, 10, 33, 5, 41, 7, 19, 28, 12, 50, 9, 17, 30])  # 11 context + 2 targets
+    n_ctx = 11
+    adapter, x, pos, orig = _setup(arch, ids=ids, n_ctx=n_ctx)
+    masks = mask_vectors("mean", x[:n_ctx])
+    got = information(adapter, x, pos, n_ctx, masks, orig, max_batch=max_batch, window_size=4, window_overlap=0.5)
+    expected = _windowed_reference(adapter, x, pos, n_ctx, masks, 4, 0.5)
+    torch.testing.assert_close(got, expected, **TIGHT)
+    # The windows change the numbers (the comparison can fail) ...
+    assert (got - information_reference(adapter, x, pos, n_ctx, masks)).abs().max() > 1e-6
+    # ... except in the last window, whose input is the full request, for the tokens only it covers.
+    torch.testing.assert_close(got[:, 9:], information_reference(adapter, x, pos, n_ctx, masks)[:, 9:], **TIGHT)
+
+
+def test_a_window_as_long_as_the_context_changes_nothing():
+    adapter, x, pos, orig = _setup()
+    masks = _zeros(N_CTX, x)
+    plain = information(adapter, x, pos, N_CTX, masks, orig)
+    torch.testing.assert_close(information(adapter, x, pos, N_CTX, masks, orig, window_size=N_CTX), plain,
+                               rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- memory budget
+def _one_variant_bytes(adapter, n_used, n_ctx, n_targets):
+    """What the engine's memory model asks for one masked variant of the longest row."""
+    from heta_fast.signals.information import _Budget
+
+    budget = _Budget(ModelShape.of(adapter.model), 1, n_targets, n_ctx - 1, n_windows=1)
+    return budget.batch_bytes(1, n_used, n_used)
+
+
+def test_budget_below_one_variant_raises_a_clear_error():
+    adapter, x, pos, orig = _setup()
+    need = _one_variant_bytes(adapter, len(IDS), N_CTX, N_TARGETS)
+    with pytest.raises(MemoryBudgetError, match="cannot hold one masked variant.*raise memory_budget"):
+        information(adapter, x, pos, N_CTX, _zeros(N_CTX, x), orig, memory_budget=need - 1)
+    information(adapter, x, pos, N_CTX, _zeros(N_CTX, x), orig, memory_budget=need)  # exactly enough
+
+
+def test_small_budget_gives_the_same_numbers_as_a_large_one():
+    adapter, x, pos, orig = _setup()
+    masks = _zeros(N_CTX, x)
+    small, large = {}, {}
+    need = _one_variant_bytes(adapter, len(IDS), N_CTX, N_TARGETS)
+    a = information(adapter, x, pos, N_CTX, masks, orig, memory_budget=need, stats=small)
+    b = information(adapter, x, pos, N_CTX, masks, orig, memory_budget=2**31, stats=large)
+    assert small["passes"] > large["passes"] and large["max_rows"] > 1
+    torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_small_budget_chunks_the_prefix_pass_of_a_windowed_long_input():
+    ids = torch.arange(40) % 60 + 4
+    n_ctx = 39
+    adapter, x, pos, orig = _setup(ids=ids, n_ctx=n_ctx, n_targets=2)
+    masks = _zeros(n_ctx, x)
+    shape = ModelShape.of(adapter.model)
+    # Enough for a window's variants (5 tokens + 1 target, attending to <= 40 keys) but not for
+    # the 38-token prefix in one pass.
+    budget = (shape.kv_bytes(1, n_ctx - 1) + 2 * 2 * shape.vocab * 8 * 13 + shape.pass_bytes(1, 16, 40)
+              + shape.head_bytes(2, KL_CHUNK))
+    stats = {}
+    got = information(adapter, x, pos, n_ctx, masks, orig, memory_budget=budget, window_size=5, stats=stats)
+    assert stats["prefix_passes"] > 1
+    ref = information(adapter, x, pos, n_ctx, masks, orig, window_size=5)
+    torch.testing.assert_close(got, ref, **TIGHT)
+
+
+# ----------------------------------------------------------------------------- attention switch
+def test_fused_attention_choice_never_loads_flash_attn_on_cpu():
+    assert choose_no_grad_attention(tiny_model("llama")) == "sdpa"
+    assert choose_no_grad_attention(tiny_model("gptj")) is None  # attention class fixed at build time
+    assert "flash_attn" not in sys.modules
+
+
+# ----------------------------------------------------------------------------- default model
+@pytest.mark.real_model
+def test_default_model_fp32_matches_reference(default_attributor):
+    attr = default_attributor
+    adapter = attr.adapter
+    ids = attr.tokenizer("The capital of France is Paris, and the capital of Italy is",
+                         add_special_tokens=True)["input_ids"]
+    target = attr.tokenizer(" Rome.", add_special_tokens=False)["input_ids"]
+    n_ctx = len(ids)
+    x = adapter.embed(torch.tensor(ids + target[:-1]))
+    pos = torch.arange(len(target)) + n_ctx - 1
+    orig = adapter.log_probs(x[None], pos)[0]
+    masks = _zeros(n_ctx, x)
+    got = information(adapter, x, pos, n_ctx, masks, orig, max_batch=4)
+    ref = information_reference(adapter, x, pos, n_ctx, masks)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-5)
