@@ -22,6 +22,7 @@ numbers only.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -36,7 +37,9 @@ from heta_fast.ops.vocab_kl import vocab_kl
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import information
 
-SIZES = (64, 128, 256, 512)
+# BENCH_INFO_SIZES="64,128" runs a subset; BENCH_INFO_LOG=path appends one JSON line per result
+# (kept even if the run is cut short).
+SIZES = tuple(int(v) for v in os.environ.get("BENCH_INFO_SIZES", "64,128,256,512").split(","))
 IMPLEMENTATIONS = ("a-reference", "b-batched", "c-engine")
 BATCH_B = 8
 ENGINE_BUDGET = 256 * 1024**2
@@ -130,6 +133,10 @@ def test_bench_information(benchmark, case, n, impl):
             attention=stats["attention"])
     # Process CPU seconds: steadier than wall time when other jobs share the cores.
     benchmark.extra_info["cpu_seconds"] = round(time.process_time() - cpu_start, 2)
+    if os.environ.get("BENCH_INFO_LOG"):
+        with open(os.environ["BENCH_INFO_LOG"], "a") as f:
+            f.write(json.dumps({"impl": impl, "wall_seconds": benchmark.stats.stats.min,
+                                **benchmark.extra_info}) + "\n")
     _results[(n, impl)] = result
     assert torch.isfinite(result).all()
     if (n, "a-reference") in _results and impl != "a-reference":

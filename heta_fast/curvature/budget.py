@@ -15,7 +15,7 @@ from ..errors import MemoryBudgetError
 # (heads × keys). Over-estimates of what the default model measured.
 _PER_D_MODEL = 16
 _PER_D_FF = 6
-_PER_SCORE = 4
+_PER_SCORE = 2
 
 
 def bytes_per_probe(n: int, layers: int, d_model: int, d_ff: int, num_heads: int, itemsize: int) -> int:

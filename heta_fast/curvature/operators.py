@@ -38,6 +38,8 @@ class OperatorFactory:
         """(operator over rows [start, position], probe vectors per call under the memory budget)."""
         cfg = self.config
         if not self.suffixes:
+            if start != 0:
+                raise ValueError("a captured graph runs the whole input; suffix operators need the eager path")
             if self._whole is None:
                 length = length_bucket(self.position + 1, self.adapter.max_length)
                 chunk = probes_per_pass(self.adapter.model, length, self.layers, cfg.memory_budget, cfg.max_batch)

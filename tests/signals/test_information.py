@@ -11,7 +11,7 @@ from heta_fast.model_adapter import ModelAdapter
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import KL_CHUNK, information
 from heta_fast.signals.masking import mask_vectors
-from heta_fast.windows import Window, average_over_windows, context_windows, window_input, window_positions
+from heta_fast.windows import Window, context_windows
 from tests.tiny_models import ARCHITECTURES, tiny_model, tiny_tokenizer
 
 N_CTX, N_TARGETS = 7, 3  # input = 7 context tokens + 2 target tokens; targets predicted at 6, 7, 8
@@ -107,12 +107,13 @@ def test_window_definition():
 def _windowed_reference(adapter, x, pos, n_ctx, masks, size, overlap):
     """The windowed definition written plainly: the reference on each window's input, averaged."""
     windows = context_windows(n_ctx, size, overlap)
-    per_window = []
+    values = {i: [] for i in range(n_ctx)}
     for w in windows:
-        full = information_reference(adapter, window_input(x, n_ctx, w), window_positions(pos, n_ctx, w),
-                                     w.stop, masks[: w.stop])
-        per_window.append(full[:, w.start : w.stop])
-    return average_over_windows(per_window, windows, n_ctx)
+        inp = torch.cat([x[: w.stop], x[n_ctx:]])
+        full = information_reference(adapter, inp, pos - (n_ctx - w.stop), w.stop, masks[: w.stop])
+        for i in range(w.start, w.stop):
+            values[i].append(full[:, i])
+    return torch.stack([torch.stack(values[i]).mean(0) for i in range(n_ctx)], dim=1)
 
 
 @pytest.mark.parametrize("arch,max_batch", [("llama", 2), ("gpt2", 32), ("mistral", 3)])
@@ -127,7 +128,7 @@ def test_windowed_fast_path_equals_windowed_reference(arch, max_batch):
     # The windows change the numbers (the comparison can fail) ...
     assert (got - information_reference(adapter, x, pos, n_ctx, masks)).abs().max() > 1e-6
     # ... except in the last window, whose input is the full request, for the tokens only it covers.
-    torch.testing.assert_close(got[:, 9:], information_reference(adapter, x, pos, n_ctx, masks)[:, 9:], **TIGHT)
+    torch.testing.assert_close(got[:, 10:], information_reference(adapter, x, pos, n_ctx, masks)[:, 10:], **TIGHT)
 
 
 def test_a_window_as_long_as_the_context_changes_nothing():
@@ -195,9 +196,8 @@ def test_fused_attention_choice_never_loads_flash_attn_on_cpu():
 def test_default_model_fp32_matches_reference(default_attributor):
     attr = default_attributor
     adapter = attr.adapter
-    ids = attr.tokenizer("The capital of France is Paris, and the capital of Italy is",
-                         add_special_tokens=True)["input_ids"]
-    target = attr.tokenizer(" Rome.", add_special_tokens=False)["input_ids"]
+    ids = attr.tokenizer("Paris is the capital of", add_special_tokens=True)["input_ids"]
+    target = attr.tokenizer(" France.", add_special_tokens=False)["input_ids"]
     n_ctx = len(ids)
     x = adapter.embed(torch.tensor(ids + target[:-1]))
     pos = torch.arange(len(target)) + n_ctx - 1
@@ -206,3 +206,24 @@ def test_default_model_fp32_matches_reference(default_attributor):
     got = information(adapter, x, pos, n_ctx, masks, orig, max_batch=4)
     ref = information_reference(adapter, x, pos, n_ctx, masks)
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- engine wiring
+def test_engine_passes_windows_and_budget_to_the_information_term():
+    from heta_fast import Attributor, HETAConfig
+    from tests.tiny_models import text
+
+    prompt, target = text(10, 3, 44, 7, 21, 9, 30, 12, 5), text(8, 40)
+    cfg = HETAConfig(components=("information",), dtype="float64", window_size=4, window_overlap=0.5)
+    attr = Attributor(tiny_model("llama"), tiny_tokenizer(), cfg)
+    res = attr.attribute(prompt, target)
+    n_ctx = len(res.context_ids)
+    x = attr.adapter.embed(torch.tensor(res.context_ids + res.target_ids[:-1]))
+    pos = torch.arange(2) + n_ctx - 1
+    expected = _windowed_reference(attr.adapter, x, pos, n_ctx, _zeros(n_ctx, x), 4, 0.5)
+    torch.testing.assert_close(res.information, expected, **TIGHT)
+    attr.config = cfg.replace(memory_budget=1)
+    with pytest.raises(MemoryBudgetError):
+        attr.attribute(prompt, target)
+    with pytest.raises(NotImplementedError, match="curvature"):
+        HETAConfig(window_size=4, components=("curvature", "information"))
