@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
@@ -88,38 +89,36 @@ class Attributor:
     def _attribute(self, req: TokenizedRequest) -> Attribution:
         cfg, adapter = self.config, self.adapter
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
         dev = adapter.device
         embeds = adapter.embed(req.input_ids)  # [n, d]
         positions = req.target_positions.to(dev)
         n_ctx = req.n_context
         comps = set(cfg.components)
 
-        # One forward on the fused attention path: the targets' log-probs and, for the flow gate,
-        # per-layer q, k, row log-sum-exp and values. No attention probabilities are materialised.
-        capture = adapter.capture_stream(embeds, positions, record="flow" in comps)
-        orig = capture.log_probs  # [T, V]
-        if not torch.isfinite(orig).all():
-            raise NonFiniteError("the model produced non-finite log-probabilities for this input")
-        timings["forward"] = _lap(clock)
+        with _phase("forward", timings):
+            # One forward on the fused attention path: the targets' log-probs and, for the flow
+            # gate, per-layer q, k, row log-sum-exp and value norms. No attention probabilities
+            # are materialised.
+            capture = adapter.capture_stream(embeds, positions, record="flow" in comps)
+            orig = capture.log_probs  # [T, V]
+            if not torch.isfinite(orig).all():
+                raise NonFiniteError("the model produced non-finite log-probabilities for this input")
 
         flow = curv = info = None
         if "flow" in comps:
-            clock = time.perf_counter()
-            flow = flow_gate(capture, positions.cpu(), n_ctx).cpu()
-            timings["flow"] = _lap(clock)
+            with _phase("flow", timings):
+                flow = flow_gate(capture, positions.cpu(), n_ctx).cpu()
         del capture
         if "curvature" in comps:
-            clock = time.perf_counter()
-            curv = curvature(adapter, embeds, positions.cpu(), req.target_ids, n_ctx, cfg)
-            timings["curvature"] = _lap(clock)
+            with _phase("curvature", timings):
+                curv = curvature(adapter, embeds, positions.cpu(), req.target_ids, n_ctx, cfg)
         if "information" in comps:
-            clock = time.perf_counter()
-            masks = mask_vectors(cfg.mask_scheme, embeds[:n_ctx], self.model.get_input_embeddings(), self.tokenizer)
-            info = information(adapter, embeds, positions, n_ctx, masks, orig, memory_budget=cfg.memory_budget,
-                               max_batch=cfg.max_batch, window_size=cfg.window_size,
-                               window_overlap=cfg.window_overlap).cpu()
-            timings["information"] = _lap(clock)
+            with _phase("information", timings):
+                masks = mask_vectors(cfg.mask_scheme, embeds[:n_ctx], self.model.get_input_embeddings(),
+                                     self.tokenizer)
+                info = information(adapter, embeds, positions, n_ctx, masks, orig, memory_budget=cfg.memory_budget,
+                                   max_batch=cfg.max_batch, window_size=cfg.window_size,
+                                   window_overlap=cfg.window_overlap).cpu()
 
         scores = combine(flow, curv, info, cfg.beta, cfg.gamma)
         for name, value in (("scores", scores), ("flow", flow), ("curvature", curv), ("information", info)):
@@ -136,8 +135,13 @@ class Attributor:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
 
-def _lap(start: float) -> float:
-    return round(time.perf_counter() - start, 6)
+@contextmanager
+def _phase(name: str, timings: dict):
+    """Time one pipeline phase into ``timings`` and label it ``heta::<name>`` for torch.profiler."""
+    start = time.perf_counter()
+    with torch.profiler.record_function(f"heta::{name}"):
+        yield
+    timings[name] = round(time.perf_counter() - start, 6)
 
 
 def _safe(item, i):
