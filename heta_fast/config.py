@@ -86,19 +86,6 @@ class HETAConfig:
                f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")
         _check(_is_int(self.max_batch) and self.max_batch >= 1,
                f"max_batch must be an integer >= 1, got {self.max_batch!r}")
-        self._reject_unimplemented()
-
-    def _reject_unimplemented(self) -> None:
-        # Options of the paper that this release does not compute yet: refuse them loudly
-        # rather than return numbers that ignore them.
-        pending = {}
-        # Windows (heta_fast/windows.py) are honoured by the information term; the curvature
-        # term does not honour them yet, so windowing is refused whenever curvature is computed.
-        if "curvature" in self.components:
-            pending["window_size"] = (self.window_size, 0, "windowing (window_size > 0) of the curvature term")
-        for _name, (value, default, what) in pending.items():
-            if value != default:
-                raise NotImplementedError(f"{what} is not implemented yet in this release of heta-fast")
 
     def replace(self, **changes) -> "HETAConfig":
         """A copy with some fields changed (validated again)."""

@@ -17,6 +17,7 @@ from .signals.curvature import curvature
 from .signals.flow import flow_gate
 from .signals.information import information
 from .signals.masking import mask_vectors
+from .signals.prefix_cache import PrefixCache
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -99,7 +100,9 @@ class Attributor:
             # One forward on the fused attention path: the targets' log-probs and, for the flow
             # gate, per-layer q, k, row log-sum-exp and value norms. No attention probabilities
             # are materialised.
-            capture = adapter.capture_stream(embeds, positions, record="flow" in comps)
+            # The information term's masked variants continue this pass's keys and values.
+            capture = adapter.capture_stream(embeds, positions, record="flow" in comps,
+                                             keep_kv="information" in comps)
             orig = capture.log_probs  # [T, V]
             if not torch.isfinite(orig).all():
                 raise NonFiniteError("the model produced non-finite log-probabilities for this input")
@@ -108,6 +111,7 @@ class Attributor:
         if "flow" in comps:
             with _phase("flow", timings):
                 flow = flow_gate(capture, positions.cpu(), n_ctx).cpu()
+        prefix = PrefixCache.from_kv(capture.kv, n_ctx - 1) if capture.kv is not None else None
         del capture
         if "curvature" in comps:
             with _phase("curvature", timings):
@@ -118,7 +122,8 @@ class Attributor:
                                      self.tokenizer)
                 info = information(adapter, embeds, positions, n_ctx, masks, orig, memory_budget=cfg.memory_budget,
                                    max_batch=cfg.max_batch, window_size=cfg.window_size,
-                                   window_overlap=cfg.window_overlap).cpu()
+                                   window_overlap=cfg.window_overlap, prefix=prefix).cpu()
+        del prefix
 
         scores = combine(flow, curv, info, cfg.beta, cfg.gamma)
         for name, value in (("scores", scores), ("flow", flow), ("curvature", curv), ("information", info)):

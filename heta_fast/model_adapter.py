@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from .attention import AttentionRecord, AttentionRecorder, recording
 from .attention import register as register_attention
@@ -51,12 +52,15 @@ class StreamCapture:
                the value norms vn[h, i] = ‖v_i W_O^h‖₁ [H, n] (reduced during the pass, so the
                values themselves are never kept)
     windows:   list over layers of the sliding-attention window (None: plain causal)
+    kv:        if asked for, per layer the (keys, values) [1, Hkv, n, dh] of the pass (the unmasked
+               prefix cache of the information term); else None
     """
 
     log_probs: torch.Tensor
     layers: list[AttentionRecord]
     windows: list[int | None]
     layout: HeadLayout
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class ModelAdapter:
@@ -119,10 +123,22 @@ class ModelAdapter:
         return torch.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
-    def hidden_states(self, embeds: torch.Tensor, cache) -> torch.Tensor:
+    def hidden_states(self, embeds: torch.Tensor, cache, position_ids: torch.Tensor | None = None,
+                      attention_mask=None) -> torch.Tensor:
         """embeds [B, L, d] continuing ``cache`` (a transformers Cache of positions [0, a), extended
-        in place) -> final normalised hidden states [B, L, d] at positions a..a+L-1 (LM head input)."""
-        return self.model.base_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
+        in place) -> final normalised hidden states [B, L, d] at positions a..a+L-1 (LM head input).
+
+        position_ids [B, L] and a prepared attention_mask ([B, 1, L, a + L] additive, or a dict of
+        them by layer type) override the defaults for layouts that are not one plain continuation
+        (packed masked variants, :mod:`heta_fast.signals.packed_variants`).
+        """
+        extra = {}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids
+        if attention_mask is not None:
+            extra["attention_mask"] = attention_mask
+        return self.model.base_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
+                                     **extra).last_hidden_state
 
     def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b."""
@@ -171,11 +187,13 @@ class ModelAdapter:
         )
 
     @torch.no_grad()
-    def capture_stream(self, embeds: torch.Tensor, positions: torch.Tensor, record: bool = True) -> StreamCapture:
+    def capture_stream(self, embeds: torch.Tensor, positions: torch.Tensor, record: bool = True,
+                       keep_kv: bool = False) -> StreamCapture:
         """One forward pass of embeds [n, d] with fused attention; see :class:`StreamCapture`.
 
         positions [T]: where log-probabilities are wanted (only those rows reach the LM head).
         record=False keeps no per-layer data (``layers`` is empty): log-probs only.
+        keep_kv=True also keeps every layer's keys and values (``kv``).
         """
         attn_modules = [self.spec.attention(layer) for layer in self.layers]
         out_proj = [self.spec.out_proj(a, self.layout) for a in attn_modules]
@@ -187,7 +205,9 @@ class ModelAdapter:
                 undo = [self.spec.route_attention(a, recorder.attend) for a in attn_modules]
             with recording(recorder):
                 keep = positions.to(embeds.device)
-                logits = self.model(inputs_embeds=embeds[None], use_cache=False, logits_to_keep=keep).logits[0]
+                cache = DynamicCache() if keep_kv else None
+                run = dict(use_cache=True, past_key_values=cache) if keep_kv else dict(use_cache=False)
+                logits = self.model(inputs_embeds=embeds[None], logits_to_keep=keep, **run).logits[0]
         finally:
             for fn in undo:
                 fn()
@@ -203,4 +223,5 @@ class ModelAdapter:
             layers=[recorder.records[i] for i in range(len(self.layers))] if record else [],
             windows=[self.spec.window(self.model.config, i) for i in range(len(self.layers))],
             layout=self.layout,
+            kv=[(layer.keys, layer.values) for layer in cache.layers] if keep_kv else None,
         )

@@ -35,10 +35,9 @@ def test_config_error_is_a_value_error():
         HETAConfig(beta=-1)
 
 
-@pytest.mark.parametrize("kwargs", [dict(window_size=512)])
-def test_options_of_later_releases_refuse_to_run(kwargs):
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        HETAConfig(**kwargs)
+def test_windows_apply_to_every_component():
+    cfg = HETAConfig(window_size=512, window_overlap=0.5)
+    assert cfg.window_size == 512 and "curvature" in cfg.components and "information" in cfg.components
 
 
 def test_defaults_round_trip_and_single_component_string():

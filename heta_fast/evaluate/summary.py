@@ -84,12 +84,16 @@ def _cell(stat: tuple) -> str:
 
 
 def render_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
-    """Method × metric table: mean [95% bootstrap CI], first-token mass, seconds per example."""
-    header = ["method", "n"] + [LABELS[k] for k in METRICS] + ["first-token mass", "s / example"]
+    """Method × metric table: mean [95% bootstrap CI], first-token mass, seconds per example.
+
+    Metrics no method has a value for (not computed, or no segments / gold words) are left out.
+    """
+    shown = [k for k in METRICS if any(not math.isnan(s.metrics[k][0]) for s in summaries)]
+    header = ["method", "n"] + [LABELS[k] for k in shown] + ["first-token mass", "s / example"]
     rows = []
     for s in summaries:
         n = f"{s.n}" + (f" ({s.failed} failed)" if s.failed else "")
-        rows.append([s.method, n] + [_cell(s.metrics[k]) for k in METRICS]
+        rows.append([s.method, n] + [_cell(s.metrics[k]) for k in shown]
                     + [_cell(s.first_mass), "–" if math.isnan(s.seconds) else f"{s.seconds:.2f}"])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -2,11 +2,13 @@
 
 The fast path does close to the irreducible work:
 
-- prefix sharing: the unmasked input runs once (:class:`PrefixCache`); the variant masking token
-  i runs only positions i .. N-1 on top of the cached keys and values of [0, i), so the masked
-  passes cost about n²/2 token-positions instead of n²;
-- batching: consecutive variants share a pass (:func:`plan_batches`), as many as the memory
-  budget allows; one variant that does not fit raises :class:`MemoryBudgetError` up front;
+- prefix sharing: the unmasked input's keys and values come from the engine's forward pass
+  (:class:`PrefixCache`); the variant masking token i runs only positions i .. N-1 on top of
+  the cached keys and values of [0, i), so the masked passes cost Σ_i (N - i) ≈ n²/2
+  token-positions instead of n²;
+- batching: consecutive variants share a pass, packed end to end without padding
+  (:mod:`.packed_variants`, :func:`plan_batches`), as many as the memory budget allows; one
+  variant that does not fit raises :class:`MemoryBudgetError` up front;
 - every target is read from the same masked pass (all targets lie at or after the masked token);
 - only the targets' final hidden states reach the LM head, through the fused vocabulary KL
   (:func:`heta_fast.ops.vocab_kl.vocab_kl`): no [rows, V] logits or probabilities exist;
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from ..fast_attention import no_grad_attention
+from ..fast_attention import FLASH, choose_no_grad_attention, no_grad_attention
 from ..memory import ModelShape
 from ..model_adapter import ModelAdapter
 from ..ops.vocab_kl import vocab_kl
 from ..windows import Window, average_over_windows, context_windows, window_input, window_positions
 from ..errors import MemoryBudgetError
 from .masked_batches import MaskedBatch, plan_batches
+from .packed_variants import PackedVariants, layer_masks
 from .prefix_cache import PrefixCache
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
@@ -40,6 +43,7 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
                 n_context: int, mask_vectors: torch.Tensor, orig_log_probs: torch.Tensor, *,
                 memory_budget: int = DEFAULT_MEMORY_BUDGET, max_batch: int = 32,
                 window_size: int = 0, window_overlap: float = 0.5, attention: str | None = "auto",
+                prefix: PrefixCache | None = None, layout: str = "auto",
                 stats: dict | None = None) -> torch.Tensor:
     """I_i for every target and context token.
 
@@ -51,6 +55,11 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     max_batch:      at most this many masked variants per pass
     window_size, window_overlap: windows over the context (0: none), see heta_fast/windows.py
     attention:      "auto" (fused kernel), None (the model's own) or a transformers name
+    prefix:         the unmasked input's keys and values for at least [0, n_context - 1), e.g.
+                    from the engine's forward pass (:meth:`PrefixCache.from_kv`); None: one
+                    extra unmasked pass computes them
+    layout:         "packed", "rectangular" or "auto" (packed unless the attention is
+                    FlashAttention-2, whose kernel takes no packed mask); see masked_batches.py
     stats:          if a dict, filled with counts of the work done (token-positions, passes, bytes)
 
     Returns [T, n_context] (float64 for float64 inputs, else float32). Targets predicted before a
@@ -64,21 +73,25 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     weight, bias = adapter.unembedding()
     out_dtype = torch.float64 if embeds.dtype == torch.float64 else torch.float32
     n_targets = positions.numel()
+    implementation = choose_no_grad_attention(adapter.model) if attention == "auto" else attention
+    if layout == "auto":
+        layout = "rectangular" if implementation == FLASH else "packed"
 
     window_pos = [window_positions(positions, n_context, w) for w in windows]
     spans = [(w.start, w.stop, int(p.max()) + 1) for w, p in zip(windows, window_pos)]
     prefix_length = n_context - 1  # variant i needs [0, i); a window's reference needs [0, stop - 1)
-    budget = _Budget(shape, memory_budget, n_targets, prefix_length, n_windows=len(windows))
+    budget = _Budget(shape, memory_budget, n_targets, prefix_length, n_windows=len(windows),
+                     build_prefix=prefix is None)
     tokens = CPU_TOKENS_PER_PASS if embeds.device.type == "cpu" else None
-    batches = plan_batches(spans, max_batch, budget.fits, budget.describe, tokens_per_pass=tokens)
+    batches = plan_batches(spans, max_batch, budget.fits, budget.describe, tokens_per_pass=tokens, layout=layout)
 
     per_window = [torch.zeros(n_targets, w.size, dtype=out_dtype, device=embeds.device) for w in windows]
-    counts = {"prefix_positions": prefix_length, "reference_positions": 0, "masked_positions": 0,
+    counts = {"prefix_positions": 0, "prefix_passes": 0, "reference_positions": 0, "masked_positions": 0,
               "passes": 0, "max_rows": 0}
-    with no_grad_attention(adapter.model, attention) as used:
-        prefix = PrefixCache.build(adapter, embeds[:prefix_length], budget.prefix_chunk)
-        counts["passes"] += prefix.passes
-        counts["prefix_passes"] = prefix.passes
+    with no_grad_attention(adapter.model, implementation) as used:
+        if prefix is None:
+            prefix = PrefixCache.build(adapter, embeds[:prefix_length], budget.prefix_chunk)
+            counts.update(prefix_positions=prefix_length, prefix_passes=prefix.passes, passes=prefix.passes)
         inputs = [window_input(embeds, n_context, w) for w in windows]
         for w, win in enumerate(windows):
             ref = orig_log_probs if win.stop == n_context else _window_reference(
@@ -88,24 +101,40 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
                 counts["passes"] += 1
             for batch in (b for b in batches if b.window == w):
                 counts["passes"] += 1
-                kl = _batch_kl(adapter, prefix, inputs[w], batch, window_pos[w], mask_vectors, ref, weight, bias)
+                run = _packed_kl if batch.packed else _rectangular_kl
+                kl = run(adapter, prefix, inputs[w], batch, window_pos[w], mask_vectors, ref, weight, bias)
                 per_window[w][:, batch.start - win.start : batch.start - win.start + batch.rows] = kl.t().to(out_dtype)
                 counts["masked_positions"] += batch.positions
                 counts["max_rows"] = max(counts["max_rows"], batch.rows)
     if stats is not None:
-        stats.update(counts, attention=used, windows=len(windows), batches=len(batches),
+        stats.update(counts, attention=used, layout=layout, windows=len(windows), batches=len(batches),
                      positions=counts["prefix_positions"] + counts["reference_positions"] + counts["masked_positions"],
-                     estimated_peak_bytes=max([budget.batch_bytes(b.rows, b.length, spans[b.window][2])
-                                               for b in batches] + [budget.prefix_bytes()]))
+                     estimated_peak_bytes=max([budget.batch_bytes(b) for b in batches] + [budget.prefix_bytes()]))
     if len(windows) == 1:
         return per_window[0]
     return average_over_windows(per_window, windows, n_context)
 
 
-def _batch_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, batch: MaskedBatch,
-              positions: torch.Tensor, mask_vectors: torch.Tensor, ref: torch.Tensor,
-              weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One pass of ``batch.rows`` masked variants; seq [N, d] is the window's input. Returns [rows, T]."""
+def _packed_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, batch: MaskedBatch,
+               positions: torch.Tensor, mask_vectors: torch.Tensor, ref: torch.Tensor,
+               weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One packed pass of ``batch.rows`` masked variants; seq [N, d] is the window's input. Returns [rows, T]."""
+    a, rows = batch.start, batch.rows
+    packed = PackedVariants.build(seq, a, rows, a + batch.length, mask_vectors[a : a + rows])
+    mask = layer_masks(adapter, packed, batch.prefix)
+    hidden = adapter.hidden_states(packed.embeds[None], prefix.for_batch(batch.prefix, 1),
+                                   position_ids=packed.positions[None], attention_mask=mask)[0]  # [Q, d]
+    index, valid = packed.rows_at(positions)  # [rows, T]
+    target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
+    kl = vocab_kl(hidden[index.reshape(-1)], weight, ref, target_index, bias, chunk_size=KL_CHUNK).view(rows, -1)
+    # A target predicted before the masked token sees no change: exactly 0, as in the reference.
+    return torch.where(valid, kl, torch.zeros_like(kl))
+
+
+def _rectangular_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, batch: MaskedBatch,
+                    positions: torch.Tensor, mask_vectors: torch.Tensor, ref: torch.Tensor,
+                    weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One rectangular pass: every row runs positions start .. start+length-1. Returns [rows, T]."""
     a, rows = batch.start, batch.rows
     masked = torch.arange(a, a + rows, device=seq.device)
     x = seq[a : a + batch.length].expand(rows, -1, -1).clone()  # [rows, L, d]
@@ -115,7 +144,6 @@ def _batch_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, bat
     picked = hidden[:, rel].reshape(rows * positions.numel(), -1)  # [rows*T, d]
     target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
     kl = vocab_kl(picked, weight, ref, target_index, bias, chunk_size=KL_CHUNK).view(rows, -1)
-    # A target predicted before the masked token sees no change: exactly 0, as in the reference.
     return torch.where(positions[None, :] >= masked[:, None], kl, torch.zeros_like(kl))
 
 
@@ -134,27 +162,34 @@ def _window_reference(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Ten
 class _Budget:
     """The memory model of the information term under one budget (bytes)."""
 
-    def __init__(self, shape: ModelShape, budget: int, n_targets: int, prefix_length: int, n_windows: int):
+    def __init__(self, shape: ModelShape, budget: int, n_targets: int, prefix_length: int, n_windows: int,
+                 build_prefix: bool = True):
         self.shape, self.budget, self.n_targets = shape, int(budget), n_targets
-        self.prefix_length = prefix_length
+        self.prefix_length, self.build_prefix = prefix_length, build_prefix
         # Alive throughout: the prefix cache and the reference distributions (one per window).
         self.fixed = shape.kv_bytes(1, prefix_length) + n_windows * n_targets * shape.vocab * 8
 
-    def batch_bytes(self, rows: int, length: int, kv_length: int) -> int:
+    def batch_bytes(self, batch: MaskedBatch) -> int:
         s = self.shape
-        inputs = rows * length * s.d_model * s.itemsize
-        return (self.fixed + inputs + s.pass_bytes(rows, length, kv_length)
-                + s.head_bytes(rows * self.n_targets, KL_CHUNK))
+        if batch.packed:  # one sequence of all the rows' positions, attending to prefix + itself
+            tokens, rows, kv = batch.positions, 1, batch.prefix + batch.positions
+            length = tokens
+        else:
+            tokens, rows, kv = batch.positions, batch.rows, batch.start + batch.length
+            length = batch.length
+        inputs = tokens * s.d_model * s.itemsize
+        return (self.fixed + inputs + s.pass_bytes(rows, length, kv)
+                + s.head_bytes(batch.rows * self.n_targets, KL_CHUNK))
 
-    def fits(self, rows: int, length: int, kv_length: int) -> bool:
-        return self.batch_bytes(rows, length, kv_length) <= self.budget
+    def fits(self, batch: MaskedBatch) -> bool:
+        return self.batch_bytes(batch) <= self.budget
 
-    def describe(self, length: int, kv_length: int) -> str:
-        need = self.batch_bytes(1, length, kv_length)
+    def describe(self, batch: MaskedBatch) -> str:
+        need = self.batch_bytes(batch)
         return (f"memory_budget={self.budget} bytes ({self.budget / 2**20:.1f} MiB) cannot hold one masked "
-                f"variant of the information term: it runs {length} positions attending to {kv_length} "
-                f"and needs about {need} bytes ({need / 2**20:.1f} MiB); raise memory_budget or set "
-                f"window_size to bound the variant length")
+                f"variant of the information term: it runs {batch.length} positions attending to "
+                f"{batch.start + batch.length} and needs about {need} bytes ({need / 2**20:.1f} MiB); raise "
+                f"memory_budget or set window_size to bound the variant length")
 
     def prefix_chunk(self, position: int) -> int:
         """Tokens of the unmasked prefix pass to run at once from ``position`` (largest that fits)."""
@@ -167,5 +202,8 @@ class _Budget:
         return chunk
 
     def prefix_bytes(self) -> int:
+        """Peak of the unmasked prefix pass (0 when the prefix comes from the engine's forward pass)."""
+        if not self.build_prefix:
+            return 0
         chunk = self.prefix_chunk(0) if self.prefix_length else 1
         return self.fixed + self.shape.pass_bytes(1, chunk, chunk)

@@ -1,14 +1,21 @@
-"""Which masked variants run together: batches of consecutive masked tokens sharing one start.
+"""Which masked variants run together: batches of consecutive masked tokens of one window.
 
 Variant i (token i masked) of a window runs positions i .. N-1 of the window's input (N: one
 past its last target) on top of the unmasked prefix cache [0, i). A batch takes consecutive
-variants i = a, a+1, ..., a+B-1 of one window and runs all rows from position a: row a+r
-recomputes the unmasked positions a .. a+r-1 (the padding of a ragged batch, B(B-1)/2
-positions per batch) so that every row has the same start, length and cache. Rows are added
-while the memory model says the pass still fits the budget, up to ``max_rows`` and, when
-``tokens_per_pass`` is set, only until a pass has that many token-positions: on a CPU a pass of
-a few hundred positions already runs the matrix products at full speed, so wider batches would
-only add padding.
+variants i = a, a+1, ..., a+B-1 of one window. Two layouts:
+
+- ``packed`` (the default): the B variants are laid end to end in one sequence of
+  Σ_r (N - a - r) tokens, each segment at its own positions, with an attention mask that lets a
+  segment see the cached prefix before its masked token and its own earlier tokens only. No
+  position is computed twice: all the batches of a window together run exactly
+  Σ_i (N - i) token-positions, the irreducible work.
+- ``rectangular``: every row runs from position a, so row a+r recomputes the unmasked positions
+  a .. a+r-1 (B(B-1)/2 padding positions per batch). Used where the attention kernel accepts
+  only causal masks (FlashAttention-2), which cannot express the packed layout.
+
+Rows are added while the memory model says the pass still fits the budget, up to ``max_rows``
+and, when ``tokens_per_pass`` is set, only until a pass has that many token-positions: on a CPU
+a pass of a few hundred positions already runs the matrix products at full speed.
 """
 from __future__ import annotations
 
@@ -17,15 +24,19 @@ from typing import Callable
 
 from ..errors import MemoryBudgetError
 
+LAYOUTS = ("packed", "rectangular")
+
 
 @dataclass(frozen=True)
 class MaskedBatch:
-    """Rows masking tokens ``start, start+1, ...`` of window ``window``, each run over ``length`` positions."""
+    """Rows masking tokens ``start, start+1, ...`` of window ``window``; the first row runs
+    ``length`` positions (start .. start+length-1), row r runs ``length - r`` when packed."""
 
     window: int
     start: int
     rows: int
     length: int
+    packed: bool = True
 
     @property
     def masked(self) -> range:
@@ -33,35 +44,48 @@ class MaskedBatch:
 
     @property
     def positions(self) -> int:
-        """Token-positions this batch sends through the model (rows x length)."""
+        """Token-positions this batch sends through the model."""
+        if self.packed:
+            return self.rows * self.length - self.rows * (self.rows - 1) // 2
         return self.rows * self.length
 
+    @property
+    def prefix(self) -> int:
+        """Cached unmasked positions [0, prefix) the pass attends to."""
+        return self.start + self.rows - 1 if self.packed else self.start
 
-def plan_batches(spans: list[tuple[int, int, int]], max_rows: int,
-                 fits: Callable[[int, int, int], bool], describe: Callable[[int, int], str],
-                 tokens_per_pass: int | None = None) -> list[MaskedBatch]:
+
+def plan_batches(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[[MaskedBatch], bool],
+                 describe: Callable[[MaskedBatch], str], tokens_per_pass: int | None = None,
+                 layout: str = "packed") -> list[MaskedBatch]:
     """Split every window's variants into batches.
 
     spans:    per window (first masked token, one past the last, N = input length to run to)
-    fits:     fits(rows, length, kv_length) -> whether such a pass fits the memory budget
-    describe: describe(length, kv_length) -> the error message when one variant does not fit
-    tokens_per_pass: stop adding rows once rows x length reaches this (None: no such limit)
+    fits:     fits(batch) -> whether that pass fits the memory budget
+    describe: describe(batch) -> the error message when a single-variant batch does not fit
+    tokens_per_pass: stop adding rows once a pass has this many token-positions (None: no limit)
+    layout:   "packed" or "rectangular" (see the module docstring)
 
     Raises MemoryBudgetError (before any work) if even a single variant does not fit.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    packed = layout == "packed"
     batches = []
     for w, (first, stop, total) in enumerate(spans):
-        if first < stop and not fits(1, total - first, total):
-            # The first variant is the longest of its window: if it fits, every one does.
-            raise MemoryBudgetError(describe(total - first, total))
+        if first < stop:
+            # The first variant is the longest of its window: if it fits alone, every one does.
+            single = MaskedBatch(w, first, 1, total - first, packed)
+            if not fits(single):
+                raise MemoryBudgetError(describe(single))
         a = first
         while a < stop:
-            length = total - a
-            rows = min(max_rows, stop - a)
-            if tokens_per_pass is not None:
-                rows = min(rows, max(1, -(-tokens_per_pass // length)))
-            while rows > 1 and not fits(rows, length, total):
-                rows -= 1
-            batches.append(MaskedBatch(window=w, start=a, rows=rows, length=length))
+            rows = 1
+            while rows < min(max_rows, stop - a):
+                wider = MaskedBatch(w, a, rows + 1, total - a, packed)
+                if (tokens_per_pass is not None and wider.positions > tokens_per_pass) or not fits(wider):
+                    break
+                rows += 1
+            batches.append(MaskedBatch(w, a, rows, total - a, packed))
             a += rows
     return batches

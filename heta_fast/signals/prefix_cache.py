@@ -44,6 +44,15 @@ class PrefixCache:
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         return cls(layers, total, passes)
 
+    @classmethod
+    def from_kv(cls, kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> "PrefixCache":
+        """The first ``length`` positions of keys and values a forward pass already computed
+        (:attr:`heta_fast.model_adapter.StreamCapture.kv`): no extra pass. Keys at position j
+        depend on positions <= j only, so a longer pass's keys cut to [0, length) are the prefix's."""
+        if kv and kv[0][0].shape[2] < length:
+            raise ValueError(f"the captured keys hold {kv[0][0].shape[2]} positions, {length} were asked for")
+        return cls([(k[:, :, :length], v[:, :, :length]) for k, v in kv], length)
+
     def for_batch(self, start: int, rows: int) -> DynamicCache:
         """A fresh cache holding positions [0, start) for ``rows`` sequences (filled as it runs)."""
         if start > self.length:

@@ -1,6 +1,4 @@
 """The curvature signal as the engine runs it: dispatch by estimator, seeds, windows, options."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -9,7 +7,6 @@ from heta_fast.curvature.exact import exact_block_hutchinson
 from heta_fast.curvature.probing import sign_patterns, simultaneous_probing
 from heta_fast.curvature.sketch import nystrom_block_hutchinson, sketch_matrix
 from heta_fast.reference import rademacher_probes
-from heta_fast.signals.curvature import curvature
 from tests.curvature.helpers import operator
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
@@ -74,8 +71,8 @@ def test_windows_follow_the_shared_window_definition():
     request cut after token 2 (the target is then predicted at position 2)."""
     attr = _attributor(estimator="exact", num_probes=2)
     x, n_ctx, tok = _inputs(attr)
-    cfg = SimpleNamespace(**{**attr.config.to_dict(), "window_size": 3, "window_overlap": 0.5})
-    windowed = curvature(attr.adapter, x, torch.tensor([n_ctx - 1]), torch.tensor([tok]), n_ctx, cfg)[0]
+    windowed = _attributor(estimator="exact", num_probes=2, window_size=3,
+                           window_overlap=0.5).attribute(PROMPT, TARGET).curvature[0]
     plain = attr.attribute(PROMPT, TARGET).curvature[0]
     probes = rademacher_probes(n_ctx, 2, x.shape[1], 0)
     first = exact_block_hutchinson(operator(attr.adapter, x, 2, tok), torch.arange(2), probes[:2], 8)

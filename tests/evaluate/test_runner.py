@@ -95,6 +95,8 @@ def test_metric_subset(attributor, data, tmp_path):
     store = run_evaluation(attributor, load_jsonl(data)[:1], ["rollout"], tmp_path / "r.json", settings, progress=False)
     m = store.records[0]["metrics"]
     assert m["soft_nc"] is None and m["comprehensiveness"] is None and m["dsa"] is not None
+    header = render_table(summarise(store.records)).splitlines()[0]
+    assert "DSA" in header and "F1" in header and "Soft-NC" not in header
     with pytest.raises(ValueError):
         EvalSettings(metrics=("dsa", "magic"))
 

@@ -10,7 +10,9 @@ from heta_fast.memory import ModelShape
 from heta_fast.model_adapter import ModelAdapter
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import KL_CHUNK, information
+from heta_fast.signals.masked_batches import MaskedBatch
 from heta_fast.signals.masking import mask_vectors
+from heta_fast.signals.prefix_cache import PrefixCache
 from heta_fast.windows import Window, context_windows
 from tests.tiny_models import ARCHITECTURES, tiny_model, tiny_tokenizer
 
@@ -76,16 +78,47 @@ def test_targets_before_a_masked_token_are_exactly_zero():
     assert torch.all(got[0, 3:] == 0) and torch.all(got[1, 5:] == 0) and torch.all(got[0, :3] > 0)
 
 
-def test_masked_passes_share_the_prefix():
-    # One variant per pass: the masked passes run exactly sum_i (n - i) = n(n+1)/2 token-positions,
-    # the unmasked prefix n - 1 more (vs n^2 for full passes).
+@pytest.mark.parametrize("max_batch", [1, 3, 32])
+def test_masked_passes_share_the_prefix_without_padding(max_batch):
+    # Packed batches: the masked passes run exactly sum_i (n - i) = n(n+1)/2 token-positions
+    # whatever the batch size; without a given prefix, the unmasked prefix pass adds n - 1.
     n = 12
     ids = torch.arange(n) + 4
     adapter, x, pos, orig = _setup(ids=ids, n_ctx=n, n_targets=1)
     stats = {}
-    information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=1, stats=stats)
+    information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=max_batch, stats=stats)
+    assert stats["layout"] == "packed" and stats["max_rows"] == min(max_batch, n)
     assert stats["masked_positions"] == n * (n + 1) // 2
     assert stats["positions"] == n * (n + 1) // 2 + n - 1
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_prefix_from_the_forward_pass_is_the_whole_cost(arch):
+    # The engine hands over the keys and values of its own forward pass: the information term
+    # then runs only the masked positions, sum_i (N - i) for an input of N = n + T - 1 tokens
+    # (n(n+1)/2 <= n^2/2 + n for one target), and the numbers do not change.
+    n = 9
+    ids = torch.arange(n + 1) % 50 + 4
+    adapter, x, pos, orig = _setup(arch, ids=ids, n_ctx=n, n_targets=2)
+    capture = adapter.capture_stream(x, pos, record=False, keep_kv=True)
+    stats = {}
+    got = information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=4, stats=stats,
+                      prefix=PrefixCache.from_kv(capture.kv, n - 1))
+    assert stats["positions"] == stats["masked_positions"] == n * (n + 1) // 2 + n * (2 - 1)
+    assert stats["prefix_passes"] == 0
+    tol = dict(rtol=1e-5, atol=1e-7) if arch == "gptj" else TIGHT
+    torch.testing.assert_close(got, information_reference(adapter, x, pos, n, _zeros(n, x)), **tol)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gpt2"])
+def test_rectangular_layout_equals_reference(arch):
+    # The layout FlashAttention-2 needs (one start per batch, padded rows), forced on the CPU.
+    adapter, x, pos, orig = _setup(arch)
+    masks = _zeros(N_CTX, x)
+    stats = {}
+    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=3, layout="rectangular", stats=stats)
+    assert stats["layout"] == "rectangular" and stats["max_rows"] == 3
+    torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **TIGHT)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -145,7 +178,7 @@ def _one_variant_bytes(adapter, n_used, n_ctx, n_targets):
     from heta_fast.signals.information import _Budget
 
     budget = _Budget(ModelShape.of(adapter.model), 1, n_targets, n_ctx - 1, n_windows=1)
-    return budget.batch_bytes(1, n_used, n_used)
+    return budget.batch_bytes(MaskedBatch(0, 0, 1, n_used))
 
 
 def test_budget_below_one_variant_raises_a_clear_error():
@@ -225,5 +258,4 @@ def test_engine_passes_windows_and_budget_to_the_information_term():
     attr.config = cfg.replace(memory_budget=1)
     with pytest.raises(MemoryBudgetError):
         attr.attribute(prompt, target)
-    with pytest.raises(NotImplementedError, match="curvature"):
-        HETAConfig(window_size=4, components=("curvature", "information"))
+
