@@ -9,8 +9,12 @@ For n = 64, 128, 256, 512 context tokens and one target predicted at the last on
   of n tokens per masked token, plus its own unmasked pass;
 * ``b-batched``: batched full passes, no prefix sharing: ``BATCH_B`` masked copies of the whole
   input per pass, same fused attention and fused vocabulary KL as the engine;
-* ``c-engine``: ``heta_fast.signals.information.information`` (prefix sharing over the KV cache,
-  budgeted batches, fused KL) with ``memory_budget = ENGINE_BUDGET``.
+* ``c-engine``: ``heta_fast.signals.information.information`` as the engine calls it: prefix
+  sharing over the KV cache of the engine's forward pass, packed budgeted batches, fused KL,
+  with ``memory_budget = ENGINE_BUDGET``.
+
+Token-positions count the masked passes only: the unmasked pass that gives P_orig (and, for the
+engine, the prefix cache) is the engine's one forward pass, shared by all three signals.
 
 ``extra_info`` records the token-positions each one sends through the model and, for the
 engine, its peak memory: the process's peak resident set (VmHWM, reset through
@@ -36,6 +40,7 @@ from heta_fast.fast_attention import no_grad_attention
 from heta_fast.ops.vocab_kl import vocab_kl
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import information
+from heta_fast.signals.prefix_cache import PrefixCache
 
 # BENCH_INFO_SIZES="64,128" runs a subset; BENCH_INFO_LOG=path appends one JSON line per result
 # (kept even if the run is cut short).
@@ -90,15 +95,19 @@ def case(default_attributor):
     for n in SIZES:
         x = adapter.embed(torch.tensor(prompt_ids(attr.tokenizer, n)))
         positions = torch.tensor([n - 1])
-        orig = adapter.log_probs(x[None], positions)[0]
-        cases[n] = (adapter, x, positions, torch.zeros(n, x.shape[-1]), orig)
+        # The engine's forward pass: P_orig at the target and, kept for (c), every layer's keys
+        # and values (the prefix cache). All three implementations get P_orig from outside the
+        # timed region; (a) runs its own unmasked pass inside, as the reference loop does.
+        capture = adapter.capture_stream(x, positions, record=False, keep_kv=True)
+        prefix = PrefixCache.from_kv(capture.kv, n - 1)
+        cases[n] = (adapter, x, positions, torch.zeros(n, x.shape[-1]), capture.log_probs, prefix)
     return cases
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("n", SIZES)
 def test_bench_information(benchmark, case, n, impl):
-    adapter, x, positions, masks, orig = case[n]
+    adapter, x, positions, masks, orig, prefix = case[n]
     benchmark.group = f"information n={n}"
     benchmark.extra_info.update(n=n, torch_threads=torch.get_num_threads(),
                                 malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"))
@@ -106,14 +115,14 @@ def test_bench_information(benchmark, case, n, impl):
     if impl == "a-reference":
         result = benchmark.pedantic(information_reference, args=(adapter, x, positions, n, masks),
                                     rounds=1, iterations=1)
-        benchmark.extra_info["token_positions"] = n * n + n  # n masked passes + its unmasked pass
+        benchmark.extra_info["token_positions"] = n * n  # n masked passes (+ n for its own unmasked pass)
     elif impl == "b-batched":
         result = benchmark.pedantic(batched_full_passes, args=(adapter, x, positions, n, masks, orig),
                                     rounds=1, iterations=1)
         benchmark.extra_info["token_positions"] = n * n
     else:
         stats: dict = {}
-        kwargs = dict(memory_budget=ENGINE_BUDGET, stats=stats)
+        kwargs = dict(memory_budget=ENGINE_BUDGET, stats=stats, prefix=prefix)
 
         def run():
             stats.clear()

@@ -153,6 +153,26 @@ def combine(flow: torch.Tensor | None, curvature: torch.Tensor | None, informati
     return flow if inner is None else flow * inner
 
 
+def attribute_reference(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: torch.Tensor,
+                        target_ids: torch.Tensor, n_context: int, mask_vectors: torch.Tensor,
+                        num_probes: int = 10, seed: int = 0, beta: float = 0.5, gamma: float = 0.5) -> dict:
+    """The whole of HETA by the definitions, one piece at a time (the end-to-end oracle).
+
+    embeds [n, d] (context + target[:-1]); target_positions [T]; target_ids [T];
+    mask_vectors [n_context, d]. Materialised attention for the flow gate, the sequential
+    Hutchinson loop (m = ``num_probes``, probes from ``seed``) and the one-pass-per-token
+    information loop. Returns {"scores", "flow", "curvature", "information"}, each [T, n_context].
+    """
+    cap = adapter.capture(embeds)
+    norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
+    flow = flow_gate_reference(cap.attentions, norms, target_positions, n_context)
+    probes = rademacher_probes(n_context, num_probes, embeds.shape[-1], seed)
+    curv = torch.stack([curvature_reference(adapter, embeds, int(p), int(t), n_context, probes)
+                        for p, t in zip(target_positions, target_ids)])
+    info = information_reference(adapter, embeds, target_positions, n_context, mask_vectors)
+    return {"scores": combine(flow, curv, info, beta, gamma), "flow": flow, "curvature": curv, "information": info}
+
+
 def _simplex(v: torch.Tensor) -> torch.Tensor:
     total = v.sum()
     return v / total if total > 0 else torch.zeros_like(v)

@@ -4,8 +4,7 @@ import torch
 
 from heta_fast import Attribution, Attributor, FailedAttribution, HETAConfig
 from heta_fast.errors import InputError
-from heta_fast.reference import (curvature_reference, flow_gate_reference, information_reference,
-                                 rademacher_probes, value_norms_reference)
+from heta_fast.reference import attribute_reference, information_reference
 from tests.tiny_models import ARCHITECTURES, text, tiny_model, tiny_tokenizer
 
 PROMPT = text(10, 3, 44, 7, 21, 9)
@@ -28,17 +27,14 @@ def test_engine_equals_reference_for_every_component(arch):
     adapter = attr.adapter
     x = adapter.embed(ids)
     positions = torch.arange(len(res.target_ids)) + n_ctx - 1
-    cap = adapter.capture(x)
-    norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
-    torch.testing.assert_close(res.flow, flow_gate_reference(cap.attentions, norms, positions, n_ctx))
-    probes = rademacher_probes(n_ctx, 3, x.shape[-1], seed=0)
-    curv = torch.stack([curvature_reference(adapter, x, int(p), t, n_ctx, probes)
-                        for p, t in zip(positions, res.target_ids)])
+    ref = attribute_reference(adapter, x, positions, torch.tensor(res.target_ids), n_ctx,
+                              torch.zeros(n_ctx, x.shape[-1], dtype=x.dtype), num_probes=3, seed=0)
+    torch.testing.assert_close(res.flow, ref["flow"])
     # Batched vs one-at-a-time differ only by float64 rounding (float32 inside GPT-J's attention).
     tol = dict(rtol=1e-5, atol=1e-7) if arch == "gptj" else dict(rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(res.curvature, curv, **tol)
-    info = information_reference(adapter, x, positions, n_ctx, torch.zeros(n_ctx, x.shape[-1], dtype=x.dtype))
-    torch.testing.assert_close(res.information, info, **tol)
+    torch.testing.assert_close(res.curvature, ref["curvature"], **tol)
+    torch.testing.assert_close(res.information, ref["information"], **tol)
+    torch.testing.assert_close(res.scores, ref["scores"], **tol)
     torch.testing.assert_close(res.scores, res.flow * (0.5 * res.curvature + 0.5 * res.information))
 
 
