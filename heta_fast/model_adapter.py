@@ -123,20 +123,14 @@ class ModelAdapter:
         return torch.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
-    def hidden_states(self, embeds: torch.Tensor, cache, position_ids: torch.Tensor | None = None,
-                      attention_mask=None) -> torch.Tensor:
+    def hidden_states(self, embeds: torch.Tensor, cache, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """embeds [B, L, d] continuing ``cache`` (a transformers Cache of positions [0, a), extended
         in place) -> final normalised hidden states [B, L, d] at positions a..a+L-1 (LM head input).
 
-        position_ids [B, L] and a prepared attention_mask ([B, 1, L, a + L] additive, or a dict of
-        them by layer type) override the defaults for layouts that are not one plain continuation
-        (packed masked variants, :mod:`heta_fast.signals.packed_variants`).
+        position_ids [B, L] override those positions (packed masked variants, whose segments
+        restart at their own positions: :mod:`heta_fast.signals.packed_variants`).
         """
-        extra = {}
-        if position_ids is not None:
-            extra["position_ids"] = position_ids
-        if attention_mask is not None:
-            extra["attention_mask"] = attention_mask
+        extra = {} if position_ids is None else {"position_ids": position_ids}
         return self.model.base_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
                                      **extra).last_hidden_state
 

@@ -6,8 +6,8 @@ The fast path does close to the irreducible work:
   (:class:`PrefixCache`); the variant masking token i runs only positions i .. N-1 on top of
   the cached keys and values of [0, i), so the masked passes cost Σ_i (N - i) ≈ n²/2
   token-positions instead of n²;
-- batching: consecutive variants share a pass, packed end to end without padding
-  (:mod:`.packed_variants`, :func:`plan_batches`), as many as the memory budget allows; one
+- batching: consecutive variants share a pass, packed end to end without padding and attending
+  segment by segment (:mod:`.packed_variants`, :func:`plan_batches`), as many as the memory budget allows; one
   variant that does not fit raises :class:`MemoryBudgetError` up front;
 - every target is read from the same masked pass (all targets lie at or after the masked token);
 - only the targets' final hidden states reach the LM head, through the fused vocabulary KL
@@ -26,16 +26,18 @@ from ..ops.vocab_kl import vocab_kl
 from ..windows import Window, average_over_windows, context_windows, window_input, window_positions
 from ..errors import MemoryBudgetError
 from .masked_batches import MaskedBatch, plan_batches
-from .packed_variants import PackedVariants, layer_masks
+from .packed_variants import PackedVariants, can_pack, run_packed
+from .packed_variants import register as register_packed
 from .prefix_cache import PrefixCache
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 # Vocabulary columns per chunk of the fused KL on the CPU path.
 KL_CHUNK = 8192
-# On a CPU, token-positions per masked pass beyond which wider batches only add padding: the
-# matrix products already run at full speed (measured on SmolLM2-135M: ~same positions/s from
-# 128 to 1024 positions per pass). Accelerators batch up to the memory budget and max_batch.
-CPU_TOKENS_PER_PASS = 256
+# On a CPU, token-positions per packed pass: the matrix products run at nearly full speed from a
+# few hundred positions on (SmolLM2-135M, n = 128, one thread: 22.0 / 18.2 / 17.0 / 16.6 s CPU for
+# the information term at 128 / 256 / 512 / 1024 positions per pass), and wider passes only hold
+# more activations. Accelerators batch up to the memory budget and max_batch.
+CPU_TOKENS_PER_PASS = 1024
 
 
 @torch.no_grad()
@@ -58,8 +60,9 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     prefix:         the unmasked input's keys and values for at least [0, n_context - 1), e.g.
                     from the engine's forward pass (:meth:`PrefixCache.from_kv`); None: one
                     extra unmasked pass computes them
-    layout:         "packed", "rectangular" or "auto" (packed unless the attention is
-                    FlashAttention-2, whose kernel takes no packed mask); see masked_batches.py
+    layout:         "packed", "rectangular" or "auto": packed, unless the no-grad attention is
+                    FlashAttention-2 or the model's attention cannot be switched (GPT-J); see
+                    masked_batches.py
     stats:          if a dict, filled with counts of the work done (token-positions, passes, bytes)
 
     Returns [T, n_context] (float64 for float64 inputs, else float32). Targets predicted before a
@@ -75,7 +78,9 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     n_targets = positions.numel()
     implementation = choose_no_grad_attention(adapter.model) if attention == "auto" else attention
     if layout == "auto":
-        layout = "rectangular" if implementation == FLASH else "packed"
+        layout = "packed" if can_pack(adapter) and implementation != FLASH else "rectangular"
+    elif layout == "packed" and not can_pack(adapter):
+        raise ValueError(f"{adapter.spec.name}: the packed layout needs a model whose attention can be switched")
 
     window_pos = [window_positions(positions, n_context, w) for w in windows]
     spans = [(w.start, w.stop, int(p.max()) + 1) for w, p in zip(windows, window_pos)]
@@ -88,26 +93,32 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     per_window = [torch.zeros(n_targets, w.size, dtype=out_dtype, device=embeds.device) for w in windows]
     counts = {"prefix_positions": 0, "prefix_passes": 0, "reference_positions": 0, "masked_positions": 0,
               "passes": 0, "max_rows": 0}
+    # Packed batches attend through heta_packed; the unmasked passes (prefix, window references)
+    # and rectangular batches through the fused no-grad attention.
+    batch_attention = register_packed() if layout == "packed" else implementation
     with no_grad_attention(adapter.model, implementation) as used:
         if prefix is None:
             prefix = PrefixCache.build(adapter, embeds[:prefix_length], budget.prefix_chunk)
             counts.update(prefix_positions=prefix_length, prefix_passes=prefix.passes, passes=prefix.passes)
         inputs = [window_input(embeds, n_context, w) for w in windows]
+        refs = []
         for w, win in enumerate(windows):
-            ref = orig_log_probs if win.stop == n_context else _window_reference(
-                adapter, prefix, inputs[w], win, window_pos[w], weight, bias)
+            refs.append(orig_log_probs if win.stop == n_context else _window_reference(
+                adapter, prefix, inputs[w], win, window_pos[w], weight, bias))
             if win.stop != n_context:
                 counts["reference_positions"] += n_targets
                 counts["passes"] += 1
-            for batch in (b for b in batches if b.window == w):
-                counts["passes"] += 1
-                run = _packed_kl if batch.packed else _rectangular_kl
-                kl = run(adapter, prefix, inputs[w], batch, window_pos[w], mask_vectors, ref, weight, bias)
-                per_window[w][:, batch.start - win.start : batch.start - win.start + batch.rows] = kl.t().to(out_dtype)
-                counts["masked_positions"] += batch.positions
-                counts["max_rows"] = max(counts["max_rows"], batch.rows)
+    with no_grad_attention(adapter.model, batch_attention) as used_by_batches:
+        for batch in batches:
+            w, win = batch.window, windows[batch.window]
+            run = _packed_kl if batch.packed else _rectangular_kl
+            kl = run(adapter, prefix, inputs[w], batch, window_pos[w], mask_vectors, refs[w], weight, bias)
+            per_window[w][:, batch.start - win.start : batch.start - win.start + batch.rows] = kl.t().to(out_dtype)
+            counts["passes"] += 1
+            counts["masked_positions"] += batch.positions
+            counts["max_rows"] = max(counts["max_rows"], batch.rows)
     if stats is not None:
-        stats.update(counts, attention=used, layout=layout, windows=len(windows), batches=len(batches),
+        stats.update(counts, attention=used, batch_attention=used_by_batches, layout=layout, windows=len(windows), batches=len(batches),
                      positions=counts["prefix_positions"] + counts["reference_positions"] + counts["masked_positions"],
                      estimated_peak_bytes=max([budget.batch_bytes(b) for b in batches] + [budget.prefix_bytes()]))
     if len(windows) == 1:
@@ -120,10 +131,9 @@ def _packed_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, ba
                weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """One packed pass of ``batch.rows`` masked variants; seq [N, d] is the window's input. Returns [rows, T]."""
     a, rows = batch.start, batch.rows
-    packed = PackedVariants.build(seq, a, rows, a + batch.length, mask_vectors[a : a + rows])
-    mask = layer_masks(adapter, packed, batch.prefix)
-    hidden = adapter.hidden_states(packed.embeds[None], prefix.for_batch(batch.prefix, 1),
-                                   position_ids=packed.positions[None], attention_mask=mask)[0]  # [Q, d]
+    windows = [adapter.spec.window(adapter.model.config, i) for i in range(len(adapter.layers))]
+    packed = PackedVariants.build(seq, a, rows, a + batch.length, mask_vectors[a : a + rows], windows)
+    hidden = run_packed(adapter, packed, prefix.for_batch(batch.prefix, 1))  # [Q, d]
     index, valid = packed.rows_at(positions)  # [rows, T]
     target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
     kl = vocab_kl(hidden[index.reshape(-1)], weight, ref, target_index, bias, chunk_size=KL_CHUNK).view(rows, -1)
