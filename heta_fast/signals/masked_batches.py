@@ -5,13 +5,13 @@ past its last target) on top of the unmasked prefix cache [0, i). A batch takes 
 variants i = a, a+1, ..., a+B-1 of one window. Two layouts:
 
 - ``packed`` (the default): the B variants are laid end to end in one sequence of
-  Σ_r (N - a - r) tokens, each segment at its own positions, with an attention mask that lets a
-  segment see the cached prefix before its masked token and its own earlier tokens only. No
+  Σ_r (N - a - r) tokens, each segment at its own positions, attending segment by segment to
+  the cached prefix before its masked token and its own earlier tokens (packed_variants.py). No
   position is computed twice: all the batches of a window together run exactly
   Σ_i (N - i) token-positions, the irreducible work.
 - ``rectangular``: every row runs from position a, so row a+r recomputes the unmasked positions
-  a .. a+r-1 (B(B-1)/2 padding positions per batch). Used where the attention kernel accepts
-  only causal masks (FlashAttention-2), which cannot express the packed layout.
+  a .. a+r-1 (B(B-1)/2 padding positions per batch). Used where the packed attention cannot be
+  installed (GPT-J) or the kernel accepts only causal masks (FlashAttention-2).
 
 Rows are added while the memory model says the pass still fits the budget, up to ``max_rows``
 and, when ``tokens_per_pass`` is set, only until a pass has that many token-positions: on a CPU
