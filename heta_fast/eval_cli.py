@@ -27,6 +27,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--exclude-first", action="store_true",
                    help="show DSA and F1 with the first prompt token dropped from normalisation")
+    p.add_argument("--paired", default=None, metavar="METHOD",
+                   help="also print METHOD minus every other method per metric (paired over examples, "
+                        "95%% bootstrap interval)")
     p.add_argument("--metrics", default="all",
                    help="comma-separated subset of soft_nc,soft_ns,comprehensiveness,sufficiency,dsa,f1 "
                         "(default all; dsa and f1 alone need no extra forward pass)")
@@ -86,9 +89,12 @@ def run_eval(args) -> int:
     from .evaluate.data import load_examples
     from .evaluate.methods import resolve_methods
     from .evaluate.runner import run_evaluation
-    from .evaluate.summary import render_table, summarise
+    from .errors import ConfigError
+    from .evaluate.summary import render_paired, render_table, summarise
 
     methods = resolve_methods(args.methods)
+    if args.paired is not None and args.paired not in methods:
+        raise ConfigError(f"--paired {args.paired!r} is not one of the evaluated methods")
     settings, config = _settings(args), _config(args)
     examples = load_examples(args.data, args.limit)
     attributor = Attributor.from_pretrained(args.model, config=config)
@@ -102,14 +108,18 @@ def run_eval(args) -> int:
         return 130
     ids = {ex.id for ex in examples}
     records = [r for r in store.records if r["example"] in ids and r["method"] in methods]
-    table = render_table(summarise(records, exclude_first=args.exclude_first))
+    summaries = summarise(records, exclude_first=args.exclude_first)
     note = " (DSA and F1 with the first token excluded)" if args.exclude_first else ""
     print(f"\n{len({r['example'] for r in records})} examples{note}; mean [95% bootstrap CI]; "
-          f"s / example = attribution wall time\n{table}")
+          f"s / example = attribution wall time\n{render_table(summaries)}")
+    md = [render_table(summaries, markdown=True)]
+    if args.paired is not None:
+        print(f"\npaired differences, mean [95% bootstrap CI]\n"
+              f"{render_paired(records, args.paired, args.exclude_first)}")
+        md.append(render_paired(records, args.paired, args.exclude_first, markdown=True))
     if args.markdown:
         from pathlib import Path
 
-        md = render_table(summarise(records, exclude_first=args.exclude_first), markdown=True)
-        Path(args.markdown).write_text(md + "\n", encoding="utf-8")
+        Path(args.markdown).write_text("\n\n".join(md) + "\n", encoding="utf-8")
         print(f"wrote {args.markdown}")
     return 0

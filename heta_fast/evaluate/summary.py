@@ -83,6 +83,26 @@ def _cell(stat: tuple) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def render_paired(records: list[dict], method: str, exclude_first: bool = False, markdown: bool = False) -> str:
+    """``method`` − every other method, per metric: mean paired difference over the examples both
+    scored, with its 95% bootstrap interval (a win or loss when the interval excludes 0; note
+    that lower is better for sufficiency). Metrics nobody has a value for are left out."""
+    others = [m for m in dict.fromkeys(r["method"] for r in records) if m != method]
+    others = [m for m in METHODS if m in others] + sorted(m for m in others if m not in METHODS)
+    diffs = {(m, k): paired_difference(records, method, m, k, exclude_first) for m in others for k in METRICS}
+    shown = [k for k in METRICS if any(not math.isnan(diffs[m, k][0]) for m in others)]
+    header = [f"{method} − method"] + [LABELS[k] for k in shown]
+    rows = [[m] + [_signed(diffs[m, k]) for k in shown] for m in others]
+    return _layout(header, rows, markdown)
+
+
+def _signed(stat: tuple) -> str:
+    mean, lo, hi, _ = stat
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def render_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
     """Method × metric table: mean [95% bootstrap CI], first-token mass, seconds per example.
 
@@ -95,6 +115,10 @@ def render_table(summaries: list[MethodSummary], markdown: bool = False) -> str:
         n = f"{s.n}" + (f" ({s.failed} failed)" if s.failed else "")
         rows.append([s.method, n] + [_cell(s.metrics[k]) for k in shown]
                     + [_cell(s.first_mass), "–" if math.isnan(s.seconds) else f"{s.seconds:.2f}"])
+    return _layout(header, rows, markdown)
+
+
+def _layout(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

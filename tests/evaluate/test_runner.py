@@ -9,7 +9,7 @@ from heta_fast.cli import main
 from heta_fast.engine import Attributor
 from heta_fast.evaluate.data import load_jsonl
 from heta_fast.evaluate.runner import METRICS, EvalSettings, alignment, prepare_example, run_evaluation
-from heta_fast.evaluate.summary import bootstrap_ci, paired_difference, render_table, summarise
+from heta_fast.evaluate.summary import bootstrap_ci, paired_difference, render_paired, render_table, summarise
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 SETTINGS = EvalSettings(samples=2, ig_steps=4, fractions=(0.2, 0.4))
@@ -175,3 +175,20 @@ def test_paired_difference_uses_common_examples():
     mean, lo, hi, n = paired_difference(records, "heta", "rollout", "dsa")
     assert n == 2 and mean == pytest.approx((0.3 - 0.2) / 2) and lo <= mean <= hi
     assert paired_difference(records, "heta", "rollout", "dsa", exclude_first=True)[0] == pytest.approx(0.05)
+
+
+def test_paired_table_lists_every_other_method_with_signed_differences():
+    def rec(e, m, dsa):
+        return {"example": e, "method": m, "ok": True, "metrics": {"dsa": dsa, "soft_nc": None}}
+
+    records = [rec("x", "heta", 0.5), rec("x", "rollout", 0.2), rec("x", "saliency", 0.9),
+               rec("y", "heta", 0.1), rec("y", "rollout", 0.0), rec("y", "saliency", 0.1)]
+    lines = render_paired(records, "heta", markdown=True).splitlines()
+    assert lines[0] == "| heta − method | DSA ↑ |"  # Soft-NC has no values: left out
+    assert lines[2].startswith("| saliency | -0.200 [") and lines[3].startswith("| rollout | +0.200 [")
+
+
+def test_cli_eval_paired_must_name_an_evaluated_method(tiny_model_dir, data, tmp_path, capsys):
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout",
+                 "--metrics", "dsa", "--out", str(tmp_path / "r.json"), "--paired", "heta", "--no-progress"])
+    assert code == 2 and "--paired" in capsys.readouterr().err
