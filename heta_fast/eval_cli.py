@@ -23,7 +23,13 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                         "integrated_gradients (ig), rollout, occlusion, heta_flow, heta_curvature, "
                         "heta_information, heta_ungated")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="evaluate only every N-th example from the I-th (0-based): N processes with shards "
+                        "0/N .. N-1/N cover the data once; combine their files with --merge")
     p.add_argument("--out", required=True, help="results JSON file (continued if it exists)")
+    p.add_argument("--merge", nargs="+", default=(), metavar="FILE",
+                   help="take over the records of these results files (same settings, e.g. shards) before "
+                        "computing what is still missing")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--exclude-first", action="store_true",
                    help="show DSA and F1 with the first prompt token dropped from normalisation")
@@ -86,7 +92,7 @@ def _config(args):
 
 def run_eval(args) -> int:
     from .engine import Attributor
-    from .evaluate.data import load_examples
+    from .evaluate.data import load_examples, select_shard
     from .evaluate.methods import resolve_methods
     from .evaluate.runner import run_evaluation
     from .errors import ConfigError
@@ -96,12 +102,12 @@ def run_eval(args) -> int:
     if args.paired is not None and args.paired not in methods:
         raise ConfigError(f"--paired {args.paired!r} is not one of the evaluated methods")
     settings, config = _settings(args), _config(args)
-    examples = load_examples(args.data, args.limit)
+    examples = select_shard(load_examples(args.data, args.limit), args.shard)
     attributor = Attributor.from_pretrained(args.model, config=config)
     print(f"{len(examples)} examples x {len(methods)} methods ({', '.join(methods)}) -> {args.out}", flush=True)
     try:
         store = run_evaluation(attributor, examples, methods, args.out, settings, data=str(args.data),
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, merge=args.merge)
     except KeyboardInterrupt:
         print(f"heta-fast: interrupted; finished results are kept in {args.out}: "
               "run the same command again to continue", file=sys.stderr)

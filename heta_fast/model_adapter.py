@@ -12,6 +12,7 @@ no probabilities, and per layer only what the streaming flow gate needs to recom
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -107,7 +108,7 @@ class ModelAdapter:
         cache: optional transformers Cache holding positions [0, a) (extended in place); embeds
         then sit at positions a..a+n-1 and ``positions`` index rows of embeds.
         """
-        run = dict(use_cache=False) if cache is None else dict(use_cache=True, past_key_values=cache)
+        run = dict(use_cache=False) if cache is None else dict(use_cache=True, **_cache_argument(self.model, cache))
         if positions is None:
             return self.model(inputs_embeds=embeds, **run).logits
         # Only the requested positions reach the LM head (a [n, V] logits block per sequence
@@ -131,8 +132,8 @@ class ModelAdapter:
         restart at their own positions: :mod:`heta_fast.signals.packed_variants`).
         """
         extra = {} if position_ids is None else {"position_ids": position_ids}
-        return self.model.base_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True,
-                                     **extra).last_hidden_state
+        base = self.model.base_model
+        return base(inputs_embeds=embeds, use_cache=True, **_cache_argument(base, cache), **extra).last_hidden_state
 
     def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b."""
@@ -200,7 +201,7 @@ class ModelAdapter:
             with recording(recorder):
                 keep = positions.to(embeds.device)
                 cache = DynamicCache() if keep_kv else None
-                run = dict(use_cache=True, past_key_values=cache) if keep_kv else dict(use_cache=False)
+                run = dict(use_cache=True, **_cache_argument(self.model, cache)) if keep_kv else dict(use_cache=False)
                 logits = self.model(inputs_embeds=embeds[None], logits_to_keep=keep, **run).logits[0]
         finally:
             for fn in undo:
@@ -219,3 +220,17 @@ class ModelAdapter:
             layout=self.layout,
             kv=[(layer.keys, layer.values) for layer in cache.layers] if keep_kv else None,
         )
+
+
+def _cache_argument(module: nn.Module, cache) -> dict:
+    """The keyword that hands ``cache`` to ``module.forward``: ``cache`` in recent transformers
+    (where ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    name = _CACHE_KEYWORD.get(type(module))
+    if name is None:
+        params = inspect.signature(module.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_KEYWORD[type(module)] = name
+    return {name: cache}
+
+
+_CACHE_KEYWORD: dict[type, str] = {}

@@ -1,7 +1,8 @@
 """Quality of the fast curvature estimators against the exact one, on the curated distractor set.
 
     python scripts/curvature_quality.py --limit 4            # the first 4 examples
-    python scripts/curvature_quality.py --summary-only       # re-print the summary of a results file
+    python scripts/curvature_quality.py --indices 0:100:11 --out q.json   # examples 0, 11, 22, ...
+    python scripts/curvature_quality.py --summary-only --out q.json --merge q2.json   # summary of both files
 
 For each example of ../shared/data/curated_qa_100.json (prompt = input_text + "\\nAnswer:",
 target = the first token of " " + answer) on the default model (float32, CPU): one Hessian
@@ -65,6 +66,16 @@ def examples():
     data = json.loads(DATA.read_text())
     for ex in data["examples"]:
         yield ex["id"], ex["input_text"] + "\nAnswer:", " " + ex["answer"]
+
+
+def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
+    """Example positions to evaluate: ``spec`` as "3,7,12" or a slice "start:stop:step"; else the first ``limit``."""
+    if spec is None:
+        return list(range(min(limit, total)))
+    if ":" in spec:
+        parts = [int(p) if p else None for p in spec.split(":")]
+        return list(range(total))[slice(*parts)]
+    return [int(p) for p in spec.split(",") if p.strip()]
 
 
 def run_example(attributor, prompt: str, answer: str, base, ground_truth: bool = True) -> dict:
@@ -160,7 +171,11 @@ def _stat(values, count: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=4, help="examples to evaluate (from the start of the set)")
+    parser.add_argument("--indices", default=None,
+                        help='example positions: "0,11,22" or a slice "0:100:11" (default: the first --limit)')
     parser.add_argument("--out", type=Path, default=ROOT / "results_curvature_quality.json")
+    parser.add_argument("--merge", type=Path, nargs="+", default=(),
+                        help="more results files (e.g. of other processes) to include in the summary")
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--m64-every", type=int, default=1,
                         help="compute the exact m=64 ground truth on every k-th example only (the others are "
@@ -177,15 +192,17 @@ def main(argv=None) -> int:
 
         base = HETAConfig(components=("flow", "information"), dtype="float32", device="cpu")
         attributor = Attributor.from_pretrained("smollm2-135m", config=base)
-        for i, (ex_id, prompt, answer) in enumerate(examples()):
-            if i >= args.limit:
-                break
+        everything = list(examples())
+        for i in chosen_indices(args.indices, args.limit, len(everything)):
+            ex_id, prompt, answer = everything[i]
             if ex_id in records:
                 continue
             clock = time.perf_counter()
             records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=i % args.m64_every == 0)
             args.out.write_text(json.dumps(records))
             print(f"{ex_id}: n={records[ex_id]['n_context']} in {time.perf_counter() - clock:.0f} s", flush=True)
+    for path in args.merge:
+        records = {**json.loads(path.read_text()), **records}
     print(summarise(records))
     return 0
 

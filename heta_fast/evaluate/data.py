@@ -216,3 +216,20 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[EvalExampl
             raise InputError("--limit must be >= 1")
         examples = examples[:limit]
     return examples
+
+
+def select_shard(examples: list[EvalExample], shard: str | None) -> list[EvalExample]:
+    """The examples of shard ``"I/N"`` (every N-th example from the I-th, 0-based); all if None.
+
+    N processes (or machines) given shards 0/N … N−1/N together cover every example once; their
+    results files are combined with ``heta-fast eval --merge``.
+    """
+    if shard is None:
+        return examples
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/2), got {shard!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"--shard I/N needs N >= 1 and 0 <= I < N, got {shard!r}")
+    return examples[index::count]

@@ -190,6 +190,20 @@ class ResultsFile:
                              "use the same settings to continue it, or another --out")
         return cls(path, {**header, "data": old.get("data", header.get("data"))}, list(data.get("records", [])))
 
+    def absorb(self, path: str | Path) -> int:
+        """Add the records of another results file written with the same settings (e.g. one
+        shard of a sharded run) that this file does not hold yet; returns how many were added."""
+        if Path(path).resolve() == self.path.resolve():
+            return 0
+        if not Path(path).exists():
+            raise InputError(f"no such results file to merge: {path}")
+        other = ResultsFile.open(path, self.header)
+        done = self.done()
+        new = [r for r in other.records if (r["example"], r["method"]) not in done]
+        if new:
+            self.add(new)
+        return len(new)
+
     def done(self) -> set[tuple[str, str]]:
         return {(r["example"], r["method"]) for r in self.records}
 
@@ -232,11 +246,18 @@ def method_groups(methods: Sequence[str]) -> list[list[str]]:
 
 def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: str | Path,
                    settings: EvalSettings | None = None, data: str | None = None, progress: bool = True,
-                   on_group: Callable[[str, list[str]], None] | None = None) -> ResultsFile:
-    """Evaluate ``methods`` on ``examples``, continuing ``out`` if it holds earlier results."""
+                   on_group: Callable[[str, list[str]], None] | None = None,
+                   merge: Sequence[str | Path] = ()) -> ResultsFile:
+    """Evaluate ``methods`` on ``examples``, continuing ``out`` if it holds earlier results.
+
+    merge: other results files of the same settings (shards) whose records are taken over first,
+    so that only what none of them holds is computed.
+    """
     settings = settings or EvalSettings()
     methods = resolve_methods(methods)
     store = ResultsFile.open(out, run_header(attributor, settings, data))
+    for path in merge:
+        store.absorb(path)
     done = store.done()
     bar = _progress(len(examples), progress)
     try:

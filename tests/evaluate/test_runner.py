@@ -161,6 +161,20 @@ def test_cli_eval_user_errors(tiny_model_dir, data, tmp_path, capsys, extra, mat
     assert code == 2 and len(err.strip().splitlines()) == 1 and match in err
 
 
+def test_cli_eval_shards_then_merge(tiny_model_dir, data, tmp_path, capsys):
+    base = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout", "--samples", "2",
+            "--no-progress"]
+    for i in range(2):
+        assert main(base + ["--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}.json")]) == 0
+    assert "2 examples x 1 methods" in capsys.readouterr().out.splitlines()[0]
+    out = tmp_path / "all.json"
+    assert main(base + ["--out", str(out), "--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json")]) == 0
+    assert "\n3 examples;" in capsys.readouterr().out
+    assert {r["example"] for r in json.loads(out.read_text())["records"]} == {"a", "b", "c"}
+    assert main(base + ["--shard", "3/2", "--out", str(out)]) == 2
+    assert "--shard" in capsys.readouterr().err
+
+
 def test_cli_eval_missing_data_file(tiny_model_dir, tmp_path, capsys):
     code = main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "no.jsonl"), "--out", str(tmp_path / "r.json")])
     assert code == 2 and "no such data file" in capsys.readouterr().err
@@ -192,3 +206,36 @@ def test_cli_eval_paired_must_name_an_evaluated_method(tiny_model_dir, data, tmp
     code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout",
                  "--metrics", "dsa", "--out", str(tmp_path / "r.json"), "--paired", "heta", "--no-progress"])
     assert code == 2 and "--paired" in capsys.readouterr().err
+
+
+def test_shards_cover_the_data_once_and_merge_into_the_unsharded_results(attributor, data, tmp_path):
+    from heta_fast.evaluate.data import select_shard
+
+    examples = load_jsonl(data)
+    shards = [select_shard(examples, f"{i}/2") for i in range(2)]
+    assert [[e.id for e in s] for s in shards] == [["a", "c"], ["b"]]
+    assert select_shard(examples, None) == examples
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        with pytest.raises(InputError, match="--shard"):
+            select_shard(examples, bad)
+
+    methods = ["saliency", "rollout"]
+    full = run_evaluation(attributor, examples, methods, tmp_path / "full.json", SETTINGS, progress=False)
+    for i, shard in enumerate(shards):
+        run_evaluation(attributor, shard, methods, tmp_path / f"s{i}.json", SETTINGS, progress=False)
+    calls = []
+    merged = run_evaluation(attributor, examples, methods, tmp_path / "merged.json", SETTINGS, progress=False,
+                            merge=[tmp_path / "s0.json", tmp_path / "s1.json"],
+                            on_group=lambda e, g: calls.append(e))
+    assert calls == []  # everything came from the shards
+    key = lambda r: (r["example"], r["method"])  # noqa: E731
+    assert sorted(_strip(merged.records), key=key) == sorted(_strip(full.records), key=key)
+    # a shard written with other settings is refused, and a missing one is named
+    other = EvalSettings(samples=3, ig_steps=4, fractions=(0.2, 0.4))
+    run_evaluation(attributor, shards[1], ["rollout"], tmp_path / "other.json", other, progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        run_evaluation(attributor, examples, methods, tmp_path / "m2.json", SETTINGS, progress=False,
+                       merge=[tmp_path / "other.json"])
+    with pytest.raises(InputError, match="no such results file"):
+        run_evaluation(attributor, examples, methods, tmp_path / "m3.json", SETTINGS, progress=False,
+                       merge=[tmp_path / "absent.json"])
