@@ -56,7 +56,7 @@ class HETAConfig:
         _require(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unknown dtype {self.dtype!r}")
 
     def to_engine(self) -> EngineConfig:
-        """The equivalent engine configuration (options not implemented yet raise NotImplementedError).
+        """The equivalent engine configuration (every published option maps onto an engine field).
 
         The published estimator is the exact block Hutchinson (num_hvp_samples probes per token);
         low_rank = k > 0 selects the rank-k sketch instead.

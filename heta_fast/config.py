@@ -16,10 +16,9 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 class HETAConfig:
     """Configuration of one HETA attribution.
 
-    Attr_i = M_T[i] * (beta * S_i + gamma * I_i); see docs/method.md.
-
-    Fields that a later release implements raise ``NotImplementedError`` when set to a
-    non-default value, so that no option silently does nothing.
+    Attr_i = M_T[i] * (beta * S_i + gamma * I_i); see docs/method.md. Every field changes what
+    is computed (or, for device / memory_budget / max_batch, only where and in what chunks); an
+    invalid value raises ``ConfigError`` on construction.
     """
 
     beta: float = 0.5

@@ -16,10 +16,17 @@ def test_invalid_config_is_both_value_and_assertion_error(kwargs):
         HETAConfig(**kwargs)
 
 
-def test_unimplemented_options_are_refused_not_ignored():
-    for kwargs in (dict(window_size=512),):
-        with pytest.raises(NotImplementedError):
-            HETA(tiny_model("llama"), tiny_tokenizer(), HETAConfig(**kwargs))
+def test_window_options_reach_the_engine_and_change_the_result():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    prompt = text(5, 9, 13, 2, 7, 11, 4, 8, 3)
+    windowed = HETA(model, tok, HETAConfig(num_hvp_samples=2, dtype="float64", window_size=4, window_overlap=0.5))
+    cfg = windowed._attributor.config
+    assert (cfg.window_size, cfg.window_overlap) == (4, 0.5)
+    res = windowed.attribute(prompt)
+    engine = windowed._attributor.attribute(text(5, 9, 13, 2, 7, 11, 4, 8), text(3))
+    torch.testing.assert_close(res.scores, engine.scores[0])
+    plain = HETA(model, tok, HETAConfig(num_hvp_samples=2, dtype="float64")).attribute(prompt)
+    assert not torch.allclose(res.kl_divergence, plain.kl_divergence)  # the early tokens see shorter inputs
 
 
 def test_attribute_defaults_to_the_last_token_and_matches_the_engine():
