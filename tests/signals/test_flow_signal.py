@@ -99,11 +99,21 @@ def test_capture_without_recording_keeps_only_log_probs():
 
 
 def test_architecture_bypassing_the_attention_path_is_a_clear_error():
+    # A layer whose attention never reaches heta-fast's attention function (as GPT-J's own
+    # ``_attn`` did before transformers routed it through the attention interface).
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    attn = adapter.spec.attention(adapter.layers[1])
+    attn.forward = lambda hidden_states, *args, **kwargs: (torch.zeros_like(hidden_states), None)
+    with pytest.raises(UnsupportedArchitectureError, match=r"layers \[1\].*route_attention"):
+        adapter.capture_stream(adapter.embed(IDS), POSITIONS)
+
+
+def test_gptj_route_hook_is_undone_after_the_capture():
     model = tiny_model("gptj")
-    spec = dataclasses.replace(ModelAdapter(model).spec, route_attention=None)
-    with pytest.raises(UnsupportedArchitectureError, match="route_attention"):
-        ModelAdapter(model, spec).capture_stream(ModelAdapter(model).embed(IDS), POSITIONS)
-    assert "_attn" not in vars(spec.attention(spec.layers(model)[0]))  # GPT-J's hook was undone
+    adapter = ModelAdapter(model)
+    adapter.capture_stream(adapter.embed(IDS), POSITIONS)
+    assert all("_attn" not in vars(adapter.spec.attention(layer)) for layer in adapter.layers)
 
 
 def test_engine_default_path_materialises_no_attention(monkeypatch):
