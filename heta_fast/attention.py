@@ -5,8 +5,9 @@ caps the float64 reference at ~1e-8 relative precision. This implementation keep
 dtype (float32 at least for half precision), returns the probabilities (the reference flow
 gate needs them) and supports double backward (the curvature term needs it): fused SDPA/flash
 kernels offer neither. The additive mask is transformers' eager mask (causal, sliding window,
-padding). GPT-J computes attention in its own module code (always float32) and does not use
-this path; its adapter routes that code to :meth:`AttentionRecorder.attend` during a capture.
+padding). GPT-J in older transformers releases computes attention in its own module code (always
+float32) and does not use this path; its adapter routes that code to
+:meth:`AttentionRecorder.attend` during a capture (recent releases use the attention interface).
 
 Streaming capture: inside ``with recording(recorder):`` (no autograd) the same function runs
 fused attention instead (:func:`attention_with_lse`: the CPU flash-attention kernel, or a

@@ -27,7 +27,7 @@ def flash_attn_installed() -> bool:
 def choose_no_grad_attention(model: nn.Module) -> str | None:
     """The implementation to use for no-grad passes, or None to keep the model's own.
 
-    None for models whose attention cannot be switched at run time (e.g. GPT-J, which picks
+    None for models whose attention cannot be switched at run time (e.g. GPT-J in older transformers releases, which picks
     its attention class when it is built).
     """
     can_switch = getattr(model, "_can_set_attn_implementation", None)

@@ -61,7 +61,7 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
                     from the engine's forward pass (:meth:`PrefixCache.from_kv`); None: one
                     extra unmasked pass computes them
     layout:         "packed", "rectangular" or "auto": packed, unless the no-grad attention is
-                    FlashAttention-2 or the model's attention cannot be switched (GPT-J); see
+                    FlashAttention-2 or the model's attention cannot be switched (GPT-J in older transformers); see
                     masked_batches.py
     stats:          if a dict, filled with counts of the work done (token-positions, passes, bytes)
 

@@ -11,7 +11,7 @@ variants i = a, a+1, ..., a+B-1 of one window. Two layouts:
   Σ_i (N - i) token-positions, the irreducible work.
 - ``rectangular``: every row runs from position a, so row a+r recomputes the unmasked positions
   a .. a+r-1 (B(B-1)/2 padding positions per batch). Used where the packed attention cannot be
-  installed (GPT-J) or the kernel accepts only causal masks (FlashAttention-2).
+  installed (GPT-J in older transformers) or the kernel accepts only causal masks (FlashAttention-2).
 
 Rows are added while the memory model says the pass still fits the budget, up to ``max_rows``
 and, when ``tokens_per_pass`` is set, only until a pass has that many token-positions: on a CPU

@@ -105,7 +105,8 @@ def test_prefix_from_the_forward_pass_is_the_whole_cost(arch):
     got = information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=4, stats=stats,
                       prefix=PrefixCache.from_kv(capture.kv, n - 1))
     assert stats["positions"] == stats["masked_positions"] and stats["prefix_passes"] == 0
-    if arch == "gptj":  # attention fixed at build time: rectangular batches, padded
+    if choose_no_grad_attention(adapter.model) is None:
+        # attention fixed at build time (GPT-J in older transformers): rectangular batches, padded
         assert stats["layout"] == "rectangular" and stats["masked_positions"] > n * (n + 1) // 2 + n
     else:
         assert stats["layout"] == "packed" and stats["batch_attention"] == "heta_packed"
@@ -222,9 +223,12 @@ def test_small_budget_chunks_the_prefix_pass_of_a_windowed_long_input():
 
 
 # ----------------------------------------------------------------------------- attention switch
-def test_fused_attention_choice_never_loads_flash_attn_on_cpu():
-    assert choose_no_grad_attention(tiny_model("llama")) == "sdpa"
-    assert choose_no_grad_attention(tiny_model("gptj")) is None  # attention class fixed at build time
+def test_fused_attention_choice_never_loads_flash_attn_on_cpu(monkeypatch):
+    model = tiny_model("llama")
+    assert choose_no_grad_attention(model) == "sdpa"
+    # a model whose attention class is fixed when it is built (GPT-J in older transformers)
+    monkeypatch.setattr(model, "_can_set_attn_implementation", lambda: False)
+    assert choose_no_grad_attention(model) is None
     assert "flash_attn" not in sys.modules
 
 
