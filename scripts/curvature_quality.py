@@ -12,8 +12,8 @@ seed + 1) is compared too. For each estimator: Spearman correlation of S over th
 tokens, and of the final Attr = M ⊙ (β S + γ I) (flow gate and information from the engine,
 β = γ = 0.5), against exact m = 64 and m = 10; median and 10th percentile over examples.
 
-Results are appended per example to a JSON file (default results_curvature_quality.json at the
-repository root), so an interrupted run resumes where it stopped. The exact m = 64 ground truth
+Results are appended per example to a JSON file (default docs/results/curvature_quality.json,
+the recorded measurement), so an interrupted run resumes where it stopped and a later run extends it. The exact m = 64 ground truth
 costs n·64 HVPs per example (≈ 3,600 at n ≈ 56): this is the slow part on a CPU.
 """
 from __future__ import annotations
@@ -173,7 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=4, help="examples to evaluate (from the start of the set)")
     parser.add_argument("--indices", default=None,
                         help='example positions: "0,11,22" or a slice "0:100:11" (default: the first --limit)')
-    parser.add_argument("--out", type=Path, default=ROOT / "results_curvature_quality.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "curvature_quality.json",
+                        help="results file, continued if it exists (default: the recorded one, docs/results/)")
     parser.add_argument("--merge", type=Path, nargs="+", default=(),
                         help="more results files (e.g. of other processes) to include in the summary")
     parser.add_argument("--summary-only", action="store_true")
