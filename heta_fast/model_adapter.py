@@ -12,6 +12,7 @@ no probabilities, and per layer only what the streaming flow gate needs to recom
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ class ModelAdapter:
         cache: optional transformers Cache holding positions [0, a) (extended in place); embeds
         then sit at positions a..a+n-1 and ``positions`` index rows of embeds.
         """
-        run = dict(use_cache=False) if cache is None else dict(use_cache=True, **_cache_argument(self.model, cache))
+        run = _cache_kwargs(self.model, cache)
         if positions is None:
             return self.model(inputs_embeds=embeds, **run).logits
         # Only the requested positions reach the LM head (a [n, V] logits block per sequence
@@ -133,7 +134,7 @@ class ModelAdapter:
         """
         extra = {} if position_ids is None else {"position_ids": position_ids}
         base = self.model.base_model
-        return base(inputs_embeds=embeds, use_cache=True, **_cache_argument(base, cache), **extra).last_hidden_state
+        return base(inputs_embeds=embeds, **_cache_kwargs(base, cache), **extra).last_hidden_state
 
     def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b."""
@@ -201,8 +202,8 @@ class ModelAdapter:
             with recording(recorder):
                 keep = positions.to(embeds.device)
                 cache = DynamicCache() if keep_kv else None
-                run = dict(use_cache=True, **_cache_argument(self.model, cache)) if keep_kv else dict(use_cache=False)
-                logits = self.model(inputs_embeds=embeds[None], logits_to_keep=keep, **run).logits[0]
+                logits = self.model(inputs_embeds=embeds[None], logits_to_keep=keep,
+                                    **_cache_kwargs(self.model, cache)).logits[0]
         finally:
             for fn in undo:
                 fn()
@@ -222,15 +223,14 @@ class ModelAdapter:
         )
 
 
-def _cache_argument(module: nn.Module, cache) -> dict:
-    """The keyword that hands ``cache`` to ``module.forward``: ``cache`` in recent transformers
-    (where ``past_key_values`` is deprecated), ``past_key_values`` before."""
-    name = _CACHE_KEYWORD.get(type(module))
-    if name is None:
-        params = inspect.signature(module.forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        _CACHE_KEYWORD[type(module)] = name
-    return {name: cache}
+def _cache_kwargs(module: nn.Module, cache) -> dict:
+    """Keyword arguments that run ``module`` without a cache (None) or extending ``cache``."""
+    if cache is None:
+        return {"use_cache": False}
+    return {"use_cache": True, _cache_keyword(type(module)): cache}
 
 
-_CACHE_KEYWORD: dict[type, str] = {}
+@functools.cache
+def _cache_keyword(module_type: type) -> str:
+    """``cache`` in recent transformers (where ``past_key_values`` is deprecated), else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"

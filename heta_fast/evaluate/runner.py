@@ -190,16 +190,19 @@ class ResultsFile:
                              "use the same settings to continue it, or another --out")
         return cls(path, {**header, "data": old.get("data", header.get("data"))}, list(data.get("records", [])))
 
-    def absorb(self, path: str | Path) -> int:
-        """Add the records of another results file written with the same settings (e.g. one
-        shard of a sharded run) that this file does not hold yet; returns how many were added."""
-        if Path(path).resolve() == self.path.resolve():
-            return 0
-        if not Path(path).exists():
-            raise InputError(f"no such results file to merge: {path}")
-        other = ResultsFile.open(path, self.header)
-        done = self.done()
-        new = [r for r in other.records if (r["example"], r["method"]) not in done]
+    def absorb(self, paths: Sequence[str | Path]) -> int:
+        """Add the records of other results files written with the same settings (e.g. the shards
+        of a sharded run) that this file does not hold yet, in one save; returns how many."""
+        done, new = self.done(), []
+        for path in paths:
+            if Path(path).resolve() == self.path.resolve():
+                continue
+            if not Path(path).exists():
+                raise InputError(f"no such results file to merge: {path}")
+            for r in ResultsFile.open(path, self.header).records:
+                if (r["example"], r["method"]) not in done:
+                    done.add((r["example"], r["method"]))
+                    new.append(r)
         if new:
             self.add(new)
         return len(new)
@@ -256,8 +259,7 @@ def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: st
     settings = settings or EvalSettings()
     methods = resolve_methods(methods)
     store = ResultsFile.open(out, run_header(attributor, settings, data))
-    for path in merge:
-        store.absorb(path)
+    store.absorb(merge)
     done = store.done()
     bar = _progress(len(examples), progress)
     try:

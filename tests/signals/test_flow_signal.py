@@ -2,7 +2,6 @@
 which rolls out materialised attention matrices, on tiny random models of every architecture
 (GQA, a sliding window, a mix of sliding and full layers, GPT-J's own attention code) and on
 the default model; and the engine's default path keeps no attention matrix."""
-import dataclasses
 
 import pytest
 import torch
