@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (HetaError, NotImplementedError) as exc:
-        print(f"heta-fast: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # unwritable output path and the like
+    except (HetaError, OSError) as exc:  # OSError: an unwritable output path and the like
         print(f"heta-fast: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
