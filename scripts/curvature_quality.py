@@ -3,6 +3,7 @@
     python scripts/curvature_quality.py --limit 4            # the first 4 examples
     python scripts/curvature_quality.py --indices 0:100:11 --out q.json   # examples 0, 11, 22, ...
     python scripts/curvature_quality.py --summary-only --out q.json --merge q2.json   # summary of both files
+    python scripts/curvature_quality.py --documents 3 --indices 0,33 --out long.json    # longer inputs
 
 For each example of ../shared/data/curated_qa_100.json (prompt = input_text + "\\nAnswer:",
 target = the first token of " " + answer) on the default model (float32, CPU): one Hessian
@@ -15,6 +16,12 @@ tokens, and of the final Attr = M ⊙ (β S + γ I) (flow gate and information f
 Results are appended per example to a JSON file (default docs/results/curvature_quality.json,
 the recorded measurement), so an interrupted run resumes where it stopped and a later run extends it. The exact m = 64 ground truth
 costs n·64 HVPs per example (≈ 3,600 at n ≈ 56): this is the slow part on a CPU.
+
+Longer inputs (``--documents K``): example i becomes a K-document prompt, the narrative and support
+segments of records i, i+11, i+22, ... (mod 100: K different questions and distractors), record i
+moved to place i mod K, then record i's question; the target is record i's answer, so one support sentence in K
+carries it and the others are distractors. At K = 3 and 6, n ≈ 110 and 210; the ground truth there
+is exact m = 10 only (m = 64 would cost n·64 HVPs of a longer input), see ``--m64-every``.
 """
 from __future__ import annotations
 
@@ -66,6 +73,16 @@ def examples():
     data = json.loads(DATA.read_text())
     for ex in data["examples"]:
         yield ex["id"], ex["input_text"] + "\nAnswer:", " " + ex["answer"]
+
+
+def multi_document_examples(documents: int):
+    """Prompts of ``documents`` records each (see the module docstring): (id, prompt, answer)."""
+    records = json.loads(DATA.read_text())["examples"]
+    for i, ex in enumerate(records):
+        parts = [records[(i + 11 * k) % len(records)] for k in range(1, documents)]
+        parts.insert(i % documents, ex)  # the answer-bearing document's place varies with i
+        body = " <s> ".join(f"{r['narrative_segment']} <s> {r['sciq_support_segment']}" for r in parts)
+        yield f"docs{documents}_{ex['id']}", f"{body} <s> Question: {ex['question']}\nAnswer:", " " + ex["answer"]
 
 
 def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
@@ -180,7 +197,9 @@ def main(argv=None) -> int:
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--m64-every", type=int, default=1,
                         help="compute the exact m=64 ground truth on every k-th example only (the others are "
-                             "compared with exact m=10)")
+                             "compared with exact m=10); 0: on none")
+    parser.add_argument("--documents", type=int, default=1,
+                        help="K > 1: longer K-document prompts built from the curated records (module docstring)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default); 1 avoids OpenMP oversubscription on a shared machine")
     args = parser.parse_args(argv)
@@ -193,13 +212,13 @@ def main(argv=None) -> int:
 
         base = HETAConfig(components=("flow", "information"), dtype="float32", device="cpu")
         attributor = Attributor.from_pretrained("smollm2-135m", config=base)
-        everything = list(examples())
+        everything = list(examples() if args.documents == 1 else multi_document_examples(args.documents))
         for i in chosen_indices(args.indices, args.limit, len(everything)):
             ex_id, prompt, answer = everything[i]
             if ex_id in records:
                 continue
             clock = time.perf_counter()
-            records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=i % args.m64_every == 0)
+            records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=args.m64_every > 0 and i % args.m64_every == 0)
             args.out.write_text(json.dumps(records))
             print(f"{ex_id}: n={records[ex_id]['n_context']} in {time.perf_counter() - clock:.0f} s", flush=True)
     for path in args.merge:
