@@ -20,7 +20,7 @@ costs n·64 HVPs per example (≈ 3,600 at n ≈ 56): this is the slow part on a
 Longer inputs (``--documents K``): example i becomes a K-document prompt, the narrative and support
 segments of records i, i+11, i+22, ... (mod 100: K different questions and distractors), record i
 moved to place i mod K, then record i's question; the target is record i's answer, so one support sentence in K
-carries it and the others are distractors. At K = 3 and 6, n ≈ 110 and 210; the ground truth there
+carries it and the others are distractors. At K = 3 and 6, n ≈ 137 and 258; the ground truth there
 is exact m = 10 only (m = 64 would cost n·64 HVPs of a longer input), see ``--m64-every``.
 """
 from __future__ import annotations
@@ -69,20 +69,16 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def examples():
-    data = json.loads(DATA.read_text())
-    for ex in data["examples"]:
-        yield ex["id"], ex["input_text"] + "\nAnswer:", " " + ex["answer"]
-
-
-def multi_document_examples(documents: int):
-    """Prompts of ``documents`` records each (see the module docstring): (id, prompt, answer)."""
+def examples(documents: int = 1):
+    """(id, prompt, answer) per curated record; ``documents`` > 1 builds the K-document prompts of
+    the module docstring (K = 1 is the record's own input_text: narrative <s> support <s> question)."""
     records = json.loads(DATA.read_text())["examples"]
     for i, ex in enumerate(records):
         parts = [records[(i + 11 * k) % len(records)] for k in range(1, documents)]
         parts.insert(i % documents, ex)  # the answer-bearing document's place varies with i
         body = " <s> ".join(f"{r['narrative_segment']} <s> {r['sciq_support_segment']}" for r in parts)
-        yield f"docs{documents}_{ex['id']}", f"{body} <s> Question: {ex['question']}\nAnswer:", " " + ex["answer"]
+        ex_id = ex["id"] if documents == 1 else f"docs{documents}_{ex['id']}"
+        yield ex_id, f"{body} <s> Question: {ex['question']}\nAnswer:", " " + ex["answer"]
 
 
 def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
@@ -212,7 +208,7 @@ def main(argv=None) -> int:
 
         base = HETAConfig(components=("flow", "information"), dtype="float32", device="cpu")
         attributor = Attributor.from_pretrained("smollm2-135m", config=base)
-        everything = list(examples() if args.documents == 1 else multi_document_examples(args.documents))
+        everything = list(examples(args.documents))
         for i in chosen_indices(args.indices, args.limit, len(everything)):
             ex_id, prompt, answer = everything[i]
             if ex_id in records:
