@@ -8,22 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
+
 DEMO_PROMPT = ("Photosynthesis primarily occurs in the leaves of the plant. Question: In which part "
                "of the plant does photosynthesis take place? Answer: the")
 DEMO_TARGET = " leaves"
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model alias (default: smollm2-135m), .gguf file, folder or hub id")
-    p.add_argument("--beta", type=float, default=0.5, help="weight of the curvature term (default 0.5)")
-    p.add_argument("--gamma", type=float, default=0.5, help="weight of the information term (default 0.5)")
-    p.add_argument("--components", default="flow,curvature,information",
-                   help="comma-separated subset of flow,curvature,information")
-    p.add_argument("--num-probes", type=int, default=10, help="Hutchinson probes per token (default 10)")
-    p.add_argument("--mask-scheme", default="zero", help="zero | mean | pad | unk (default zero)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", help="float32 | float64 | float16 | bfloat16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_model_args(p)
+    add_engine_args(p)
     p.add_argument("--top", type=int, default=5, help="how many top tokens to list")
     p.add_argument("--words", action="store_true", help="aggregate token scores into words")
     p.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
@@ -45,14 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from(args):
-    from .config import HETAConfig
-
-    comps = tuple(c.strip() for c in args.components.split(",") if c.strip())
-    return HETAConfig(beta=args.beta, gamma=args.gamma, components=comps, num_probes=args.num_probes,
-                      mask_scheme=args.mask_scheme, seed=args.seed, dtype=args.dtype, device=args.device)
-
-
 def _quiet_transformers() -> None:
     # Weight-loading progress bars and advisory warnings would bury the result (and the
     # one-line error) that the command prints.
@@ -72,11 +58,11 @@ def _run(args) -> int:
 
     _quiet_transformers()
 
-    config = _config_from(args)
+    config = config_from_args(args)
     prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)
     if args.command == "demo":
         print(f"prompt: {prompt!r}\ntarget: {target!r}", flush=True)
-    attributor = Attributor.from_pretrained(args.model, config=config)
+    attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
     result = attributor.attribute(prompt, target)
     shown = result.aggregate("words") if args.words else result
     shown.show(k=args.top)

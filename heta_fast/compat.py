@@ -4,7 +4,11 @@ Users of the published code change one import::
 
     from heta_fast.compat import HETA, HETAConfig
 
-The semantics are heta-fast's (docs/method.md), not the published code's known errors.
+``HETA.attribute`` computes with the engine, so its numbers have heta-fast's semantics
+(docs/method.md), not the published code's known errors. Two helpers reproduce published
+behaviour on purpose, for code that calls them directly: :func:`build_windows` is the published
+windowing (the engine windows by heta_fast/windows.py), and :func:`mask_token_embedding` the
+published masking of one row.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .config import MASK_SCHEMES
 from .engine import Attributor
 from .engine import resolve_device as _resolve_device
 from .errors import ConfigError
+from .model.loading import DTYPES
 
 
 class CompatConfigError(ConfigError, AssertionError):
@@ -53,10 +58,11 @@ class HETAConfig:
         _require(isinstance(self.low_rank, int) and self.low_rank >= 0, f"low_rank must be >= 0, got {self.low_rank!r}")
         _require(isinstance(self.layer_subset, int) and self.layer_subset >= 0,
                  f"layer_subset must be >= 0, got {self.layer_subset!r}")
-        _require(self.dtype in ("float32", "float64", "float16", "bfloat16"), f"unknown dtype {self.dtype!r}")
+        _require(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}")
 
     def to_engine(self) -> EngineConfig:
-        """The equivalent engine configuration (every published option maps onto an engine field).
+        """The equivalent engine configuration (every published option but ``device`` and ``dtype``,
+        which are loading arguments, maps onto an engine field).
 
         The published estimator is the exact block Hutchinson (num_hvp_samples probes per token);
         low_rank = k > 0 selects the rank-k sketch instead.
@@ -66,7 +72,7 @@ class HETAConfig:
             return EngineConfig(**estimator, beta=float(self.beta), gamma=float(self.gamma),
                                 num_probes=self.num_hvp_samples, mask_scheme=self.mask_scheme, window_size=self.window_size,
                                 window_overlap=float(self.window_overlap), layer_subset=self.layer_subset,
-                                use_fisher=bool(self.use_fisher), device=self.device, dtype=self.dtype)
+                                use_fisher=bool(self.use_fisher))
         except ConfigError as exc:
             raise CompatConfigError(str(exc)) from exc
 
@@ -101,7 +107,7 @@ class HETA:
     @classmethod
     def from_pretrained(cls, name: str, config: HETAConfig | None = None) -> "HETA":
         config = config or HETAConfig()
-        attributor = Attributor.from_pretrained(name, config.to_engine())
+        attributor = Attributor.from_pretrained(name, config.to_engine(), dtype=config.dtype, device=config.device)
         obj = cls.__new__(cls)
         obj.config, obj._attributor = config, attributor
         obj.model, obj.tokenizer = attributor.model, attributor.tokenizer

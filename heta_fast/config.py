@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .components import COMPONENTS
 from .errors import ConfigError
+from .memory import DEFAULT_MEMORY_BUDGET
 
-COMPONENTS = ("flow", "curvature", "information")
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
-DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,10 @@ class HETAConfig:
     """Configuration of one HETA attribution.
 
     Attr_i = M_T[i] * (beta * S_i + gamma * I_i); see docs/method.md. Every field changes what
-    is computed (or, for device / memory_budget / max_batch, only where and in what chunks); an
-    invalid value raises ``ConfigError`` on construction.
+    is computed (or, for memory_budget / max_batch / cuda_graphs, only in what chunks and how);
+    an invalid value raises ``ConfigError`` on construction. Where the model runs and in which
+    dtype are loading arguments (``Attributor.from_pretrained(dtype=..., device=...)``), not
+    configuration. An Attributor's config can be overridden per call (``attribute(..., config=)``).
     """
 
     beta: float = 0.5
@@ -40,12 +42,9 @@ class HETAConfig:
     window_overlap: float = 0.5
     layer_subset: int = 0
     use_fisher: bool = False
-    dtype: str = "float32"
-    device: str = "auto"
-    memory_budget: int = 2 * 1024**3
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
     # How many masked variants / probe vectors go through the model in one batch at most.
     max_batch: int = 32
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         comps = self.components
@@ -79,8 +78,6 @@ class HETAConfig:
         _check(_is_int(self.layer_subset) and self.layer_subset >= 0,
                f"layer_subset must be an integer >= 0 (0 = all layers), got {self.layer_subset!r}")
         _check(isinstance(self.use_fisher, bool), f"use_fisher must be a bool, got {self.use_fisher!r}")
-        _check(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}; choose from {DTYPES}")
-        _check(isinstance(self.device, str) and self.device != "", f"device must be a string, got {self.device!r}")
         _check(_is_int(self.memory_budget) and self.memory_budget > 0,
                f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")
         _check(_is_int(self.max_batch) and self.max_batch >= 1,
@@ -92,7 +89,6 @@ class HETAConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.pop("extra", None)
         d["components"] = list(self.components)
         return d
 

@@ -1,4 +1,4 @@
-"""The Attributor: request -> model adapter (one captured forward) -> signals -> combine -> result."""
+"""The Attributor: request -> model layer (one captured forward) -> signals -> combine -> result."""
 from __future__ import annotations
 
 import time
@@ -7,17 +7,14 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .combine import combine
 from .config import HETAConfig
-from .errors import HetaError, InputError, NonFiniteError
-from .model_adapter import ModelAdapter
-from .reference import combine
+from .errors import ConfigError, HetaError, InputError, NonFiniteError
+from .model.adapter import ModelAdapter
+from .model.capture import CaptureRequest
 from .request import TokenizedRequest, tokenize_prompt, tokenize_request
 from .result import Attribution, FailedAttribution
-from .signals.curvature import curvature
-from .signals.flow import flow_gate
-from .signals.information import information
-from .signals.masking import mask_vectors
-from .signals.prefix_cache import PrefixCache
+from .signals import SIGNALS, SignalContext
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -32,6 +29,10 @@ class Attributor:
 
     >>> attr = Attributor.from_pretrained("smollm2-135m")
     >>> res = attr.attribute("... Answer: the", target=" leaves")
+
+    A model given to the Attributor is switched to heta's eager attention, put in eval mode and
+    its parameters stop requiring gradients (docs/method.md, "The model layer"); :meth:`close`,
+    or leaving a ``with Attributor(...) as attr:`` block, gives it back as it was.
     """
 
     def __init__(self, model, tokenizer, config: HETAConfig | None = None, model_name: str | None = None):
@@ -40,37 +41,59 @@ class Attributor:
         self.tokenizer = tokenizer
         self.model_name = model_name or getattr(model.config, "_name_or_path", None)
         self.adapter = ModelAdapter(model)
+        # State the signals keep across calls (CUDA graphs and the like), one dict per signal.
+        self.signal_cache: dict = {}
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, config: HETAConfig | None = None) -> "Attributor":
-        """Load a model by alias (default ``smollm2-135m``), .gguf file, folder or hub id."""
-        from .models.loading import load_model_and_tokenizer
-        from .models.registry import DEFAULT_MODEL
+    def from_pretrained(cls, name: str | None = None, config: HETAConfig | None = None, *,
+                        dtype: str = "float32", device: str = "auto") -> "Attributor":
+        """Load a model by alias (default ``smollm2-135m``), .gguf file, folder or hub id.
 
-        config = config or HETAConfig()
+        dtype: "float32", "float64", "float16" or "bfloat16", the dtype the weights are loaded in;
+        device: "auto" (CUDA when available, else the CPU) or a torch device string.
+        """
+        from .model.aliases import DEFAULT_MODEL
+        from .model.loading import DTYPES, load_model_and_tokenizer
+
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; choose from {DTYPES}")
         name = name or DEFAULT_MODEL
-        device = resolve_device(config.device)
-        model, tokenizer = load_model_and_tokenizer(name, dtype=config.dtype, device=str(device))
+        model, tokenizer = load_model_and_tokenizer(name, dtype=dtype, device=str(resolve_device(device)))
         return cls(model, tokenizer, config, model_name=name)
 
+    def close(self) -> None:
+        """Give the model back as it was given (attention implementation, mode, requires_grad)."""
+        self.adapter.restore()
+
+    def __enter__(self) -> "Attributor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ public entry points
-    def attribute(self, prompt, target) -> Attribution:
-        """Attribute ``target`` (text or token ids; one or more tokens) to the tokens of ``prompt``."""
+    def attribute(self, prompt, target, config: HETAConfig | None = None) -> Attribution:
+        """Attribute ``target`` (text or token ids; one or more tokens) to the tokens of ``prompt``.
+
+        config: this call's configuration (default: the Attributor's).
+        """
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
                                    self.model.config.vocab_size)
-        return self._attribute(request)
+        return self._attribute(request, config or self.config)
 
-    def attribute_many(self, requests: Iterable) -> Iterator[Attribution | FailedAttribution]:
+    def attribute_many(self, requests: Iterable, config: HETAConfig | None = None
+                       ) -> Iterator[Attribution | FailedAttribution]:
         """(prompt, target) pairs -> results in order; a bad request yields a FailedAttribution."""
         for index, item in enumerate(requests):
             try:
                 prompt, target = item
-                yield self.attribute(prompt, target)
+                yield self.attribute(prompt, target, config)
             except (HetaError, TypeError, ValueError) as exc:
                 yield FailedAttribution(index=index, prompt=_safe(item, 0), target=_safe(item, 1),
                                         error_type=type(exc).__name__, message=str(exc))
 
-    def generate_and_attribute(self, prompt: str, max_new_tokens: int = 8, **generation_kwargs) -> Attribution:
+    def generate_and_attribute(self, prompt: str, max_new_tokens: int = 8, config: HETAConfig | None = None,
+                               **generation_kwargs) -> Attribution:
         """Generate a continuation (greedy unless told otherwise) and attribute every generated token."""
         context = tokenize_prompt(self.tokenizer, prompt, self.model.config.vocab_size)
         ids = context[None].to(self.adapter.device)
@@ -82,58 +105,38 @@ class Attributor:
         generated = out[0, ids.shape[1]:].cpu()
         if generated.numel() == 0:
             raise InputError("the model generated no tokens (it stopped at once)")
-        res = self.attribute(context, generated)
+        res = self.attribute(context, generated, config)
         res.prompt = prompt if isinstance(prompt, str) else None
         return res
 
     # ------------------------------------------------------------------ pipeline
-    def _attribute(self, req: TokenizedRequest) -> Attribution:
-        cfg, adapter = self.config, self.adapter
-        timings: dict[str, float] = {}
-        dev = adapter.device
+    def _attribute(self, req: TokenizedRequest, cfg: HETAConfig) -> Attribution:
+        adapter, timings = self.adapter, {}
+        signals = [SIGNALS[name] for name in cfg.components]
+        needs = [s.capture_request(adapter, cfg) for s in signals]
         embeds = adapter.embed(req.input_ids)  # [n, d]
-        positions = req.target_positions.to(dev)
-        n_ctx = req.n_context
-        comps = set(cfg.components)
-
+        positions = req.target_positions.to(adapter.device)
         with _phase("forward", timings):
-            # One forward on the fused attention path: the targets' log-probs and, for the flow
-            # gate, per-layer q, k, row log-sum-exp and value norms. No attention probabilities
-            # are materialised.
-            # The information term's masked variants continue this pass's keys and values.
-            capture = adapter.capture_stream(embeds, positions, record="flow" in comps,
-                                             keep_kv="information" in comps)
-            orig = capture.log_probs  # [T, V]
-            if not torch.isfinite(orig).all():
+            capture = adapter.capture(embeds, positions, CaptureRequest.union(needs))
+            if not torch.isfinite(capture.log_probs).all():
                 raise NonFiniteError("the model produced non-finite log-probabilities for this input")
-
-        flow = curv = info = None
-        if "flow" in comps:
-            with _phase("flow", timings):
-                flow = flow_gate(capture, positions.cpu(), n_ctx).cpu()
-        prefix = PrefixCache.from_kv(capture.kv, n_ctx - 1) if capture.kv is not None else None
-        del capture
-        if "curvature" in comps:
-            with _phase("curvature", timings):
-                curv = curvature(adapter, embeds, positions.cpu(), req.target_ids, n_ctx, cfg)
-        if "information" in comps:
-            with _phase("information", timings):
-                masks = mask_vectors(cfg.mask_scheme, embeds[:n_ctx], self.model.get_input_embeddings(),
-                                     self.tokenizer)
-                info = information(adapter, embeds, positions, n_ctx, masks, orig, memory_budget=cfg.memory_budget,
-                                   max_batch=cfg.max_batch, window_size=cfg.window_size,
-                                   window_overlap=cfg.window_overlap, prefix=prefix).cpu()
-        del prefix
-
-        scores = combine(flow, curv, info, cfg.beta, cfg.gamma)
-        for name, value in (("scores", scores), ("flow", flow), ("curvature", curv), ("information", info)):
+        context = SignalContext(model=adapter, tokenizer=self.tokenizer, request=req, embeds=embeds,
+                                positions=positions, capture=capture, config=cfg, cache=self.signal_cache)
+        parts = dict.fromkeys(SIGNALS)
+        for i, signal in enumerate(signals):
+            with _phase(signal.name, timings):
+                parts[signal.name] = signal.compute(context)
+            capture.release(CaptureRequest.union(needs[i + 1:]))
+        scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma)
+        for name, value in (("scores", scores), *parts.items()):
             if value is not None and not torch.isfinite(value).all():
                 raise NonFiniteError(f"the {name} of this input are not finite")
         return Attribution(
-            scores=scores, flow=flow, curvature=curv, information=info,
+            scores=scores, **parts,
             context_tokens=self._pieces(req.context_ids), target_tokens=self._pieces(req.target_ids),
             context_ids=req.context_ids.tolist(), target_ids=req.target_ids.tolist(), prompt=req.prompt,
-            method="heta", model=self.model_name, config=cfg.to_dict(), timings=timings,
+            method="heta", model=self.model_name, model_dtype=str(adapter.dtype).removeprefix("torch."),
+            device=str(adapter.device), config=cfg.to_dict(), timings=timings,
         )
 
     def _pieces(self, ids: torch.Tensor) -> list[str]:

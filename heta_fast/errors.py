@@ -23,7 +23,7 @@ class ModelLoadError(HetaError):
 
 
 class UnsupportedArchitectureError(HetaError):
-    """The model's architecture has no adapter (see ``heta_fast/adapters``)."""
+    """The model's architecture has no module map (see ``heta_fast.model.register_architecture``)."""
 
 
 class NonFiniteError(HetaError):

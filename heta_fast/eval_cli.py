@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
+
 DEFAULT_METHODS = "all"
 
 
@@ -16,7 +18,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                                    "Soft-NC, Soft-NS, comprehensiveness, sufficiency, DSA and F1, print a table "
                                    "(mean and 95%% bootstrap interval) and write per-example results. Re-running "
                                    "the same command continues an interrupted run.")
-    p.add_argument("--model", default=None, help="model alias (default: smollm2-135m), .gguf file, folder or hub id")
+    add_model_args(p)
     p.add_argument("--data", required=True, help="curated-format .json file or a .jsonl dataset (docs/evaluation.md)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, or 'all' (default): heta, saliency, input_x_gradient, "
@@ -43,14 +45,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--fractions", default="0.1,0.2,0.3", help="top-k fractions of the hard metrics")
     p.add_argument("--measure", default="prob", help="hard metrics: prob (drop of the target's probability, default) | log_prob | kl")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient quadrature nodes (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Soft-NS/NC masks and of HETA's probes")
-    p.add_argument("--num-probes", type=int, default=None, help="HETA Hutchinson probes per token")
-    p.add_argument("--estimator", default=None, help="HETA curvature estimator (default: the engine's)")
-    p.add_argument("--beta", type=float, default=0.5, help="HETA weight of the curvature term (default 0.5)")
-    p.add_argument("--gamma", type=float, default=0.5, help="HETA weight of the information term (default 0.5)")
-    p.add_argument("--mask-scheme", default="zero", help="HETA information / occlusion mask: zero | mean | pad | unk")
-    p.add_argument("--dtype", default="float32", help="float32 | float64 | float16 | bfloat16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_engine_args(p, components=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -78,18 +73,6 @@ def _settings(args):
                         ig_steps=args.ig_steps, metrics=metrics)
 
 
-def _config(args):
-    from .config import HETAConfig
-
-    extra = {}
-    if args.num_probes is not None:
-        extra["num_probes"] = args.num_probes
-    if args.estimator is not None:
-        extra["estimator"] = args.estimator
-    return HETAConfig(beta=args.beta, gamma=args.gamma, mask_scheme=args.mask_scheme, seed=args.seed,
-                      dtype=args.dtype, device=args.device, **extra)
-
-
 def run_eval(args) -> int:
     from .engine import Attributor
     from .evaluate.data import load_examples, select_shard
@@ -101,9 +84,9 @@ def run_eval(args) -> int:
     methods = resolve_methods(args.methods)
     if args.paired is not None and args.paired not in methods:
         raise ConfigError(f"--paired {args.paired!r} is not one of the evaluated methods")
-    settings, config = _settings(args), _config(args)
+    settings, config = _settings(args), config_from_args(args)
     examples = select_shard(load_examples(args.data, args.limit), args.shard)
-    attributor = Attributor.from_pretrained(args.model, config=config)
+    attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
     print(f"{len(examples)} examples x {len(methods)} methods ({', '.join(methods)}) -> {args.out}", flush=True)
     try:
         store = run_evaluation(attributor, examples, methods, args.out, settings, data=str(args.data),

@@ -1,9 +1,14 @@
-"""A conservative memory model of one no-grad forward pass with a KV cache.
+"""The memory model: estimated peak bytes of every batched pass, to size batches under
+``HETAConfig.memory_budget`` (model weights excluded).
 
-Used to size batches under ``HETAConfig.memory_budget``. The estimate counts the tensors that
-are alive at the peak of a pass; it over-counts rather than under-counts (it assumes the
-attention materialises scores, the additive mask and probabilities at once, as the eager path
-does; fused kernels need less).
+The estimates count the tensors alive at the peak of a pass and over-count rather than
+under-count. Three kinds of pass are sized here:
+
+- a no-grad forward with a KV cache (:meth:`ModelShape.pass_bytes`): the information term's
+  unmasked prefix and masked passes (:class:`MaskedPassBudget`);
+- the fused vocabulary KL's working set (:meth:`ModelShape.head_bytes`);
+- one probe of a batched Hessian-vector product (:meth:`ModelShape.probe_bytes`,
+  :func:`probes_per_pass`): the curvature term.
 """
 from __future__ import annotations
 
@@ -11,14 +16,29 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import MemoryBudgetError
+from .model.architectures import head_layout_from_config
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+
 # Bytes a pass needs beyond the tensors counted (rotary tables, masks of a few rows, allocator
 # granularity); measured at ~2.5 MiB on SmolLM2-135M.
 PASS_SLACK = 4 * 1024**2
 
+# Elements per token and layer held by one probe's backward, in units of d_model, d_ff and
+# (heads × keys). Over-estimates of what the default model measured (docs/method.md §2): a
+# vmapped backward through the recorded graph of the first backward materialises, per probe
+# and per differentiated layer, the residual stream and its norms, q/k/v and the attention
+# output, the MLP's hidden activations, and one n × n score matrix per head. The shared primal
+# graph is paid once and is not counted per probe.
+_PROBE_PER_D_MODEL = 16
+_PROBE_PER_D_FF = 6
+_PROBE_PER_SCORE = 2
+
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes that decide how much memory a forward pass needs."""
+    """The sizes that decide how much memory a pass needs."""
 
     layers: int
     d_model: int
@@ -32,15 +52,12 @@ class ModelShape:
     @classmethod
     def of(cls, model: nn.Module) -> "ModelShape":
         cfg = model.config
-        d = int(cfg.hidden_size)
-        heads = int(cfg.num_attention_heads)
-        d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
-        param = next(model.parameters())
+        heads = head_layout_from_config(cfg)
+        d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * heads.d_model
         return cls(
-            layers=int(cfg.num_hidden_layers), d_model=d, d_ff=int(d_ff), num_heads=heads,
-            num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
-            head_dim=int(getattr(cfg, "head_dim", None) or d // heads),
-            vocab=int(cfg.vocab_size), itemsize=param.element_size(),
+            layers=int(cfg.num_hidden_layers), d_model=heads.d_model, d_ff=int(d_ff), num_heads=heads.num_heads,
+            num_kv_heads=heads.num_kv_heads, head_dim=heads.head_dim, vocab=int(cfg.vocab_size),
+            itemsize=next(model.parameters()).element_size(),
         )
 
     def kv_bytes(self, rows: int, kv_length: int) -> int:
@@ -48,7 +65,7 @@ class ModelShape:
         return 2 * self.layers * rows * self.num_kv_heads * kv_length * self.head_dim * self.itemsize
 
     def pass_bytes(self, rows: int, length: int, kv_length: int) -> int:
-        """Peak bytes of a pass of ``rows`` x ``length`` new tokens attending to ``kv_length`` keys.
+        """Peak bytes of a no-grad pass of ``rows`` x ``length`` new tokens attending to ``kv_length`` keys.
 
         The batch's cache (all layers, ``kv_length`` positions per row) stays alive for the whole
         pass, and growing one layer's cache briefly holds the old and the new copy; on top of it
@@ -67,3 +84,89 @@ class ModelShape:
     def head_bytes(self, rows: int, chunk: int) -> int:
         """The fused vocabulary KL's working set for ``rows`` hidden states (float32 chunks)."""
         return 4 * rows * min(chunk, self.vocab) * 4
+
+    def probe_bytes(self, n: int, layers: int) -> int:
+        """Peak bytes one probe vector adds to a batched HVP over n tokens and ``layers`` layers."""
+        itemsize = max(self.itemsize, 4)  # half models: float32 softmax and log-probabilities
+        per_token_layer = (_PROBE_PER_D_MODEL * self.d_model + _PROBE_PER_D_FF * self.d_ff
+                           + _PROBE_PER_SCORE * self.num_heads * n)
+        return n * layers * per_token_layer * itemsize
+
+
+def mib(nbytes: int) -> str:
+    """``nbytes`` for a message: whole MiB, or KiB / bytes below one MiB (never "0 MiB")."""
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.0f} MiB"
+    if nbytes >= 2**10:
+        return f"{nbytes / 2**10:.0f} KiB"
+    return f"{nbytes} bytes"
+
+
+def probes_per_pass(shape: ModelShape, n: int, layers: int, memory_budget: int, max_batch: int) -> int:
+    """Probe vectors per batched HVP pass over n tokens: as many as the budget holds, at most ``max_batch``.
+
+    Raises :class:`~heta_fast.errors.MemoryBudgetError` if not even one probe fits.
+    """
+    need = shape.probe_bytes(n, layers)
+    fits = memory_budget // need
+    if fits < 1:
+        raise MemoryBudgetError(
+            f"one curvature probe over {n} tokens needs about {mib(need)}, more than "
+            f"memory_budget={mib(memory_budget)}; raise memory_budget, use window_size or layer_subset")
+    return int(min(fits, max_batch))
+
+
+class MaskedPassBudget:
+    """The information term's passes under one budget (bytes): which batches of masked variants
+    fit, and how to chunk the unmasked prefix pass.
+
+    A batch is described by ``packed`` (one sequence of all rows' positions), ``positions``
+    (token-positions it runs), ``rows``, ``start``, ``length`` and ``prefix`` (cached positions
+    it continues); see :class:`heta_fast.signals.information.masked_batches.MaskedBatch`.
+    """
+
+    def __init__(self, shape: ModelShape, budget: int, n_targets: int, prefix_length: int, n_windows: int,
+                 kl_chunk: int, build_prefix: bool = True):
+        self.shape, self.budget, self.n_targets = shape, int(budget), n_targets
+        self.prefix_length, self.build_prefix, self.kl_chunk = prefix_length, build_prefix, kl_chunk
+        # Alive throughout: the prefix cache and the reference distributions (one per window).
+        self.fixed = shape.kv_bytes(1, prefix_length) + n_windows * n_targets * shape.vocab * 8
+
+    def batch_bytes(self, batch) -> int:
+        s = self.shape
+        if batch.packed:  # one sequence of all the rows' positions, attending to prefix + itself
+            tokens, rows, kv = batch.positions, 1, batch.prefix + batch.positions
+            length = tokens
+        else:
+            tokens, rows, kv = batch.positions, batch.rows, batch.start + batch.length
+            length = batch.length
+        inputs = tokens * s.d_model * s.itemsize
+        return (self.fixed + inputs + s.pass_bytes(rows, length, kv)
+                + s.head_bytes(batch.rows * self.n_targets, self.kl_chunk))
+
+    def fits(self, batch) -> bool:
+        return self.batch_bytes(batch) <= self.budget
+
+    def describe(self, batch) -> str:
+        need = self.batch_bytes(batch)
+        return (f"memory_budget={self.budget} bytes ({mib(self.budget)}) cannot hold one masked "
+                f"variant of the information term: it runs {batch.length} positions attending to "
+                f"{batch.start + batch.length} and needs about {need} bytes ({mib(need)}); raise "
+                f"memory_budget or set window_size to bound the variant length")
+
+    def prefix_chunk(self, position: int) -> int:
+        """Tokens of the unmasked prefix pass to run at once from ``position`` (largest that fits)."""
+        chunk = max(1, self.prefix_length - position)
+        while chunk > 1 and self.fixed + self.shape.pass_bytes(1, chunk, position + chunk) > self.budget:
+            chunk = (chunk + 1) // 2
+        if self.fixed + self.shape.pass_bytes(1, chunk, position + chunk) > self.budget:
+            raise MemoryBudgetError(f"memory_budget={self.budget} bytes cannot hold the unmasked prefix pass "
+                                    f"of the information term even one token at a time")
+        return chunk
+
+    def prefix_bytes(self) -> int:
+        """Peak of the unmasked prefix pass (0 when the prefix comes from the engine's forward pass)."""
+        if not self.build_prefix:
+            return 0
+        chunk = self.prefix_chunk(0) if self.prefix_length else 1
+        return self.fixed + self.shape.pass_bytes(1, chunk, chunk)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .model_adapter import ModelAdapter
+from .model.adapter import ModelAdapter
 
 
 # ----------------------------------------------------------------------------- flow gate M_T
@@ -163,7 +163,7 @@ def attribute_reference(adapter: ModelAdapter, embeds: torch.Tensor, target_posi
     Hutchinson loop (m = ``num_probes``, probes from ``seed``) and the one-pass-per-token
     information loop. Returns {"scores", "flow", "curvature", "information"}, each [T, n_context].
     """
-    cap = adapter.capture(embeds)
+    cap = adapter.capture_matrices(embeds)
     norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
     flow = flow_gate_reference(cap.attentions, norms, target_positions, n_context)
     probes = rademacher_probes(n_context, num_probes, embeds.shape[-1], seed)

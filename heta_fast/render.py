@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from .components import COMPONENTS
+
 _SHADES = " ▁▂▃▄▅▆▇█"
 _PALETTE = (231, 224, 217, 210, 203, 196)  # xterm-256 backgrounds, white to red
 
@@ -60,7 +62,7 @@ def render_html(res) -> str:
         parts.append(f"<h2>target {t}: <code>{html.escape(repr(target))}</code></h2><div class='ctx'>")
         for i, (tok, w) in enumerate(zip(res.context_tokens, weights)):
             tip = [f"score={float(res.scores[t, i]):.4e}"]
-            for name in ("flow", "curvature", "information"):
+            for name in COMPONENTS:
                 comp = getattr(res, name)
                 if comp is not None:
                     tip.append(f"{name}={float(comp[t, i]):.4e}")

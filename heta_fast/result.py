@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-COMPONENT_NAMES = ("flow", "curvature", "information")
+from .components import COMPONENTS
+
 FORMAT_VERSION = 1
 
 
@@ -19,6 +20,7 @@ class Attribution:
                   context plus target tokens < t
     flow, curvature, information: same shape, or None when that component was not computed
     context_tokens / target_tokens: decoded text of each token (or word, after aggregation)
+    model, model_dtype, device: the model's name, the dtype its weights ran in and its device
     """
 
     scores: torch.Tensor
@@ -32,6 +34,8 @@ class Attribution:
     prompt: str | None = None
     method: str = "heta"
     model: str | None = None
+    model_dtype: str | None = None
+    device: str | None = None
     config: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     unit: str = "tokens"
@@ -39,7 +43,7 @@ class Attribution:
 
     def __post_init__(self) -> None:
         t, n = len(self.target_tokens), len(self.context_tokens)
-        for name in ("scores",) + COMPONENT_NAMES:
+        for name in ("scores",) + COMPONENTS:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (t, n):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({t}, {n})")
@@ -82,7 +86,8 @@ class Attribution:
             scores=pool(self.scores), flow=pool(self.flow), curvature=pool(self.curvature),
             information=pool(self.information), context_tokens=words, target_tokens=list(self.target_tokens),
             context_ids=None, target_ids=self.target_ids, prompt=self.prompt, method=self.method,
-            model=self.model, config=dict(self.config), timings=dict(self.timings), unit="words",
+            model=self.model, model_dtype=self.model_dtype, device=self.device, config=dict(self.config),
+            timings=dict(self.timings), unit="words",
         )
 
     # ------------------------------------------------------------------ rendering
@@ -107,6 +112,7 @@ class Attribution:
 
         return {
             "format_version": FORMAT_VERSION, "method": self.method, "model": self.model,
+            "model_dtype": self.model_dtype, "device": self.device,
             "prompt": self.prompt, "unit": self.unit,
             "context_tokens": self.context_tokens, "target_tokens": self.target_tokens,
             "context_ids": self.context_ids, "target_ids": self.target_ids,
@@ -135,7 +141,7 @@ class Attribution:
             information=ten(d.get("information")), context_tokens=list(d["context_tokens"]),
             target_tokens=list(d["target_tokens"]), context_ids=d.get("context_ids"),
             target_ids=d.get("target_ids"), prompt=d.get("prompt"), method=d.get("method", "heta"),
-            model=d.get("model"), config=d.get("config") or {}, timings=d.get("timings") or {},
+            model=d.get("model"), model_dtype=d.get("model_dtype"), device=d.get("device"), config=d.get("config") or {}, timings=d.get("timings") or {},
             unit=d.get("unit", "tokens"),
         )
 

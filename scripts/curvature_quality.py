@@ -92,8 +92,8 @@ def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
 
 
 def run_example(attributor, prompt: str, answer: str, base, ground_truth: bool = True) -> dict:
-    from heta_fast.curvature import estimate
-    from heta_fast.curvature.operators import OperatorFactory
+    from heta_fast.signals.curvature import estimate
+    from heta_fast.signals.curvature.operators import OperatorFactory
     from heta_fast.request import tokenize_request
 
     tok = attributor.tokenizer
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     if not args.summary_only:
         from heta_fast import Attributor, HETAConfig
 
-        base = HETAConfig(components=("flow", "information"), dtype="float32", device="cpu")
+        base = HETAConfig(components=("flow", "information"))
         attributor = Attributor.from_pretrained("smollm2-135m", config=base)
         everything = list(examples(args.documents))
         for i in chosen_indices(args.indices, args.limit, len(everything)):

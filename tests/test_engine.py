@@ -14,7 +14,6 @@ TARGET = text(30, 12)
 def _attributor(arch="llama", **cfg):
     cfg.setdefault("num_probes", 3)
     cfg.setdefault("estimator", "exact")  # compared with the reference loop below
-    cfg.setdefault("dtype", "float64")
     return Attributor(tiny_model(arch), tiny_tokenizer(), HETAConfig(**cfg))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import hessian
 
-from heta_fast.model_adapter import ModelAdapter
+from heta_fast.model.adapter import ModelAdapter
 from heta_fast.reference import (combine, curvature_reference, flow_gate_reference, information_reference,
                                  rademacher_probes, target_log_prob, value_norms_reference)
 from tests.tiny_models import tiny_model
@@ -53,7 +53,7 @@ def _flow_by_path_enumeration(attn, vnorm, p, n_context):
 def test_flow_gate_equals_path_enumeration_on_a_two_layer_model():
     adapter = _adapter("llama")  # 2 layers, GQA 4:2
     n = 5
-    cap = adapter.capture(adapter.embed(torch.tensor([3, 17, 8, 41, 5])))
+    cap = adapter.capture_matrices(adapter.embed(torch.tensor([3, 17, 8, 41, 5])))
     norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
     for p, n_ctx in ((4, 5), (3, 3)):
         got = flow_gate_reference(cap.attentions, norms, torch.tensor([p]), n_ctx)[0]
@@ -73,7 +73,7 @@ def test_value_norms_use_the_kv_head_each_query_head_reads():
 
 def test_flow_rows_are_on_the_simplex_and_causal():
     adapter = _adapter("gpt2")
-    cap = adapter.capture(adapter.embed(torch.arange(7)))
+    cap = adapter.capture_matrices(adapter.embed(torch.arange(7)))
     norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
     m = flow_gate_reference(cap.attentions, norms, torch.tensor([3, 6]), 7)
     torch.testing.assert_close(m.sum(-1), torch.ones(2, dtype=torch.float64))

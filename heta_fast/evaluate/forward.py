@@ -1,6 +1,6 @@
 """Forward passes of the metrics: next-token distributions of (perturbed) input embeddings.
 
-The metrics accept either a transformers causal LM or a :class:`heta_fast.model_adapter.ModelAdapter`
+The metrics accept either a transformers causal LM or a :class:`heta_fast.model.adapter.ModelAdapter`
 and only ever run the model from input embeddings, so that erasing a token (zeroing its
 embedding, or some of its elements) never moves a position.
 """

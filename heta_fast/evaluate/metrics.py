@@ -2,7 +2,7 @@
 
 Conventions shared by every model-based metric here:
 
-- ``model``: a transformers causal LM or a :class:`heta_fast.model_adapter.ModelAdapter`;
+- ``model``: a transformers causal LM or a :class:`heta_fast.model.adapter.ModelAdapter`;
 - ``input_ids`` [n]: the input sequence; its last position predicts the target token;
 - ``target``: the target token id (used by the hard metrics; the soft metrics compare whole
   next-token distributions);
@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from .forward import embed, next_token_probs
+from ..divergence import kl_divergence
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3)
 # Below this, 1 − S₀ is treated as zero: erasing the whole prompt does not change the output,
@@ -227,9 +228,7 @@ def sufficiency(model, input_ids: torch.Tensor, target: int, scores: torch.Tenso
 def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q_b) for each row q_b; 0·log 0 = 0. p [V], q [B, V] -> [B]."""
     p = p[None]
-    logp = p.clamp_min(1e-300).log()
-    logq = q.clamp_min(1e-300).log()
-    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(q)).sum(-1)
+    return kl_divergence(p.clamp_min(1e-300).log(), q.clamp_min(1e-300).log(), p=p)
 
 
 # ----------------------------------------------------------------------------- alignment metrics

@@ -29,7 +29,7 @@ FORMAT = "heta-fast-eval"
 VERSION = 1
 METRICS = ("soft_nc", "soft_ns", "comprehensiveness", "sufficiency", "dsa", "f1")
 # Configuration fields that change no number (where and in what chunks the work runs).
-_NEUTRAL_CONFIG = ("device", "max_batch", "memory_budget")
+_NEUTRAL_CONFIG = ("max_batch", "memory_budget")
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,8 @@ class ResultsFile:
 def _differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
     """(key, old, new) for every identity field (model, metric settings, HETA config) that differs."""
     out = []
-    for section in ("model", "settings", "heta_config"):
+    old = _upgrade_header(old)
+    for section in ("model", "model_dtype", "settings", "heta_config"):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             out += [(f"{section}.{k}", a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -234,9 +235,20 @@ def _differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
     return out
 
 
+def _upgrade_header(header: dict) -> dict:
+    """A header written when the model's dtype was a HETAConfig field (``heta_config.dtype``,
+    beside a ``device`` that never decided anything) in today's form (``model_dtype``)."""
+    cfg = header.get("heta_config")
+    if not isinstance(cfg, dict) or "dtype" not in cfg:
+        return header
+    cfg = {k: v for k, v in cfg.items() if k not in ("dtype", "device")}
+    return {**header, "heta_config": cfg, "model_dtype": header.get("heta_config", {}).get("dtype")}
+
+
 def run_header(attributor, settings: EvalSettings, data: str | None) -> dict:
     cfg = {k: v for k, v in attributor.config.to_dict().items() if k not in _NEUTRAL_CONFIG}
-    return {"model": attributor.model_name, "settings": settings.to_dict(), "heta_config": cfg, "data": data}
+    return {"model": attributor.model_name, "model_dtype": str(attributor.adapter.dtype).removeprefix("torch."),
+            "settings": settings.to_dict(), "heta_config": cfg, "data": data}
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -16,7 +16,7 @@ PROMPT = text(5, 9, 13, 20, 31, 7)
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def attributor(request):
     return Attributor(tiny_model(request.param), tiny_tokenizer(),
-                      HETAConfig(num_probes=1, dtype="float64", max_batch=5))
+                      HETAConfig(num_probes=1, max_batch=5))
 
 
 def _f(attributor, embeds, position, token):
@@ -110,7 +110,7 @@ def test_occlusion_is_the_leave_one_out_probability_drop(attributor):
 
 
 def test_heta_variants_equal_engine_runs_with_those_components():
-    attr = Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=2, dtype="float64"))
+    attr = Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=2))
     variants = heta_variants(attr, PROMPT, text(40, 41), ["heta", "heta_flow", "heta_curvature",
                                                           "heta_information", "heta_ungated"])
     comps = {"heta": ("flow", "curvature", "information"), "heta_flow": ("flow",),
@@ -129,7 +129,7 @@ def test_method_names_aliases_and_run_methods():
     assert resolve_methods("all") == list(METHODS)
     with pytest.raises(ConfigError, match="unknown method 'magic'"):
         resolve_methods("saliency,magic")
-    attr = Attributor(tiny_model("gpt2"), tiny_tokenizer(), HETAConfig(num_probes=1, dtype="float64"))
+    attr = Attributor(tiny_model("gpt2"), tiny_tokenizer(), HETAConfig(num_probes=1))
     out = run_methods(attr, PROMPT, text(40), "all", ig_steps=4)
     assert list(out) == list(METHODS)
     for name, res in out.items():

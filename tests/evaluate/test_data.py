@@ -18,7 +18,7 @@ needs_curated = pytest.mark.skipif(not CURATED.exists(), reason=f"curated set no
 
 @pytest.fixture(scope="module")
 def tiny_attributor():
-    return Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=1, dtype="float64"))
+    return Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=1))
 
 
 def _jsonl(tmp_path, *records):

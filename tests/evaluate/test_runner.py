@@ -17,7 +17,7 @@ SETTINGS = EvalSettings(samples=2, ig_steps=4, fractions=(0.2, 0.4))
 
 @pytest.fixture(scope="module")
 def attributor():
-    return Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=1, dtype="float64"))
+    return Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=1))
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""The streaming flow gate (capture_stream + signals.flow) against the reference engine's M_T,
+"""The streaming flow gate (the capture pass + signals.flow) against the reference engine's M_T,
 which rolls out materialised attention matrices, on tiny random models of every architecture
-(GQA, a sliding window, a mix of sliding and full layers, GPT-J's own attention code) and on
+(GQA, a sliding window, a mix of sliding and full layers, GPT-J's float32 attention) and on
 the default model; and the engine's default path keeps no attention matrix."""
 
 import pytest
@@ -8,9 +8,11 @@ import torch
 
 from heta_fast import Attributor, HETAConfig
 from heta_fast.errors import UnsupportedArchitectureError
-from heta_fast.model_adapter import ModelAdapter
+from heta_fast.model.adapter import ModelAdapter
+from heta_fast.model.capture import CaptureRequest
 from heta_fast.ops.flow import attention_probs_reference
 from heta_fast.reference import flow_gate_reference, value_norms_reference
+from heta_fast.signals import SIGNALS
 from heta_fast.signals.flow import flow_gate
 from tests.tiny_models import ARCHITECTURES, text, tiny_model, tiny_tokenizer
 
@@ -22,8 +24,13 @@ MIXED = dict(use_sliding_window=True, sliding_window=3, layer_types=["full_atten
 MODELS = [(arch, {}) for arch in ARCHITECTURES] + [("qwen2", MIXED)]
 
 
+def _flow_capture(adapter, x, positions):
+    """The capture pass with what the flow signal asks for."""
+    return adapter.capture(x, positions, SIGNALS["flow"].capture_request(adapter, HETAConfig()))
+
+
 def _reference_gate(adapter, x, positions, n_ctx):
-    cap = adapter.capture(x)
+    cap = adapter.capture_matrices(x)
     norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
     return cap, flow_gate_reference(cap.attentions, norms, positions, n_ctx)
 
@@ -33,7 +40,7 @@ def test_streaming_gate_equals_reference_float64(arch, overrides):
     adapter = ModelAdapter(tiny_model(arch, **overrides))
     x = adapter.embed(IDS)
     ref_cap, want = _reference_gate(adapter, x, POSITIONS, N_CTX)
-    cap = adapter.capture_stream(x, POSITIONS)
+    cap = _flow_capture(adapter, x, POSITIONS)
     got = flow_gate(cap, POSITIONS, N_CTX)
     assert got.dtype == torch.float64 and got.shape == (3, N_CTX)
     # GPT-J's attention scores are float32 in both passes (its own code, our fused kernel).
@@ -48,8 +55,8 @@ def test_streaming_gate_equals_reference_float64(arch, overrides):
 def test_records_rebuild_the_models_attention_probabilities(arch, overrides):
     adapter = ModelAdapter(tiny_model(arch, **overrides))
     x = adapter.embed(IDS)
-    ref = adapter.capture(x)
-    cap = adapter.capture_stream(x, POSITIONS)
+    ref = adapter.capture_matrices(x)
+    cap = _flow_capture(adapter, x, POSITIONS)
     windows = [adapter.spec.window(adapter.model.config, i) for i in range(len(adapter.layers))]
     if overrides:
         assert windows == [None, 3]
@@ -82,7 +89,7 @@ def test_streaming_gate_in_lower_precision(dtype, tol):
     x = adapter.embed(IDS)
     ref_adapter = ModelAdapter(tiny_model("llama", dtype=torch.float64))
     _, want = _reference_gate(ref_adapter, ref_adapter.embed(IDS), POSITIONS, N_CTX)
-    got = flow_gate(adapter.capture_stream(x, POSITIONS), POSITIONS, N_CTX)
+    got = flow_gate(_flow_capture(adapter, x, POSITIONS), POSITIONS, N_CTX)
     assert got.dtype == torch.float32  # accumulated in float32 whatever the model dtype
     torch.testing.assert_close(got, want.float(), **tol)
 
@@ -90,9 +97,9 @@ def test_streaming_gate_in_lower_precision(dtype, tol):
 def test_capture_without_recording_keeps_only_log_probs():
     adapter = ModelAdapter(tiny_model("mistral"))
     x = adapter.embed(IDS)
-    bare = adapter.capture_stream(x, POSITIONS, record=False)
+    bare = adapter.capture(x, POSITIONS, CaptureRequest())
     assert bare.layers == []
-    torch.testing.assert_close(bare.log_probs, adapter.capture_stream(x, POSITIONS).log_probs, rtol=0, atol=0)
+    torch.testing.assert_close(bare.log_probs, _flow_capture(adapter, x, POSITIONS).log_probs, rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(bare.log_probs, adapter.log_probs(x[None], POSITIONS)[0], rtol=1e-12, atol=1e-13)
 
@@ -104,24 +111,17 @@ def test_architecture_bypassing_the_attention_path_is_a_clear_error():
     adapter = ModelAdapter(model)
     attn = adapter.spec.attention(adapter.layers[1])
     attn.forward = lambda hidden_states, *args, **kwargs: (torch.zeros_like(hidden_states), None)
-    with pytest.raises(UnsupportedArchitectureError, match=r"layers \[1\].*route_attention"):
-        adapter.capture_stream(adapter.embed(IDS), POSITIONS)
-
-
-def test_gptj_route_hook_is_undone_after_the_capture():
-    model = tiny_model("gptj")
-    adapter = ModelAdapter(model)
-    adapter.capture_stream(adapter.embed(IDS), POSITIONS)
-    assert all("_attn" not in vars(adapter.spec.attention(layer)) for layer in adapter.layers)
+    with pytest.raises(UnsupportedArchitectureError, match=r"layers \[1\].*attention interface"):
+        _flow_capture(adapter, adapter.embed(IDS), POSITIONS)
 
 
 def test_engine_default_path_materialises_no_attention(monkeypatch):
-    attr = Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=2, dtype="float64"))
+    attr = Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=2))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the engine called the materialising capture")
 
-    monkeypatch.setattr(attr.adapter, "capture", forbidden)
+    monkeypatch.setattr(attr.adapter, "capture_matrices", forbidden)
     weights = []
     hooks = [attr.adapter.spec.attention(layer).register_forward_hook(lambda m, a, out: weights.append(out[1]))
              for layer in attr.adapter.layers]
@@ -144,7 +144,7 @@ def test_default_model_streaming_gate_equals_reference(default_attributor):
     n_ctx = len(ids) - 3
     x = adapter.embed(ids)
     _, want = _reference_gate(adapter, x, positions, n_ctx)
-    got = flow_gate(adapter.capture_stream(x, positions), positions, n_ctx)
+    got = flow_gate(_flow_capture(adapter, x, positions), positions, n_ctx)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 

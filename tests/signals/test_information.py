@@ -4,17 +4,28 @@ import sys
 import pytest
 import torch
 
+from heta_fast import HETAConfig
 from heta_fast.errors import MemoryBudgetError
-from heta_fast.fast_attention import choose_no_grad_attention
+from heta_fast.model.attention import choose_no_grad_attention
+from heta_fast.model.capture import CaptureRequest
 from heta_fast.memory import ModelShape
-from heta_fast.model_adapter import ModelAdapter
+from heta_fast.model.adapter import ModelAdapter
 from heta_fast.reference import information_reference
-from heta_fast.signals.information import KL_CHUNK, information
-from heta_fast.signals.masked_batches import MaskedBatch
-from heta_fast.signals.masking import mask_vectors
-from heta_fast.signals.prefix_cache import PrefixCache
+from heta_fast.signals.information import information
+from heta_fast.signals.information.signal import KL_CHUNK
+from heta_fast.signals.information.masked_batches import MaskedBatch
+from heta_fast.signals.information.masking import mask_vectors
+from heta_fast.signals.information.prefix_cache import PrefixCache
 from heta_fast.windows import Window, context_windows
 from tests.tiny_models import ARCHITECTURES, tiny_model, tiny_tokenizer
+
+
+def _information(adapter, x, pos, n_ctx, masks, orig, **options):
+    """:func:`information` with the config fields among ``options`` gathered into a HETAConfig."""
+    fields = {k: options.pop(k) for k in ("max_batch", "memory_budget", "window_size", "window_overlap")
+              if k in options}
+    return information(adapter, x, pos, n_ctx, masks, orig, HETAConfig(**fields), **options)
+
 
 N_CTX, N_TARGETS = 7, 3  # input = 7 context tokens + 2 target tokens; targets predicted at 6, 7, 8
 IDS = torch.tensor([2, 10, 33, 5, 41, 7, 19, 28, 12])
@@ -40,7 +51,7 @@ def test_fast_path_equals_reference_for_every_architecture(arch):
     adapter, x, pos, orig = _setup(arch)
     masks = _zeros(N_CTX, x)
     before = adapter.model.config._attn_implementation
-    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=3)
+    got = _information(adapter, x, pos, N_CTX, masks, orig, max_batch=3)
     assert adapter.model.config._attn_implementation == before  # the attention switch is undone
     # GPT-J's attention computes in float32 whatever the model dtype.
     tol = dict(rtol=1e-5, atol=1e-7) if arch == "gptj" else TIGHT
@@ -54,7 +65,7 @@ def test_one_and_several_targets_any_batch_size(max_batch, n_targets):
     adapter, x, pos, orig = _setup(ids=ids, n_targets=n_targets)
     masks = _zeros(N_CTX, x)
     stats = {}
-    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=max_batch, stats=stats)
+    got = _information(adapter, x, pos, N_CTX, masks, orig, max_batch=max_batch, stats=stats)
     torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **TIGHT)
     assert stats["max_rows"] <= max_batch
 
@@ -63,7 +74,7 @@ def test_one_and_several_targets_any_batch_size(max_batch, n_targets):
 def test_every_mask_scheme(scheme):
     adapter, x, pos, orig = _setup()
     masks = mask_vectors(scheme, x[:N_CTX], adapter.model.get_input_embeddings(), tiny_tokenizer())
-    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=4)
+    got = _information(adapter, x, pos, N_CTX, masks, orig, max_batch=4)
     torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **TIGHT)
 
 
@@ -72,7 +83,7 @@ def test_targets_before_a_masked_token_are_exactly_zero():
     pos = torch.tensor([2, 4, 6])  # general positions, as the reference allows
     orig = adapter.log_probs(x[None], pos)[0]
     masks = _zeros(N_CTX, x)
-    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=2)
+    got = _information(adapter, x, pos, N_CTX, masks, orig, max_batch=2)
     ref = information_reference(adapter, x, pos, N_CTX, masks)
     torch.testing.assert_close(got, ref, **TIGHT)
     assert torch.all(got[0, 3:] == 0) and torch.all(got[1, 5:] == 0) and torch.all(got[0, :3] > 0)
@@ -86,7 +97,7 @@ def test_masked_passes_share_the_prefix_without_padding(max_batch):
     ids = torch.arange(n) + 4
     adapter, x, pos, orig = _setup(ids=ids, n_ctx=n, n_targets=1)
     stats = {}
-    information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=max_batch, stats=stats)
+    _information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=max_batch, stats=stats)
     assert stats["layout"] == "packed" and stats["max_rows"] == min(max_batch, n)
     assert stats["masked_positions"] == n * (n + 1) // 2
     assert stats["positions"] == n * (n + 1) // 2 + n - 1
@@ -100,9 +111,9 @@ def test_prefix_from_the_forward_pass_is_the_whole_cost(arch):
     n = 9
     ids = torch.arange(n + 1) % 50 + 4
     adapter, x, pos, orig = _setup(arch, ids=ids, n_ctx=n, n_targets=2)
-    capture = adapter.capture_stream(x, pos, record=False, keep_kv=True)
+    capture = adapter.capture(x, pos, CaptureRequest(key_values=True))
     stats = {}
-    got = information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=4, stats=stats,
+    got = _information(adapter, x, pos, n, _zeros(n, x), orig, max_batch=4, stats=stats,
                       prefix=PrefixCache.from_kv(capture.kv, n - 1))
     assert stats["positions"] == stats["masked_positions"] and stats["prefix_passes"] == 0
     if choose_no_grad_attention(adapter.model) is None:
@@ -121,7 +132,7 @@ def test_rectangular_layout_equals_reference(arch):
     adapter, x, pos, orig = _setup(arch)
     masks = _zeros(N_CTX, x)
     stats = {}
-    got = information(adapter, x, pos, N_CTX, masks, orig, max_batch=3, layout="rectangular", stats=stats)
+    got = _information(adapter, x, pos, N_CTX, masks, orig, max_batch=3, layout="rectangular", stats=stats)
     assert stats["layout"] == "rectangular" and stats["max_rows"] == 3
     torch.testing.assert_close(got, information_reference(adapter, x, pos, N_CTX, masks), **TIGHT)
 
@@ -160,7 +171,7 @@ def test_windowed_fast_path_equals_windowed_reference(arch, max_batch):
     n_ctx = 11
     adapter, x, pos, orig = _setup(arch, ids=ids, n_ctx=n_ctx)
     masks = mask_vectors("mean", x[:n_ctx])
-    got = information(adapter, x, pos, n_ctx, masks, orig, max_batch=max_batch, window_size=4, window_overlap=0.5)
+    got = _information(adapter, x, pos, n_ctx, masks, orig, max_batch=max_batch, window_size=4, window_overlap=0.5)
     expected = _windowed_reference(adapter, x, pos, n_ctx, masks, 4, 0.5)
     torch.testing.assert_close(got, expected, **TIGHT)
     # The windows change the numbers (the comparison can fail) ...
@@ -172,17 +183,17 @@ def test_windowed_fast_path_equals_windowed_reference(arch, max_batch):
 def test_a_window_as_long_as_the_context_changes_nothing():
     adapter, x, pos, orig = _setup()
     masks = _zeros(N_CTX, x)
-    plain = information(adapter, x, pos, N_CTX, masks, orig)
-    torch.testing.assert_close(information(adapter, x, pos, N_CTX, masks, orig, window_size=N_CTX), plain,
+    plain = _information(adapter, x, pos, N_CTX, masks, orig)
+    torch.testing.assert_close(_information(adapter, x, pos, N_CTX, masks, orig, window_size=N_CTX), plain,
                                rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- memory budget
 def _one_variant_bytes(adapter, n_used, n_ctx, n_targets):
     """What the engine's memory model asks for one masked variant of the longest row."""
-    from heta_fast.signals.information import _Budget
+    from heta_fast.memory import MaskedPassBudget
 
-    budget = _Budget(ModelShape.of(adapter.model), 1, n_targets, n_ctx - 1, n_windows=1)
+    budget = MaskedPassBudget(ModelShape.of(adapter.model), 1, n_targets, n_ctx - 1, n_windows=1, kl_chunk=KL_CHUNK)
     return budget.batch_bytes(MaskedBatch(0, 0, 1, n_used))
 
 
@@ -190,8 +201,8 @@ def test_budget_below_one_variant_raises_a_clear_error():
     adapter, x, pos, orig = _setup()
     need = _one_variant_bytes(adapter, len(IDS), N_CTX, N_TARGETS)
     with pytest.raises(MemoryBudgetError, match="cannot hold one masked variant.*raise memory_budget"):
-        information(adapter, x, pos, N_CTX, _zeros(N_CTX, x), orig, memory_budget=need - 1)
-    information(adapter, x, pos, N_CTX, _zeros(N_CTX, x), orig, memory_budget=need)  # exactly enough
+        _information(adapter, x, pos, N_CTX, _zeros(N_CTX, x), orig, memory_budget=need - 1)
+    _information(adapter, x, pos, N_CTX, _zeros(N_CTX, x), orig, memory_budget=need)  # exactly enough
 
 
 def test_small_budget_gives_the_same_numbers_as_a_large_one():
@@ -199,8 +210,8 @@ def test_small_budget_gives_the_same_numbers_as_a_large_one():
     masks = _zeros(N_CTX, x)
     small, large = {}, {}
     need = _one_variant_bytes(adapter, len(IDS), N_CTX, N_TARGETS)
-    a = information(adapter, x, pos, N_CTX, masks, orig, memory_budget=need, stats=small)
-    b = information(adapter, x, pos, N_CTX, masks, orig, memory_budget=2**31, stats=large)
+    a = _information(adapter, x, pos, N_CTX, masks, orig, memory_budget=need, stats=small)
+    b = _information(adapter, x, pos, N_CTX, masks, orig, memory_budget=2**31, stats=large)
     assert small["passes"] > large["passes"] and large["max_rows"] > 1
     torch.testing.assert_close(a, b, **TIGHT)
 
@@ -216,9 +227,9 @@ def test_small_budget_chunks_the_prefix_pass_of_a_windowed_long_input():
     budget = (shape.kv_bytes(1, n_ctx - 1) + 2 * 2 * shape.vocab * 8 * 13 + shape.pass_bytes(1, 16, 40)
               + shape.head_bytes(2, KL_CHUNK))
     stats = {}
-    got = information(adapter, x, pos, n_ctx, masks, orig, memory_budget=budget, window_size=5, stats=stats)
+    got = _information(adapter, x, pos, n_ctx, masks, orig, memory_budget=budget, window_size=5, stats=stats)
     assert stats["prefix_passes"] > 1
-    ref = information(adapter, x, pos, n_ctx, masks, orig, window_size=5)
+    ref = _information(adapter, x, pos, n_ctx, masks, orig, window_size=5)
     torch.testing.assert_close(got, ref, **TIGHT)
 
 
@@ -244,7 +255,7 @@ def test_default_model_fp32_matches_reference(default_attributor):
     pos = torch.arange(len(target)) + n_ctx - 1
     orig = adapter.log_probs(x[None], pos)[0]
     masks = _zeros(n_ctx, x)
-    got = information(adapter, x, pos, n_ctx, masks, orig, max_batch=4)
+    got = _information(adapter, x, pos, n_ctx, masks, orig, max_batch=4)
     ref = information_reference(adapter, x, pos, n_ctx, masks)
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-5)
 
@@ -255,7 +266,7 @@ def test_engine_passes_windows_and_budget_to_the_information_term():
     from tests.tiny_models import text
 
     prompt, target = text(10, 3, 44, 7, 21, 9, 30, 12, 5), text(8, 40)
-    cfg = HETAConfig(components=("information",), dtype="float64", window_size=4, window_overlap=0.5)
+    cfg = HETAConfig(components=("information",), window_size=4, window_overlap=0.5)
     attr = Attributor(tiny_model("llama"), tiny_tokenizer(), cfg)
     res = attr.attribute(prompt, target)
     n_ctx = len(res.context_ids)

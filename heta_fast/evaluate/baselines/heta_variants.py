@@ -14,14 +14,14 @@ A variant's reported time is the shared forward pass plus the time of its own co
 """
 from __future__ import annotations
 
-import copy
 from typing import Iterable
 
-from ...reference import combine
+from ...combine import combine
+from ...components import COMPONENTS
 from ...result import Attribution
 
 VARIANTS = {
-    "heta": ("flow", "curvature", "information"),
+    "heta": COMPONENTS,
     "heta_flow": ("flow",),
     "heta_curvature": ("curvature",),
     "heta_information": ("information",),
@@ -35,22 +35,20 @@ def heta_variants(attributor, prompt, target, names: Iterable[str]) -> dict[str,
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown HETA variants {unknown}")
-    needed = tuple(c for c in ("flow", "curvature", "information") if any(c in VARIANTS[n] for n in names))
-    runner = copy.copy(attributor)  # shares the model and adapter; only the config differs
-    runner.config = attributor.config.replace(components=needed)
-    full = runner.attribute(prompt, target)
-    cfg = runner.config
+    needed = tuple(c for c in COMPONENTS if any(c in VARIANTS[n] for n in names))
+    cfg = attributor.config.replace(components=needed)
+    full = attributor.attribute(prompt, target, config=cfg)
     out = {}
     for name in names:
         comps = VARIANTS[name]
-        parts = {c: getattr(full, c) if c in comps else None for c in ("flow", "curvature", "information")}
+        parts = {c: getattr(full, c) if c in comps else None for c in COMPONENTS}
         scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma)
         seconds = full.timings.get("forward", 0.0) + sum(full.timings.get(c, 0.0) for c in comps)
         out[name] = Attribution(
             scores=scores, flow=parts["flow"], curvature=parts["curvature"], information=parts["information"],
             context_tokens=list(full.context_tokens), target_tokens=list(full.target_tokens),
             context_ids=full.context_ids, target_ids=full.target_ids, prompt=full.prompt, method=name,
-            model=full.model, config=cfg.replace(components=comps).to_dict(),
+            model=full.model, model_dtype=full.model_dtype, device=full.device, config=cfg.replace(components=comps).to_dict(),
             timings={**{k: full.timings[k] for k in ("forward",) + comps if k in full.timings},
                      "total": round(seconds, 6)},
         )

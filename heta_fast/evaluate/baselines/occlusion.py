@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ...signals.masking import mask_vectors
+from ...signals.information.masking import mask_vectors
 from .common import make_result, prepare
 
 

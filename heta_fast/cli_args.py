@@ -1,0 +1,60 @@
+"""Command-line arguments shared by every command that loads a model or attributes.
+
+Defaults are read from :class:`~heta_fast.config.HETAConfig`, so the CLI and the API cannot
+disagree. Building these arguments imports nothing heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .components import COMPONENTS
+
+
+def _default(name: str):
+    from .config import HETAConfig
+
+    return {f.name: f.default for f in dataclasses.fields(HETAConfig)}[name]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --dtype, --device: what to load and where."""
+    p.add_argument("--model", default=None, help="model alias (default: smollm2-135m), .gguf file, folder or hub id")
+    p.add_argument("--dtype", default="float32", help="dtype of the weights: float32 | float64 | float16 | bfloat16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+
+
+def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None:
+    """The HETA options every attributing command takes (``components``: also --components)."""
+    p.add_argument("--beta", type=float, default=_default("beta"), help="weight of the curvature term")
+    p.add_argument("--gamma", type=float, default=_default("gamma"), help="weight of the information term")
+    if components:
+        p.add_argument("--components", default=",".join(COMPONENTS),
+                       help=f"comma-separated subset of {','.join(COMPONENTS)}")
+    p.add_argument("--estimator", default=_default("estimator"),
+                   help="curvature estimator: probing (default) | exact | sketch")
+    p.add_argument("--num-probes", type=int, default=_default("num_probes"),
+                   help="Hutchinson probes per token of the exact estimator")
+    p.add_argument("--window-size", type=int, default=_default("window_size"),
+                   help="context tokens per window for long inputs (0: no windows)")
+    p.add_argument("--window-overlap", type=float, default=_default("window_overlap"),
+                   help="overlap of consecutive windows, in [0, 1)")
+    p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
+    p.add_argument("--seed", type=int, default=_default("seed"), help="seed of every random draw (the curvature probes; eval: also the Soft-NS/NC masks)")
+
+
+def config_from_args(args):
+    """The :class:`~heta_fast.config.HETAConfig` the parsed arguments ask for (validated)."""
+    from .config import HETAConfig
+
+    fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
+                  window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
+                  seed=args.seed)
+    if getattr(args, "components", None) is not None:
+        fields["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    return HETAConfig(**fields)
+
+
+def load_args(args) -> dict:
+    """Keyword arguments of ``Attributor.from_pretrained`` besides the config."""
+    return {"dtype": args.dtype, "device": args.device}

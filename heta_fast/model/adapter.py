@@ -1,0 +1,128 @@
+"""The model adapter: a loaded causal LM, its architecture's module map, and how to run it.
+
+Every HETA signal perturbs or differentiates the input embeddings, so the model always runs
+*from embeddings* (positions are added inside the model for absolute-position architectures,
+so masking a token never moves a position). The signals call the model through this adapter
+(:meth:`logits`, :meth:`log_probs`, :meth:`hidden_states`) and through the capture pass
+(:meth:`capture`, capture.py).
+
+What the adapter does to the model it is given, for as long as it holds it: it registers
+heta's attention functions and switches the model to ``heta_eager`` (the curvature term
+differentiates twice, which fused kernels cannot), puts the model in eval mode and stops
+gradients to its parameters. :meth:`restore` undoes all three.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..dtypes import at_least_float32
+from ..errors import UnsupportedArchitectureError
+from .architectures import ArchitectureSpec, head_layout_from_config, spec_for_config
+from .attention import EAGER, register
+from .cache_kwargs import cache_kwargs
+from .capture import Capture, CaptureRequest, MatrixCapture, capture_matrices, run_capture
+
+
+class ModelAdapter:
+    """A causal LM with its :class:`~heta_fast.model.architectures.ArchitectureSpec`."""
+
+    def __init__(self, model: nn.Module, spec: ArchitectureSpec | None = None):
+        self.model = model
+        self.spec = spec or spec_for_config(model.config)
+        self.layout = head_layout_from_config(model.config)
+        self.layers = self.spec.layers(model)
+        self._saved = (model.config._attn_implementation, model.training,
+                       [p.requires_grad for p in model.parameters()])
+        register()
+        model.set_attn_implementation(EAGER)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    def restore(self) -> None:
+        """Give the model back as it was: its attention implementation, training mode and
+        parameters' ``requires_grad``."""
+        implementation, training, grads = self._saved
+        self.model.set_attn_implementation(implementation)
+        self.model.train(training)
+        for p, flag in zip(self.model.parameters(), grads):
+            p.requires_grad_(flag)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def max_length(self) -> int | None:
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            v = getattr(cfg, name, None)
+            if v:
+                return int(v)
+        return None
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [n] -> input embeddings [n, d_model] (detached)."""
+        emb = self.model.get_input_embeddings()
+        return emb(ids.to(self.device)).detach()
+
+    def logits(self, embeds: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """embeds [B, n, d] -> logits [B, P, V] at ``positions`` (all n if None). Differentiable.
+
+        cache: optional transformers Cache holding positions [0, a) (extended in place); embeds
+        then sit at positions a..a+n-1 and ``positions`` index rows of embeds.
+        """
+        run = cache_kwargs(self.model, cache)
+        if positions is None:
+            return self.model(inputs_embeds=embeds, **run).logits
+        # Only the requested positions reach the LM head (a [n, V] logits block per sequence
+        # would dominate the cost of short inputs with large vocabularies).
+        keep = positions.to(embeds.device)
+        return self.model(inputs_embeds=embeds, logits_to_keep=keep, **run).logits
+
+    def log_probs(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, n, d] -> next-token log-probabilities [B, P, V] (float32 at least)."""
+        return torch.log_softmax(at_least_float32(self.logits(embeds, positions)), dim=-1)
+
+    @torch.no_grad()
+    def hidden_states(self, embeds: torch.Tensor, cache, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, L, d] continuing ``cache`` (a transformers Cache of positions [0, a), extended
+        in place) -> final normalised hidden states [B, L, d] at positions a..a+L-1 (LM head input).
+
+        position_ids [B, L] override those positions (packed passes, whose segments restart at
+        their own positions).
+        """
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        base = self.model.base_model
+        return base(inputs_embeds=embeds, **cache_kwargs(base, cache), **extra).last_hidden_state
+
+    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b."""
+        cfg = self.model.config
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            if getattr(cfg, name, None) not in (None, 1, 1.0):
+                raise UnsupportedArchitectureError(f"{self.spec.name}: {name} transforms the logits; the fused "
+                                                   f"vocabulary KL supports a plain linear LM head only")
+        head = self.model.get_output_embeddings()
+        return head.weight.detach(), None if head.bias is None else head.bias.detach()
+
+    def out_proj(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s per-head output projection [H, dh, d_model] (see ArchitectureSpec)."""
+        return self.spec.out_proj(self.spec.attention(self.layers[layer]), self.layout)
+
+    def window(self, layer: int) -> int | None:
+        """Layer ``layer``'s sliding-attention window, or None."""
+        return self.spec.window(self.model.config, layer)
+
+    def capture(self, embeds: torch.Tensor, positions: torch.Tensor, request: CaptureRequest) -> Capture:
+        """The engine's single forward pass of embeds [n, d] (see :func:`~.capture.run_capture`)."""
+        return run_capture(self, embeds, positions, request)
+
+    def capture_matrices(self, embeds: torch.Tensor) -> MatrixCapture:
+        """A materialised eager pass of embeds [n, d] (see :func:`~.capture.capture_matrices`)."""
+        return capture_matrices(self, embeds)

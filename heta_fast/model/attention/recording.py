@@ -1,0 +1,191 @@
+"""The recording attention of the capture pass, registered with transformers as ``heta_recording``.
+
+During the engine's single forward pass (no autograd) every layer runs fused attention
+(:func:`attention_with_lse`: the CPU flash-attention kernel, or a query-tiled fallback),
+returns no probabilities, and hands an :class:`AttentionRecorder` what the signals asked for:
+post-rotary q, k, the scale and the per-row log-sum-exp (from which the streaming flow gate
+recomputes probabilities tile by tile), and the values, reduced at once by the requester's
+function (the flow gate keeps value norms). Nothing of size n x n per head is kept or returned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ...dtypes import work_dtype
+from .pass_state import current
+
+NAME = "heta_recording"
+
+# Query rows per tile of the fallback path (devices without a fused kernel that returns LSE).
+_FALLBACK_BLOCK = 256
+
+
+def recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query [1, H, n, dh], key/value [1, Hkv, n, dh] -> (output [1, n, H, dh], None), recorded."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if torch.is_grad_enabled():
+        # The fused kernels have no double backward; a capture is a plain inference pass.
+        raise RuntimeError("the recording attention runs under torch.no_grad() only")
+    recorder = current(AttentionRecorder, NAME)
+    out, _ = recorder.attend(module, query, key, value, attention_mask, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# ----------------------------------------------------------------------------- fused attention
+def _cpu_flash_kernel():
+    """torch's fused CPU flash attention, which also returns the row log-sum-exp (or None)."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def is_plain_causal(mask: torch.Tensor | None, block: int = 256) -> bool:
+    """True if the additive/boolean mask [B, 1, n, m] is exactly causal (no window, no padding).
+
+    A plain causal mask lets the fused kernel skip the masked half and read no n x m tensor.
+    Checked in row blocks, so the check itself needs no n x m temporary.
+    """
+    if mask is None:
+        return False
+    n, m = mask.shape[-2:]
+    cols = torch.arange(m, device=mask.device)
+    for j0 in range(0, n, block):
+        rows = torch.arange(j0, min(j0 + block, n), device=mask.device) + (m - n)
+        causal = cols[None, :] <= rows[:, None]
+        tile = mask[..., j0 : j0 + block, :]
+        if mask.dtype == torch.bool:
+            ok = tile == causal
+        else:
+            # Visible entries exactly 0, hidden ones effectively -inf (eager masks use the dtype's minimum).
+            ok = torch.where(causal, tile == 0, tile <= -1e4)
+        if not bool(ok.all()):
+            return False
+    return True
+
+
+def attention_with_lse(query, key, value, mask, scale: float, causal: bool = False):
+    """Softmax attention that also returns the natural-log row normaliser; no n x n output.
+
+    query [B, H, n, dh], key/value [B, Hkv, m, dh] (GQA: head h reads kv head h // (H/Hkv)),
+    mask: additive or boolean [B, 1, n, m] or None; ``causal=True`` replaces the mask.
+    Returns out [B, H, n, dh] in value's dtype and lse [B, H, n] (float32 at least).
+    All inputs are brought to query's dtype.
+    """
+    dt = query.dtype
+    key, value = key.to(dt), value.to(dt)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(dt)
+    kernel = _cpu_flash_kernel()
+    if query.device.type == "cpu" and kernel is not None:
+        out, lse = kernel(query, key, value, 0.0, causal, attn_mask=None if causal else mask, scale=scale)
+    else:
+        out, lse = _attention_with_lse_tiled(query, key, value, mask, scale, causal)
+    return out, lse
+
+
+def _attention_with_lse_tiled(query, key, value, mask, scale, causal, block: int = _FALLBACK_BLOCK):
+    """Query-tiled attention with LSE: working memory one [B, H, block, m] score tile."""
+    batch, num_heads, n, head_dim = query.shape
+    num_kv, m = key.shape[1], key.shape[2]
+    group = num_heads // num_kv
+    work = work_dtype(query.dtype)
+    q5 = query.reshape(batch, num_kv, group, n, head_dim).to(work)
+    k_t = key.to(work).unsqueeze(2).transpose(-1, -2)  # [B, Hkv, 1, dh, m]
+    v5 = value.to(work).unsqueeze(2)
+    out = torch.empty(batch, num_heads, n, head_dim, dtype=value.dtype, device=query.device)
+    lse = torch.empty(batch, num_heads, n, dtype=work, device=query.device)
+    cols = torch.arange(m, device=query.device)
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        s = torch.matmul(q5[:, :, :, j0:j1], k_t) * scale  # [B, Hkv, G, b, m]
+        if causal:
+            rows = torch.arange(j0, j1, device=query.device) + (m - n)
+            s = s.masked_fill(cols[None, :] > rows[:, None], float("-inf"))
+        elif mask is not None:
+            tile = mask[:, :, j0:j1].unsqueeze(1)  # [B, 1, 1, b, m]
+            s = s.masked_fill(~tile, float("-inf")) if tile.dtype == torch.bool else s + tile.to(work)
+        row_lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        o = torch.matmul(torch.exp(s - row_lse), v5)  # [B, Hkv, G, b, dh]
+        out[:, :, j0:j1] = o.reshape(batch, num_heads, j1 - j0, head_dim).to(value.dtype)
+        lse[:, :, j0:j1] = row_lse.reshape(batch, num_heads, j1 - j0)
+    return out, lse
+
+
+# ----------------------------------------------------------------------------- recorder
+@dataclass
+class AttentionRecord:
+    """What one layer's attention leaves for the signals (batch 1).
+
+    q: [H, n, dh] post-rotary queries; k: [Hkv, n, dh] post-rotary keys; lse: [H, n] natural-log
+    softmax normaliser per query row (as the model masked it); scale: the score scale
+    (scores = scale * q.k); values: what the requester's ``reduce_values`` made of the layer's
+    values [Hkv, n, dh] (the flow gate: value norms [H, n]), or None when nobody asked.
+    q, k and lse are None when only the values were asked for.
+    """
+
+    q: torch.Tensor | None
+    k: torch.Tensor | None
+    lse: torch.Tensor | None
+    scale: float
+    values: torch.Tensor | None
+
+
+class AttentionRecorder:
+    """Collects an :class:`AttentionRecord` per layer during one forward pass.
+
+    ``layer_of`` maps id(attention module) -> layer index (the architecture's module map);
+    ``attention``: keep q, k and the LSE; ``reduce_values(layer, v [Hkv, n, dh])``, if given,
+    replaces the values by what it returns as soon as they exist (the values themselves are
+    never kept). With neither, nothing is kept (``seen`` still lists the layers that ran).
+    """
+
+    def __init__(self, layer_of: dict[int, int], attention: bool = False,
+                 reduce_values: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+        self.layer_of = layer_of
+        self.attention = attention
+        self.reduce_values = reduce_values
+        self.records: dict[int, AttentionRecord] = {}
+        self.seen: set[int] = set()
+        # (mask tensor, is plain causal): layers share one mask object per kind, checked once.
+        self._causal: list[tuple[torch.Tensor, bool]] = []
+
+    @property
+    def keeps(self) -> bool:
+        return self.attention or self.reduce_values is not None
+
+    def attend(self, module, query, key, value, mask, scale: float):
+        """Fused attention for ``module`` (shapes as :func:`attention_with_lse`), recorded.
+
+        Returns (out [B, H, n, dh], None).
+        """
+        layer = self.layer_of.get(id(module))
+        if layer is None:
+            raise RuntimeError("an attention module outside the architecture's module map ran during capture")
+        if query.shape[0] != 1:
+            raise ValueError("the capture records a single sequence (batch 1)")
+        if mask is not None:
+            mask = mask[..., : key.shape[-2]]
+        out, lse = attention_with_lse(query, key, value, mask, scale, causal=self._is_causal(mask))
+        self.seen.add(layer)
+        if self.keeps:
+            values = None if self.reduce_values is None else self.reduce_values(layer, value[0].detach())
+            keep = self.attention
+            self.records[layer] = AttentionRecord(
+                q=query[0].detach().contiguous() if keep else None, k=key[0].detach().contiguous() if keep else None,
+                lse=lse[0].detach() if keep else None, scale=float(scale), values=values)
+        return out.to(value.dtype), None
+
+    def _is_causal(self, mask) -> bool:
+        if mask is None:
+            # No mask from the model at all: a causal LM with nothing to mask (n = 1) or a
+            # model that relies on is_causal; either way causal is what it means.
+            return True
+        root = mask if mask._base is None else mask._base
+        for seen_root, flag in self._causal:
+            if seen_root is root:
+                return flag
+        flag = is_plain_causal(mask)
+        self._causal.append((root, flag))
+        return flag

@@ -1,1 +1,0 @@
-"""Model loading: aliases, GGUF conversion cache, local folders and hub ids."""

@@ -1,0 +1,61 @@
+"""The contract every signal implements, and the context it computes from.
+
+A signal declares what it needs from the engine's single forward pass
+(:meth:`Signal.capture_request`) and computes its component for every target and context token
+from one :class:`SignalContext`. It reads nothing of another signal and keeps its state across
+calls only in ``context.cache`` (owned by the Attributor: CUDA graphs and the like).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ..model.capture import Capture, CaptureRequest
+from ..request import TokenizedRequest
+
+
+@dataclass
+class SignalContext:
+    """Everything a signal may read for one request.
+
+    model:     the :class:`~heta_fast.model.adapter.ModelAdapter`
+    tokenizer: the model's tokenizer (mask schemes that use a special token read it)
+    request:   the tokenised request (context ids [n_context], target ids [T])
+    embeds:    [n, d] input embeddings of context + target[:-1], on the model's device
+    positions: [T] long, the input position predicting each target (on the model's device)
+    capture:   what the single forward pass left (see :class:`~heta_fast.model.capture.Capture`)
+    config:    the :class:`~heta_fast.config.HETAConfig` of this call
+    cache:     per-signal state kept across calls by the Attributor (``cache_for(name)``)
+    """
+
+    model: object
+    tokenizer: object
+    request: TokenizedRequest
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    capture: Capture
+    config: object
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def n_context(self) -> int:
+        return self.request.n_context
+
+    def cache_for(self, name: str) -> dict:
+        """The state dict of signal ``name`` (created empty on first use)."""
+        return self.cache.setdefault(name, {})
+
+
+class Signal(Protocol):
+    """One HETA component."""
+
+    name: str
+
+    def capture_request(self, model, config) -> CaptureRequest:
+        """What this signal needs from the forward pass of ``model`` under ``config``."""
+
+    def compute(self, context: SignalContext) -> torch.Tensor:
+        """The component for every target and context token: [T, n_context] on the CPU, float32
+        (float64 for a float64 model)."""

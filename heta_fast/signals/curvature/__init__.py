@@ -1,0 +1,41 @@
+"""The curvature term S: batched curvature-vector products and three estimators.
+
+- signal.py: S for every target and context token (windows, one operator per target)
+- target.py: f = log p(x_T | x_<T) as a pure function of the embeddings or of the residual stream
+- hvp.py / fisher.py: batched operators V -> H V (torch.func) and V -> G V (Gauss-Newton/Fisher)
+- operators.py: which operator a config asks for, with probes per pass under the memory budget
+- probes.py: the seeded Rademacher probes
+- exact.py / probing.py / sketch.py: the estimators; estimators.py picks one by config
+- cuda_graphs.py: CUDA-only capture and replay of the batched HVP
+"""
+from __future__ import annotations
+
+import torch
+
+from ...model.capture import CaptureRequest
+from ..base import SignalContext
+from .cuda_graphs import graphs_for
+from .estimators import ESTIMATORS, estimate, products_needed
+from .fisher import FisherOperator
+from .hvp import HessianOperator
+from .signal import curvature
+from .target import TargetFunction
+
+
+class CurvatureSignal:
+    """S from Hessian-vector products of f; needs nothing of the capture pass."""
+
+    name = "curvature"
+
+    def capture_request(self, model, config) -> CaptureRequest:
+        return CaptureRequest()
+
+    def compute(self, context: SignalContext) -> torch.Tensor:
+        cfg = context.config
+        graphs = graphs_for(context.model, cfg, context.cache_for(self.name))
+        return curvature(context.model, context.embeds, context.positions.cpu(), context.request.target_ids,
+                         context.n_context, cfg, graphs)
+
+
+__all__ = ["ESTIMATORS", "CurvatureSignal", "FisherOperator", "HessianOperator", "TargetFunction", "curvature",
+           "estimate", "products_needed"]

@@ -1,0 +1,61 @@
+"""The three estimators of S behind one signature, chosen by ``HETAConfig.estimator``.
+
+Every estimator takes an operator factory (factory(start) -> (operator V [B, n, d] -> C V over
+rows [start, n), probes per call); see operators.py), the rows of h to attribute and the config, draws its random vectors from ``config.seed`` alone (two runs give the same
+numbers) and returns S for those rows. The probe of token i is row i of the draw
+``rademacher_probes(n_context, m, d, seed)`` (probes.py) whatever the window, so a token keeps its probes
+across windows and estimators.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .probes import rademacher_probes
+from .exact import exact_block_hutchinson, exact_by_suffix, suffix_group_size
+from .probing import sign_patterns, simultaneous_probing
+from .sketch import nystrom_block_hutchinson, sketch_matrix
+
+
+def _exact(factory, rows, n_context, config):
+    d = factory.x.shape[1]
+    probes = rademacher_probes(n_context, config.num_probes, d, config.seed)[rows]
+    if factory.suffixes:
+        group = suffix_group_size(factory.position + 1, config.num_probes)
+        return exact_by_suffix(factory, rows, probes, group)
+    operator, chunk = factory(0)
+    return exact_block_hutchinson(operator, rows, probes, chunk)
+
+
+def _probing(factory, rows, n_context, config):
+    operator, chunk = factory(0)
+    repeats, patterns = config.probing_repeats, config.probing_patterns
+    probes = rademacher_probes(n_context, repeats, operator.shape[1], config.seed)[rows]
+    signs = sign_patterns(len(rows), repeats, patterns, config.seed)
+    return simultaneous_probing(operator, rows, probes, signs, chunk)
+
+
+def _sketch(factory, rows, n_context, config):
+    operator, chunk = factory(0)
+    d = operator.shape[1]
+    probes = rademacher_probes(n_context, config.num_probes, d, config.seed)[rows]
+    omega = sketch_matrix(len(rows), d, config.sketch_rank, config.seed)
+    return nystrom_block_hutchinson(operator, rows, probes, omega, chunk)
+
+
+ESTIMATORS: dict[str, Callable] = {"exact": _exact, "probing": _probing, "sketch": _sketch}
+
+
+def estimate(factory, rows: torch.Tensor, n_context: int, config) -> torch.Tensor:
+    """S for ``rows`` [R] (long, ascending positions of h) by ``config.estimator``; returns [R] float64."""
+    return ESTIMATORS[config.estimator](factory, rows, n_context, config)
+
+
+def products_needed(config, num_rows: int) -> int:
+    """How many curvature-vector products an estimator spends on ``num_rows`` tokens (one target)."""
+    return {
+        "exact": num_rows * config.num_probes,
+        "probing": config.probing_repeats * config.probing_patterns,
+        "sketch": config.sketch_rank,
+    }[config.estimator]

@@ -1,0 +1,63 @@
+"""Which curvature operator a config asks for: the Hessian or its Fisher surrogate, eager or
+replayed from a CUDA graph, over the whole input or over a suffix (a constant prefix)."""
+from __future__ import annotations
+
+import torch
+
+from ...memory import ModelShape, probes_per_pass
+from ...model.adapter import ModelAdapter
+from .cuda_graphs import length_bucket
+from .fisher import FisherOperator
+from .hvp import HessianOperator
+from .target import TargetFunction, prefix_keys_values
+
+
+class OperatorFactory:
+    """Builds the curvature operator of f = log p(token | embeds[:position+1]) under ``config``.
+
+    embeds [n, d] (rows after ``position`` are dropped: by causality they cannot change f);
+    graphs: an optional :class:`~heta_fast.signals.curvature.cuda_graphs.GraphCache` (CUDA only), used
+    for the Hessian over the whole input (not the Fisher surrogate, not suffixes).
+    """
+
+    def __init__(self, adapter: ModelAdapter, embeds: torch.Tensor, position: int, token: int, config,
+                 graphs=None):
+        self.adapter, self.config, self.graphs = adapter, config, graphs
+        self.x = embeds[: position + 1]
+        self.position = position
+        self.pos = torch.tensor(position, device=self.x.device)
+        self.tok = torch.tensor(int(token), device=self.x.device)
+        self.layers = config.layer_subset or len(adapter.layers)
+        self.shape = ModelShape.of(adapter.model)
+        # Suffix operators (start > 0) need an eager forward with a key/value prefix; a captured
+        # graph always runs the whole (padded) input.
+        self.suffixes = graphs is None or config.use_fisher
+        self._whole = None    # the operator over the whole input, shared by every caller
+        self._prefix = None   # keys/values of every row, sliced for each suffix
+
+    def __call__(self, start: int = 0):
+        """(operator over rows [start, position], probe vectors per call under the memory budget)."""
+        cfg = self.config
+        if not self.suffixes:
+            if start != 0:
+                raise ValueError("a captured graph runs the whole input; suffix operators need the eager path")
+            if self._whole is None:
+                length = length_bucket(self.position + 1, self.adapter.max_length)
+                chunk = probes_per_pass(self.shape, length, self.layers, cfg.memory_budget, cfg.max_batch)
+                self._whole = self.graphs.operator(self.x, self.pos, self.tok, chunk), chunk
+            return self._whole
+        if start == 0 and self._whole is not None:
+            return self._whole
+        n = self.position + 1 - start
+        chunk = probes_per_pass(self.shape, n, self.layers, cfg.memory_budget, cfg.max_batch)
+        prefix = None
+        if start > 0:
+            if self._prefix is None:
+                self._prefix = prefix_keys_values(self.adapter, self.x)
+            prefix = [(k[:, :, :start], v[:, :, :start]) for k, v in self._prefix]
+        target = TargetFunction(self.adapter, self.x, self.pos, self.tok, layers=cfg.layer_subset, start=start,
+                                prefix=prefix)
+        operator = FisherOperator(target) if cfg.use_fisher else HessianOperator(target)
+        if start == 0:
+            self._whole = operator, chunk
+        return operator, chunk

@@ -1,0 +1,61 @@
+"""Semantic flow gate M_T from the engine's single forward pass, streamed layer by layer.
+
+No attention matrix exists at any point: per layer, :func:`heta_fast.ops.flow.flow_step`
+recomputes the probabilities tile by tile from the recorded post-rotary q, k and the row
+log-sum-exp (A = exp(scale·q·k − lse), causal and windowed as the model masks), and fuses
+Φ^(l,h) = r^(l) A^(l,h), the gate contribution Σ_h Φ^(l,h) ⊙ vn^(l,h) and the next rollout
+row r^(l−1). The value norms are reduced during the capture (value_norms.py). CUDA tensors run
+the Triton kernels, CPU tensors the blocked torch paths. Semantics: docs/method.md §1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...dtypes import accumulation_dtype
+from ...model.capture import Capture
+from ...ops.flow import flow_step
+
+
+@dataclass
+class FlowRollout:
+    """The streamed rollout for every target.
+
+    gate:    [T, n] Σ over layers and heads of Φ ⊙ vn (unnormalised, every input position)
+    rollout: [T, n] the rollout row after the bottom layer, r^(0) = one-hot(p_t) Â^(L) ⋯ Â^(1)
+             (attention rollout, Abnar & Zuidema 2020, with the residual halves)
+    """
+
+    gate: torch.Tensor
+    rollout: torch.Tensor
+
+
+def stream_rollout(capture: Capture, target_positions: torch.Tensor) -> FlowRollout:
+    """Run the flow step down every layer of the capture for targets predicted at positions [T].
+
+    Accumulates in float32 (float64 for a float64 model) whatever the model dtype.
+    """
+    first = capture.layers[0]
+    n, device = first.q.shape[1], first.q.device
+    # The value norms follow the model's dtype (float64 for float64, float32 for the rest).
+    dtype = accumulation_dtype(first.values)
+    pos = target_positions.to(device)
+    r = torch.zeros(len(pos), n, dtype=dtype, device=device)
+    r[torch.arange(len(pos), device=device), pos] = 1.0
+    m = torch.zeros_like(r)
+    for rec, window in zip(reversed(capture.layers), reversed(capture.windows)):
+        flow, r = flow_step(rec.q, rec.k, rec.lse, rec.scale, r, rec.values, window=window)  # values: vn [H, n]
+        m += flow.to(dtype)
+    return FlowRollout(gate=m, rollout=r)
+
+
+def flow_gate(capture: Capture, target_positions: torch.Tensor, n_context: int) -> torch.Tensor:
+    """M_T for every target: [T, n_context] (on the capture's device), rows on the simplex.
+
+    target_positions [T]: positions p_t predicting each target; all targets roll out together.
+    """
+    m = stream_rollout(capture, target_positions).gate[:, :n_context]
+    total = m.sum(-1, keepdim=True)
+    # m >= 0, so a row with no flow into the context is all zeros and stays so (as the reference defines).
+    return m / torch.where(total > 0, total, torch.ones_like(total))

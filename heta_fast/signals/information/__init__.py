@@ -1,0 +1,39 @@
+"""The information term I_i = KL(P_orig ‖ P_masked^(i)) at every target position.
+
+- signal.py: the masked passes and their fused vocabulary KL, window by window
+- masking.py: what replaces a masked token's embedding (``mask_scheme``)
+- prefix_cache.py: the unmasked input's keys and values, shared by every masked variant
+- masked_batches.py: which variants run together under the memory budget
+- packing.py: several variants laid end to end in one packed sequence
+"""
+from __future__ import annotations
+
+import torch
+
+from ...model.capture import CaptureRequest
+from ..base import SignalContext
+from .masking import mask_vectors
+from .prefix_cache import PrefixCache
+from .signal import information
+
+
+class InformationSignal:
+    """I from masked passes continuing the capture's keys and values; P_orig is the capture's
+    log-probabilities."""
+
+    name = "information"
+
+    def capture_request(self, model, config) -> CaptureRequest:
+        # The masked variants continue the unmasked pass's keys and values (no second prefix pass).
+        return CaptureRequest(key_values=True)
+
+    def compute(self, context: SignalContext) -> torch.Tensor:
+        n_ctx, model = context.n_context, context.model
+        prefix = PrefixCache.from_kv(context.capture.kv, n_ctx - 1)
+        masks = mask_vectors(context.config.mask_scheme, context.embeds[:n_ctx], model.model.get_input_embeddings(),
+                             context.tokenizer)
+        return information(model, context.embeds, context.positions, n_ctx, masks, context.capture.log_probs,
+                           context.config, prefix=prefix).cpu()
+
+
+__all__ = ["InformationSignal", "PrefixCache", "information", "mask_vectors"]

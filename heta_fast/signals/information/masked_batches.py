@@ -1,0 +1,87 @@
+"""Which masked variants run together: batches of consecutive masked tokens of one window.
+
+Variant i (token i masked) of a window runs positions i .. N-1 of the window's input (N: one
+past its last target) on top of the unmasked prefix cache [0, i). A batch takes consecutive
+variants i = a, a+1, ..., a+B-1 of one window. Two layouts:
+
+- ``packed`` (the default): the B variants are laid end to end in one sequence of
+  Σ_r (N - a - r) tokens, each segment at its own positions, attending segment by segment to
+  the cached prefix before its masked token and its own earlier tokens (packing.py). No
+  position is computed twice: all the batches of a window together run exactly
+  Σ_i (N - i) token-positions, the irreducible work.
+- ``rectangular``: every row runs from position a, so row a+r recomputes the unmasked positions
+  a .. a+r-1 (B(B-1)/2 padding positions per batch). Used where the packed attention cannot be
+  installed or the kernel accepts only causal masks (FlashAttention-2).
+
+Rows are added while the memory model says the pass still fits the budget, up to ``max_rows``
+and, when ``tokens_per_pass`` is set, only until a pass has that many token-positions: on a CPU
+a pass of a few hundred positions already runs the matrix products at full speed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ...errors import MemoryBudgetError
+
+LAYOUTS = ("packed", "rectangular")
+
+
+@dataclass(frozen=True)
+class MaskedBatch:
+    """Rows masking tokens ``start, start+1, ...`` of window ``window``; the first row runs
+    ``length`` positions (start .. start+length-1), row r runs ``length - r`` when packed."""
+
+    window: int
+    start: int
+    rows: int
+    length: int
+    packed: bool = True
+
+    @property
+    def positions(self) -> int:
+        """Token-positions this batch sends through the model."""
+        if self.packed:
+            return self.rows * self.length - self.rows * (self.rows - 1) // 2
+        return self.rows * self.length
+
+    @property
+    def prefix(self) -> int:
+        """Cached unmasked positions [0, prefix) the pass attends to."""
+        return self.start + self.rows - 1 if self.packed else self.start
+
+
+def plan_batches(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[[MaskedBatch], bool],
+                 describe: Callable[[MaskedBatch], str], tokens_per_pass: int | None = None,
+                 layout: str = "packed") -> list[MaskedBatch]:
+    """Split every window's variants into batches.
+
+    spans:    per window (first masked token, one past the last, N = input length to run to)
+    fits:     fits(batch) -> whether that pass fits the memory budget
+    describe: describe(batch) -> the error message when a single-variant batch does not fit
+    tokens_per_pass: stop adding rows once a pass has this many token-positions (None: no limit)
+    layout:   "packed" or "rectangular" (see the module docstring)
+
+    Raises MemoryBudgetError (before any work) if even a single variant does not fit.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    packed = layout == "packed"
+    batches = []
+    for w, (first, stop, total) in enumerate(spans):
+        if first < stop:
+            # The first variant is the longest of its window: if it fits alone, every one does.
+            single = MaskedBatch(w, first, 1, total - first, packed)
+            if not fits(single):
+                raise MemoryBudgetError(describe(single))
+        a = first
+        while a < stop:
+            rows = 1
+            while rows < min(max_rows, stop - a):
+                wider = MaskedBatch(w, a, rows + 1, total - a, packed)
+                if (tokens_per_pass is not None and wider.positions > tokens_per_pass) or not fits(wider):
+                    break
+                rows += 1
+            batches.append(MaskedBatch(w, a, rows, total - a, packed))
+            a += rows
+    return batches

@@ -1,0 +1,72 @@
+"""Several masked variants of one input laid end to end in a single sequence (the packed layout).
+
+Variant r of a batch masks token a + r and runs positions a + r .. N - 1; its *segment* of the
+packed sequence holds exactly those tokens, at those positions (``position_ids``: rotary and
+absolute positions are the variant's own). The MLPs, norms and projections of all segments run
+as one sequence; only attention is per segment: the model layer's ``heta_packed`` attention
+(:mod:`heta_fast.model.attention.packed`) gives segment r's queries the cached unmasked keys of
+positions [0, a + r) followed by the segment's own keys, which for the segment is exactly a
+continuation of the unmasked prefix. So the packed pass equals B separate passes position for
+position, with no padding and no [Q, P + Q] mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...model.adapter import ModelAdapter
+from ...model.attention import can_switch
+from ...model.attention.packed import PackedSegments
+from ...model.attention.pass_state import pass_state
+
+
+@dataclass
+class PackedVariants(PackedSegments):
+    """The packed sequence of variants a .. a+B-1 of an input of N positions.
+
+    embeds:    [Q, d] inputs, Q = Σ_r (N - a - r); each segment's first row is its mask vector
+    (and the segment geometry of :class:`~heta_fast.model.attention.packed.PackedSegments`:
+    positions [Q], offsets [B], lengths [B] = N - a - r, start a, prefix P = a + B - 1)
+    """
+
+    embeds: torch.Tensor = None
+
+    @classmethod
+    def build(cls, seq: torch.Tensor, start: int, rows: int, total: int, mask_rows: torch.Tensor,
+              windows: list | None = None) -> "PackedVariants":
+        """seq [N', d] the input (N' >= total); variants start .. start+rows-1 run up to ``total``;
+        mask_rows [rows, d] the vectors replacing each variant's masked token; windows: per layer."""
+        dev = seq.device
+        lengths = total - start - torch.arange(rows, device=dev)  # [B]
+        segment = torch.repeat_interleave(torch.arange(rows, device=dev), lengths)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        positions = start + segment + (torch.arange(segment.numel(), device=dev) - offsets[segment])
+        embeds = seq[positions].clone()
+        embeds[offsets] = mask_rows.to(embeds.dtype)
+        return cls(positions=positions, offsets=offsets, lengths=lengths, start=start, prefix=start + rows - 1,
+                   windows=list(windows or []), embeds=embeds)
+
+    def rows_at(self, target_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each (variant, target) is read: target_positions [T] -> (index [B, T] into the
+        packed sequence, valid [B, T]: the target is at or after the variant's masked token)."""
+        masked = self.start + torch.arange(self.rows, device=self.offsets.device)  # [B]
+        rel = target_positions[None, :] - masked[:, None]
+        valid = rel >= 0
+        return self.offsets[:, None] + rel.clamp(min=0), valid
+
+
+def can_pack(adapter: ModelAdapter) -> bool:
+    """Whether the model's attention can be switched to ``heta_packed`` at run time (and every
+    attention module knows its layer index, which picks the layer's window)."""
+    if not can_switch(adapter.model):
+        return False
+    return all(hasattr(adapter.spec.attention(layer), "layer_idx") for layer in adapter.layers)
+
+
+def run_packed(adapter: ModelAdapter, layout: PackedVariants, cache) -> torch.Tensor:
+    """Final hidden states [Q, d] of the packed sequence continuing ``cache`` (positions [0, P)).
+
+    The model must run the ``heta_packed`` attention (the caller switches to it)."""
+    with pass_state(layout):
+        return adapter.hidden_states(layout.embeds[None], cache, position_ids=layout.positions[None])[0]

@@ -1,0 +1,119 @@
+"""Every adapter against the model's own attention: the captured probabilities, values and
+per-head output projections must rebuild the attention module's output exactly, which pins
+down the value slice, the bias, the W_O orientation and the GQA head mapping."""
+import pytest
+import torch
+
+from heta_fast.model.architectures import spec_for_config, supported_model_types
+from heta_fast.errors import UnsupportedArchitectureError
+from heta_fast.model.adapter import ModelAdapter
+from tests.tiny_models import ARCHITECTURES, tiny_model, unsupported_model
+
+
+def _output_bias(attn):
+    for name in ("o_proj", "c_proj", "out_proj", "dense"):
+        mod = getattr(attn, name, None)
+        if mod is not None:
+            return mod.bias
+    raise AssertionError("no output projection found")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_capture_rebuilds_attention_output(arch):
+    model = tiny_model(arch)
+    adapter = ModelAdapter(model)
+    n = 9
+    embeds = adapter.embed(torch.randint(0, 64, (n,)))
+    outputs = {}
+    hooks = [adapter.spec.attention(layer).register_forward_hook(
+        lambda mod, args, out, i=i: outputs.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+        for i, layer in enumerate(adapter.layers)]
+    try:
+        cap = adapter.capture_matrices(embeds)
+    finally:
+        for h in hooks:
+            h.remove()
+    layout = adapter.layout
+    for l, layer in enumerate(adapter.layers):
+        attn_mod = adapter.spec.attention(layer)
+        a, v, w = cap.attentions[l], cap.values[l], cap.out_proj[l]
+        assert a.shape == (layout.num_heads, n, n)
+        assert v.shape == (layout.num_kv_heads, n, layout.head_dim)
+        assert w.shape == (layout.num_heads, layout.head_dim, layout.d_model)
+        rebuilt = torch.zeros(n, layout.d_model, dtype=torch.float64)
+        for h in range(layout.num_heads):
+            kv = h // (layout.num_heads // layout.num_kv_heads)  # written out, not taken from the adapter
+            rebuilt += a[h] @ v[kv] @ w[h]
+        bias = _output_bias(attn_mod)
+        if bias is not None:
+            rebuilt += bias
+        torch.testing.assert_close(rebuilt, outputs[l][0], rtol=1e-10, atol=1e-10)
+
+
+def test_gqa_head_counts_are_read_from_config():
+    adapter = ModelAdapter(tiny_model("llama"))
+    assert (adapter.layout.num_heads, adapter.layout.num_kv_heads, adapter.layout.head_dim) == (4, 2, 4)
+    assert [adapter.layout.kv_head_of(h) for h in range(4)] == [0, 0, 1, 1]
+
+
+def test_phi3_fused_qkv_value_slice_matches_manual_split():
+    model = tiny_model("phi3")
+    adapter = ModelAdapter(model)
+    attn = adapter.spec.attention(adapter.layers[0])
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    w = attn.qkv_proj.weight  # rows: 4 query heads, 2 key heads, 2 value heads, 4 dims each
+    manual = (x @ w[24:32].t()).reshape(1, 5, 2, 4)
+    torch.testing.assert_close(adapter.spec.values(attn, adapter.layout, x), manual)
+
+
+def test_gpt2_conv1d_value_slice_includes_bias():
+    model = tiny_model("gpt2")
+    adapter = ModelAdapter(model)
+    attn = adapter.spec.attention(adapter.layers[1])
+    x = torch.randn(1, 3, 16, dtype=torch.float64)
+    manual = (x @ attn.c_attn.weight[:, 32:48] + attn.c_attn.bias[32:48]).reshape(1, 3, 4, 4)
+    torch.testing.assert_close(adapter.spec.values(attn, adapter.layout, x), manual)
+
+
+def test_mistral_sliding_window_is_reported_and_applied():
+    adapter = ModelAdapter(tiny_model("mistral"))
+    assert adapter.spec.window(adapter.model.config, 0) == 3
+    cap = adapter.capture_matrices(adapter.embed(torch.arange(8)))
+    a = cap.attentions[0]
+    j, i = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    outside = (i > j) | (i <= j - 3)
+    assert torch.all(a[:, outside] == 0)
+    assert torch.all(a[:, ~outside] > 0)
+
+
+def test_unknown_architecture_raises_naming_it_and_how_to_add():
+    with pytest.raises(UnsupportedArchitectureError, match=r"'opt'.*register_architecture"):
+        ModelAdapter(unsupported_model())
+
+
+def test_a_registered_architecture_is_used_without_editing_the_package():
+    from dataclasses import replace
+
+    from heta_fast.model import register_architecture
+    from heta_fast.model.architectures import _BY_MODEL_TYPE
+
+    model = tiny_model("llama")
+    model.config.model_type = "my-llama"  # a family heta-fast does not know
+    with pytest.raises(UnsupportedArchitectureError, match="my-llama"):
+        ModelAdapter(model)
+    spec = replace(spec_for_config(tiny_model("llama").config), name="my-llama", model_types=("my-llama",))
+    try:
+        register_architecture(spec)
+        adapter = ModelAdapter(model)
+        assert adapter.spec is spec and len(adapter.layers) == 2
+        with pytest.raises(ValueError, match="already have a module map"):
+            register_architecture(replace(spec, name="other"))
+        register_architecture(replace(spec, name="other"), replace=True)
+        assert spec_for_config(model.config).name == "other"
+    finally:
+        _BY_MODEL_TYPE.pop("my-llama", None)
+
+
+def test_supported_types_cover_the_required_families():
+    assert {"llama", "mistral", "qwen2", "gpt2", "gptj", "phi3"} <= set(supported_model_types())
+    assert spec_for_config(tiny_model("qwen2").config).name == "llama"
