@@ -64,3 +64,25 @@ def test_help_works_everywhere():
     for args in ([], ["attribute"], ["demo"]):
         proc = subprocess.run([sys.executable, "-m", "heta_fast", *args, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: heta-fast" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["attribute", "--prompt", "w1", "--target", "w2"], ["demo"],
+                                     ["eval", "--data", "d.json", "--out", "o.json"]])
+def test_every_attributing_command_takes_the_engine_options(command):
+    from heta_fast.cli import build_parser
+    from heta_fast.cli_args import config_from_args, load_args
+
+    args = build_parser().parse_args(command + ["--estimator", "exact", "--num-probes", "3", "--window-size", "8",
+                                                "--window-overlap", "0.25", "--seed", "4", "--dtype", "float64",
+                                                "--device", "cpu"])
+    cfg = config_from_args(args)
+    assert (cfg.estimator, cfg.num_probes, cfg.window_size, cfg.window_overlap, cfg.seed) == ("exact", 3, 8, 0.25, 4)
+    assert load_args(args) == {"dtype": "float64", "device": "cpu"}
+
+
+def test_cli_defaults_are_the_configs():
+    from heta_fast import HETAConfig
+    from heta_fast.cli import build_parser
+    from heta_fast.cli_args import config_from_args
+
+    assert config_from_args(build_parser().parse_args(["demo"])) == HETAConfig()

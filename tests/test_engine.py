@@ -153,3 +153,39 @@ def test_non_finite_model_output_is_a_typed_error():
         attr.model.get_input_embeddings().weight[10] = float("nan")
     with pytest.raises(NonFiniteError):
         attr.attribute(text(6, 7), text(8))
+
+
+def test_a_per_call_config_overrides_the_attributors_for_that_call_only():
+    attr = _attributor()
+    own = attr.attribute(PROMPT, TARGET)
+    flow_only = attr.attribute(PROMPT, TARGET, config=attr.config.replace(components=("flow",)))
+    assert flow_only.curvature is None and flow_only.config["components"] == ["flow"]
+    torch.testing.assert_close(flow_only.flow, own.flow, rtol=0, atol=0)
+    again = attr.attribute(PROMPT, TARGET)  # the Attributor's own config is untouched
+    assert attr.config.components == ("flow", "curvature", "information")
+    torch.testing.assert_close(again.scores, own.scores, rtol=0, atol=0)
+    many = list(attr.attribute_many([(PROMPT, TARGET)], config=attr.config.replace(beta=2.0)))
+    torch.testing.assert_close(many[0].scores, own.flow * (2.0 * own.curvature + 0.5 * own.information))
+
+
+def test_the_result_records_the_models_actual_dtype_and_device():
+    res = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), HETAConfig()).attribute(PROMPT, TARGET)
+    assert (res.model_dtype, res.device) == ("float32", "cpu")
+    assert "dtype" not in res.config and "device" not in res.config
+    back = Attribution.from_json(res.to_json())
+    assert (back.model_dtype, back.device) == ("float32", "cpu")
+    assert _attributor().attribute(PROMPT, TARGET).model_dtype == "float64"
+
+
+def test_closing_the_attributor_gives_the_model_back_as_it_was():
+    model = tiny_model("llama", dtype=torch.float32).train()
+    model.set_attn_implementation("sdpa")
+    model.lm_head.weight.requires_grad_(True)
+    model.model.embed_tokens.weight.requires_grad_(False)
+    with Attributor(model, tiny_tokenizer(), HETAConfig()) as attr:
+        assert model.config._attn_implementation == "heta_eager" and not model.training
+        assert not any(p.requires_grad for p in model.parameters())
+        attr.attribute(PROMPT, TARGET)
+    assert model.config._attn_implementation == "sdpa" and model.training
+    assert model.lm_head.weight.requires_grad and not model.model.embed_tokens.weight.requires_grad
+    assert model.model.layers[0].self_attn.q_proj.weight.requires_grad
