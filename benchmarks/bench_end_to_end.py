@@ -35,18 +35,15 @@ def _reference(attr):
 def test_demo_attribution(benchmark, default_attributor, impl):
     attr = default_attributor
     benchmark.group = "demo attribution"
-    base = attr.config
-    try:
-        if impl == "reference":
-            out = benchmark.pedantic(_reference, args=(attr,), rounds=1, iterations=1)
-            benchmark.extra_info["hvps"] = 10 * out["scores"].shape[1]
-        else:
-            attr.config = base.replace(estimator="exact", num_probes=10) if impl == "engine-exact" else base
-            res = benchmark.pedantic(attr.attribute, args=(DEMO_PROMPT, DEMO_TARGET), rounds=1, iterations=1)
-            out = {"scores": res.scores, "curvature": res.curvature, "information": res.information, "flow": res.flow}
-            benchmark.extra_info.update({f"phase_{k}_s": v for k, v in res.timings.items()})
-    finally:
-        attr.config = base
+    if impl == "reference":
+        out = benchmark.pedantic(_reference, args=(attr,), rounds=1, iterations=1)
+        benchmark.extra_info["hvps"] = 10 * out["scores"].shape[1]
+    else:
+        config = attr.config.replace(estimator="exact", num_probes=10) if impl == "engine-exact" else attr.config
+        res = benchmark.pedantic(attr.attribute, args=(DEMO_PROMPT, DEMO_TARGET), kwargs={"config": config},
+                                 rounds=1, iterations=1)
+        out = {"scores": res.scores, "curvature": res.curvature, "information": res.information, "flow": res.flow}
+        benchmark.extra_info.update({f"phase_{k}_s": v for k, v in res.timings.items()})
     benchmark.extra_info["n_context"] = out["scores"].shape[1]
     benchmark.extra_info["torch_threads"] = torch.get_num_threads()
     _results[impl] = out

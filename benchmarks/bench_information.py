@@ -45,11 +45,14 @@ import torch
 from transformers import DynamicCache
 
 from benchmarks.conftest import prompt_ids
-from heta_fast.fast_attention import no_grad_attention
+from heta_fast import HETAConfig
+from heta_fast.model.attention import attention_implementation
+from heta_fast.model.capture import CaptureRequest
 from heta_fast.ops.vocab_kl import vocab_kl
-from heta_fast.reference import information_reference, kl_divergence
+from heta_fast.divergence import kl_divergence
+from heta_fast.reference import information_reference
 from heta_fast.signals.information import information
-from heta_fast.signals.prefix_cache import PrefixCache
+from heta_fast.signals.information.prefix_cache import PrefixCache
 
 # BENCH_INFO_SIZES="64,128" runs a subset; BENCH_INFO_LOG=path appends one JSON line per result
 # (kept even if the run is cut short).
@@ -98,7 +101,7 @@ def batched_full_passes(adapter, embeds, positions, n_context, masks, orig, rows
     weight, bias = adapter.unembedding()
     x = embeds[: int(positions.max()) + 1]
     out = torch.empty(positions.numel(), n_context)
-    with no_grad_attention(adapter.model):
+    with attention_implementation(adapter.model):
         for start in range(0, n_context, rows):
             idx = torch.arange(start, min(start + rows, n_context))
             batch = x.expand(len(idx), -1, -1).clone()
@@ -121,7 +124,7 @@ def case(default_attributor):
         # The engine's forward pass: P_orig at the target and, kept for (c), every layer's keys
         # and values (the prefix cache). All three implementations get P_orig from outside the
         # timed region; (a) runs its own unmasked pass inside, as the reference loop does.
-        capture = adapter.capture_stream(x, positions, record=False, keep_kv=True)
+        capture = adapter.capture(x, positions, CaptureRequest(key_values=True))
         prefix = PrefixCache.from_kv(capture.kv, n - 1)
         cases[n] = (adapter, x, positions, torch.zeros(n, x.shape[-1]), capture.log_probs, prefix)
     return cases
@@ -152,13 +155,13 @@ def test_bench_information(benchmark, case, n, impl):
                                     rounds=1, iterations=1)
     else:
         stats: dict = {}
-        kwargs = dict(memory_budget=ENGINE_BUDGET, stats=stats, prefix=prefix)
+        config = HETAConfig(memory_budget=ENGINE_BUDGET)
 
         def run():
             stats.clear()
             measured = _reset_peak()
             before = _status_bytes("VmRSS")
-            out = information(adapter, x, positions, n, masks, orig, **kwargs)
+            out = information(adapter, x, positions, n, masks, orig, config, stats=stats, prefix=prefix)
             peak = _status_bytes("VmHWM")
             stats["peak_bytes"] = peak - before if measured and peak is not None else None
             return out
