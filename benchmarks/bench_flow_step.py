@@ -23,7 +23,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heta_fast.ops.flow import DEFAULT_BLOCK, flow_step_blocked, flow_step_reference, lse_reference
+from heta_fast.ops.flow.blocked import DEFAULT_BLOCK, flow_step_blocked
+from heta_fast.ops.flow.naive import flow_step_reference, lse_reference
 
 N_HEADS, N_KV, HEAD_DIM, D_MODEL = 9, 3, 64, 576
 TARGETS = 1

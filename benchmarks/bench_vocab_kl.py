@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heta_fast.ops.vocab_kl import vocab_kl_blocked, vocab_kl_reference
+from heta_fast.ops.vocab_kl.blocked import vocab_kl_blocked
+from heta_fast.ops.vocab_kl.naive import vocab_kl_reference
 
 BATCH, VOCAB, DIM, TARGETS = 64, 49152, 576, 8
 CHUNK = 8192

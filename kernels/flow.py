@@ -1,4 +1,4 @@
-"""Triton kernel for the streaming flow step (see ``heta_fast.ops.flow``).
+"""Triton kernel, launcher and wrapper for the streaming flow step (see ``heta_fast.ops.flow``).
 
 Computes the per-head flow
 
@@ -20,7 +20,7 @@ without ever writing A.  Layout of the work:
   zeros, and ``acc += r_tile @ p`` (an fp32 ``tl.dot`` with T padded to >= 16, or a
   broadcast multiply-reduce for T <= 2, where padding would waste most of the work).
 * The head reduction (``sum_h Phi*vn`` and ``mean_h Phi``) is O(T*H*n) and done in torch
-  by :func:`heta_fast.ops.flow.combine_heads`.
+  (:func:`_reduce_heads`, the same arithmetic as ``heta_fast.ops.flow.combine_heads``).
 
 Only ``tl.exp`` is used (no libdevice), so the kernel also runs under
 ``TRITON_INTERPRET=1`` on CPU tensors.
@@ -28,16 +28,11 @@ Only ``tl.exp`` is used (no libdevice), so the kernel also runs under
 
 from __future__ import annotations
 
-import functools
-from typing import Optional, Tuple
-
 import torch
 import triton
 import triton.language as tl
 
-from ._runtime import interpreting
-
-from heta_fast.ops.flow import _check_inputs, active_rows, combine_heads
+from .utils import ACCUMULATOR, dot_dtype, expect_shape, heads_per_kv, launch, require_device, tile_configs
 
 __all__ = ["flow_step_triton"]
 
@@ -149,32 +144,39 @@ def _flow_phi_kernel(
 # host code
 # ---------------------------------------------------------------------------
 
-
-@functools.lru_cache(maxsize=None)
-def _autotuned_kernel():
-    """The kernel wrapped in ``triton.autotune``; only built for real GPU runs."""
-    configs = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (32, 64, 128)
-        for bn in (32, 64, 128)
-        for w in (4, 8)
-        for s in (2, 3)
-        if bm * bn <= 64 * 128
-    ]
-    # n_rows changes every call, so it is deliberately not part of the key.
-    return triton.autotune(configs=configs, key=["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW"])(
-        _flow_phi_kernel
-    )
+# Autotuned on a GPU; n_rows changes every call, so it is deliberately not part of the key.
+_CONFIGS = tile_configs(
+    {"BLOCK_M": (32, 64, 128), "BLOCK_N": (32, 64, 128)},
+    keep=lambda meta: meta["BLOCK_M"] * meta["BLOCK_N"] <= 64 * 128,
+)
+_KEY = ["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW"]
 
 
-def _prepare(q, k, lse, r):
-    """Kernel-ready operands: q/k in one 16/32-bit float dtype, lse and r in fp32.
+def _check_inputs(q, k, lse, r, vn, window) -> None:
+    """The shapes the launch relies on: q [H, n, dh], k [Hkv, n, dh], lse/vn [H, n], r [T, n]."""
+    expect_shape("q", q, None, None, None)
+    n_heads, n, dh = q.shape
+    expect_shape("k", k, None, n, dh)
+    heads_per_kv(n_heads, k.shape[0])
+    expect_shape("lse", lse, n_heads, n)
+    expect_shape("vn", vn, n_heads, n)
+    expect_shape("r", r, None, n)
+    if window is not None and window < 1:
+        raise ValueError("window must be >= 1 or None")
 
-    float64 inputs run the fp32 kernel (the GPU fp64 dot is slow or absent); the exact
-    float64 path is ``flow_step_blocked``.
-    """
-    dt = q.dtype if q.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
-    return q.to(dt), k.to(dt), lse.to(torch.float32), r.to(torch.float32).contiguous()
+
+def _active_rows(r: torch.Tensor) -> int:
+    """1 + the last query row j with r[:, j] != 0 (0 if r is all zero): later rows carry no mass."""
+    nz = (r != 0).any(dim=0).nonzero()
+    return 0 if nz.numel() == 0 else int(nz[-1, 0]) + 1
+
+
+def _reduce_heads(phi: torch.Tensor, r: torch.Tensor, vn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """flow = sum_h phi * vn and r_next = (mean_h phi + r) / 2 over its row sum (zero rows kept)."""
+    flow = torch.einsum("thn,hn->tn", phi, vn)
+    r_next = 0.5 * phi.mean(dim=1) + 0.5 * r
+    total = r_next.sum(dim=-1, keepdim=True)
+    return flow, r_next / torch.where(total == 0, torch.ones_like(total), total)
 
 
 def flow_step_triton(
@@ -184,10 +186,10 @@ def flow_step_triton(
     scale: float,
     r: torch.Tensor,
     vn: torch.Tensor,
-    window: Optional[int] = None,
-    block_m: Optional[int] = None,
-    block_n: Optional[int] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    window: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One flow-rollout layer with the Triton kernel.
 
     Args:
@@ -208,19 +210,17 @@ def flow_step_triton(
     triton was imported.
     """
     _check_inputs(q, k, lse, r, vn, window)
-    interpret = interpreting()
-    if not q.is_cuda and not interpret:
-        raise RuntimeError(
-            "flow_step_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"
-        )
-    q, k, lse, r = _prepare(q, k, lse, r)
-    n_heads, n, dh = q.shape
+    interpret = require_device("flow_step_triton", q, _flow_phi_kernel)
+    # q/k in one 16/32-bit float dtype (q's), lse and r in fp32.
+    dt = dot_dtype(q)
+    q, k, lse, r = q.to(dt), k.to(dt), lse.to(ACCUMULATOR), r.to(ACCUMULATOR).contiguous()
+    n_heads, n, _ = q.shape
     n_targets = r.shape[0]
-    phi = torch.zeros(n_targets, n_heads, n, dtype=torch.float32, device=q.device)
-    n_rows = active_rows(r)  # one host sync; bounds both grid and query loop
+    phi = torch.zeros(n_targets, n_heads, n, dtype=ACCUMULATOR, device=q.device)
+    n_rows = _active_rows(r)  # one host sync; bounds both grid and query loop
     if n_rows > 0 and n_targets > 0:
         _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_n)
-    return combine_heads(phi, r, vn.to(torch.float32))
+    return _reduce_heads(phi, r, vn.to(ACCUMULATOR))
 
 
 def _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_n) -> None:
@@ -237,13 +237,17 @@ def _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_
         n_heads // k.shape[0], 0 if window is None else int(window),
         *q.stride(), *k.stride(), *lse.stride(), *r.stride(), *phi.stride(),
     )
-    flags = {"HAS_WINDOW": window is not None, "BLOCK_D": block_d, "BLOCK_T": block_t}
     n_t_tiles = triton.cdiv(n_targets, block_t)
-    if interpret or block_m is not None or block_n is not None:
-        bm = block_m or _INTERPRET_BLOCK_M
-        bn = block_n or _INTERPRET_BLOCK_N
-        grid = (triton.cdiv(n_rows, bn), n_heads, n_t_tiles)
-        _flow_phi_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn)
-    else:
-        grid = lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), n_heads, n_t_tiles)  # noqa: E731
-        _autotuned_kernel()[grid](*args, **flags)
+    launch(
+        _flow_phi_kernel,
+        lambda meta: (triton.cdiv(n_rows, meta["BLOCK_N"]), n_heads, n_t_tiles),
+        args,
+        tiles={"BLOCK_M": block_m, "BLOCK_N": block_n},
+        fixed={"BLOCK_M": _INTERPRET_BLOCK_M, "BLOCK_N": _INTERPRET_BLOCK_N},
+        interpret=interpret,
+        configs=_CONFIGS,
+        key=_KEY,
+        HAS_WINDOW=window is not None,
+        BLOCK_D=block_d,
+        BLOCK_T=block_t,
+    )

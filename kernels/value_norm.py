@@ -1,4 +1,4 @@
-"""Triton kernel for per-head value norms (see ``heta_fast.ops.value_norm``).
+"""Triton kernel, launcher and wrapper for per-head value norms (see ``heta_fast.ops.value_norm``).
 
     vn[h, i] = sum_c | sum_d v[kv(h), i, d] * w_o[h, d, c] |
 
@@ -14,16 +14,11 @@ No libdevice calls, so the kernel runs under ``TRITON_INTERPRET=1`` on CPU tenso
 
 from __future__ import annotations
 
-import functools
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from ._runtime import interpreting
-
-from heta_fast.ops.value_norm import check_value_norm_inputs
+from .utils import ACCUMULATOR, dot_dtype, expect_shape, heads_per_kv, launch, require_device, tile_configs
 
 __all__ = ["value_norm_triton"]
 
@@ -78,32 +73,15 @@ def _value_norm_kernel(
     tl.store(out_ptr + head * stride_oh + offs_n * stride_on, acc, mask=n_ok)
 
 
-@functools.lru_cache(maxsize=None)
-def _autotuned_kernel():
-    """The kernel wrapped in ``triton.autotune``; only built for real GPU runs."""
-    configs = [
-        triton.Config({"BLOCK_N": bn, "BLOCK_C": bc}, num_warps=w, num_stages=s)
-        for bn in (32, 64, 128)
-        for bc in (32, 64, 128)
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
-    return triton.autotune(configs=configs, key=["head_dim", "d_model", "BLOCK_D"])(
-        _value_norm_kernel
-    )
-
-
-def _common_dtype(v: torch.Tensor, w_o: torch.Tensor) -> torch.dtype:
-    """One dtype for both tl.dot operands; float64 falls back to the fp32 kernel."""
-    dt = torch.promote_types(v.dtype, w_o.dtype)
-    return dt if dt in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+_CONFIGS = tile_configs({"BLOCK_N": (32, 64, 128), "BLOCK_C": (32, 64, 128)})
+_KEY = ["head_dim", "d_model", "BLOCK_D"]
 
 
 def value_norm_triton(
     v: torch.Tensor,
     w_o: torch.Tensor,
-    block_n: Optional[int] = None,
-    block_c: Optional[int] = None,
+    block_n: int | None = None,
+    block_c: int | None = None,
 ) -> torch.Tensor:
     """Value norms with the Triton kernel.
 
@@ -119,27 +97,26 @@ def value_norm_triton(
     Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before
     triton was imported.
     """
-    rep = check_value_norm_inputs(v, w_o)
-    interpret = interpreting()
-    if not v.is_cuda and not interpret:
-        raise RuntimeError(
-            "value_norm_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"
-        )
-    dt = _common_dtype(v, w_o)
+    expect_shape("v", v, None, None, None)
+    expect_shape("w_o", w_o, None, v.shape[2], None)
+    rep = heads_per_kv(w_o.shape[0], v.shape[0])
+    interpret = require_device("value_norm_triton", v, _value_norm_kernel)
+    dt = dot_dtype(v, w_o)  # one dtype for both tl.dot operands
     v, w_o = v.to(dt), w_o.to(dt)
     _, n, dh = v.shape
     n_heads, _, d_model = w_o.shape
-    out = torch.empty(n_heads, n, dtype=torch.float32, device=v.device)
+    out = torch.empty(n_heads, n, dtype=ACCUMULATOR, device=v.device)
     if n == 0:
         return out
-    args = (v, w_o, out, n, dh, d_model, rep, *v.stride(), *w_o.stride(), *out.stride())
-    block_d = max(16, triton.next_power_of_2(dh))
-    if interpret or block_n is not None or block_c is not None:
-        bn = block_n or _INTERPRET_BLOCK_N
-        bc = block_c or _INTERPRET_BLOCK_C
-        grid = (triton.cdiv(n, bn), n_heads)
-        _value_norm_kernel[grid](*args, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_C=bc)
-    else:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), n_heads)  # noqa: E731
-        _autotuned_kernel()[grid](*args, BLOCK_D=block_d)
+    launch(
+        _value_norm_kernel,
+        lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), n_heads),
+        (v, w_o, out, n, dh, d_model, rep, *v.stride(), *w_o.stride(), *out.stride()),
+        tiles={"BLOCK_N": block_n, "BLOCK_C": block_c},
+        fixed={"BLOCK_N": _INTERPRET_BLOCK_N, "BLOCK_C": _INTERPRET_BLOCK_C},
+        interpret=interpret,
+        configs=_CONFIGS,
+        key=_KEY,
+        BLOCK_D=max(16, triton.next_power_of_2(dh)),
+    )
     return out

@@ -1,4 +1,4 @@
-"""Triton kernel for the fused vocabulary KL (see ``heta_fast.ops.vocab_kl``).
+"""Triton kernel, launcher and wrapper for the fused vocabulary KL (see ``heta_fast.ops.vocab_kl``).
 
 Computes, for every row b,
 
@@ -26,15 +26,11 @@ libdevice), so the kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from ._runtime import interpreting
-
-from heta_fast.ops.vocab_kl import validate_vocab_kl_inputs
+from .utils import ACCUMULATOR, expect_shape, launch, require_device
 
 __all__ = ["vocab_kl_triton"]
 
@@ -198,33 +194,49 @@ def _vocab_kl_partials_kernel(
 # ---------------------------------------------------------------------------
 
 
-def _check_block(name: str, value: int) -> int:
+def _check_block(name: str, value: int) -> None:
     """Tile sizes feed tl.arange (power of two) and tl.dot (>= 16 on GPUs)."""
     if value < 16 or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-    return value
 
 
-@functools.cache
-def _autotuned_kernel():
-    """The kernel wrapped in ``triton.autotune``; only built for real GPU runs.
-
-    All BLOCK_V values divide ``_SPLIT_ALIGN``.  The kernel only overwrites its
-    outputs, so the repeated benchmark launches of autotuning are harmless.
-    """
-    configs = [
-        triton.Config({"BLOCK_B": bb, "BLOCK_V": bv, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
-        for bb, bv, bd, nw, ns in [
-            (16, 128, 64, 4, 3),
-            (16, 256, 64, 8, 3),
-            (32, 128, 64, 4, 3),
-            (32, 256, 32, 8, 3),
-            (64, 128, 32, 4, 2),
-            (64, 128, 64, 8, 3),
-            (64, 256, 32, 8, 2),
-        ]
+# Every BLOCK_V divides ``_SPLIT_ALIGN``.  The kernel only overwrites its outputs, so the
+# repeated benchmark launches of autotuning are harmless.
+_CONFIGS = [
+    triton.Config({"BLOCK_B": bb, "BLOCK_V": bv, "BLOCK_D": bd}, num_warps=nw, num_stages=ns)
+    for bb, bv, bd, nw, ns in [
+        (16, 128, 64, 4, 3),
+        (16, 256, 64, 8, 3),
+        (32, 128, 64, 4, 3),
+        (32, 256, 32, 8, 3),
+        (64, 128, 32, 4, 2),
+        (64, 128, 64, 8, 3),
+        (64, 256, 32, 8, 2),
     ]
-    return triton.autotune(configs=configs, key=["V", "D"])(_vocab_kl_partials_kernel)
+]
+_KEY = ["V", "D"]
+
+
+def _check_inputs(hidden, weight, ref_logp, target_index, bias) -> tuple[int, int, int]:
+    """The shapes and row indices the launch relies on; returns ``(B, V, d)``.
+
+    Out-of-range targets would be out-of-bounds reads, so their range is checked (one sync).
+    """
+    expect_shape("hidden", hidden, None, None)
+    batch, dim = hidden.shape
+    expect_shape("weight", weight, None, dim)
+    vocab = weight.shape[0]
+    if vocab < 1:
+        raise ValueError("weight must have at least one vocabulary row (V >= 1)")
+    expect_shape("ref_logp", ref_logp, None, vocab)
+    expect_shape("target_index", target_index, batch)
+    if bias is not None:
+        expect_shape("bias", bias, vocab)
+    if batch > 0:
+        lo, hi = int(target_index.min()), int(target_index.max())
+        if lo < 0 or hi >= ref_logp.shape[0]:
+            raise ValueError(f"target_index values must lie in [0, {ref_logp.shape[0]}), got [{lo}, {hi}]")
+    return batch, vocab, dim
 
 
 def _gpu_vocab_split(batch: int, vocab: int, device: torch.device) -> int:
@@ -281,21 +293,16 @@ def vocab_kl_triton(
     Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set
     before triton was imported.
     """
-    batch, vocab, dim, _ = validate_vocab_kl_inputs(hidden, weight, ref_logp, target_index, bias)
-    interpret = interpreting(_vocab_kl_partials_kernel)
-    if not hidden.is_cuda and not interpret:
-        raise RuntimeError(
-            "vocab_kl_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)"
-        )
+    batch, vocab, dim = _check_inputs(hidden, weight, ref_logp, target_index, bias)
+    interpret = require_device("vocab_kl_triton", hidden, _vocab_kl_partials_kernel)
     device = hidden.device
     if batch == 0:
-        return torch.empty(0, dtype=torch.float32, device=device)
+        return torch.empty(0, dtype=ACCUMULATOR, device=device)
 
-    pinned = {"BLOCK_B": block_b, "BLOCK_V": block_v, "BLOCK_D": block_d}
-    use_autotune = not interpret and all(v is None for v in pinned.values())
-    if not use_autotune:
-        defaults = {"BLOCK_B": _INTERPRET_BLOCK_B, "BLOCK_V": _INTERPRET_BLOCK_V, "BLOCK_D": _INTERPRET_BLOCK_D}
-        pinned = {k: _check_block(k.lower(), v or defaults[k]) for k, v in pinned.items()}
+    tiles = {"BLOCK_B": block_b, "BLOCK_V": block_v, "BLOCK_D": block_d}
+    for name, size in tiles.items():
+        if size is not None:
+            _check_block(name.lower(), size)
     if v_per_split is None:
         v_per_split = vocab if interpret else _gpu_vocab_split(batch, vocab, device)
     if v_per_split < 1:
@@ -309,7 +316,7 @@ def vocab_kl_triton(
     native = (torch.float16,) if interpret else (torch.float16, torch.bfloat16)
     upcast = not (hidden.dtype == weight.dtype and hidden.dtype in native)
     targets = target_index.to(torch.int64).contiguous()  # [B], tiny
-    partials = torch.empty((4, batch, n_splits), dtype=torch.float32, device=device)
+    partials = torch.empty((4, batch, n_splits), dtype=ACCUMULATOR, device=device)
     m, s, cross, psum = partials.unbind(0)  # each [B, n_splits], contiguous
 
     args = (
@@ -321,11 +328,16 @@ def vocab_kl_triton(
         ref_logp.stride(0), ref_logp.stride(1),
         bias.stride(0) if bias is not None else 0,
     )
-    flags = {"HAS_BIAS": bias is not None, "UPCAST": upcast}
-    if use_autotune:
-        grid = lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]), n_splits)  # noqa: E731
-        _autotuned_kernel()[grid](*args, **flags)
-    else:
-        grid = (triton.cdiv(batch, pinned["BLOCK_B"]), n_splits)
-        _vocab_kl_partials_kernel[grid](*args, **flags, **pinned)
+    launch(
+        _vocab_kl_partials_kernel,
+        lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]), n_splits),
+        args,
+        tiles=tiles,
+        fixed={"BLOCK_B": _INTERPRET_BLOCK_B, "BLOCK_V": _INTERPRET_BLOCK_V, "BLOCK_D": _INTERPRET_BLOCK_D},
+        interpret=interpret,
+        configs=_CONFIGS,
+        key=_KEY,
+        HAS_BIAS=bias is not None,
+        UPCAST=upcast,
+    )
     return _combine_partials(m, s, cross, psum)

@@ -10,30 +10,16 @@ unless a GPU is present.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from heta_fast.ops.flow import (
-    attention_probs_reference,
-    flow_step,
-    flow_step_blocked,
-    flow_step_reference,
-    lse_reference,
-)
+import heta_fast.ops.flow as flow_ops
+from heta_fast.ops.flow import flow_step
+from heta_fast.ops.flow.blocked import flow_step_blocked
+from heta_fast.ops.flow.naive import attention_probs_reference, flow_step_reference, lse_reference
+from tests.ops.utils import EXACT, GQA, RTOL, assert_close, assert_rel_close, force_triton, spy, triton_kernel
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# Relative tolerance (w.r.t. the largest |expected|) by input dtype.  fp16 inputs are
-# exact in fp32, but on a GPU the q.k products go through tensor cores, so keep slack.
-RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-4}
-
-GQA = [(9, 3), (4, 1), (4, 4)]  # (H, Hkv): default model 9:3, 4:1, MHA
 
 
 # ---------------------------------------------------------------------------
@@ -84,8 +70,8 @@ def make_case(heads, n, dh, window, dtype, rows="general", seed=0, amp=2.0):
     return q, k, lse, scale, r, vn
 
 
-def to_device(*ts):
-    return tuple(t.to(DEVICE) for t in ts)
+def to_device(*ts, device=DEVICE):
+    return tuple(t.to(device) for t in ts)
 
 
 def oracle(q, k, lse, scale, r, vn, window):
@@ -94,13 +80,6 @@ def oracle(q, k, lse, scale, r, vn, window):
         q.double().cpu(), k.double().cpu(), lse.double().cpu(), scale,
         r.double().cpu(), vn.double().cpu(), window,
     )
-
-
-def assert_rel_close(actual, expected, rtol, what=""):
-    """|actual - expected| <= rtol * max|expected| elementwise (plus the same rtol)."""
-    actual = actual.double().cpu()
-    atol = rtol * max(float(expected.abs().max()), 1e-300)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
 # ---------------------------------------------------------------------------
@@ -127,12 +106,13 @@ def test_reference_probs_match_loops(heads, window):
     q, k, *_ = make_case(heads, 6, 8, window, torch.float64)
     expected = _loop_probs(q, k, 8**-0.5, window)
     probs = attention_probs_reference(q, k, 8**-0.5, window)
-    torch.testing.assert_close(probs, expected, rtol=1e-12, atol=1e-12)
+    assert probs.dtype == torch.float64
+    assert_close("probs", expected, probs, EXACT, EXACT)
     lse = lse_reference(q, k, 8**-0.5, window)
     # Rebuilding A from lse must give the same probabilities where allowed.
     n = q.shape[1]
     rebuilt = torch.exp(8**-0.5 * q @ k.repeat_interleave(heads[0] // heads[1], 0).transpose(1, 2) - lse[..., None])
-    torch.testing.assert_close(rebuilt * (expected > 0), expected, rtol=1e-12, atol=1e-12)
+    assert_close("probs from lse", expected, rebuilt * (expected > 0), EXACT, EXACT)
     assert torch.allclose(probs.sum(-1), torch.ones(heads[0], n, dtype=torch.float64))
 
 
@@ -153,8 +133,9 @@ def test_reference_flow_matches_loops(window):
             r_next[t, i] += 0.5 * r[t, i]
         r_next[t] /= r_next[t].sum()
     got_flow, got_r = flow_step_reference(q, k, lse, scale, r, vn, window)
-    torch.testing.assert_close(got_flow, flow, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(got_r, r_next, rtol=1e-12, atol=1e-12)
+    assert got_flow.dtype == got_r.dtype == torch.float64
+    assert_close("flow", flow, got_flow, EXACT, EXACT)
+    assert_close("r_next", r_next, got_r, EXACT, EXACT)
 
 
 def test_comparisons_detect_wrong_window_and_gqa_mapping():
@@ -185,8 +166,8 @@ def test_blocked_float64_tight(n, heads, window, rows):
     for block in (16, 64):
         flow, r_next = flow_step_blocked(*case, window=window, block=block)
         assert flow.dtype == torch.float64
-        assert_rel_close(flow, expected_flow, 1e-10, f"flow block={block}")
-        assert_rel_close(r_next, expected_r, 1e-10, f"r_next block={block}")
+        assert_rel_close(f"flow block={block}", expected_flow, flow, RTOL[torch.float64])
+        assert_rel_close(f"r_next block={block}", expected_r, r_next, RTOL[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -199,8 +180,8 @@ def test_blocked_low_precision(n, heads, window, dh, dtype):
     expected_flow, expected_r = oracle(*case, window)
     flow, r_next = flow_step_blocked(*case, window=window)
     assert flow.dtype == torch.float32
-    assert_rel_close(flow, expected_flow, RTOL[dtype], "flow")
-    assert_rel_close(r_next, expected_r, RTOL[dtype], "r_next")
+    assert_rel_close("flow", expected_flow, flow, RTOL[dtype])
+    assert_rel_close("r_next", expected_r, r_next, RTOL[dtype])
     assert torch.allclose(r_next.sum(-1).double(), torch.ones(r_next.shape[0], dtype=torch.float64), atol=1e-5)
 
 
@@ -214,15 +195,33 @@ def test_blocked_zero_rows_and_skipped_tail():
     one[0, 20] = 1.0
     flow, r_next = flow_step_blocked(q, k, lse, scale, one, vn, block=16)
     assert torch.count_nonzero(flow[:, 21:]) == 0 and torch.count_nonzero(r_next[:, 21:]) == 0
-    assert_rel_close(flow, oracle(q, k, lse, scale, one, vn, None)[0], 1e-12)
+    assert_rel_close("flow", oracle(q, k, lse, scale, one, vn, None)[0], flow, EXACT)
 
 
-def test_dispatcher_cpu_matches_blocked():
+def test_dispatcher_cpu_tensors_take_blocked_path(monkeypatch):
+    calls = spy(monkeypatch, flow_ops, "flow_step_blocked")
     case = make_case((9, 3), 77, 64, None, torch.float32)
-    flow, r_next = flow_step(*case)
-    b_flow, b_r = flow_step_blocked(*case)
-    torch.testing.assert_close(flow, b_flow)
-    torch.testing.assert_close(r_next, b_r)
+    flow, r_next = flow_step(*case, window=5)
+    assert len(calls) == 1 and calls[0][1] == {"window": 5}
+    assert flow.dtype == r_next.dtype == torch.float32
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("window", [None, 5])
+def test_dispatcher_triton_branch_matches_reference(monkeypatch, window):
+    """The dispatcher's Triton branch (forced onto CPU tensors under the interpreter)."""
+    device, kernel_calls = force_triton(monkeypatch, "flow", "flow_step_triton")
+    q, k, lse, scale, r, vn = make_case((9, 3), 77, 64, window, torch.float32)
+    expected_flow, expected_r = oracle(q, k, lse, scale, r, vn, window)
+    q_, k_, lse_, r_, vn_ = to_device(q, k, lse, r, vn, device=device)
+    flow, r_next = flow_step(q_, k_, lse_, scale, r_, vn_, window=window)
+    assert len(kernel_calls) == 1 and kernel_calls[0][1] == {"window": window}
+    assert flow.dtype == torch.float32 and flow.device.type == device
+    assert_rel_close("flow", expected_flow, flow, RTOL[torch.float32])
+    assert_rel_close("r_next", expected_r, r_next, RTOL[torch.float32])
+    with pytest.raises(ValueError):  # the op's own checks run before the kernel
+        flow_step(q_, k_, lse_[:, :5], scale, r_, vn_)
+    assert len(kernel_calls) == 1
 
 
 def test_bad_shapes_raise():
@@ -235,19 +234,6 @@ def test_bad_shapes_raise():
         flow_step_blocked(q, k, lse[:, :5], scale, r, vn)
     with pytest.raises(ValueError):
         flow_step_blocked(q[:3], k, lse[:3], scale, r, vn[:3])  # 3 heads on 2 kv heads
-
-
-def test_import_touches_neither_triton_nor_cuda():
-    code = (
-        "import sys, torch\n"
-        "import heta_fast.ops.flow, heta_fast.ops.value_norm\n"
-        "assert 'triton' not in sys.modules, 'triton imported'\n"
-        "assert not torch.cuda.is_initialized(), 'cuda initialised'\n"
-    )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -307,10 +293,11 @@ def test_chain_blocked_matches_full_rollout(dtype):
     n, positions = 61, [60, 33]
     layers = _random_layers(n, dtype, seed=11)
     expected = _independent_rollout(layers, positions, n)
+    rtol = RTOL[torch.float64] if dtype == torch.float64 else 1e-5
     got = _chain(flow_step_blocked, layers, positions, n)
-    assert_rel_close(got, expected, 1e-10 if dtype == torch.float64 else 1e-5, "M_T")
+    assert_rel_close("M_T", expected, got, rtol)
     got = _chain(flow_step, layers, positions, n)
-    assert_rel_close(got, expected, 1e-10 if dtype == torch.float64 else 1e-5, "M_T dispatch")
+    assert_rel_close("M_T dispatch", expected, got, rtol)
 
 
 # ---------------------------------------------------------------------------
@@ -319,10 +306,7 @@ def test_chain_blocked_matches_full_rollout(dtype):
 
 
 def _triton_flow():
-    pytest.importorskip("triton")
-    from heta_fast.kernels.flow import flow_step_triton
-
-    return flow_step_triton
+    return triton_kernel("flow", "flow_step_triton")[0]
 
 
 # (n, heads, dh, window, rows, dtype, pinned tiles).  H is reduced for the biggest n so
@@ -354,8 +338,26 @@ def test_triton_matches_reference(n, heads, dh, window, rows, dtype, tiles):
     q, k, lse, r, vn = to_device(q, k, lse, r, vn)
     flow, r_next = flow_step_triton(q, k, lse, scale, r, vn, window, block_m=tiles, block_n=tiles)
     assert flow.dtype == torch.float32 and flow.shape == r.shape
-    assert_rel_close(flow, expected_flow, RTOL[dtype], "flow")
-    assert_rel_close(r_next, expected_r, RTOL[dtype], "r_next")
+    assert_rel_close("flow", expected_flow, flow, RTOL[dtype])
+    assert_rel_close("r_next", expected_r, r_next, RTOL[dtype])
+
+
+@pytest.mark.interpreter
+def test_triton_checks_shapes():
+    """The kernel's own (minimal) checks: shapes and GQA grouping."""
+    flow_step_triton = _triton_flow()
+    q, k, lse, scale, r, vn = make_case((4, 2), 9, 16, None, torch.float32)
+    q, k, lse, r, vn = to_device(q, k, lse, r, vn)
+    for bad in (
+        (q, k[:, :5], lse, scale, r, vn),
+        (q, k, lse[:, :5], scale, r, vn),
+        (q[:3], k, lse[:3], scale, r, vn[:3]),  # 3 heads on 2 kv heads
+        (q, k, lse, scale, r[:, :5], vn),
+    ):
+        with pytest.raises(ValueError):
+            flow_step_triton(*bad)
+    with pytest.raises(ValueError):
+        flow_step_triton(q, k, lse, scale, r, vn, window=0)
 
 
 @pytest.mark.interpreter
@@ -370,8 +372,8 @@ def test_triton_many_targets_span_target_tiles():
     r = (r / r.sum(-1, keepdim=True)).float()
     expected_flow, expected_r = oracle(q, k, lse, scale, r, vn, None)
     flow, r_next = flow_step_triton(*to_device(q, k, lse), scale, *to_device(r, vn))
-    assert_rel_close(flow, expected_flow, RTOL[torch.float32], "flow")
-    assert_rel_close(r_next, expected_r, RTOL[torch.float32], "r_next")
+    assert_rel_close("flow", expected_flow, flow, RTOL[torch.float32])
+    assert_rel_close("r_next", expected_r, r_next, RTOL[torch.float32])
 
 
 @pytest.mark.interpreter
@@ -381,4 +383,4 @@ def test_triton_chain_matches_full_rollout():
     layers = _random_layers(n, torch.float32, seed=11)
     expected = _independent_rollout(layers, positions, n)
     got = _chain(flow_step_triton, layers, positions, n)
-    assert_rel_close(got, expected, 1e-5, "M_T")
+    assert_rel_close("M_T", expected, got, 1e-5)

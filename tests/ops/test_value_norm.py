@@ -11,14 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heta_fast.ops.value_norm import value_norm, value_norm_blocked, value_norm_reference
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# Relative tolerance w.r.t. max |expected| by input dtype (see test_flow.py).
-RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-4}
-
-GQA = [(9, 3), (4, 1), (4, 4)]  # (H, Hkv): default model 9:3, 4:1, MHA
+import heta_fast.ops.value_norm as value_norm_ops
+from heta_fast.ops.value_norm import value_norm
+from heta_fast.ops.value_norm.blocked import value_norm_blocked
+from heta_fast.ops.value_norm.naive import value_norm_reference
+from tests.ops.utils import EXACT, GQA, RTOL, assert_close, assert_rel_close, force_triton, spy, triton_kernel
 
 
 def make_case(heads, n, dh, d_model, dtype, seed=0):
@@ -31,13 +28,6 @@ def make_case(heads, n, dh, d_model, dtype, seed=0):
     return v, w_o
 
 
-def assert_rel_close(actual, expected, rtol, what=""):
-    """|actual - expected| <= rtol * max|expected| elementwise (plus the same rtol)."""
-    actual = actual.double().cpu()
-    atol = rtol * max(float(expected.abs().max()), 1e-300)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
 def test_reference_matches_loops():
     heads, n = (4, 2), 5
     v, w_o = make_case(heads, n, 6, 11, torch.float64)
@@ -46,7 +36,9 @@ def test_reference_matches_loops():
         for i in range(n):
             out = [sum(v[h // 2, i, d] * w_o[h, d, c] for d in range(6)) for c in range(11)]
             expected[h, i] = sum(abs(x) for x in out)
-    torch.testing.assert_close(value_norm_reference(v, w_o), expected, rtol=1e-12, atol=1e-12)
+    got = value_norm_reference(v, w_o)
+    assert got.dtype == torch.float64
+    assert_close("vn", expected, got, EXACT, EXACT)
 
 
 def test_detects_wrong_gqa_mapping():
@@ -67,7 +59,7 @@ def test_blocked_float64_tight(n, heads, dh, d_model):
     for block in (16, 128):
         got = value_norm_blocked(v, w_o, block=block)
         assert got.dtype == torch.float64 and got.shape == (heads[0], n)
-        assert_rel_close(got, expected, 1e-10, f"block={block}")
+        assert_rel_close(f"block={block}", expected, got, RTOL[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -79,12 +71,29 @@ def test_blocked_low_precision(n, heads, dh, dtype):
     expected = value_norm_reference(v.double(), w_o.double())
     got = value_norm_blocked(v, w_o)
     assert got.dtype == torch.float32
-    assert_rel_close(got, expected, RTOL[dtype])
+    assert_rel_close("vn", expected, got, RTOL[dtype])
 
 
-def test_dispatcher_cpu_matches_blocked():
+def test_dispatcher_cpu_tensors_take_blocked_path(monkeypatch):
+    calls = spy(monkeypatch, value_norm_ops, "value_norm_blocked")
     v, w_o = make_case((9, 3), 50, 64, 576, torch.float32)
-    torch.testing.assert_close(value_norm(v, w_o), value_norm_blocked(v, w_o))
+    assert value_norm(v, w_o).dtype == torch.float32
+    assert len(calls) == 1
+
+
+@pytest.mark.interpreter
+def test_dispatcher_triton_branch_matches_reference(monkeypatch):
+    """The dispatcher's Triton branch (forced onto CPU tensors under the interpreter)."""
+    device, kernel_calls = force_triton(monkeypatch, "value_norm", "value_norm_triton")
+    v, w_o = make_case((9, 3), 50, 64, 576, torch.float32)
+    expected = value_norm_reference(v.double(), w_o.double())
+    got = value_norm(v.to(device), w_o.to(device))
+    assert len(kernel_calls) == 1
+    assert got.dtype == torch.float32 and got.device.type == device
+    assert_rel_close("vn", expected, got, RTOL[torch.float32])
+    with pytest.raises(ValueError):  # the op's own checks run before the kernel
+        value_norm(v.to(device), w_o[:4].to(device))
+    assert len(kernel_calls) == 1
 
 
 def test_bad_shapes_raise():
@@ -101,10 +110,7 @@ def test_bad_shapes_raise():
 
 
 def _triton_value_norm():
-    pytest.importorskip("triton")
-    from heta_fast.kernels.value_norm import value_norm_triton
-
-    return value_norm_triton
+    return triton_kernel("value_norm", "value_norm_triton")
 
 
 # (n, heads, dh, d_model, dtype, pinned (block_n, block_c))
@@ -122,23 +128,33 @@ TRITON_CASES = [
 @pytest.mark.interpreter
 @pytest.mark.parametrize("n,heads,dh,d_model,dtype,tiles", TRITON_CASES)
 def test_triton_matches_reference(n, heads, dh, d_model, dtype, tiles):
-    value_norm_triton = _triton_value_norm()
+    value_norm_triton, device = _triton_value_norm()
     v, w_o = make_case(heads, n, dh, d_model, dtype, seed=5 * n + dh)
     expected = value_norm_reference(v.double(), w_o.double())
     block_n, block_c = tiles or (None, None)
-    got = value_norm_triton(v.to(DEVICE), w_o.to(DEVICE), block_n=block_n, block_c=block_c)
+    got = value_norm_triton(v.to(device), w_o.to(device), block_n=block_n, block_c=block_c)
     assert got.dtype == torch.float32 and got.shape == (heads[0], n)
-    assert_rel_close(got, expected, RTOL[dtype])
+    assert_rel_close("vn", expected, got, RTOL[dtype])
+
+
+@pytest.mark.interpreter
+def test_triton_checks_shapes():
+    """The kernel's own (minimal) checks: shapes and GQA grouping."""
+    value_norm_triton, device = _triton_value_norm()
+    v, w_o = make_case((4, 2), 9, 16, 32, torch.float32)
+    for bad_v, bad_w in ((v, w_o[:, :8]), (v, w_o[:3]), (v[0], w_o)):
+        with pytest.raises(ValueError):
+            value_norm_triton(bad_v.to(device), bad_w.to(device))
 
 
 @pytest.mark.interpreter
 def test_triton_strided_w_o():
     """w_o as a transposed view of an nn.Linear weight [d_model, H*dh] (not contiguous)."""
-    value_norm_triton = _triton_value_norm()
+    value_norm_triton, device = _triton_value_norm()
     heads, dh, d_model, n = (4, 2), 64, 96, 33
     v, _ = make_case(heads, n, dh, d_model, torch.float32)
     weight = torch.randn(d_model, heads[0] * dh)  # o_proj.weight layout
     w_o = weight.t().reshape(heads[0], dh, d_model)
     expected = value_norm_reference(v.double(), w_o.double())
-    got = value_norm_triton(v.to(DEVICE), w_o.to(DEVICE))
-    assert_rel_close(got, expected, RTOL[torch.float32])
+    got = value_norm_triton(v.to(device), w_o.to(device))
+    assert_rel_close("vn", expected, got, RTOL[torch.float32])

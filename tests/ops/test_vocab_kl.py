@@ -9,21 +9,16 @@ fast path's own fp32 arithmetic.  The Triton kernel runs under
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from heta_fast.ops.vocab_kl import (
-    vocab_kl,
-    vocab_kl_blocked,
-    vocab_kl_reference,
-)
+import heta_fast.ops.vocab_kl as vocab_kl_ops
+from heta_fast.ops.vocab_kl import vocab_kl
+from heta_fast.ops.vocab_kl.blocked import vocab_kl_blocked
+from heta_fast.ops.vocab_kl.naive import vocab_kl_reference
+from tests.ops.utils import EXACT, KL_TOL, RTOL, assert_close, force_triton, spy, triton_kernel
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTREME = 1.0e4
 
 
@@ -118,25 +113,13 @@ def logit_scale(case: dict) -> float:
     return max(1.0, float(z.abs().max()))
 
 
-# (rtol, atol per unit logit magnitude).  The KL is a difference of terms of
-# size ~|z| (lse vs sum p z), so the absolute error floor grows with |z|.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-12),
-    torch.float32: (1e-4, 1e-6),
-    torch.float16: (1e-3, 1e-5),
-    torch.bfloat16: (1e-3, 1e-5),
-}
-
-
 def assert_kl_close(out: torch.Tensor, case: dict, input_dtype: torch.dtype) -> None:
-    """Finite, right dtype/shape, and within dtype tolerances of the float64 oracle."""
+    """Finite, right shape, and within dtype tolerances (KL_TOL) of the float64 oracle."""
     expected = oracle(case)
     assert out.shape == expected.shape
     assert torch.isfinite(out).all(), f"non-finite KL: {out}"
-    rtol, atol_unit = TOLERANCES[input_dtype]
-    torch.testing.assert_close(
-        out.double().cpu(), expected, rtol=rtol, atol=atol_unit * logit_scale(case)
-    )
+    rtol, atol_unit = KL_TOL[input_dtype]
+    assert_close("KL", expected, out, atol=atol_unit * logit_scale(case), rtol=rtol)
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +135,9 @@ def test_reference_matches_kl_div_definition():
     expected = torch.nn.functional.kl_div(
         torch.log_softmax(z, -1), log_p, reduction="none", log_target=True
     ).sum(-1)
-    torch.testing.assert_close(vocab_kl_reference(**case), expected, rtol=1e-12, atol=1e-12)
+    got = vocab_kl_reference(**case)
+    assert got.dtype == torch.float64
+    assert_close("KL", expected, got, EXACT, EXACT)
 
 
 def test_reference_is_zero_for_identical_distributions():
@@ -160,7 +145,9 @@ def test_reference_is_zero_for_identical_distributions():
     case["target_index"] = torch.arange(3)
     z = case["hidden"] @ case["weight"].T + case["bias"]
     case["ref_logp"] = torch.log_softmax(z, -1)
-    torch.testing.assert_close(vocab_kl_reference(**case), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    got = vocab_kl_reference(**case)
+    assert got.dtype == torch.float64
+    assert_close("KL", torch.zeros(3, dtype=torch.float64), got, atol=EXACT, rtol=0)
 
 
 def test_reference_dtypes():
@@ -201,7 +188,7 @@ def test_blocked_matches_reference_fp64(vocab, dist):
     assert out.dtype == torch.float64
     assert_kl_close(out, case, torch.float64)
     # The float64 reference on the same inputs, not only the oracle helper.
-    torch.testing.assert_close(out, vocab_kl_reference(**case), rtol=1e-10, atol=1e-10)
+    assert_close("KL", vocab_kl_reference(**case), out, atol=RTOL[torch.float64], rtol=RTOL[torch.float64])
 
 
 @pytest.mark.parametrize("vocab", [1271, 50257])
@@ -233,7 +220,8 @@ def test_blocked_chunk_size_does_not_change_result():
     case = make_case(1271, 37, 4, dist="sparse")
     results = [vocab_kl_blocked(**case, chunk_size=c) for c in (1, 128, 1271, 100000)]
     for r in results[1:]:
-        torch.testing.assert_close(r, results[0], rtol=1e-5, atol=1e-5)
+        assert r.dtype == torch.float32
+        assert_close("KL", results[0], r, atol=1e-5, rtol=1e-5)
 
 
 def test_blocked_without_bias_and_int32_index():
@@ -253,22 +241,31 @@ def test_blocked_empty_batch():
 # ---------------------------------------------------------------------------
 
 
-def test_dispatcher_uses_blocked_path_on_cpu():
+def test_dispatcher_uses_blocked_path_on_cpu(monkeypatch):
+    calls = spy(monkeypatch, vocab_kl_ops, "vocab_kl_blocked")
     case = make_case(1271, 37, 4)
-    torch.testing.assert_close(vocab_kl(**case), vocab_kl_blocked(**case), rtol=0, atol=0)
+    assert vocab_kl(**case, chunk_size=300).dtype == torch.float32
+    assert len(calls) == 1 and calls[0][1] == {"chunk_size": 300}
 
 
-def test_import_pulls_in_neither_triton_nor_cuda():
-    code = (
-        "import sys, torch\n"
-        "import heta_fast.ops.vocab_kl\n"
-        "assert 'triton' not in sys.modules, 'triton imported'\n"
-        "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"
-    )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+@pytest.mark.interpreter
+def test_dispatcher_triton_branch_matches_reference(monkeypatch):
+    """The dispatcher's Triton branch (forced onto CPU tensors under the interpreter)."""
+    device, kernel_calls = force_triton(monkeypatch, "vocab_kl", "vocab_kl_triton")
+    case = make_case(1271, 37, 4)
+    out = vocab_kl(**{k: v.to(device) for k, v in case.items()})
+    assert len(kernel_calls) == 1
+    assert out.dtype == torch.float32 and out.device.type == device
+    assert_kl_close(out, case, torch.float32)
+
+
+def test_dispatcher_float64_stays_on_blocked_path(monkeypatch):
+    """float64 inputs never take the (float32) Triton branch, even where it would run."""
+    monkeypatch.setattr(vocab_kl_ops, "use_triton", lambda t: True)
+    calls = spy(monkeypatch, vocab_kl_ops, "vocab_kl_blocked")
+    case = make_case(1271, 37, 4, dtype=torch.float64)
+    assert vocab_kl(**case).dtype == torch.float64
+    assert len(calls) == 1
 
 
 def _bad(**changes):
@@ -277,27 +274,37 @@ def _bad(**changes):
     return case
 
 
-@pytest.mark.parametrize(
-    "case, match",
-    [
-        (_bad(hidden=torch.zeros(3, 8, 1)), "hidden must be 2-D"),
-        (_bad(weight=torch.zeros(50)), "weight must be 2-D"),
-        (_bad(hidden=torch.zeros(3, 9)), "hidden size mismatch"),
-        (_bad(weight=torch.zeros(0, 8), ref_logp=torch.zeros(3, 0), bias=None), "at least one"),
-        (_bad(ref_logp=torch.zeros(3, 49)), "ref_logp must be"),
-        (_bad(target_index=torch.zeros(2, dtype=torch.long)), "target_index must be \\[B\\]"),
-        (_bad(target_index=torch.zeros(3)), "int32 or int64"),
-        (_bad(target_index=torch.tensor([0, 1, 3])), "target_index values"),
-        (_bad(target_index=torch.tensor([0, -1, 2])), "target_index values"),
-        (_bad(bias=torch.zeros(49)), "bias must be"),
-        (_bad(hidden=torch.zeros(3, 8, dtype=torch.long)), "floating-point"),
-        (_bad(hidden=torch.zeros(3, 8, device="meta")), "same device"),
-    ],
-)
+_BAD_CASES = [
+    (_bad(hidden=torch.zeros(3, 8, 1)), "hidden must be 2-D"),
+    (_bad(weight=torch.zeros(50)), "weight must be 2-D"),
+    (_bad(hidden=torch.zeros(3, 9)), "hidden size mismatch"),
+    (_bad(weight=torch.zeros(0, 8), ref_logp=torch.zeros(3, 0), bias=None), "at least one"),
+    (_bad(ref_logp=torch.zeros(3, 49)), "ref_logp must be"),
+    (_bad(target_index=torch.zeros(2, dtype=torch.long)), "target_index must be \\[B\\]"),
+    (_bad(target_index=torch.zeros(3)), "int32 or int64"),
+    (_bad(target_index=torch.tensor([0, 1, 3])), "target_index values"),
+    (_bad(target_index=torch.tensor([0, -1, 2])), "target_index values"),
+    (_bad(bias=torch.zeros(49)), "bias must be"),
+    (_bad(hidden=torch.zeros(3, 8, dtype=torch.long)), "floating-point"),
+    (_bad(hidden=torch.zeros(3, 8, device="meta")), "same device"),
+]
+
+
+@pytest.mark.parametrize("case, match", _BAD_CASES)
 @pytest.mark.parametrize("fn", [vocab_kl_reference, vocab_kl_blocked, vocab_kl])
 def test_validation_errors(fn, case, match):
     with pytest.raises(ValueError, match=match):
         fn(**case)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case, match", _BAD_CASES)
+def test_dispatcher_triton_branch_validates(monkeypatch, case, match):
+    """The op's full validation also guards the Triton branch (the kernel's own checks are minimal)."""
+    _, kernel_calls = force_triton(monkeypatch, "vocab_kl", "vocab_kl_triton")
+    with pytest.raises(ValueError, match=match):
+        vocab_kl(**case)
+    assert not kernel_calls
 
 
 def test_blocked_rejects_bad_chunk_size():
@@ -313,17 +320,7 @@ def test_blocked_rejects_bad_chunk_size():
 @pytest.fixture(scope="module")
 def triton_kl():
     """``vocab_kl_triton`` and the device its inputs must live on."""
-    pytest.importorskip("triton")
-    from heta_fast.kernels._runtime import interpreting
-    from heta_fast.kernels.vocab_kl import _vocab_kl_partials_kernel, vocab_kl_triton
-
-    if interpreting(_vocab_kl_partials_kernel):
-        device = "cpu"
-    elif torch.cuda.is_available():
-        device = "cuda"
-    else:
-        pytest.skip("triton was imported without TRITON_INTERPRET=1 and there is no GPU")
-    return vocab_kl_triton, device
+    return triton_kernel("vocab_kl", "vocab_kl_triton")
 
 
 def run_triton(triton_kl, case: dict, **kwargs) -> torch.Tensor:
@@ -388,6 +385,26 @@ def test_triton_mixed_dtypes(triton_kl):
 def test_triton_rejects_bad_launch_parameters(triton_kl, kwargs):
     with pytest.raises(ValueError):
         run_triton(triton_kl, make_case(100, 8, 2), **kwargs)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"hidden": torch.zeros(3, 9)},
+        {"ref_logp": torch.zeros(3, 49)},
+        {"target_index": torch.zeros(2, dtype=torch.long)},
+        {"target_index": torch.tensor([0, 1, 3])},
+        {"bias": torch.zeros(49)},
+        {"weight": torch.zeros(0, 8), "ref_logp": torch.zeros(3, 0), "bias": None},
+    ],
+)
+def test_triton_checks_shapes_and_targets(triton_kl, changes):
+    """The kernel's own (minimal) checks: shapes, and target rows it would read out of bounds."""
+    case = make_case(50, 8, 3)
+    case.update(changes)
+    with pytest.raises(ValueError):
+        run_triton(triton_kl, case)
 
 
 @pytest.mark.interpreter
