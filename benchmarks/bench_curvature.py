@@ -23,11 +23,11 @@ import torch
 
 from benchmarks.conftest import prompt_ids
 from heta_fast import HETAConfig
+from heta_fast.reference import hvp_reference, rademacher_probes
+from heta_fast.signals.curvature import curvature
 from heta_fast.signals.curvature.estimators import products_needed
 from heta_fast.signals.curvature.exact import exact_by_suffix, suffix_group_size
 from heta_fast.signals.curvature.operators import OperatorFactory
-from heta_fast.reference import hvp_reference, rademacher_probes
-from heta_fast.signals.curvature import curvature
 
 SIZES = (32, 128, 512)
 M = 10

@@ -46,10 +46,10 @@ from transformers import DynamicCache
 
 from benchmarks.conftest import prompt_ids
 from heta_fast import HETAConfig
+from heta_fast.divergence import kl_divergence
 from heta_fast.model.attention import attention_implementation
 from heta_fast.model.capture import CaptureRequest
 from heta_fast.ops.vocab_kl import vocab_kl
-from heta_fast.divergence import kl_divergence
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import information
 from heta_fast.signals.information.prefix_cache import PrefixCache

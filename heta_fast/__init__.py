@@ -6,8 +6,15 @@ queries CUDA; the Triton kernels in ``heta_fast.kernels`` load only when a GPU p
 from __future__ import annotations
 
 from .config import HETAConfig
-from .errors import (ConfigError, HetaError, InputError, MemoryBudgetError, ModelLoadError,
-                     NonFiniteError, UnsupportedArchitectureError)
+from .errors import (
+    ConfigError,
+    HetaError,
+    InputError,
+    MemoryBudgetError,
+    ModelLoadError,
+    NonFiniteError,
+    UnsupportedArchitectureError,
+)
 from .result import Attribution, FailedAttribution
 
 __version__ = "0.1.0"

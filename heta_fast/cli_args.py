@@ -40,7 +40,8 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
     p.add_argument("--window-overlap", type=float, default=_default("window_overlap"),
                    help="overlap of consecutive windows, in [0, 1)")
     p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
-    p.add_argument("--seed", type=int, default=_default("seed"), help="seed of every random draw (the curvature probes; eval: also the Soft-NS/NC masks)")
+    p.add_argument("--seed", type=int, default=_default("seed"),
+                   help="seed of every random draw (the curvature probes; eval: also the Soft-NS/NC masks)")
 
 
 def config_from_args(args):

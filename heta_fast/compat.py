@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import HETAConfig as EngineConfig
 from .config import MASK_SCHEMES
+from .config import HETAConfig as EngineConfig
 from .engine import Attributor
 from .engine import resolve_device as _resolve_device
 from .errors import ConfigError
@@ -50,7 +50,8 @@ class HETAConfig:
         _require(isinstance(self.gamma, (int, float)) and self.gamma >= 0, f"gamma must be >= 0, got {self.gamma!r}")
         _require(isinstance(self.num_hvp_samples, int) and self.num_hvp_samples >= 1,
                  f"num_hvp_samples must be an integer >= 1, got {self.num_hvp_samples!r}")
-        _require(self.mask_scheme in MASK_SCHEMES, f"mask_scheme must be one of {MASK_SCHEMES}, got {self.mask_scheme!r}")
+        _require(self.mask_scheme in MASK_SCHEMES,
+                 f"mask_scheme must be one of {MASK_SCHEMES}, got {self.mask_scheme!r}")
         _require(isinstance(self.window_size, int) and self.window_size >= 0,
                  f"window_size must be an integer >= 0, got {self.window_size!r}")
         _require(isinstance(self.window_overlap, (int, float)) and 0 <= self.window_overlap < 1,
@@ -70,7 +71,8 @@ class HETAConfig:
         estimator = dict(estimator="sketch", sketch_rank=self.low_rank) if self.low_rank else dict(estimator="exact")
         try:
             return EngineConfig(**estimator, beta=float(self.beta), gamma=float(self.gamma),
-                                num_probes=self.num_hvp_samples, mask_scheme=self.mask_scheme, window_size=self.window_size,
+                                num_probes=self.num_hvp_samples, mask_scheme=self.mask_scheme,
+                                window_size=self.window_size,
                                 window_overlap=float(self.window_overlap), layer_subset=self.layer_subset,
                                 use_fisher=bool(self.use_fisher))
         except ConfigError as exc:
@@ -113,7 +115,8 @@ class HETA:
         obj.model, obj.tokenizer = attributor.model, attributor.tokenizer
         return obj
 
-    def attribute(self, text: str, target_pos: int | None = None, target_token_id: int | None = None) -> AttributionResult:
+    def attribute(self, text: str, target_pos: int | None = None,
+                  target_token_id: int | None = None) -> AttributionResult:
         """Attribute the token at ``target_pos`` of ``text`` (default: its last token) to the tokens before it.
 
         ``target_token_id`` replaces the token attributed at that position.
@@ -136,7 +139,8 @@ class HETA:
                                  tokens=res.context_tokens, target_token=res.target_tokens[0],
                                  target_position=int(target_pos))
 
-    def attribute_batch(self, texts: list[str], target_positions: list[int | None] | None = None) -> list[AttributionResult]:
+    def attribute_batch(self, texts: list[str],
+                        target_positions: list[int | None] | None = None) -> list[AttributionResult]:
         positions = target_positions if target_positions is not None else [None] * len(texts)
         if len(positions) != len(texts):
             raise CompatConfigError("target_positions must have one entry per text")

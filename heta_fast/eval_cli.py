@@ -43,7 +43,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                         "(default all; dsa and f1 alone need no extra forward pass)")
     p.add_argument("--samples", type=int, default=10, help="Bernoulli mask samples of Soft-NS/NC (default 10)")
     p.add_argument("--fractions", default="0.1,0.2,0.3", help="top-k fractions of the hard metrics")
-    p.add_argument("--measure", default="prob", help="hard metrics: prob (drop of the target's probability, default) | log_prob | kl")
+    p.add_argument("--measure", default="prob",
+                   help="hard metrics: prob (drop of the target's probability, default) | log_prob | kl")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient quadrature nodes (default 32)")
     add_engine_args(p, components=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,10 +76,10 @@ def _settings(args):
 
 def run_eval(args) -> int:
     from .engine import Attributor
+    from .errors import ConfigError
     from .evaluate.data import load_examples, select_shard
     from .evaluate.methods import resolve_methods
     from .evaluate.runner import run_evaluation
-    from .errors import ConfigError
     from .evaluate.summary import render_paired, render_table, summarise
 
     methods = resolve_methods(args.methods)

@@ -42,7 +42,8 @@ def render_terminal(res, k: int = 5, color: bool | None = None) -> str:
             lines.append("".join(cells))
         else:
             # Without colour: each token followed by a bar whose height is its relative score.
-            lines.append("".join(f"{_visible(tok)}{_SHADES[int(round(w * 8))]}" for tok, w in zip(res.context_tokens, weights)))
+            cells = zip(res.context_tokens, weights)
+            lines.append("".join(f"{_visible(tok)}{_SHADES[int(round(w * 8))]}" for tok, w in cells))
         lines.append(f"  {'rank':>4}  {'index':>5}  {'score':>11}  token")
         for rank, (i, tok, score) in enumerate(res.topk(k, target=t), start=1):
             lines.append(f"  {rank:>4}  {i:>5}  {score:>11.4e}  {tok!r}")

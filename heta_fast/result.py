@@ -141,7 +141,8 @@ class Attribution:
             information=ten(d.get("information")), context_tokens=list(d["context_tokens"]),
             target_tokens=list(d["target_tokens"]), context_ids=d.get("context_ids"),
             target_ids=d.get("target_ids"), prompt=d.get("prompt"), method=d.get("method", "heta"),
-            model=d.get("model"), model_dtype=d.get("model_dtype"), device=d.get("device"), config=d.get("config") or {}, timings=d.get("timings") or {},
+            model=d.get("model"), model_dtype=d.get("model_dtype"), device=d.get("device"),
+            config=d.get("config") or {}, timings=d.get("timings") or {},
             unit=d.get("unit", "tokens"),
         )
 

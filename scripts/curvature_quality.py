@@ -14,7 +14,8 @@ tokens, and of the final Attr = M ⊙ (β S + γ I) (flow gate and information f
 β = γ = 0.5), against exact m = 64 and m = 10; median and 10th percentile over examples.
 
 Results are appended per example to a JSON file (default docs/results/curvature_quality.json,
-the recorded measurement), so an interrupted run resumes where it stopped and a later run extends it. The exact m = 64 ground truth
+the recorded measurement), so an interrupted run resumes where it stopped and a later run extends
+it. The exact m = 64 ground truth
 costs n·64 HVPs per example (≈ 3,600 at n ≈ 56): this is the slow part on a CPU.
 
 Longer inputs (``--documents K``): example i becomes a K-document prompt, the narrative and support
@@ -92,9 +93,9 @@ def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
 
 
 def run_example(attributor, prompt: str, answer: str, base, ground_truth: bool = True) -> dict:
+    from heta_fast.request import tokenize_request
     from heta_fast.signals.curvature import estimate
     from heta_fast.signals.curvature.operators import OperatorFactory
-    from heta_fast.request import tokenize_request
 
     tok = attributor.tokenizer
     first = tok(answer, add_special_tokens=False)["input_ids"][:1]
@@ -147,7 +148,8 @@ class CountingFactory:
 
 
 def attr_of(record: dict, name: str, beta=0.5, gamma=0.5) -> np.ndarray:
-    return np.asarray(record["flow"]) * (beta * np.asarray(record["S"][name]) + gamma * np.asarray(record["information"]))
+    s, info = np.asarray(record["S"][name]), np.asarray(record["information"])
+    return np.asarray(record["flow"]) * (beta * s + gamma * info)
 
 
 def summarise(records: dict) -> str:
@@ -155,7 +157,8 @@ def summarise(records: dict) -> str:
     with_m64 = sum("exact_m64" in r["S"] for r in records.values())
     lines = [f"{len(records)} examples ({with_m64} with the exact m=64 ground truth); Spearman over context tokens, "
              "median / 10th percentile (number of examples) over examples",
-             "", "| estimator | HVPs (median) | S vs exact m=64 | Attr vs exact m=64 | S vs exact m=10 | Attr vs exact m=10 |",
+             "", "| estimator | HVPs (median) | S vs exact m=64 | Attr vs exact m=64 | S vs exact m=10 "
+                 "| Attr vs exact m=10 |",
              "|---|---|---|---|---|---|"]
     for name in names:
         cells = []
@@ -214,7 +217,8 @@ def main(argv=None) -> int:
             if ex_id in records:
                 continue
             clock = time.perf_counter()
-            records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=args.m64_every > 0 and i % args.m64_every == 0)
+            truth = args.m64_every > 0 and i % args.m64_every == 0
+            records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=truth)
             args.out.write_text(json.dumps(records))
             print(f"{ex_id}: n={records[ex_id]['n_context']} in {time.perf_counter() - clock:.0f} s", flush=True)
     for path in args.merge:

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from heta_fast.compat import (HETA, AttributionResult, HETAConfig, build_windows, mask_token_embedding,
-                              resolve_device)
+from heta_fast.compat import HETA, AttributionResult, HETAConfig, build_windows, mask_token_embedding, resolve_device
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 

@@ -80,3 +80,13 @@ def test_the_check_sees_relative_imports():
     # The checker itself: a relative import two levels up resolves to the package's module.
     names = _imports(PACKAGE / "signals" / "flow" / "gate.py")
     assert "heta_fast.ops.flow" in names and "heta_fast.model.capture" in names
+
+
+def test_every_package_folder_is_installed():
+    # pyproject lists the packages explicitly (kernels/ is mapped to heta_fast.kernels); a new
+    # folder missing from the list would import in the editable install and vanish from a wheel.
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {_module_name(init) for init in PACKAGE.rglob("__init__.py") if "__pycache__" not in init.parts}
+    folders.add("heta_fast.kernels")
+    assert listed == folders

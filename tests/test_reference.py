@@ -7,8 +7,15 @@ import torch
 from torch.func import hessian
 
 from heta_fast.model.adapter import ModelAdapter
-from heta_fast.reference import (combine, curvature_reference, flow_gate_reference, information_reference,
-                                 rademacher_probes, target_log_prob, value_norms_reference)
+from heta_fast.reference import (
+    combine,
+    curvature_reference,
+    flow_gate_reference,
+    information_reference,
+    rademacher_probes,
+    target_log_prob,
+    value_norms_reference,
+)
 from tests.tiny_models import tiny_model
 
 
@@ -25,8 +32,8 @@ def _flow_by_path_enumeration(attn, vnorm, p, n_context):
     computes softmax in float32, so rows sum to one only to ~1e-7)."""
     L, H, n = len(attn), attn[0].shape[0], attn[0].shape[-1]
     m = torch.zeros(n, dtype=torch.float64)
-    for l in range(L):  # layer index, bottom = 0; the layers above l are traversed first
-        above = list(range(L - 1, l, -1))
+    for layer in range(L):  # layer index, bottom = 0; the layers above it are traversed first
+        above = list(range(L - 1, layer, -1))
         edges = [("res", None)] + [("head", g) for g in range(H)]
         for choice in itertools.product(edges, repeat=len(above)):
             for positions in itertools.product(range(n), repeat=len(above)):
@@ -45,14 +52,13 @@ def _flow_by_path_enumeration(attn, vnorm, p, n_context):
                     continue
                 for h in range(H):
                     for i in range(n):
-                        m[i] += weight * float(attn[l][h, cur, i]) * float(vnorm[l][h, i])
+                        m[i] += weight * float(attn[layer][h, cur, i]) * float(vnorm[layer][h, i])
     m = m[:n_context]
     return m / m.sum()
 
 
 def test_flow_gate_equals_path_enumeration_on_a_two_layer_model():
     adapter = _adapter("llama")  # 2 layers, GQA 4:2
-    n = 5
     cap = adapter.capture_matrices(adapter.embed(torch.tensor([3, 17, 8, 41, 5])))
     norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
     for p, n_ctx in ((4, 5), (3, 3)):

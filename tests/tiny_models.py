@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, LlamaConfig, MistralConfig,
-                          OPTConfig, Phi3Config, Qwen2Config)
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTJConfig,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    Phi3Config,
+    Qwen2Config,
+)
 
 VOCAB = 64
 
@@ -62,7 +70,7 @@ WORDS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + [f"w{i}" for i in range(VOCAB - 4
 
 def tiny_tokenizer():
     """A word-level tokenizer over 'w0 ... w59' (ids 4..63) with pad/unk/bos/eos specials."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))

@@ -2,8 +2,18 @@
 runner behind ``heta-fast eval``. See docs/evaluation.md."""
 from .data import EvalExample, load_curated, load_examples, load_jsonl
 from .methods import ALIASES, METHODS, resolve_methods, run_methods
-from .metrics import (comprehensiveness, dsa, f1_alignment, hard_faithfulness, hellinger, normalise_unit,
-                      soft_faithfulness, soft_nc, soft_ns, sufficiency)
+from .metrics import (
+                      comprehensiveness,
+                      dsa,
+                      f1_alignment,
+                      hard_faithfulness,
+                      hellinger,
+                      normalise_unit,
+                      soft_faithfulness,
+                      soft_nc,
+                      soft_ns,
+                      sufficiency,
+)
 from .runner import METRICS, EvalSettings, run_evaluation
 from .summary import bootstrap_ci, paired_difference, render_table, summarise
 

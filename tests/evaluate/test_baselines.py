@@ -4,10 +4,18 @@ import torch
 
 from heta_fast import Attribution, HETAConfig
 from heta_fast.engine import Attributor
-from heta_fast.evaluate.baselines import (gauss_legendre, heta_variants, input_x_gradient, integrated_gradients,
-                                          occlusion, path_quadrature, rollout, saliency)
-from heta_fast.evaluate.methods import METHODS, resolve_methods, run_methods
 from heta_fast.errors import ConfigError
+from heta_fast.evaluate.baselines import (
+    gauss_legendre,
+    heta_variants,
+    input_x_gradient,
+    integrated_gradients,
+    occlusion,
+    path_quadrature,
+    rollout,
+    saliency,
+)
+from heta_fast.evaluate.methods import METHODS, resolve_methods, run_methods
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 PROMPT = text(5, 9, 13, 20, 31, 7)
@@ -54,7 +62,8 @@ def test_integrated_gradients_completeness(attributor, targets):
         assert float(res.scores[t].sum()) == pytest.approx(expected, rel=1e-3, abs=1e-6)
         assert res.config["f_difference"][t] == pytest.approx(expected, rel=1e-9)
         assert res.config["completeness_gap"][t] == pytest.approx(float(res.scores[t].sum()) - expected, abs=1e-9)
-    assert isinstance(res, Attribution) and res.method == "integrated_gradients" and res.scores.shape == (len(targets), n)
+    assert isinstance(res, Attribution) and res.method == "integrated_gradients"
+    assert res.scores.shape == (len(targets), n)
 
 
 def test_integrated_gradients_equals_the_quadrature_written_out(attributor):

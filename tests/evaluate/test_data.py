@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from heta_fast import HETAConfig, InputError
 from heta_fast.engine import Attributor
@@ -67,7 +66,8 @@ def test_jsonl_spans_defaults_and_errors(tmp_path):
     with pytest.raises(InputError, match="d.jsonl:1: not valid JSON"):
         load_jsonl(_jsonl(tmp_path, "{nope"))
     with pytest.raises(InputError, match="duplicate id"):
-        load_jsonl(_jsonl(tmp_path, {"id": "a", "prompt": "w1", "target": "w2"}, {"id": "a", "prompt": "w1", "target": "w2"}))
+        record = {"id": "a", "prompt": "w1", "target": "w2"}
+        load_jsonl(_jsonl(tmp_path, record, record))
     with pytest.raises(InputError, match="no such data file"):
         load_examples(tmp_path / "missing.jsonl")
 

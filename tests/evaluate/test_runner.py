@@ -70,9 +70,9 @@ def test_other_settings_are_refused(attributor, data, tmp_path):
     out = tmp_path / "r.json"
     examples = load_jsonl(data)[:1]
     run_evaluation(attributor, examples, ["rollout"], out, SETTINGS, progress=False)
+    other = EvalSettings(samples=3, ig_steps=4, fractions=(0.2, 0.4))
     with pytest.raises(InputError, match="settings.samples: 2 != 3"):
-        run_evaluation(attributor, examples, ["rollout"], out, EvalSettings(samples=3, ig_steps=4, fractions=(0.2, 0.4)),
-                       progress=False)
+        run_evaluation(attributor, examples, ["rollout"], out, other, progress=False)
     (tmp_path / "junk.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a heta-fast eval results file"):
         run_evaluation(attributor, examples, ["rollout"], tmp_path / "junk.json", SETTINGS, progress=False)
@@ -142,7 +142,8 @@ def test_cli_eval_writes_results_and_markdown(tiny_model_dir, data, tmp_path, ca
     printed = capsys.readouterr().out
     assert "saliency" in printed and "integrated_gradients" in printed and "Soft-NC" in printed
     records = json.loads(out.read_text())["records"]
-    assert {(r["example"], r["method"]) for r in records} == {(e, m) for e in "ab" for m in ("saliency", "integrated_gradients")}
+    pairs = {(e, m) for e in "ab" for m in ("saliency", "integrated_gradients")}
+    assert {(r["example"], r["method"]) for r in records} == pairs
     assert md.read_text().startswith("| method | n |")
     assert main(args + ["--exclude-first"]) == 0  # nothing left to compute: the table again
     assert "first token excluded" in capsys.readouterr().out
@@ -156,7 +157,8 @@ def test_cli_eval_writes_results_and_markdown(tiny_model_dir, data, tmp_path, ca
     (["--metrics", "dsa,nope"], "unknown metrics"),
 ])
 def test_cli_eval_user_errors(tiny_model_dir, data, tmp_path, capsys, extra, match):
-    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "r.json")] + extra)
+    out = str(tmp_path / "r.json")
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", out] + extra)
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and match in err
 
@@ -176,7 +178,8 @@ def test_cli_eval_shards_then_merge(tiny_model_dir, data, tmp_path, capsys):
 
 
 def test_cli_eval_missing_data_file(tiny_model_dir, tmp_path, capsys):
-    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "no.jsonl"), "--out", str(tmp_path / "r.json")])
+    missing, out = str(tmp_path / "no.jsonl"), str(tmp_path / "r.json")
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", missing, "--out", out])
     assert code == 2 and "no such data file" in capsys.readouterr().err
 
 

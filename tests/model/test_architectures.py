@@ -4,9 +4,9 @@ down the value slice, the bias, the W_O orientation and the GQA head mapping."""
 import pytest
 import torch
 
-from heta_fast.model.architectures import spec_for_config, supported_model_types
 from heta_fast.errors import UnsupportedArchitectureError
 from heta_fast.model.adapter import ModelAdapter
+from heta_fast.model.architectures import spec_for_config, supported_model_types
 from tests.tiny_models import ARCHITECTURES, tiny_model, unsupported_model
 
 
@@ -34,9 +34,9 @@ def test_capture_rebuilds_attention_output(arch):
         for h in hooks:
             h.remove()
     layout = adapter.layout
-    for l, layer in enumerate(adapter.layers):
+    for layer_index, layer in enumerate(adapter.layers):
         attn_mod = adapter.spec.attention(layer)
-        a, v, w = cap.attentions[l], cap.values[l], cap.out_proj[l]
+        a, v, w = cap.attentions[layer_index], cap.values[layer_index], cap.out_proj[layer_index]
         assert a.shape == (layout.num_heads, n, n)
         assert v.shape == (layout.num_kv_heads, n, layout.head_dim)
         assert w.shape == (layout.num_heads, layout.head_dim, layout.d_model)
@@ -47,7 +47,7 @@ def test_capture_rebuilds_attention_output(arch):
         bias = _output_bias(attn_mod)
         if bias is not None:
             rebuilt += bias
-        torch.testing.assert_close(rebuilt, outputs[l][0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(rebuilt, outputs[layer_index][0], rtol=1e-10, atol=1e-10)
 
 
 def test_gqa_head_counts_are_read_from_config():

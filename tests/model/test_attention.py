@@ -5,8 +5,13 @@ import torch
 
 from heta_fast.model.attention.eager import heta_eager_attention
 from heta_fast.model.attention.pass_state import pass_state
-from heta_fast.model.attention.recording import (AttentionRecorder, _attention_with_lse_tiled, attention_with_lse,
-                                                 is_plain_causal, recording_attention)
+from heta_fast.model.attention.recording import (
+    AttentionRecorder,
+    _attention_with_lse_tiled,
+    attention_with_lse,
+    is_plain_causal,
+    recording_attention,
+)
 
 
 def _inputs(n=11, heads=6, kv=2, dh=8, dtype=torch.float64, seed=0):

@@ -266,8 +266,8 @@ def _random_layers(n, dtype, seed):
     """Three layers with different GQA layouts / windows (as in mixed-attention models)."""
     specs = [((9, 3), 64, None), ((4, 1), 80, 17), ((4, 4), 64, None)]
     layers = []
-    for l, (heads, dh, window) in enumerate(specs):
-        q, k, _, scale, _, vn = make_case(heads, n, dh, window, dtype, seed=seed + l)
+    for index, (heads, dh, window) in enumerate(specs):
+        q, k, _, scale, _, vn = make_case(heads, n, dh, window, dtype, seed=seed + index)
         layers.append((q, k, scale, vn, window))
     # H differs between layers on purpose: r [T, n] is the only state carried across.
     return layers

@@ -63,23 +63,24 @@ def test_records_rebuild_the_models_attention_probabilities(arch, overrides):
     if arch == "mistral":
         assert windows == [3, 3]
     tol = dict(rtol=1e-5, atol=1e-7) if arch == "gptj" else dict(rtol=1e-10, atol=1e-12)
-    for l, rec in enumerate(cap.layers):
+    for layer_index, rec in enumerate(cap.layers):
         layout = adapter.layout
         assert rec.q.shape == (layout.num_heads, len(IDS), layout.head_dim)
         assert rec.k.shape == (layout.num_kv_heads, len(IDS), layout.head_dim)
-        assert cap.windows[l] == windows[l]
-        probs = attention_probs_reference(rec.q.double(), rec.k.double(), rec.scale, windows[l])
-        torch.testing.assert_close(probs, ref.attentions[l], **tol)
+        assert cap.windows[layer_index] == windows[layer_index]
+        probs = attention_probs_reference(rec.q.double(), rec.k.double(), rec.scale, windows[layer_index])
+        torch.testing.assert_close(probs, ref.attentions[layer_index], **tol)
         # The recorded lse is the normaliser of exactly those probabilities.
         s = rec.scale * rec.q.double() @ rec.k.double().repeat_interleave(layout.group_size, 0).transpose(-1, -2)
         i = torch.arange(len(IDS))
         ok = i[None] <= i[:, None]
-        if windows[l] is not None:
-            ok &= i[None] > i[:, None] - windows[l]
+        if windows[layer_index] is not None:
+            ok &= i[None] > i[:, None] - windows[layer_index]
         lse = torch.logsumexp(s.masked_fill(~ok, float("-inf")), -1)
         torch.testing.assert_close(rec.lse.double(), lse, **tol)
         # Value norms of the values the model used (bias included), reduced during the pass.
-        torch.testing.assert_close(rec.values, value_norms_reference(ref.values[l], ref.out_proj[l]), **tol)
+        want_norms = value_norms_reference(ref.values[layer_index], ref.out_proj[layer_index])
+        torch.testing.assert_close(rec.values, want_norms, **tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, dict(rtol=1e-4, atol=1e-6)),

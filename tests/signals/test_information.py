@@ -6,16 +6,16 @@ import torch
 
 from heta_fast import HETAConfig
 from heta_fast.errors import MemoryBudgetError
-from heta_fast.model.attention import choose_no_grad_attention
-from heta_fast.model.capture import CaptureRequest
 from heta_fast.memory import ModelShape
 from heta_fast.model.adapter import ModelAdapter
+from heta_fast.model.attention import choose_no_grad_attention
+from heta_fast.model.capture import CaptureRequest
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import information
-from heta_fast.signals.information.signal import KL_CHUNK
 from heta_fast.signals.information.masked_batches import MaskedBatch
 from heta_fast.signals.information.masking import mask_vectors
 from heta_fast.signals.information.prefix_cache import PrefixCache
+from heta_fast.signals.information.signal import KL_CHUNK
 from heta_fast.windows import Window, context_windows
 from tests.tiny_models import ARCHITECTURES, tiny_model, tiny_tokenizer
 

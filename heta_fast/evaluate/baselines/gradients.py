@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ...result import Attribution
 from .common import gather_target_log_probs, make_result, prepare
 
 
@@ -29,7 +30,7 @@ def target_gradients(adapter, embeds: torch.Tensor, positions: torch.Tensor, tar
     return torch.cat(out)
 
 
-def saliency(attributor, prompt, target) -> "Attribution":
+def saliency(attributor, prompt, target) -> Attribution:
     """Saliency (Simonyan et al. 2014) per token: score_{t,i} = ‖∂f_t/∂x_i‖₂."""
     clock = time.perf_counter()
     prep = prepare(attributor, prompt, target)
@@ -39,7 +40,7 @@ def saliency(attributor, prompt, target) -> "Attribution":
     return make_result(attributor, prep, scores, "saliency", time.perf_counter() - clock)
 
 
-def input_x_gradient(attributor, prompt, target) -> "Attribution":
+def input_x_gradient(attributor, prompt, target) -> Attribution:
     """Gradient × input (Shrikumar et al. 2016) per token: score_{t,i} = Σ_e x_{i,e} ∂f_t/∂x_{i,e} (signed)."""
     clock = time.perf_counter()
     prep = prepare(attributor, prompt, target)

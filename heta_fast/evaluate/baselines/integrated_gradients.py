@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from ...result import Attribution
 from .common import gather_target_log_probs, make_result, prepare
 
 DEFAULT_STEPS = 32
@@ -34,7 +35,8 @@ def gauss_legendre(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def path_quadrature(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes α_k = u_k² and weights 2 u_k w_k: ∫₀¹ g(α) dα ≈ Σ_k w'_k g(α_k) (exact for polynomial g of degree < steps)."""
+    """Nodes α_k = u_k² and weights 2 u_k w_k: ∫₀¹ g(α) dα ≈ Σ_k w'_k g(α_k)
+    (exact for polynomial g of degree < steps)."""
     u, w = gauss_legendre(steps)
     return u * u, 2.0 * u * w
 
@@ -74,7 +76,7 @@ def path_endpoints_difference(adapter, embeds: torch.Tensor, positions: torch.Te
     return (logp[0] - logp[1]).double().cpu()
 
 
-def integrated_gradients(attributor, prompt, target, steps: int = DEFAULT_STEPS) -> "Attribution":
+def integrated_gradients(attributor, prompt, target, steps: int = DEFAULT_STEPS) -> Attribution:
     """Integrated gradients per token (signed); see the module docstring.
 
     The result's config records, per target, ``f_difference`` = f_t(x) − f_t(x') and

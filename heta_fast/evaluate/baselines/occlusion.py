@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ...result import Attribution
 from ...signals.information.masking import mask_vectors
 from .common import make_result, prepare
 
@@ -34,7 +35,7 @@ def occlusion_scores(adapter, embeds: torch.Tensor, positions: torch.Tensor, tar
     return out
 
 
-def occlusion(attributor, prompt, target) -> "Attribution":
+def occlusion(attributor, prompt, target) -> Attribution:
     """Leave-one-out probability drop per token (signed); see the module docstring."""
     clock = time.perf_counter()
     prep = prepare(attributor, prompt, target)

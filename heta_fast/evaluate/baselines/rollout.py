@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 
+from ...result import Attribution
 from ...signals import SIGNALS
 from ...signals.flow import stream_rollout
 from .common import make_result, prepare
 
 
-def rollout(attributor, prompt, target) -> "Attribution":
+def rollout(attributor, prompt, target) -> Attribution:
     """Attention rollout per token (non-negative; a single-token target's row sums to 1)."""
     clock = time.perf_counter()
     prep = prepare(attributor, prompt, target)

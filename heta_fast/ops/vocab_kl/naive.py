@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...divergence import kl_divergence
 from ...dtypes import accumulation_dtype
 from .common import validate_vocab_kl_inputs
 
@@ -37,7 +38,4 @@ def vocab_kl_reference(
         logits = logits + bias.to(dtype)
     log_q = torch.log_softmax(logits, dim=-1)  # [B, V]
     log_p = ref_logp.index_select(0, target_index.long()).to(dtype)  # [B, V]
-    p = log_p.exp()
-    # where() rather than p * (...): for p = 0, log p = -inf and 0 * -inf = NaN.
-    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
-    return terms.sum(dim=-1)
+    return kl_divergence(log_p, log_q)

@@ -1,10 +1,10 @@
 """The three estimators of S behind one signature, chosen by ``HETAConfig.estimator``.
 
 Every estimator takes an operator factory (factory(start) -> (operator V [B, n, d] -> C V over
-rows [start, n), probes per call); see operators.py), the rows of h to attribute and the config, draws its random vectors from ``config.seed`` alone (two runs give the same
-numbers) and returns S for those rows. The probe of token i is row i of the draw
-``rademacher_probes(n_context, m, d, seed)`` (probes.py) whatever the window, so a token keeps its probes
-across windows and estimators.
+rows [start, n), probes per call); see operators.py), the rows of h to attribute and the config,
+draws its random vectors from ``config.seed`` alone (two runs give the same numbers) and returns
+S for those rows. The probe of token i is row i of the draw ``rademacher_probes(n_context, m, d,
+seed)`` (probes.py) whatever the window, so a token keeps its probes across windows and estimators.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from .probes import rademacher_probes
 from .exact import exact_block_hutchinson, exact_by_suffix, suffix_group_size
+from .probes import rademacher_probes
 from .probing import sign_patterns, simultaneous_probing
 from .sketch import nystrom_block_hutchinson, sketch_matrix
 

@@ -15,6 +15,7 @@ from torch.func import grad, vjp, vmap
 
 from .target import TargetFunction
 
+
 class HessianOperator:
     """v -> H v at h0 = target.primal(); counts the vectors it was applied to (``applied``)."""
 

@@ -28,6 +28,7 @@ from ...windows import Window, average_over_windows, context_windows, window_inp
 from .masked_batches import MaskedBatch, plan_batches
 from .packing import PackedVariants, can_pack, run_packed
 from .prefix_cache import PrefixCache
+
 # Vocabulary columns per chunk of the fused KL on the CPU path.
 KL_CHUNK = 8192
 # On a CPU, token-positions per packed pass: the matrix products run at nearly full speed from a
@@ -113,7 +114,8 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
             counts["masked_positions"] += batch.positions
             counts["max_rows"] = max(counts["max_rows"], batch.rows)
     if stats is not None:
-        stats.update(counts, attention=used, batch_attention=used_by_batches, layout=layout, windows=len(windows), batches=len(batches),
+        stats.update(counts, attention=used, batch_attention=used_by_batches, layout=layout, windows=len(windows),
+                     batches=len(batches),
                      positions=counts["prefix_positions"] + counts["reference_positions"] + counts["masked_positions"],
                      estimated_peak_bytes=max([budget.batch_bytes(b) for b in batches] + [budget.prefix_bytes()]))
     if len(windows) == 1:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch.func import hessian
 
-from heta_fast.signals.curvature import HessianOperator, TargetFunction
 from heta_fast.model.adapter import ModelAdapter
 from heta_fast.reference import target_log_prob
+from heta_fast.signals.curvature import HessianOperator, TargetFunction
 from tests.tiny_models import tiny_model
 
 IDS = [5, 9, 2, 30, 11, 7]

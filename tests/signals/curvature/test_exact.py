@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from heta_fast import HETAConfig
+from heta_fast.reference import curvature_reference, rademacher_probes
 from heta_fast.signals.curvature import HessianOperator
 from heta_fast.signals.curvature.exact import exact_block_hutchinson, exact_by_suffix, suffix_group_size
 from heta_fast.signals.curvature.operators import OperatorFactory
 from heta_fast.signals.curvature.target import TargetFunction
-from heta_fast.reference import curvature_reference, rademacher_probes
 from tests.signals.curvature.helpers import blocks, full_hessian, operator, setup
 
 

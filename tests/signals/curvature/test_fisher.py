@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from heta_fast.reference import rademacher_probes
 from heta_fast.signals.curvature import FisherOperator
 from heta_fast.signals.curvature.exact import exact_block_hutchinson
-from heta_fast.reference import rademacher_probes
 from tests.signals.curvature.helpers import setup, target
 
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.func import hessian
 
-from heta_fast.signals.curvature.exact import exact_block_hutchinson
 from heta_fast.errors import ConfigError
 from heta_fast.reference import rademacher_probes
 from heta_fast.signals.curvature import HessianOperator
+from heta_fast.signals.curvature.exact import exact_block_hutchinson
 from tests.signals.curvature.helpers import operator, setup, target
 
 

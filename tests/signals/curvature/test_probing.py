@@ -8,10 +8,10 @@ import math
 
 import torch
 
+from heta_fast.reference import rademacher_probes
 from heta_fast.signals.curvature.exact import exact_block_hutchinson
 from heta_fast.signals.curvature.probing import sign_patterns, simultaneous_probing
-from heta_fast.reference import rademacher_probes
-from tests.signals.curvature.helpers import MatrixOperator, blocks, full_hessian, operator, setup
+from tests.signals.curvature.helpers import MatrixOperator, full_hessian, operator, setup
 
 
 def _hadamard(k: int) -> torch.Tensor:

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from heta_fast import Attributor, HETAConfig
+from heta_fast.reference import rademacher_probes
 from heta_fast.signals.curvature.exact import exact_block_hutchinson
 from heta_fast.signals.curvature.probing import sign_patterns, simultaneous_probing
 from heta_fast.signals.curvature.sketch import nystrom_block_hutchinson, sketch_matrix
-from heta_fast.reference import rademacher_probes
 from tests.signals.curvature.helpers import operator
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 

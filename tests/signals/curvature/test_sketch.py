@@ -1,9 +1,9 @@
 """estimator="sketch": the Nyström sketch read block by block."""
 import torch
 
+from heta_fast.reference import rademacher_probes
 from heta_fast.signals.curvature.exact import exact_block_hutchinson
 from heta_fast.signals.curvature.sketch import nystrom_block_hutchinson, nystrom_sketch, pinv_symmetric, sketch_matrix
-from heta_fast.reference import rademacher_probes
 from tests.signals.curvature.helpers import MatrixOperator, operator, setup
 
 
