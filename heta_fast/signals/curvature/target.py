@@ -21,6 +21,7 @@ import contextlib
 import torch
 from transformers import DynamicCache
 
+from ...dtypes import at_least_float32
 from ...errors import ConfigError
 from ...model.adapter import ModelAdapter
 
@@ -76,7 +77,7 @@ class TargetFunction:
         with self._substituted(h):
             x = self.embeds if self.cut is not None else h
             out = self.adapter.logits(x[None], self.position, cache=self._cache())[0, 0]
-        return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+        return at_least_float32(out)
 
     def log_prob(self, h: torch.Tensor) -> torch.Tensor:
         """h [n, d] -> f(h) = log p(token | h), a scalar."""
