@@ -12,6 +12,7 @@ from .config import HETAConfig
 from .errors import ConfigError, HetaError, InputError, NonFiniteError
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
+from .progress import PhaseReporter, Progress
 from .request import TokenizedRequest, tokenize_prompt, tokenize_request
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
@@ -72,14 +73,16 @@ class Attributor:
         self.close()
 
     # ------------------------------------------------------------------ public entry points
-    def attribute(self, prompt, target, config: HETAConfig | None = None) -> Attribution:
+    def attribute(self, prompt, target, config: HETAConfig | None = None,
+                  progress: Progress | None = None) -> Attribution:
         """Attribute ``target`` (text or token ids; one or more tokens) to the tokens of ``prompt``.
 
-        config: this call's configuration (default: the Attributor's).
+        config: this call's configuration (default: the Attributor's); progress: a callback
+        receiving :class:`~heta_fast.progress.ProgressEvent` s as the phases advance.
         """
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
                                    self.model.config.vocab_size)
-        return self._attribute(request, config or self.config)
+        return self._attribute(request, config or self.config, progress)
 
     def attribute_many(self, requests: Iterable, config: HETAConfig | None = None
                        ) -> Iterator[Attribution | FailedAttribution]:
@@ -93,7 +96,7 @@ class Attributor:
                                         error_type=type(exc).__name__, message=str(exc))
 
     def generate_and_attribute(self, prompt: str, max_new_tokens: int = 8, config: HETAConfig | None = None,
-                               **generation_kwargs) -> Attribution:
+                               progress: Progress | None = None, **generation_kwargs) -> Attribution:
         """Generate a continuation (greedy unless told otherwise) and attribute every generated token."""
         context = tokenize_prompt(self.tokenizer, prompt, self.model.config.vocab_size)
         ids = context[None].to(self.adapter.device)
@@ -105,23 +108,26 @@ class Attributor:
         generated = out[0, ids.shape[1]:].cpu()
         if generated.numel() == 0:
             raise InputError("the model generated no tokens (it stopped at once)")
-        res = self.attribute(context, generated, config)
+        res = self.attribute(context, generated, config, progress)
         res.prompt = prompt if isinstance(prompt, str) else None
         return res
 
     # ------------------------------------------------------------------ pipeline
-    def _attribute(self, req: TokenizedRequest, cfg: HETAConfig) -> Attribution:
+    def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]
         embeds = adapter.embed(req.input_ids)  # [n, d]
         positions = req.target_positions.to(adapter.device)
         with _phase("forward", timings):
+            forward = PhaseReporter(progress, "forward", 1, "pass")
             capture = adapter.capture(embeds, positions, CaptureRequest.union(needs))
+            forward.finish()
             if not torch.isfinite(capture.log_probs).all():
                 raise NonFiniteError("the model produced non-finite log-probabilities for this input")
         context = SignalContext(model=adapter, tokenizer=self.tokenizer, request=req, embeds=embeds,
-                                positions=positions, capture=capture, config=cfg, cache=self.signal_cache)
+                                positions=positions, capture=capture, config=cfg, cache=self.signal_cache,
+                                progress=progress)
         parts = dict.fromkeys(SIGNALS)
         for i, signal in enumerate(signals):
             with _phase(signal.name, timings):

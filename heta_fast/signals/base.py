@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from ..model.capture import Capture, CaptureRequest
+from ..progress import PhaseReporter, Progress
 from ..request import TokenizedRequest
 
 
@@ -28,6 +29,7 @@ class SignalContext:
     capture:   what the single forward pass left (see :class:`~heta_fast.model.capture.Capture`)
     config:    the :class:`~heta_fast.config.HETAConfig` of this call
     cache:     per-signal state kept across calls by the Attributor (``cache_for(name)``)
+    progress:  the caller's progress callback, or None (see :meth:`phase`)
     """
 
     model: object
@@ -38,6 +40,7 @@ class SignalContext:
     capture: Capture
     config: object
     cache: dict = field(default_factory=dict)
+    progress: Progress | None = None
 
     @property
     def n_context(self) -> int:
@@ -46,6 +49,10 @@ class SignalContext:
     def cache_for(self, name: str) -> dict:
         """The state dict of signal ``name`` (created empty on first use)."""
         return self.cache.setdefault(name, {})
+
+    def phase(self, name: str, total: int, unit: str) -> PhaseReporter:
+        """A reporter for ``total`` units of work of phase ``name`` (reports nowhere without a callback)."""
+        return PhaseReporter(self.progress, name, total, unit)
 
 
 class Signal(Protocol):
@@ -58,4 +65,4 @@ class Signal(Protocol):
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         """The component for every target and context token: [T, n_context] on the CPU, float32
-        (float64 for a float64 model)."""
+        (float64 for a float64 model). Reports its progress through ``context.phase``."""

@@ -18,7 +18,7 @@ from .cuda_graphs import graphs_for
 from .estimators import ESTIMATORS, estimate, products_needed
 from .fisher import FisherOperator
 from .hvp import HessianOperator
-from .signal import curvature
+from .signal import curvature, products_total
 from .target import TargetFunction
 
 
@@ -33,8 +33,12 @@ class CurvatureSignal:
     def compute(self, context: SignalContext) -> torch.Tensor:
         cfg = context.config
         graphs = graphs_for(context.model, cfg, context.cache_for(self.name))
-        return curvature(context.model, context.embeds, context.positions.cpu(), context.request.target_ids,
-                         context.n_context, cfg, graphs)
+        target_ids = context.request.target_ids
+        hvps = context.phase(self.name, products_total(context.n_context, len(target_ids), cfg), "HVPs")
+        out = curvature(context.model, context.embeds, context.positions.cpu(), target_ids, context.n_context, cfg,
+                        graphs, hvps.advance)
+        hvps.finish()
+        return out
 
 
 __all__ = ["ESTIMATORS", "CurvatureSignal", "FisherOperator", "HessianOperator", "TargetFunction", "curvature",

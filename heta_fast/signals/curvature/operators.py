@@ -17,12 +17,13 @@ class OperatorFactory:
 
     embeds [n, d] (rows after ``position`` are dropped: by causality they cannot change f);
     graphs: an optional :class:`~heta_fast.signals.curvature.cuda_graphs.GraphCache` (CUDA only), used
-    for the Hessian over the whole input (not the Fisher surrogate, not suffixes).
+    for the Hessian over the whole input (not the Fisher surrogate, not suffixes);
+    on_products(k): if given, called after every batched product with the number of vectors k.
     """
 
     def __init__(self, adapter: ModelAdapter, embeds: torch.Tensor, position: int, token: int, config,
-                 graphs=None):
-        self.adapter, self.config, self.graphs = adapter, config, graphs
+                 graphs=None, on_products=None):
+        self.adapter, self.config, self.graphs, self.on_products = adapter, config, graphs, on_products
         self.x = embeds[: position + 1]
         self.position = position
         self.pos = torch.tensor(position, device=self.x.device)
@@ -37,6 +38,12 @@ class OperatorFactory:
 
     def __call__(self, start: int = 0):
         """(operator over rows [start, position], probe vectors per call under the memory budget)."""
+        operator, chunk = self._build(start)
+        if self.on_products is not None:
+            operator = ReportedOperator(operator, self.on_products)
+        return operator, chunk
+
+    def _build(self, start: int):
         cfg = self.config
         if not self.suffixes:
             if start != 0:
@@ -61,3 +68,24 @@ class OperatorFactory:
         if start == 0:
             self._whole = operator, chunk
         return operator, chunk
+
+
+class ReportedOperator:
+    """A curvature operator that reports the vectors of every batched product to ``on_products``."""
+
+    def __init__(self, operator, on_products):
+        self.operator, self.on_products = operator, on_products
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.operator.shape
+
+    @property
+    def applied(self) -> int:
+        return self.operator.applied
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        """vectors [B, n, d] -> C vectors [B, n, d], then reports B."""
+        out = self.operator(vectors)
+        self.on_products(vectors.shape[0])
+        return out

@@ -23,7 +23,10 @@ class FlowSignal:
         return CaptureRequest(attention=True, reduce_values=value_norm_reducer(model))
 
     def compute(self, context: SignalContext) -> torch.Tensor:
-        return flow_gate(context.capture, context.positions.cpu(), context.n_context).cpu()
+        layers = context.phase(self.name, len(context.capture.layers), "layers")
+        gate = flow_gate(context.capture, context.positions.cpu(), context.n_context, layers.advance).cpu()
+        layers.finish()
+        return gate
 
 
 __all__ = ["FlowRollout", "FlowSignal", "flow_gate", "stream_rollout", "value_norm_reducer"]

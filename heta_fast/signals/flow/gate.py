@@ -31,10 +31,11 @@ class FlowRollout:
     rollout: torch.Tensor
 
 
-def stream_rollout(capture: Capture, target_positions: torch.Tensor) -> FlowRollout:
+def stream_rollout(capture: Capture, target_positions: torch.Tensor, on_layer=None) -> FlowRollout:
     """Run the flow step down every layer of the capture for targets predicted at positions [T].
 
-    Accumulates in float32 (float64 for a float64 model) whatever the model dtype.
+    Accumulates in float32 (float64 for a float64 model) whatever the model dtype. ``on_layer()``,
+    if given, is called after each layer.
     """
     first = capture.layers[0]
     n, device = first.q.shape[1], first.q.device
@@ -47,15 +48,17 @@ def stream_rollout(capture: Capture, target_positions: torch.Tensor) -> FlowRoll
     for rec, window in zip(reversed(capture.layers), reversed(capture.windows)):
         flow, r = flow_step(rec.q, rec.k, rec.lse, rec.scale, r, rec.values, window=window)  # values: vn [H, n]
         m += flow.to(dtype)
+        if on_layer is not None:
+            on_layer()
     return FlowRollout(gate=m, rollout=r)
 
 
-def flow_gate(capture: Capture, target_positions: torch.Tensor, n_context: int) -> torch.Tensor:
+def flow_gate(capture: Capture, target_positions: torch.Tensor, n_context: int, on_layer=None) -> torch.Tensor:
     """M_T for every target: [T, n_context] (on the capture's device), rows on the simplex.
 
     target_positions [T]: positions p_t predicting each target; all targets roll out together.
     """
-    m = stream_rollout(capture, target_positions).gate[:, :n_context]
+    m = stream_rollout(capture, target_positions, on_layer).gate[:, :n_context]
     total = m.sum(-1, keepdim=True)
     # m >= 0, so a row with no flow into the context is all zeros and stays so (as the reference defines).
     return m / torch.where(total > 0, total, torch.ones_like(total))

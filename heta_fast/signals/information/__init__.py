@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...model.capture import CaptureRequest
+from ...windows import context_windows
 from ..base import SignalContext
 from .masking import mask_vectors
 from .prefix_cache import PrefixCache
@@ -32,8 +33,13 @@ class InformationSignal:
         prefix = PrefixCache.from_kv(context.capture.kv, n_ctx - 1)
         masks = mask_vectors(context.config.mask_scheme, context.embeds[:n_ctx], model.model.get_input_embeddings(),
                              context.tokenizer)
-        return information(model, context.embeds, context.positions, n_ctx, masks, context.capture.log_probs,
-                           context.config, prefix=prefix).cpu()
+        cfg = context.config
+        windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
+        variants = context.phase(self.name, sum(w.size for w in windows), "masked variants")
+        out = information(model, context.embeds, context.positions, n_ctx, masks, context.capture.log_probs, cfg,
+                          prefix=prefix, on_variants=variants.advance).cpu()
+        variants.finish()
+        return out
 
 
 __all__ = ["InformationSignal", "PrefixCache", "information", "mask_vectors"]

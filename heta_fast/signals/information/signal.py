@@ -43,7 +43,7 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
                 n_context: int, mask_vectors: torch.Tensor, orig_log_probs: torch.Tensor, config, *,
                 attention: str | None = "auto",
                 prefix: PrefixCache | None = None, layout: str = "auto",
-                stats: dict | None = None) -> torch.Tensor:
+                stats: dict | None = None, on_variants=None) -> torch.Tensor:
     """I_i for every target and context token.
 
     embeds:         [n, d] input embeddings (context + target[:-1])
@@ -60,6 +60,7 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     layout:         "packed", "rectangular" or "auto": packed, unless the no-grad attention is
                     FlashAttention-2 or the model's attention cannot be switched; see masked_batches.py
     stats:          if a dict, filled with counts of the work done (token-positions, passes, bytes)
+    on_variants(k): if given, called after every masked pass with its number of variants k
 
     Returns [T, n_context] (float64 for float64 inputs, else float32). Targets predicted before a
     masked token get exactly 0 (causality).
@@ -113,6 +114,8 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
             counts["passes"] += 1
             counts["masked_positions"] += batch.positions
             counts["max_rows"] = max(counts["max_rows"], batch.rows)
+            if on_variants is not None:
+                on_variants(batch.rows)
     if stats is not None:
         stats.update(counts, attention=used, batch_attention=used_by_batches, layout=layout, windows=len(windows),
                      batches=len(batches),
