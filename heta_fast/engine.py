@@ -12,7 +12,7 @@ from .config import HETAConfig
 from .errors import ConfigError, HetaError, InputError, NonFiniteError
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
-from .progress import PhaseReporter, Progress
+from .progress import PhaseEstimate, PhaseReporter, Progress
 from .request import TokenizedRequest, tokenize_prompt, tokenize_request
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
@@ -111,6 +111,17 @@ class Attributor:
         res = self.attribute(context, generated, config, progress)
         res.prompt = prompt if isinstance(prompt, str) else None
         return res
+
+    def estimate(self, prompt, target, config: HETAConfig | None = None) -> list[PhaseEstimate]:
+        """The work ``attribute(prompt, target, config)`` will do, per phase, before any of it runs.
+
+        Also checks the request and the memory budget (the same typed errors as ``attribute``).
+        """
+        cfg = config or self.config
+        request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
+                                   self.model.config.vocab_size)
+        return [PhaseEstimate("forward", 1, "pass", passes=1)] + [
+            SIGNALS[name].estimate(self.adapter, request, cfg) for name in cfg.components]
 
     # ------------------------------------------------------------------ pipeline
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:

@@ -39,6 +39,23 @@ class ProgressEvent:
 Progress = Callable[[ProgressEvent], None]
 
 
+@dataclass(frozen=True)
+class PhaseEstimate:
+    """The work one phase will do for a request, known before it runs: ``units`` of ``unit``
+    (as its progress events will count them), forward passes, and the estimated peak bytes of
+    its largest batch (the memory model's; model weights excluded)."""
+
+    phase: str
+    units: int
+    unit: str
+    passes: int = 0
+    peak_bytes: int = 0
+
+    def describe(self) -> str:
+        passes = f" in {self.passes} passes" if self.passes else ""
+        return f"{self.phase}: {self.units} {self.unit}{passes}"
+
+
 class PhaseReporter:
     """Counts one phase's units and reports them to ``callback`` (a no-op without one)."""
 

@@ -89,3 +89,30 @@ def test_terminal_rendering_and_remaining_time():
     assert "curvature: 0/4 HVPs" in text_out and "curvature: 4/4 HVPs\n" in text_out
     assert ProgressEvent("x", 1, 4, "u", 2.0).remaining_seconds == pytest.approx(6.0)
     assert ProgressEvent("x", 0, 4, "u", 2.0).remaining_seconds is None
+
+
+@pytest.mark.parametrize("config", [{}, {"estimator": "exact", "num_probes": 2, "max_batch": 3},
+                                    {"window_size": 4, "window_overlap": 0.5, "max_batch": 3}],
+                         ids=["default", "exact", "windows"])
+def test_the_estimate_announces_the_work_the_attribution_reports(config):
+    attr = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), HETAConfig(**config))
+    estimate = {e.phase: e for e in attr.estimate(PROMPT, TARGET)}
+    events: list[ProgressEvent] = []
+    attr.attribute(PROMPT, TARGET, progress=events.append)
+    done = {e.phase: e for e in events if e.finished}
+    assert set(estimate) == set(done)
+    for phase, e in estimate.items():
+        assert (e.units, e.unit) == (done[phase].total, done[phase].unit), phase
+    assert estimate["information"].passes >= 1 and estimate["information"].peak_bytes > 0
+    assert estimate["curvature"].peak_bytes > 0
+    assert "curvature:" in estimate["curvature"].describe()
+
+
+def test_the_estimate_checks_the_request_and_the_budget_before_any_work():
+    from heta_fast.errors import InputError, MemoryBudgetError
+
+    attr = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), HETAConfig())
+    with pytest.raises(InputError):
+        attr.estimate("", TARGET)
+    with pytest.raises(MemoryBudgetError):
+        attr.estimate(PROMPT, TARGET, config=HETAConfig(memory_budget=1000))

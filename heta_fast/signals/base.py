@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from ..model.capture import Capture, CaptureRequest
-from ..progress import PhaseReporter, Progress
+from ..progress import PhaseEstimate, PhaseReporter, Progress
 from ..request import TokenizedRequest
 
 
@@ -62,6 +62,9 @@ class Signal(Protocol):
 
     def capture_request(self, model, config) -> CaptureRequest:
         """What this signal needs from the forward pass of ``model`` under ``config``."""
+
+    def estimate(self, model, request: TokenizedRequest, config) -> PhaseEstimate:
+        """The work :meth:`compute` will do for ``request`` (no model pass runs)."""
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         """The component for every target and context token: [T, n_context] on the CPU, float32

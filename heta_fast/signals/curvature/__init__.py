@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from ...memory import ModelShape, probes_per_pass
 from ...model.capture import CaptureRequest
+from ...progress import PhaseEstimate
+from ...windows import context_windows
 from ..base import SignalContext
 from .cuda_graphs import graphs_for
 from .estimators import ESTIMATORS, estimate, products_needed
@@ -29,6 +32,17 @@ class CurvatureSignal:
 
     def capture_request(self, model, config) -> CaptureRequest:
         return CaptureRequest()
+
+    def estimate(self, model, request, config) -> PhaseEstimate:
+        n_ctx, targets = request.n_context, request.target_ids.numel()
+        shape, layers = ModelShape.of(model.model), config.layer_subset or len(model.layers)
+        # The longest operator runs over the whole window input up to the last target.
+        windows = context_windows(n_ctx, config.window_size, config.window_overlap)
+        n = min(windows[0].size, n_ctx) + targets
+        probes = probes_per_pass(shape, n, layers, config.memory_budget, config.max_batch)
+        hvps = products_total(n_ctx, targets, config)
+        return PhaseEstimate(self.name, hvps, "HVPs", passes=-(-hvps // probes) if hvps else 0,
+                             peak_bytes=probes * shape.probe_bytes(n, layers))
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         cfg = context.config

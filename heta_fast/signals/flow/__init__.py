@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ...model.capture import CaptureRequest
+from ...progress import PhaseEstimate
 from ..base import SignalContext
 from .gate import FlowRollout, flow_gate, stream_rollout
 from .value_norms import value_norm_reducer
@@ -21,6 +22,9 @@ class FlowSignal:
     def capture_request(self, model, config) -> CaptureRequest:
         # The capture keeps the reduction (vn [H, n]) instead of the values.
         return CaptureRequest(attention=True, reduce_values=value_norm_reducer(model))
+
+    def estimate(self, model, request, config) -> PhaseEstimate:
+        return PhaseEstimate(self.name, len(model.layers), "layers")
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         layers = context.phase(self.name, len(context.capture.layers), "layers")

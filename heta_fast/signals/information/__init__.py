@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 
 from ...model.capture import CaptureRequest
+from ...progress import PhaseEstimate
 from ...windows import context_windows
 from ..base import SignalContext
 from .masking import mask_vectors
 from .prefix_cache import PrefixCache
-from .signal import information
+from .signal import information, plan_passes
 
 
 class InformationSignal:
@@ -27,6 +28,12 @@ class InformationSignal:
     def capture_request(self, model, config) -> CaptureRequest:
         # The masked variants continue the unmasked pass's keys and values (no second prefix pass).
         return CaptureRequest(key_values=True)
+
+    def estimate(self, model, request, config) -> PhaseEstimate:
+        plan = plan_passes(model, request.n_context, request.target_positions, config, prefix_given=True)
+        variants = sum(w.size for w in plan.windows)
+        return PhaseEstimate(self.name, variants, "masked variants", passes=len(plan.batches),
+                             peak_bytes=plan.peak_bytes)
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         n_ctx, model = context.n_context, context.model

@@ -17,6 +17,8 @@ The fast path does close to the irreducible work:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...dtypes import accumulation_dtype
@@ -36,6 +38,51 @@ KL_CHUNK = 8192
 # the information term at 128 / 256 / 512 / 1024 positions per pass), and wider passes only hold
 # more activations. Accelerators batch up to the memory budget and max_batch.
 CPU_TOKENS_PER_PASS = 1024
+
+
+@dataclass
+class PassPlan:
+    """The information term's passes for one request, decided before any runs.
+
+    windows / window_positions: the context windows and each window's target positions [T];
+    batches: the masked passes (:class:`MaskedBatch`); budget: their memory model;
+    implementation: the no-grad attention; layout: "packed" or "rectangular".
+    """
+
+    windows: list[Window]
+    window_positions: list[torch.Tensor]
+    batches: list[MaskedBatch]
+    budget: MaskedPassBudget
+    implementation: str | None
+    layout: str
+
+    @property
+    def peak_bytes(self) -> int:
+        """Estimated peak of the largest pass (the memory model's, model weights excluded)."""
+        return max([self.budget.batch_bytes(b) for b in self.batches] + [self.budget.prefix_bytes()])
+
+
+def plan_passes(adapter: ModelAdapter, n_context: int, positions: torch.Tensor, config, *, prefix_given: bool,
+                attention: str | None = "auto", layout: str = "auto") -> PassPlan:
+    """Plan the masked passes for targets predicted at ``positions`` [T] (see :func:`information`).
+
+    Raises MemoryBudgetError if a single variant does not fit ``config.memory_budget``.
+    """
+    windows = context_windows(n_context, config.window_size, config.window_overlap)
+    if len(windows) > 1 and int(positions.min()) < n_context - 1:
+        raise ValueError("windowing needs every target after the context (positions >= n_context - 1)")
+    implementation = choose_no_grad_attention(adapter.model) if attention == "auto" else attention
+    if layout == "auto":
+        layout = "packed" if can_pack(adapter) and implementation != FLASH else "rectangular"
+    elif layout == "packed" and not can_pack(adapter):
+        raise ValueError(f"{adapter.spec.name}: the packed layout needs a model whose attention can be switched")
+    window_pos = [window_positions(positions, n_context, w) for w in windows]
+    spans = [(w.start, w.stop, int(p.max()) + 1) for w, p in zip(windows, window_pos)]
+    budget = MaskedPassBudget(ModelShape.of(adapter.model), config.memory_budget, positions.numel(), n_context - 1,
+                              n_windows=len(windows), kl_chunk=KL_CHUNK, build_prefix=not prefix_given)
+    tokens = CPU_TOKENS_PER_PASS if adapter.device.type == "cpu" else None
+    batches = plan_batches(spans, config.max_batch, budget.fits, budget.describe, tokens_per_pass=tokens, layout=layout)
+    return PassPlan(windows, window_pos, batches, budget, implementation, layout)
 
 
 @torch.no_grad()
@@ -66,26 +113,14 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
     masked token get exactly 0 (causality).
     """
     positions = target_positions.to(embeds.device).long()
-    windows = context_windows(n_context, config.window_size, config.window_overlap)
-    if len(windows) > 1 and int(positions.min()) < n_context - 1:
-        raise ValueError("windowing needs every target after the context (positions >= n_context - 1)")
-    shape = ModelShape.of(adapter.model)
+    plan = plan_passes(adapter, n_context, positions, config, prefix_given=prefix is not None, attention=attention,
+                       layout=layout)
+    windows, window_pos, budget, batches = plan.windows, plan.window_positions, plan.budget, plan.batches
+    implementation, layout = plan.implementation, plan.layout
     weight, bias = adapter.unembedding()
     out_dtype = accumulation_dtype(embeds)
     n_targets = positions.numel()
-    implementation = choose_no_grad_attention(adapter.model) if attention == "auto" else attention
-    if layout == "auto":
-        layout = "packed" if can_pack(adapter) and implementation != FLASH else "rectangular"
-    elif layout == "packed" and not can_pack(adapter):
-        raise ValueError(f"{adapter.spec.name}: the packed layout needs a model whose attention can be switched")
-
-    window_pos = [window_positions(positions, n_context, w) for w in windows]
-    spans = [(w.start, w.stop, int(p.max()) + 1) for w, p in zip(windows, window_pos)]
     prefix_length = n_context - 1  # variant i needs [0, i); a window's reference needs [0, stop - 1)
-    budget = MaskedPassBudget(shape, config.memory_budget, n_targets, prefix_length, n_windows=len(windows),
-                              kl_chunk=KL_CHUNK, build_prefix=prefix is None)
-    tokens = CPU_TOKENS_PER_PASS if embeds.device.type == "cpu" else None
-    batches = plan_batches(spans, config.max_batch, budget.fits, budget.describe, tokens_per_pass=tokens, layout=layout)
 
     per_window = [torch.zeros(n_targets, w.size, dtype=out_dtype, device=embeds.device) for w in windows]
     counts = {"prefix_positions": 0, "prefix_passes": 0, "reference_positions": 0, "masked_positions": 0,
