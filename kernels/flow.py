@@ -3,7 +3,9 @@
 Computes the per-head flow
 
     Phi[t, h, i] = sum_j r[t, j] * A[h, j, i],
-    A[h, j, i]   = exp(scale * q[h, j] . k[kv(h), i] - lse[h, j])   (allowed j, i; else 0)
+    A[h, j, i]   = exp(s[h, j, i] - lse[h, j])   (allowed j, i; else 0)
+    s[h, j, i]   = scale * q[h, j] . k[kv(h), i]              (softcap None)
+                 = c * tanh(scale * q[h, j] . k[kv(h), i] / c)  (softcap c, Gemma-2)
 
 without ever writing A.  Layout of the work:
 
@@ -16,14 +18,15 @@ without ever writing A.  Layout of the work:
   j < last key + window (sliding window), and j < n_rows, the row after the last
   target position (rows past it carry no rollout mass).
 * Per query tile: ``s = q k^T`` with ``tl.dot(input_precision="ieee")`` (fp32
-  accumulation whatever the input dtype), ``p = exp(scale*s - lse)`` masked to exact
+  accumulation whatever the input dtype), ``p = exp(scale*s - lse)`` (with the soft-cap
+  ``c * tanh(scale*s / c)`` applied to ``scale*s`` first when given) masked to exact
   zeros, and ``acc += r_tile @ p`` (an fp32 ``tl.dot`` with T padded to >= 16, or a
   broadcast multiply-reduce for T <= 2, where padding would waste most of the work).
 * The head reduction (``sum_h Phi*vn`` and ``mean_h Phi``) is O(T*H*n) and done in torch
   (:func:`_reduce_heads`, the same arithmetic as ``heta_fast.ops.flow.combine_heads``).
 
-Only ``tl.exp`` is used (no libdevice), so the kernel also runs under
-``TRITON_INTERPRET=1`` on CPU tensors.
+Only ``tl.exp`` is used (no libdevice; the soft-cap's tanh is built from it in
+``utils.tanh_softcap``), so the kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors.
 """
 
 from __future__ import annotations
@@ -32,7 +35,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import ACCUMULATOR, dot_dtype, expect_shape, heads_per_kv, launch, require_device, tile_configs
+from .utils import (
+    ACCUMULATOR,
+    check_positive,
+    dot_dtype,
+    expect_shape,
+    heads_per_kv,
+    launch,
+    require_device,
+    tanh_softcap,
+    tile_configs,
+)
 
 __all__ = ["flow_step_triton"]
 
@@ -61,6 +74,7 @@ def _flow_phi_kernel(
     r_ptr,
     phi_ptr,
     scale,
+    cap,
     n_rows,
     n_targets,
     head_dim,
@@ -80,6 +94,7 @@ def _flow_phi_kernel(
     stride_ph,
     stride_pn,
     HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -120,7 +135,10 @@ def _flow_phi_kernel(
         lse = tl.load(lse_ptr + head * stride_lh + offs_m * stride_ln, mask=m_ok, other=0.0)
 
         s = tl.dot(q_tile, k_t, input_precision="ieee", out_dtype=tl.float32)
-        s = s * scale - lse[:, None]
+        if HAS_SOFTCAP:
+            s = tanh_softcap(s * scale, cap) - lse[:, None]
+        else:
+            s = s * scale - lse[:, None]
         allowed = (offs_n[None, :] <= offs_m[:, None]) & m_ok[:, None] & n_ok[None, :]
         if HAS_WINDOW:
             allowed = allowed & (offs_n[None, :] > offs_m[:, None] - window)
@@ -149,10 +167,10 @@ _CONFIGS = tile_configs(
     {"BLOCK_M": (32, 64, 128), "BLOCK_N": (32, 64, 128)},
     keep=lambda meta: meta["BLOCK_M"] * meta["BLOCK_N"] <= 64 * 128,
 )
-_KEY = ["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW"]
+_KEY = ["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW", "HAS_SOFTCAP"]
 
 
-def _check_inputs(q, k, lse, r, vn, window) -> None:
+def _check_inputs(q, k, lse, r, vn, window, cap) -> None:
     """The shapes the launch relies on: q [H, n, dh], k [Hkv, n, dh], lse/vn [H, n], r [T, n]."""
     expect_shape("q", q, None, None, None)
     n_heads, n, dh = q.shape
@@ -163,6 +181,7 @@ def _check_inputs(q, k, lse, r, vn, window) -> None:
     expect_shape("r", r, None, n)
     if window is not None and window < 1:
         raise ValueError("window must be >= 1 or None")
+    check_positive("softcap", cap)
 
 
 def _active_rows(r: torch.Tensor) -> int:
@@ -189,6 +208,8 @@ def flow_step_triton(
     window: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    *,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One flow-rollout layer with the Triton kernel.
 
@@ -202,6 +223,9 @@ def flow_step_triton(
         window: sliding window length or None (plain causal).
         block_m, block_n: pin the query/key tile sizes (default: autotuned on a GPU,
             32 under the interpreter).
+        softcap: attention logit soft-capping c > 0, or None (off): the score of (query j,
+            key i) is c * tanh(scale * q_j . k_i / c) before masking, computed in fp32, and
+            lse must be the normaliser of the capped scores.
 
     Returns:
         flow [T, n] and r_next [T, n] in fp32.
@@ -209,7 +233,7 @@ def flow_step_triton(
     Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before
     triton was imported.
     """
-    _check_inputs(q, k, lse, r, vn, window)
+    _check_inputs(q, k, lse, r, vn, window, softcap)
     interpret = require_device("flow_step_triton", q, _flow_phi_kernel)
     # q/k in one 16/32-bit float dtype (q's), lse and r in fp32.
     dt = dot_dtype(q)
@@ -219,11 +243,11 @@ def flow_step_triton(
     phi = torch.zeros(n_targets, n_heads, n, dtype=ACCUMULATOR, device=q.device)
     n_rows = _active_rows(r)  # one host sync; bounds both grid and query loop
     if n_rows > 0 and n_targets > 0:
-        _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_n)
+        _launch(q, k, lse, r, phi, scale, softcap, n_rows, window, interpret, block_m, block_n)
     return _reduce_heads(phi, r, vn.to(ACCUMULATOR))
 
 
-def _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_n) -> None:
+def _launch(q, k, lse, r, phi, scale, cap, n_rows, window, interpret, block_m, block_n) -> None:
     """Pick tiles (fixed or autotuned) and launch the kernel; fills ``phi`` [T, H, n]."""
     n_heads, _, dh = q.shape
     n_targets = r.shape[0]
@@ -233,7 +257,7 @@ def _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_
     if block_t > _SMALL_T:
         block_t = min(_MAX_BLOCK_T, max(16, block_t))
     args = (
-        q, k, lse, r, phi, float(scale), n_rows, n_targets, dh,
+        q, k, lse, r, phi, float(scale), 1.0 if cap is None else float(cap), n_rows, n_targets, dh,
         n_heads // k.shape[0], 0 if window is None else int(window),
         *q.stride(), *k.stride(), *lse.stride(), *r.stride(), *phi.stride(),
     )
@@ -248,6 +272,7 @@ def _launch(q, k, lse, r, phi, scale, n_rows, window, interpret, block_m, block_
         configs=_CONFIGS,
         key=_KEY,
         HAS_WINDOW=window is not None,
+        HAS_SOFTCAP=cap is not None,
         BLOCK_D=block_d,
         BLOCK_T=block_t,
     )

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 __all__ = [
     "ACCUMULATOR",
+    "check_positive",
     "dot_dtype",
     "expect_shape",
     "heads_per_kv",
     "interpreting",
     "launch",
     "require_device",
+    "tanh_softcap",
     "tile_configs",
 ]
 
@@ -78,6 +83,27 @@ def heads_per_kv(n_heads: int, n_kv: int) -> int:
     if n_kv < 1 or n_heads % n_kv != 0:
         raise ValueError(f"H={n_heads} is not a multiple of Hkv={n_kv}")
     return n_heads // n_kv
+
+
+def check_positive(name: str, value: float | None, *, optional: bool = True) -> None:
+    """ValueError unless ``value`` (a soft-cap or logit scale) is a finite number > 0 (or None if optional)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0{' or None' if optional else ''}, got {value!r}")
+
+
+@triton.jit
+def tanh_softcap(x, cap):
+    """``cap * tanh(x / cap)`` in float32, from ``tl.exp`` only (no libdevice; runs interpreted).
+
+    tanh(|y|) = (1 - e) / (1 + e) with e = exp(-2|y|) in (0, 1]: no overflow for any y, exact
+    +-1 limits, and the sign restored afterwards.
+    """
+    y = x.to(tl.float32) / cap
+    e = tl.exp(-2.0 * tl.abs(y))
+    t = (1.0 - e) / (1.0 + e)
+    return cap * tl.where(y < 0.0, -t, t)
 
 
 def tile_configs(

@@ -10,6 +10,8 @@ unless a GPU is present.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -17,7 +19,17 @@ import heta_fast.ops.flow as flow_ops
 from heta_fast.ops.flow import flow_step
 from heta_fast.ops.flow.blocked import flow_step_blocked
 from heta_fast.ops.flow.naive import attention_probs_reference, flow_step_reference, lse_reference
-from tests.ops.utils import EXACT, GQA, RTOL, assert_close, assert_rel_close, force_triton, spy, triton_kernel
+from tests.ops.utils import (
+    EXACT,
+    GQA,
+    RTOL,
+    assert_close,
+    assert_rel_close,
+    force_triton,
+    kernel_rtol,
+    spy,
+    triton_kernel,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -51,12 +63,13 @@ def make_rows(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
     raise ValueError(kind)
 
 
-def make_case(heads, n, dh, window, dtype, rows="general", seed=0, amp=2.0):
+def make_case(heads, n, dh, window, dtype, rows="general", seed=0, amp=2.0, softcap=None):
     """Inputs of one layer: (q, k, lse, scale, r, vn) with q/k in ``dtype``.
 
     ``amp`` > 1 sharpens the attention (scores ~ N(0, amp^2)) so exp() is stressed.
-    lse is computed in float64 from the rounded q, k (as the model would provide it)
-    and handed over in float32 (float64 for float64 cases).
+    lse is computed in float64 from the rounded q, k (as the model would provide it, over
+    the scores soft-capped by ``softcap`` when given) and handed over in float32 (float64
+    for float64 cases).
     """
     n_heads, n_kv = heads
     gen = torch.Generator().manual_seed(seed)
@@ -64,7 +77,7 @@ def make_case(heads, n, dh, window, dtype, rows="general", seed=0, amp=2.0):
     k = torch.randn(n_kv, n, dh, generator=gen, dtype=torch.float64).to(dtype)
     scale = dh**-0.5
     side = torch.float64 if dtype == torch.float64 else torch.float32
-    lse = lse_reference(q.double(), k.double(), scale, window).to(side)
+    lse = lse_reference(q.double(), k.double(), scale, window, softcap).to(side)
     vn = (torch.rand(n_heads, n, generator=gen, dtype=torch.float64) * 3.0).to(side)
     r = make_rows(rows, n, gen).to(side)
     return q, k, lse, scale, r, vn
@@ -74,11 +87,11 @@ def to_device(*ts, device=DEVICE):
     return tuple(t.to(device) for t in ts)
 
 
-def oracle(q, k, lse, scale, r, vn, window):
+def oracle(q, k, lse, scale, r, vn, window, softcap=None):
     """flow_step_reference in float64 on the same (rounded) inputs."""
     return flow_step_reference(
         q.double().cpu(), k.double().cpu(), lse.double().cpu(), scale,
-        r.double().cpu(), vn.double().cpu(), window,
+        r.double().cpu(), vn.double().cpu(), window, softcap,
     )
 
 
@@ -87,8 +100,9 @@ def oracle(q, k, lse, scale, r, vn, window):
 # ---------------------------------------------------------------------------
 
 
-def _loop_probs(q, k, scale, window):
-    """A[h, j, i] by explicit loops over allowed keys (float64, tiny n only)."""
+def _loop_probs(q, k, scale, window, softcap=None):
+    """A[h, j, i] by explicit loops over allowed keys (float64, tiny n only); scores
+    c * tanh(s / c) with ``softcap`` c."""
     n_heads, n, _ = q.shape
     rep = n_heads // k.shape[0]
     probs = torch.zeros(n_heads, n, n, dtype=torch.float64)
@@ -96,31 +110,38 @@ def _loop_probs(q, k, scale, window):
         for j in range(n):
             keys = [i for i in range(n) if i <= j and (window is None or i > j - window)]
             s = torch.stack([scale * torch.dot(q[h, j], k[h // rep, i]) for i in keys])
+            if softcap is not None:
+                s = torch.tensor([softcap * math.tanh(float(x) / softcap) for x in s], dtype=torch.float64)
             probs[h, j, keys] = torch.softmax(s, dim=0)
     return probs
 
 
+@pytest.mark.parametrize("softcap", [None, 1.5])
 @pytest.mark.parametrize("window", [None, 2])
 @pytest.mark.parametrize("heads", [(4, 2), (3, 3)])
-def test_reference_probs_match_loops(heads, window):
+def test_reference_probs_match_loops(heads, window, softcap):
     q, k, *_ = make_case(heads, 6, 8, window, torch.float64)
-    expected = _loop_probs(q, k, 8**-0.5, window)
-    probs = attention_probs_reference(q, k, 8**-0.5, window)
+    expected = _loop_probs(q, k, 8**-0.5, window, softcap)
+    probs = attention_probs_reference(q, k, 8**-0.5, window, softcap)
     assert probs.dtype == torch.float64
     assert_close("probs", expected, probs, EXACT, EXACT)
-    lse = lse_reference(q, k, 8**-0.5, window)
+    lse = lse_reference(q, k, 8**-0.5, window, softcap)
     # Rebuilding A from lse must give the same probabilities where allowed.
     n = q.shape[1]
-    rebuilt = torch.exp(8**-0.5 * q @ k.repeat_interleave(heads[0] // heads[1], 0).transpose(1, 2) - lse[..., None])
+    scores = 8**-0.5 * q @ k.repeat_interleave(heads[0] // heads[1], 0).transpose(1, 2)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    rebuilt = torch.exp(scores - lse[..., None])
     assert_close("probs from lse", expected, rebuilt * (expected > 0), EXACT, EXACT)
     assert torch.allclose(probs.sum(-1), torch.ones(heads[0], n, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("softcap", [None, 1.5])
 @pytest.mark.parametrize("window", [None, 3])
-def test_reference_flow_matches_loops(window):
+def test_reference_flow_matches_loops(window, softcap):
     heads, n = (4, 2), 7
-    q, k, lse, scale, r, vn = make_case(heads, n, 8, window, torch.float64, rows="general")
-    probs = _loop_probs(q, k, scale, window)
+    q, k, lse, scale, r, vn = make_case(heads, n, 8, window, torch.float64, rows="general", softcap=softcap)
+    probs = _loop_probs(q, k, scale, window, softcap)
     n_targets = r.shape[0]
     flow = torch.zeros(n_targets, n, dtype=torch.float64)
     r_next = torch.zeros(n_targets, n, dtype=torch.float64)
@@ -132,7 +153,7 @@ def test_reference_flow_matches_loops(window):
                 r_next[t, i] += 0.5 * phi / heads[0]
             r_next[t, i] += 0.5 * r[t, i]
         r_next[t] /= r_next[t].sum()
-    got_flow, got_r = flow_step_reference(q, k, lse, scale, r, vn, window)
+    got_flow, got_r = flow_step_reference(q, k, lse, scale, r, vn, window, softcap)
     assert got_flow.dtype == got_r.dtype == torch.float64
     assert_close("flow", flow, got_flow, EXACT, EXACT)
     assert_close("r_next", r_next, got_r, EXACT, EXACT)
@@ -198,29 +219,88 @@ def test_blocked_zero_rows_and_skipped_tail():
     assert_rel_close("flow", oracle(q, k, lse, scale, one, vn, None)[0], flow, EXACT)
 
 
+# Attention logit soft-capping (Gemma-2's attn_logit_softcapping is 50; the small caps bend
+# most scores of these cases, scores ~ N(0, 2^2), so a wrong cap cannot pass).
+SOFTCAPS = [1.5, 50.0]
+
+
+@pytest.mark.parametrize("softcap", SOFTCAPS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("heads", GQA)
+@pytest.mark.parametrize("n", [1, 37, 129])
+def test_blocked_softcap_matches_reference(n, heads, window, dtype, softcap):
+    case = make_case(heads, n, 80 if n % 2 else 64, window, dtype, seed=5 * n + 1, softcap=softcap)
+    expected_flow, expected_r = oracle(*case, window, softcap)
+    for block in (16, 64):
+        flow, r_next = flow_step_blocked(*case, window=window, block=block, softcap=softcap)
+        assert flow.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        assert_rel_close(f"flow block={block}", expected_flow, flow, RTOL[dtype])
+        assert_rel_close(f"r_next block={block}", expected_r, r_next, RTOL[dtype])
+
+
+def test_softcap_is_applied_and_off_by_default():
+    """The cap changes the result (and lse must be the capped one); None is the plain step."""
+    heads, n, window = (4, 1), 50, None
+    plain = make_case(heads, n, 64, window, torch.float64, seed=3)
+    capped = make_case(heads, n, 64, window, torch.float64, seed=3, softcap=1.5)
+    q, k, lse, scale, r, vn = plain
+    good, _ = flow_step_blocked(*capped, softcap=1.5)
+    # Forgetting the cap, or capping with the uncapped lse, is caught.
+    assert (good - flow_step_blocked(*capped)[0]).abs().max() > 1e-2
+    assert (good - flow_step_blocked(*plain, softcap=1.5)[0]).abs().max() > 1e-2
+    # softcap=None is the uncapped computation, bitwise, on every path.
+    for fn in (flow_step_blocked, flow_step_reference, flow_step):
+        assert torch.equal(fn(*plain)[0], fn(*plain, softcap=None)[0])
+    # A cap far above every score is the identity up to rounding.
+    far = flow_step_blocked(q, k, lse, scale, r, vn, softcap=1e6)[0]
+    assert_rel_close("flow", oracle(*plain, window)[0], far, 1e-9)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), True, "50"])
+def test_bad_softcap_raises(bad):
+    q, k, lse, scale, r, vn = make_case((4, 2), 9, 16, None, torch.float32)
+    for call in (
+        lambda: flow_step_blocked(q, k, lse, scale, r, vn, softcap=bad),
+        lambda: flow_step_reference(q, k, lse, scale, r, vn, softcap=bad),
+        lambda: flow_step(q, k, lse, scale, r, vn, softcap=bad),
+        lambda: lse_reference(q, k, scale, softcap=bad),
+        lambda: attention_probs_reference(q, k, scale, softcap=bad),
+    ):
+        with pytest.raises(ValueError, match="softcap"):
+            call()
+
+
 def test_dispatcher_cpu_tensors_take_blocked_path(monkeypatch):
     calls = spy(monkeypatch, flow_ops, "flow_step_blocked")
     case = make_case((9, 3), 77, 64, None, torch.float32)
     flow, r_next = flow_step(*case, window=5)
-    assert len(calls) == 1 and calls[0][1] == {"window": 5}
+    assert len(calls) == 1 and calls[0][1] == {"window": 5, "softcap": None}
     assert flow.dtype == r_next.dtype == torch.float32
+    case = make_case((9, 3), 77, 64, 5, torch.float32, softcap=2.0)
+    flow, _ = flow_step(*case, window=5, softcap=2.0)
+    assert len(calls) == 2 and calls[1][1] == {"window": 5, "softcap": 2.0}
+    assert_rel_close("flow", oracle(*case, 5, 2.0)[0], flow, RTOL[torch.float32])
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("softcap", [None, 2.0])
 @pytest.mark.parametrize("window", [None, 5])
-def test_dispatcher_triton_branch_matches_reference(monkeypatch, window):
+def test_dispatcher_triton_branch_matches_reference(monkeypatch, window, softcap):
     """The dispatcher's Triton branch (forced onto CPU tensors under the interpreter)."""
     device, kernel_calls = force_triton(monkeypatch, "flow", "flow_step_triton")
-    q, k, lse, scale, r, vn = make_case((9, 3), 77, 64, window, torch.float32)
-    expected_flow, expected_r = oracle(q, k, lse, scale, r, vn, window)
+    q, k, lse, scale, r, vn = make_case((9, 3), 77, 64, window, torch.float32, softcap=softcap)
+    expected_flow, expected_r = oracle(q, k, lse, scale, r, vn, window, softcap)
     q_, k_, lse_, r_, vn_ = to_device(q, k, lse, r, vn, device=device)
-    flow, r_next = flow_step(q_, k_, lse_, scale, r_, vn_, window=window)
-    assert len(kernel_calls) == 1 and kernel_calls[0][1] == {"window": window}
+    flow, r_next = flow_step(q_, k_, lse_, scale, r_, vn_, window=window, softcap=softcap)
+    assert len(kernel_calls) == 1 and kernel_calls[0][1] == {"window": window, "softcap": softcap}
     assert flow.dtype == torch.float32 and flow.device.type == device
     assert_rel_close("flow", expected_flow, flow, RTOL[torch.float32])
     assert_rel_close("r_next", expected_r, r_next, RTOL[torch.float32])
     with pytest.raises(ValueError):  # the op's own checks run before the kernel
         flow_step(q_, k_, lse_[:, :5], scale, r_, vn_)
+    with pytest.raises(ValueError, match="softcap"):
+        flow_step(q_, k_, lse_, scale, r_, vn_, softcap=0.0)
     assert len(kernel_calls) == 1
 
 
@@ -248,12 +328,14 @@ def _independent_rollout(layers, positions, n):
     r[torch.arange(len(positions)), torch.tensor(positions)] = 1.0
     gate = torch.zeros_like(r)
     idx = torch.arange(n)
-    for q, k, scale, vn, window in reversed(layers):
+    for q, k, scale, vn, window, softcap in reversed(layers):
         rep = q.shape[0] // k.shape[0]
         hidden = idx[None, :] > idx[:, None]
         if window is not None:
             hidden |= idx[None, :] <= idx[:, None] - window
         scores = scale * torch.einsum("hjd,hid->hji", q.double(), k.double()[torch.arange(q.shape[0]) // rep])
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
         probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
         phi = torch.einsum("tj,hji->thi", r, probs)
         gate += (phi * vn.double()[None]).sum(dim=1)
@@ -262,13 +344,14 @@ def _independent_rollout(layers, positions, n):
     return gate
 
 
-def _random_layers(n, dtype, seed):
-    """Three layers with different GQA layouts / windows (as in mixed-attention models)."""
+def _random_layers(n, dtype, seed, softcap=None):
+    """Three layers with different GQA layouts / windows (as in mixed-attention models),
+    each soft-capped at ``softcap`` when given (as Gemma-2 caps every layer)."""
     specs = [((9, 3), 64, None), ((4, 1), 80, 17), ((4, 4), 64, None)]
     layers = []
     for index, (heads, dh, window) in enumerate(specs):
         q, k, _, scale, _, vn = make_case(heads, n, dh, window, dtype, seed=seed + index)
-        layers.append((q, k, scale, vn, window))
+        layers.append((q, k, scale, vn, window, softcap))
     # H differs between layers on purpose: r [T, n] is the only state carried across.
     return layers
 
@@ -279,19 +362,20 @@ def _chain(step, layers, positions, n):
     r = torch.zeros(len(positions), n, dtype=side)
     r[torch.arange(len(positions)), torch.tensor(positions)] = 1.0
     gate = torch.zeros_like(r)
-    for q, k, scale, vn, window in reversed(layers):
-        lse = lse_reference(q.double(), k.double(), scale, window).to(side)
+    for q, k, scale, vn, window, softcap in reversed(layers):
+        lse = lse_reference(q.double(), k.double(), scale, window, softcap).to(side)
         q_, k_, lse_, r_, vn_ = to_device(q, k, lse, r, vn.to(side))
-        flow, r = step(q_, k_, lse_, scale, r_, vn_, window=window)
+        flow, r = step(q_, k_, lse_, scale, r_, vn_, window=window, softcap=softcap)
         flow, r = flow.cpu().to(side), r.cpu().to(side)
         gate += flow
     return gate
 
 
+@pytest.mark.parametrize("softcap", [None, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_chain_blocked_matches_full_rollout(dtype):
+def test_chain_blocked_matches_full_rollout(dtype, softcap):
     n, positions = 61, [60, 33]
-    layers = _random_layers(n, dtype, seed=11)
+    layers = _random_layers(n, dtype, seed=11, softcap=softcap)
     expected = _independent_rollout(layers, positions, n)
     rtol = RTOL[torch.float64] if dtype == torch.float64 else 1e-5
     got = _chain(flow_step_blocked, layers, positions, n)
@@ -377,10 +461,61 @@ def test_triton_many_targets_span_target_tiles():
 
 
 @pytest.mark.interpreter
-def test_triton_chain_matches_full_rollout():
+@pytest.mark.parametrize("softcap", [None, 2.5])
+def test_triton_chain_matches_full_rollout(softcap):
     flow_step_triton = _triton_flow()
     n, positions = 61, [60, 33]
-    layers = _random_layers(n, torch.float32, seed=11)
+    layers = _random_layers(n, torch.float32, seed=11, softcap=softcap)
     expected = _independent_rollout(layers, positions, n)
     got = _chain(flow_step_triton, layers, positions, n)
     assert_rel_close("M_T", expected, got, 1e-5)
+
+
+# (n, heads, dh, window, rows, dtype, softcap, pinned tiles): odd n, GQA 4:1 and 9:3, windows,
+# float64 inputs (run in float32 by the kernel), small caps that bend most scores and
+# Gemma-2's 50.
+TRITON_SOFTCAP_CASES = [
+    (37, (4, 1), 64, None, "general", torch.float32, 1.5, 16),
+    (37, (4, 1), 80, 5, "onehot3", torch.float16, 1.5, None),
+    (37, (4, 4), 64, None, "general", torch.float64, 3.0, 16),
+    (129, (4, 1), 64, None, "general", torch.float32, 50.0, None),
+    (129, (4, 1), 80, 18, "general", torch.float64, 1.5, 16),
+    (129, (9, 3), 64, 40, "onehot3", torch.float16, 3.0, None),
+    (129, (9, 3), 80, None, "onehot1", torch.float32, 1.5, None),
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("n,heads,dh,window,rows,dtype,softcap,tiles", TRITON_SOFTCAP_CASES)
+def test_triton_softcap_matches_reference(n, heads, dh, window, rows, dtype, softcap, tiles):
+    flow_step_triton = _triton_flow()
+    case = make_case(heads, n, dh, window, dtype, rows=rows, seed=3 * n + dh, softcap=softcap)
+    expected_flow, expected_r = oracle(*case, window, softcap)
+    q, k, lse, scale, r, vn = case
+    q, k, lse, r, vn = to_device(q, k, lse, r, vn)
+    flow, r_next = flow_step_triton(q, k, lse, scale, r, vn, window, block_m=tiles, block_n=tiles, softcap=softcap)
+    assert flow.dtype == torch.float32 and flow.shape == r.shape
+    assert_rel_close("flow", expected_flow, flow, kernel_rtol(dtype))
+    assert_rel_close("r_next", expected_r, r_next, kernel_rtol(dtype))
+
+
+@pytest.mark.interpreter
+def test_triton_softcap_saturates_without_overflow():
+    """Scores far beyond the cap (|s| ~ 1e4 * c): tanh from exp saturates to +-1, no inf/NaN."""
+    flow_step_triton = _triton_flow()
+    softcap = 0.5
+    case = make_case((4, 1), 37, 64, None, torch.float32, amp=2e3, softcap=softcap)
+    expected_flow, expected_r = oracle(*case, None, softcap)
+    flow, r_next = flow_step_triton(*case, softcap=softcap)
+    assert torch.isfinite(flow).all() and torch.isfinite(r_next).all()
+    assert_rel_close("flow", expected_flow, flow, kernel_rtol(torch.float32))
+    assert_rel_close("r_next", expected_r, r_next, kernel_rtol(torch.float32))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("bad", [0.0, -2.0, float("nan"), float("inf")])
+def test_triton_rejects_bad_softcap(bad):
+    flow_step_triton = _triton_flow()
+    q, k, lse, scale, r, vn = make_case((4, 2), 9, 16, None, torch.float32)
+    with pytest.raises(ValueError, match="softcap"):
+        flow_step_triton(*to_device(q, k, lse), scale, *to_device(r, vn), softcap=bad)

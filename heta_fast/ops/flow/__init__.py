@@ -10,7 +10,10 @@ For targets predicted at positions p_t the rollout keeps one row vector per targ
 
 The attention probabilities are never stored by the model, so they are recomputed
 from rotary-applied queries/keys and the per-row log-sum-exp:
-``A[h, j, i] = exp(scale * q[h, j] . k[kv(h), i] - lse[h, j])`` for allowed (j, i).
+``A[h, j, i] = exp(s[h, j, i] - lse[h, j])`` for allowed (j, i), with the score
+``s[h, j, i] = scale * q[h, j] . k[kv(h), i]``, or with attention logit soft-capping c
+(Gemma-2's ``attn_logit_softcapping``, argument ``softcap``)
+``s[h, j, i] = c * tanh(scale * q[h, j] . k[kv(h), i] / c)``.
 
 * ``naive.flow_step_reference`` materialises ``A`` ([H, n, n]); the test oracle.
 * ``blocked.flow_step_blocked`` tiles over query rows and keeps O(H * block * n) memory;
@@ -50,14 +53,32 @@ def flow_step(
     r: torch.Tensor,
     vn: torch.Tensor,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer of the flow rollout: Triton on CUDA tensors, blocked torch otherwise.
 
-    Shapes as in :func:`flow_step_blocked`; returns (flow [T, n], r_next [T, n]).
+    Args:
+        q: [H, n, dh] post-rotary queries, not pre-scaled.
+        k: [Hkv, n, dh] post-rotary keys; query head h reads kv head h // (H // Hkv).
+        lse: [H, n] natural-log softmax normaliser of every query row as the model computed
+            it (over the capped scores when ``softcap`` is given).
+        scale: score scale s (usually dh ** -0.5).
+        r: [T, n] rollout rows of this layer; vn: [H, n] value norms.
+        window: sliding window w (key i visible to query j iff j - w < i <= j) or None
+            (plain causal).
+        softcap: attention logit soft-capping c > 0, or None (off, the default: exactly the
+            uncapped computation).  The score of (query j, key i) is
+            ``c * tanh(s * q_j . k_i / c)`` before masking, and
+            ``A[h, j, i] = exp(score - lse[h, j])``.
+
+    Returns:
+        flow [T, n] = sum_h Phi[:, h] * vn[h] and r_next [T, n] = (mean_h Phi + r) / 2 over its
+        row sum, with Phi[t, h, i] = sum_j r[t, j] A[h, j, i]; float32 (float64 on the CPU
+        path when an input is float64).
     """
     if use_triton(q):
         from heta_fast.kernels.flow import flow_step_triton  # lazy: keeps triton optional
 
-        check_inputs(q, k, lse, r, vn, window)
-        return flow_step_triton(q, k, lse, scale, r, vn, window=window)
-    return flow_step_blocked(q, k, lse, scale, r, vn, window=window)
+        check_inputs(q, k, lse, r, vn, window, softcap)
+        return flow_step_triton(q, k, lse, scale, r, vn, window=window, softcap=softcap)
+    return flow_step_blocked(q, k, lse, scale, r, vn, window=window, softcap=softcap)

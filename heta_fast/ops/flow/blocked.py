@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...dtypes import accumulation_dtype
+from ..utils import tanh_softcap
 from .common import active_rows, allowed_mask, check_inputs, combine_heads
 
 __all__ = ["DEFAULT_BLOCK", "flow_step_blocked"]
@@ -27,8 +28,11 @@ def _partial_mask_ranges(j0: int, j1: int, lo: int, window: int | None):
     return ranges
 
 
-def _tile_probs(q4, k_t, neg_lse4, scale, j0, j1, lo, window) -> torch.Tensor:
+def _tile_probs(q4, k_t, neg_lse4, scale, j0, j1, lo, window, softcap=None) -> torch.Tensor:
     """Probabilities for query rows [j0, j1) against keys [lo, j1).
+
+    Scores are ``scale * q . k``, soft-capped to ``c * tanh(scale * q . k / c)`` when
+    ``softcap`` = c is given.
 
     Args:
         q4: [Hkv, rep, n, dh] queries (compute dtype), grouped by kv head.
@@ -43,7 +47,13 @@ def _tile_probs(q4, k_t, neg_lse4, scale, j0, j1, lo, window) -> torch.Tensor:
     # repeating k (one bmm per kv head instead of per query head).
     q_tile = q4[:, :, j0:j1].reshape(n_kv, rep * b, dh)
     bias = neg_lse4[:, :, j0:j1].reshape(n_kv, rep * b, 1)
-    scores = torch.baddbmm(bias, q_tile, k_t[:, :, lo:j1], alpha=scale)
+    if softcap is None:
+        scores = torch.baddbmm(bias, q_tile, k_t[:, :, lo:j1], alpha=scale)
+    else:
+        # The cap applies to the scaled score before lse is subtracted, so -lse cannot be
+        # folded into the matmul; same order of operations as the model (scale, /c, tanh, *c).
+        scores = torch.bmm(q_tile, k_t[:, :, lo:j1]).mul_(scale)
+        tanh_softcap(scores, softcap, inplace=True).add_(bias)
     scores = scores.view(n_kv * rep, b, m)
     rows = torch.arange(j0, j1, device=q4.device)
     for c0, c1 in _partial_mask_ranges(j0, j1, lo, window):
@@ -62,6 +72,8 @@ def flow_step_blocked(
     vn: torch.Tensor,
     window: int | None = None,
     block: int = DEFAULT_BLOCK,
+    *,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flow step tiled over query rows; never materialises [H, n, n].
 
@@ -73,10 +85,13 @@ def flow_step_blocked(
         q [H, n, dh], k [Hkv, n, dh], lse [H, n], r [T, n], vn [H, n]; any float dtype.
         window: sliding window length or None for plain causal attention.
         block: query rows per tile.
+        softcap: attention logit soft-capping c > 0 (Gemma-2), or None (off): the score of
+            (query j, key i) is c * tanh(scale * q_j . k_i / c) before masking, and
+            A[h, j, i] = exp(score - lse[h, j]) with ``lse`` taken over the capped scores.
     Returns:
         flow [T, n], r_next [T, n] in float32 (float64 if any input is float64).
     """
-    check_inputs(q, k, lse, r, vn, window)
+    check_inputs(q, k, lse, r, vn, window, softcap)
     dt = accumulation_dtype(q, k, lse, r, vn)
     n_heads, n, dh = q.shape
     n_kv = k.shape[0]
@@ -95,7 +110,7 @@ def flow_step_blocked(
             if not bool(row_live[j0:j1].any()):
                 continue  # no rollout mass enters through these queries
             lo = 0 if window is None else max(0, j0 - window + 1)
-            probs = _tile_probs(q4, k_t, neg_lse4, scale, j0, j1, lo, window)
+            probs = _tile_probs(q4, k_t, neg_lse4, scale, j0, j1, lo, window, softcap)
             # [T, B] @ [H, B, m] -> [H, T, m]: every target in one batched matmul.
             phi[:, :, lo:j1] += torch.matmul(r_c[:, j0:j1], probs)
     return combine_heads(phi.transpose(0, 1), r_c, vn)

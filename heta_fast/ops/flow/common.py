@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils import check_positive
+
 __all__ = ["active_rows", "allowed_mask", "check_inputs", "combine_heads", "gqa_rep"]
 
 
@@ -30,8 +32,8 @@ def gqa_rep(q: torch.Tensor, k: torch.Tensor) -> int:
     return n_heads // n_kv
 
 
-def check_inputs(q, k, lse, r, vn, window) -> None:
-    """Shape checks shared by every flow-step implementation."""
+def check_inputs(q, k, lse, r, vn, window, softcap=None) -> None:
+    """Shape (and window / softcap value) checks shared by every flow-step implementation."""
     if q.dim() != 3 or k.dim() != 3:
         raise ValueError("q must be [H, n, dh] and k [Hkv, n, dh]")
     n_heads, n, dh = q.shape
@@ -46,6 +48,7 @@ def check_inputs(q, k, lse, r, vn, window) -> None:
         raise ValueError(f"r must be [T, n] with n={n}, got {tuple(r.shape)}")
     if window is not None and window < 1:
         raise ValueError("window must be >= 1 or None")
+    check_positive("softcap", softcap)
 
 
 def active_rows(r: torch.Tensor) -> int:
