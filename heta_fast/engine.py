@@ -124,6 +124,25 @@ class Attributor:
             SIGNALS[name].estimate(self.adapter, request, cfg) for name in cfg.components]
 
     # ------------------------------------------------------------------ pipeline
+    def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,
+                        progress: list[Progress | None] | None = None) -> list[Attribution | FailedAttribution]:
+        """Attribute several tokenised requests under one config (the scheduler's unit of work).
+
+        Returns one result per request, in order; a request that fails (a typed error of its own:
+        non-finite output, over the memory budget) yields a FailedAttribution and the others go on.
+        Each request's numbers are those of attributing it alone.
+        """
+        cfg = config or self.config
+        progress = progress or [None] * len(requests)
+        out: list[Attribution | FailedAttribution] = []
+        for index, (request, report) in enumerate(zip(requests, progress)):
+            try:
+                out.append(self._attribute(request, cfg, report))
+            except HetaError as exc:
+                out.append(FailedAttribution(index=index, prompt=request.prompt, target=None,
+                                             error_type=type(exc).__name__, message=str(exc)))
+        return out
+
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]

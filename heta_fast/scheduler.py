@@ -1,0 +1,114 @@
+"""The cross-request scheduler: many requests in, results out in input order.
+
+Requests are read ``lookahead`` at a time, tokenised and checked (a bad request becomes a
+:class:`~heta_fast.result.FailedAttribution` at once and never reaches the model), grouped by
+configuration and by length (requests of similar length share passes with little padding),
+and each group goes to :meth:`Attributor.attribute_group`, which runs it in as few batched
+passes as the memory budget allows. Results are yielded in input order, each as soon as every
+earlier one is done.
+
+A request's numbers do not depend on which requests share its group or on the group size:
+every random draw is the request's own (the probes come from ``config.seed`` per request),
+and a batched pass computes each request's quantities on its own rows (tests check results
+alone and in groups of several sizes against each other).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from .config import HETAConfig
+from .errors import HetaError
+from .progress import Progress
+from .request import TokenizedRequest, tokenize_request
+from .result import Attribution, FailedAttribution
+
+# Requests read ahead of the one being answered: enough to form groups of similar length.
+DEFAULT_LOOKAHEAD = 32
+# Requests whose input lengths differ by at most this factor share a group.
+LENGTH_RATIO = 1.5
+
+
+@dataclass
+class Job:
+    """One request in the queue: ``key`` identifies it to the caller (a record id, an index)."""
+
+    key: object
+    prompt: object
+    target: object
+    config: HETAConfig | None = None
+    progress: Progress | None = None
+
+
+@dataclass
+class _Pending:
+    order: int
+    job: Job
+    request: TokenizedRequest | None = None
+    result: Attribution | FailedAttribution | None = None
+    config: HETAConfig | None = field(default=None, repr=False)
+
+
+class Scheduler:
+    """Groups the requests of an iterable and runs each group through one Attributor."""
+
+    def __init__(self, attributor, lookahead: int = DEFAULT_LOOKAHEAD, max_group: int = 8):
+        if lookahead < 1 or max_group < 1:
+            raise ValueError("lookahead and max_group must be >= 1")
+        self.attributor, self.lookahead, self.max_group = attributor, lookahead, max_group
+
+    def run(self, jobs: Iterable[Job]) -> Iterator[tuple[object, Attribution | FailedAttribution]]:
+        """(key, result) for every job, in input order."""
+        window: list[_Pending] = []
+        for order, job in enumerate(jobs):
+            window.append(self._admit(order, job))
+            if len(window) >= self.lookahead:
+                yield from self._drain(window)
+                window = []
+        yield from self._drain(window)
+
+    def _admit(self, order: int, job: Job) -> _Pending:
+        pending = _Pending(order, job, config=job.config or self.attributor.config)
+        att = self.attributor
+        try:
+            pending.request = tokenize_request(att.tokenizer, job.prompt, job.target, att.adapter.max_length,
+                                               att.model.config.vocab_size)
+        except HetaError as exc:
+            pending.result = _failed(order, job, exc)
+        return pending
+
+    def _drain(self, window: list[_Pending]) -> Iterator[tuple[object, Attribution | FailedAttribution]]:
+        for group in self._groups([p for p in window if p.result is None]):
+            results = self.attributor.attribute_group([p.request for p in group], group[0].config,
+                                                      [p.job.progress for p in group])
+            for pending, result in zip(group, results):
+                if isinstance(result, FailedAttribution):
+                    result.index, result.prompt, result.target = pending.order, pending.job.prompt, pending.job.target
+                pending.result = result
+        for pending in window:
+            yield pending.job.key, pending.result
+
+    def _groups(self, pending: list[_Pending]) -> list[list[_Pending]]:
+        """Same configuration, lengths within LENGTH_RATIO of the group's shortest, at most max_group."""
+        by_config: dict[HETAConfig, list[_Pending]] = {}
+        for p in pending:
+            by_config.setdefault(p.config, []).append(p)
+        groups = []
+        for members in by_config.values():
+            members.sort(key=lambda p: p.request.input_ids.numel())
+            current: list[_Pending] = []
+            for p in members:
+                n = p.request.input_ids.numel()
+                if current and (len(current) >= self.max_group
+                                or n > LENGTH_RATIO * current[0].request.input_ids.numel()):
+                    groups.append(current)
+                    current = []
+                current.append(p)
+            if current:
+                groups.append(current)
+        return groups
+
+
+def _failed(order: int, job: Job, exc: Exception) -> FailedAttribution:
+    return FailedAttribution(index=order, prompt=job.prompt, target=job.target, error_type=type(exc).__name__,
+                             message=str(exc))
