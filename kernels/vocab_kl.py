@@ -4,7 +4,9 @@ Computes, for every row b,
 
     KL_b = sum_v p_v (log p_v - z_v) + lse(z_b) * sum_v p_v,   z_b = h_b W^T (+ bias),
 
-with ``p = exp(ref_logp[target_index[b]])``, without ever writing ``[B, V]``.
+with ``p = exp(ref_logp[target_index[b]])``, without ever writing ``[B, V]``.  The logits
+may be transformed first, in fp32: ``z <- z * logit_scale`` (Granite, Cohere), then
+``z <- c * tanh(z / c)`` with ``softcap`` c (Gemma-2/3 final-logit soft-capping).
 
 Layout of the work:
 
@@ -21,7 +23,8 @@ Layout of the work:
   writes them as ``[B, n_splits]`` partials; a tiny torch epilogue merges them.
 
 Only ``tl.exp`` / ``tl.log`` / ``tl.maximum``-style primitives are used (no
-libdevice), so the kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors.
+libdevice; the soft-cap's tanh is built from ``tl.exp`` in ``utils.tanh_softcap``), so the
+kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import ACCUMULATOR, expect_shape, launch, require_device
+from .utils import ACCUMULATOR, check_positive, expect_shape, launch, require_device, tanh_softcap
 
 __all__ = ["vocab_kl_triton"]
 
@@ -106,6 +109,8 @@ def _vocab_kl_partials_kernel(
     s_ptr,
     cross_ptr,
     psum_ptr,
+    logit_scale,
+    cap,
     B,
     V,
     D,
@@ -119,6 +124,8 @@ def _vocab_kl_partials_kernel(
     stride_rv,
     stride_bias,
     HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -159,6 +166,10 @@ def _vocab_kl_partials_kernel(
         if HAS_BIAS:
             bias = tl.load(bias_ptr + cols * stride_bias, mask=col_ok, other=0.0).to(tl.float32)
             z = z + bias[None, :]
+        if HAS_SCALE:
+            z = z * logit_scale
+        if HAS_SOFTCAP:
+            z = tanh_softcap(z, cap)  # bounded, finite in padded lanes (tanh(0) = 0)
 
         # Online logsumexp; columns past the slice end must not enter it.  Each
         # tile has >= 1 valid column, so m_new is finite; on the first tile
@@ -214,14 +225,16 @@ _CONFIGS = [
         (64, 256, 32, 8, 2),
     ]
 ]
-_KEY = ["V", "D"]
+_KEY = ["V", "D", "HAS_SCALE", "HAS_SOFTCAP"]
 
 
-def _check_inputs(hidden, weight, ref_logp, target_index, bias) -> tuple[int, int, int]:
-    """The shapes and row indices the launch relies on; returns ``(B, V, d)``.
+def _check_inputs(hidden, weight, ref_logp, target_index, bias, logit_scale, cap) -> tuple[int, int, int]:
+    """The shapes, row indices and transform values the launch relies on; returns ``(B, V, d)``.
 
     Out-of-range targets would be out-of-bounds reads, so their range is checked (one sync).
     """
+    check_positive("logit_scale", logit_scale, optional=False)
+    check_positive("softcap", cap)
     expect_shape("hidden", hidden, None, None)
     batch, dim = hidden.shape
     expect_shape("weight", weight, None, dim)
@@ -271,6 +284,8 @@ def vocab_kl_triton(
     block_v: int | None = None,
     block_d: int | None = None,
     v_per_split: int | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Fused vocabulary KL with the Triton kernel.
 
@@ -286,6 +301,8 @@ def vocab_kl_triton(
             interpreter.
         v_per_split:  vocabulary columns per program (default: all of V under
             the interpreter, chosen from the SM count on a GPU).
+        logit_scale:  finite > 0; logits are multiplied by it after the bias (skipped at 1.0).
+        softcap:      None or finite c > 0; logits become c * tanh(z / c) after the scale.
 
     Returns:
         [B] float32 KL per row.
@@ -293,7 +310,7 @@ def vocab_kl_triton(
     Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set
     before triton was imported.
     """
-    batch, vocab, dim = _check_inputs(hidden, weight, ref_logp, target_index, bias)
+    batch, vocab, dim = _check_inputs(hidden, weight, ref_logp, target_index, bias, logit_scale, softcap)
     interpret = require_device("vocab_kl_triton", hidden, _vocab_kl_partials_kernel)
     device = hidden.device
     if batch == 0:
@@ -322,6 +339,7 @@ def vocab_kl_triton(
     args = (
         hidden, weight, bias if bias is not None else hidden, ref_logp, targets,
         m, s, cross, psum,
+        float(logit_scale), 1.0 if softcap is None else float(softcap),
         batch, vocab, dim, n_splits, v_per_split,
         hidden.stride(0), hidden.stride(1),
         weight.stride(0), weight.stride(1),
@@ -338,6 +356,8 @@ def vocab_kl_triton(
         configs=_CONFIGS,
         key=_KEY,
         HAS_BIAS=bias is not None,
+        HAS_SCALE=logit_scale != 1.0,
+        HAS_SOFTCAP=softcap is not None,
         UPCAST=upcast,
     )
     return _combine_partials(m, s, cross, psum)

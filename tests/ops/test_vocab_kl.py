@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import heta_fast.ops.vocab_kl as vocab_kl_ops
-from heta_fast.ops.vocab_kl import vocab_kl
+from heta_fast.ops.vocab_kl import transform_logits, vocab_kl
 from heta_fast.ops.vocab_kl.blocked import vocab_kl_blocked
 from heta_fast.ops.vocab_kl.naive import vocab_kl_reference
 from tests.ops.utils import EXACT, KL_TOL, RTOL, assert_close, force_triton, spy, triton_kernel
@@ -99,27 +99,35 @@ def make_case(
     return case
 
 
-def oracle(case: dict) -> torch.Tensor:
-    """float64 reference on the case's own (possibly rounded) values. [B]"""
+def oracle(case: dict, **transform) -> torch.Tensor:
+    """float64 reference on the case's own (possibly rounded) values. [B]
+
+    ``transform``: the final-logit transform (``logit_scale``, ``softcap``), if any.
+    """
     up = {k: (v.double() if (v is not None and v.is_floating_point()) else v) for k, v in case.items()}
-    return vocab_kl_reference(**up)
+    return vocab_kl_reference(**up, **transform)
 
 
-def logit_scale(case: dict) -> float:
-    """max |z| over the batch: absolute rounding error of lse - z scales with it."""
+def logit_magnitude(case: dict, **transform) -> float:
+    """max |z| over the batch: absolute rounding error of lse - z scales with it.
+
+    With a transform: the larger of the raw and the transformed |z| (the fp32 logits are
+    formed, and rounded, before the scale and cap shrink them).
+    """
     z = case["hidden"].double() @ case["weight"].double().T
     if case["bias"] is not None:
         z = z + case["bias"].double()
-    return max(1.0, float(z.abs().max()))
+    raw = float(z.abs().max())
+    return max(1.0, raw, float(transform_logits(z, **transform).abs().max()))
 
 
-def assert_kl_close(out: torch.Tensor, case: dict, input_dtype: torch.dtype) -> None:
+def assert_kl_close(out: torch.Tensor, case: dict, input_dtype: torch.dtype, **transform) -> None:
     """Finite, right shape, and within dtype tolerances (KL_TOL) of the float64 oracle."""
-    expected = oracle(case)
+    expected = oracle(case, **transform)
     assert out.shape == expected.shape
     assert torch.isfinite(out).all(), f"non-finite KL: {out}"
     rtol, atol_unit = KL_TOL[input_dtype]
-    assert_close("KL", expected, out, atol=atol_unit * logit_scale(case), rtol=rtol)
+    assert_close("KL", expected, out, atol=atol_unit * logit_magnitude(case, **transform), rtol=rtol)
 
 
 # ---------------------------------------------------------------------------
@@ -204,7 +212,7 @@ def test_blocked_half_precision_inputs(vocab, dist, dtype):
 @pytest.mark.parametrize("dist", ["peaked", "sparse", "onehot"])
 def test_blocked_extreme_logits(dist):
     case = make_case(1271, 37, 6, dist=dist, extreme=True)
-    assert logit_scale(case) > 0.9 * EXTREME
+    assert logit_magnitude(case) > 0.9 * EXTREME
     out = vocab_kl_blocked(**case, chunk_size=300)
     assert_kl_close(out, case, torch.float32)
 
@@ -245,7 +253,10 @@ def test_dispatcher_uses_blocked_path_on_cpu(monkeypatch):
     calls = spy(monkeypatch, vocab_kl_ops, "vocab_kl_blocked")
     case = make_case(1271, 37, 4)
     assert vocab_kl(**case, chunk_size=300).dtype == torch.float32
-    assert len(calls) == 1 and calls[0][1] == {"chunk_size": 300}
+    assert len(calls) == 1 and calls[0][1] == {"chunk_size": 300, "logit_scale": 1.0, "softcap": None}
+    out = vocab_kl(**case, chunk_size=300, logit_scale=0.25, softcap=5.0)
+    assert len(calls) == 2 and calls[1][1] == {"chunk_size": 300, "logit_scale": 0.25, "softcap": 5.0}
+    assert_kl_close(out, case, torch.float32, logit_scale=0.25, softcap=5.0)
 
 
 @pytest.mark.interpreter
@@ -361,7 +372,7 @@ def test_triton_matches_reference(triton_kl, vocab, dim, batch, dist, dtype, kwa
 @pytest.mark.parametrize("dist", ["peaked", "onehot"])
 def test_triton_extreme_logits(triton_kl, dtype, dist):
     case = make_case(1271, 37, 5, dist=dist, dtype=dtype, extreme=True)
-    assert logit_scale(case) > 0.9 * EXTREME
+    assert logit_magnitude(case) > 0.9 * EXTREME
     out = run_triton(triton_kl, case, v_per_split=500)
     assert_kl_close(out, case, dtype)
 
@@ -425,3 +436,184 @@ def test_triton_strided_inputs_and_int32_index(triton_kl):
 def test_triton_empty_batch(triton_kl):
     out = run_triton(triton_kl, make_case(100, 8, 0))
     assert out.shape == (0,) and out.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------
+# final-logit transforms: logit_scale (Granite 1 / logits_scaling, Cohere-style multipliers)
+# and softcap (Gemma-2/3 final_logit_softcapping)
+# ---------------------------------------------------------------------------
+
+# Logits of these cases are ~N(0, 2.2^2): a cap of 3 bends most of them, 30 is Gemma-2's value.
+TRANSFORMS = [
+    pytest.param({"logit_scale": 0.125}, id="scale1/8"),
+    pytest.param({"logit_scale": 4.0}, id="scale4"),
+    pytest.param({"softcap": 3.0}, id="cap3"),
+    pytest.param({"softcap": 30.0}, id="cap30"),
+    pytest.param({"logit_scale": 2.0, "softcap": 3.0}, id="scale2-cap3"),
+]
+
+
+def _transformed_logits_by_hand(case: dict, logit_scale: float = 1.0, softcap: float | None = None):
+    """The transform written out from its definition (float64), sharing no code with the ops."""
+    z = case["hidden"].double() @ case["weight"].double().T
+    if case["bias"] is not None:
+        z = z + case["bias"].double()
+    z = z * logit_scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_reference_transform_matches_kl_div_definition(transform):
+    case = make_case(300, 16, 4, dist="peaked", dtype=torch.float64)
+    z = _transformed_logits_by_hand(case, **transform)
+    log_p = case["ref_logp"][case["target_index"]]
+    expected = torch.nn.functional.kl_div(
+        torch.log_softmax(z, -1), log_p, reduction="none", log_target=True
+    ).sum(-1)
+    got = vocab_kl_reference(**case, **transform)
+    assert_close("KL", expected, got, EXACT, EXACT)
+    # The transform matters: the untransformed KL is far away.
+    assert (got - vocab_kl_reference(**case)).abs().max() > 1e-3
+
+
+def test_scale_is_applied_before_the_cap():
+    case = make_case(300, 16, 4, dtype=torch.float64)
+    got = vocab_kl_reference(**case, logit_scale=2.0, softcap=3.0)
+    log_p = case["ref_logp"][case["target_index"]]
+    raw = _transformed_logits_by_hand(case)
+    wrong_order = 2.0 * (3.0 * torch.tanh(raw / 3.0))
+    wrong = torch.nn.functional.kl_div(torch.log_softmax(wrong_order, -1), log_p, reduction="none", log_target=True)
+    assert (got - wrong.sum(-1)).abs().max() > 1e-3
+
+
+def test_transform_logits_helper():
+    z = torch.randn(3, 50, dtype=torch.float64)
+    assert transform_logits(z) is z  # defaults: no operation at all
+    assert transform_logits(z, 1.0, None, inplace=True) is z
+    assert torch.equal(transform_logits(z, 0.5), z * 0.5)
+    assert torch.equal(transform_logits(z, softcap=2.0), torch.tanh(z / 2.0) * 2.0)
+    assert_close("z", 2.0 * torch.tanh(z * 0.5 / 2.0), transform_logits(z, 0.5, 2.0), EXACT, EXACT)
+    before = z.clone()
+    transform_logits(z, 0.5, 2.0)
+    assert torch.equal(z, before)  # not in place unless asked
+    out = transform_logits(z, 0.5, 2.0, inplace=True)
+    assert out.data_ptr() == z.data_ptr() and not torch.equal(z, before)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [1, 1271, 50257])
+def test_blocked_transform_matches_reference(vocab, dtype, transform, bias):
+    case = make_case(vocab, 37, 5, dist="peaked", dtype=dtype, bias=bias, seed=vocab)
+    out = vocab_kl_blocked(**case, chunk_size=500 if vocab < 8192 else 8192, **transform)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_kl_close(out, case, dtype, **transform)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_blocked_transform_chunk_size_does_not_change_result(transform):
+    case = make_case(1271, 37, 4, dist="sparse")
+    results = [vocab_kl_blocked(**case, chunk_size=c, **transform) for c in (1, 128, 1271, 100000)]
+    for r in results[1:]:
+        assert_close("KL", results[0], r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dist", ["peaked", "onehot"])
+def test_blocked_softcap_extreme_logits(dist):
+    """|z| ~ 1e4 capped at 30: the capped logits saturate, the KL stays finite and exact."""
+    case = make_case(1271, 37, 6, dist=dist, extreme=True)
+    out = vocab_kl_blocked(**case, chunk_size=300, softcap=30.0)
+    assert_kl_close(out, case, torch.float32, softcap=30.0)
+
+
+def test_default_transform_is_the_plain_computation():
+    """logit_scale=1.0 and softcap=None are off: bitwise the untransformed call."""
+    case = make_case(1271, 37, 4)
+    plain = vocab_kl_blocked(**case, chunk_size=300)
+    assert torch.equal(plain, vocab_kl_blocked(**case, chunk_size=300, logit_scale=1.0, softcap=None))
+    assert torch.equal(vocab_kl(**case), vocab_kl(**case, logit_scale=1.0, softcap=None))
+    assert torch.equal(vocab_kl_reference(**case), vocab_kl_reference(**case, logit_scale=1.0, softcap=None))
+
+
+_BAD_TRANSFORMS = [
+    ({"logit_scale": 0.0}, "logit_scale"),
+    ({"logit_scale": -1.0}, "logit_scale"),
+    ({"logit_scale": float("nan")}, "logit_scale"),
+    ({"logit_scale": float("inf")}, "logit_scale"),
+    ({"logit_scale": None}, "logit_scale"),
+    ({"softcap": 0.0}, "softcap"),
+    ({"softcap": -30.0}, "softcap"),
+    ({"softcap": float("nan")}, "softcap"),
+    ({"softcap": float("inf")}, "softcap"),
+    ({"softcap": True}, "softcap"),
+]
+
+
+@pytest.mark.parametrize("transform, match", _BAD_TRANSFORMS)
+@pytest.mark.parametrize("fn", [vocab_kl_reference, vocab_kl_blocked, vocab_kl])
+def test_bad_transform_raises(fn, transform, match):
+    with pytest.raises(ValueError, match=match):
+        fn(**make_case(50, 8, 3), **transform)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("transform, match", _BAD_TRANSFORMS)
+def test_triton_rejects_bad_transform(triton_kl, monkeypatch, transform, match):
+    with pytest.raises(ValueError, match=match):
+        run_triton(triton_kl, make_case(50, 8, 3), **transform)
+    _, kernel_calls = force_triton(monkeypatch, "vocab_kl", "vocab_kl_triton")
+    with pytest.raises(ValueError, match=match):
+        vocab_kl(**make_case(50, 8, 3), **transform)
+    assert not kernel_calls
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_dispatcher_triton_branch_transform(monkeypatch, transform):
+    device, kernel_calls = force_triton(monkeypatch, "vocab_kl", "vocab_kl_triton")
+    case = make_case(1271, 37, 4)
+    out = vocab_kl(**{k: v.to(device) for k, v in case.items()}, **transform)
+    assert len(kernel_calls) == 1
+    assert kernel_calls[0][1] == {"logit_scale": 1.0, "softcap": None, **transform}
+    assert_kl_close(out, case, torch.float32, **transform)
+
+
+# (vocab, dim, batch, dist, dtype, bias, transform, kernel kwargs)
+TRITON_TRANSFORM_CASES = [
+    pytest.param(1, 16, 3, "peaked", torch.float32, True, {"softcap": 3.0}, {}, id="V1-cap3"),
+    pytest.param(1271, 37, 5, "peaked", torch.float32, True, {"logit_scale": 0.125}, {}, id="V1271-scale"),
+    pytest.param(1271, 37, 5, "sparse", torch.float32, False, {"softcap": 3.0}, {"v_per_split": 300},
+                 id="V1271-cap3-nobias-splits"),
+    pytest.param(1271, 64, 20, "flat", torch.float32, True, {"logit_scale": 2.0, "softcap": 3.0}, {},
+                 id="V1271-scale-cap-2rowblocks"),
+    pytest.param(1271, 37, 5, "peaked", torch.float16, True, {"softcap": 30.0}, {}, id="V1271-fp16-cap30"),
+    pytest.param(1271, 37, 5, "onehot", torch.float16, False, {"logit_scale": 4.0, "softcap": 3.0}, {},
+                 id="V1271-fp16-nobias-scale-cap"),
+    pytest.param(1271, 37, 5, "peaked", torch.bfloat16, True, {"softcap": 3.0}, {}, id="V1271-bf16-cap3"),
+    pytest.param(50257, 37, 4, "peaked", torch.float32, True, {"softcap": 30.0}, {"block_v": 512},
+                 id="V50257-cap30"),
+    pytest.param(50257, 64, 3, "flat", torch.float16, False, {"logit_scale": 0.5, "softcap": 3.0},
+                 {"block_v": 1024, "block_d": 64}, id="V50257-fp16-nobias-scale-cap"),
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("vocab, dim, batch, dist, dtype, bias, transform, kwargs", TRITON_TRANSFORM_CASES)
+def test_triton_transform_matches_reference(triton_kl, vocab, dim, batch, dist, dtype, bias, transform, kwargs):
+    case = make_case(vocab, dim, batch, dist=dist, dtype=dtype, bias=bias)
+    out = run_triton(triton_kl, case, **kwargs, **transform)
+    assert out.dtype == torch.float32
+    assert_kl_close(out, case, dtype, **transform)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dist", ["peaked", "onehot"])
+def test_triton_softcap_extreme_logits(triton_kl, dtype, dist):
+    """|z| ~ 1e4 against a cap of 30: tanh from exp saturates without overflow or NaN."""
+    case = make_case(1271, 37, 5, dist=dist, dtype=dtype, extreme=True)
+    out = run_triton(triton_kl, case, v_per_split=500, softcap=30.0)
+    assert_kl_close(out, case, dtype, softcap=30.0)

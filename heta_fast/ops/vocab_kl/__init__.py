@@ -3,9 +3,11 @@
 For a batch of final (already normed) hidden states ``h_b`` and the unembedding
 matrix ``W`` we need, for every row ``b``,
 
-    KL_b = sum_v p_v (log p_v - log q_v),   q = softmax(z_b),  z_b = h_b W^T (+ bias),
+    KL_b = sum_v p_v (log p_v - log q_v),   q = softmax(z_b),  z_b = T(h_b W^T (+ bias)),
 
-where ``p = P_ref[target_index[b]]`` is given as log-probabilities ``ref_logp``.
+where ``p = P_ref[target_index[b]]`` is given as log-probabilities ``ref_logp`` and T is the
+model's final-logit transform (identity by default; see :func:`vocab_kl`): a scale
+(``logit_scale``, Granite / Cohere) then a soft-cap (``softcap``, Gemma-2/3).
 Writing ``log q_v = z_v - lse(z)`` gives
 
     KL_b = sum_v p_v (log p_v - z_v) + lse(z_b) * sum_v p_v,
@@ -35,10 +37,12 @@ import torch
 from ...dtypes import accumulation_dtype
 from ..utils import use_triton
 from .blocked import vocab_kl_blocked
-from .common import validate_vocab_kl_inputs
+from .common import check_logit_transform, transform_logits, validate_vocab_kl_inputs
 from .naive import vocab_kl_reference
 
 __all__ = [
+    "check_logit_transform",
+    "transform_logits",
     "validate_vocab_kl_inputs",
     "vocab_kl",
     "vocab_kl_blocked",
@@ -52,20 +56,47 @@ def vocab_kl(
     ref_logp: torch.Tensor,
     target_index: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
     chunk_size: int = 8192,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """KL(P_ref[target_index[b]] || softmax(hidden_b W^T + bias)) for every row b.
+    """KL(P_ref[target_index[b]] || softmax(z_b)) for every row b, without [B, V] logits.
 
-    Shapes: hidden [B, d], weight [V, d], ref_logp [T, V], target_index [B],
-    bias [V] or None -> result [B].
+    Args:
+        hidden:       [B, d] final (already normed) hidden states.
+        weight:       [V, d] unembedding matrix.
+        ref_logp:     [T, V] reference log-probabilities (rows of P_orig).
+        target_index: [B] int32/int64, row of ``ref_logp`` compared with batch row b.
+        bias:         [V] logit bias or None.
+        chunk_size:   vocabulary columns per chunk of the blocked path (ignored by the kernel).
+        logit_scale:  finite float > 0; the logits are multiplied by it after the bias (1.0,
+                      the default, skips the multiplication).  Granite divides its logits by
+                      ``logits_scaling``: pass ``1 / logits_scaling``; Cohere-style models
+                      multiply by ``logit_scale``: pass it as is.
+        softcap:      finite float c > 0 or None (the default, off): the logits become
+                      ``c * tanh(z / c)`` after the scale (Gemma-2/3 ``final_logit_softcapping``).
+
+    The logits are ``z_b = c * tanh((hidden_b W^T + bias) * logit_scale / c)`` (without the
+    tanh when ``softcap`` is None), and the result [B] is
+    ``sum_v p_v (log p_v - z_v) + logsumexp(z_b) * sum_v p_v`` with ``p = exp(ref_logp[t_b])``:
+    both the online log-sum-exp and the cross term use the transformed z.  The defaults run
+    exactly the untransformed computation.
 
     Uses the Triton kernel (fp32 result) when the tensors live on CUDA, triton
     is installed and no input is float64; otherwise :func:`vocab_kl_blocked`
-    (``chunk_size`` only applies there).
+    (float32 result, float64 if any input is float64).
     """
     if use_triton(hidden) and accumulation_dtype(hidden, weight, ref_logp, bias) != torch.float64:
         from heta_fast.kernels.vocab_kl import vocab_kl_triton  # lazy: keeps triton optional
 
-        validate_vocab_kl_inputs(hidden, weight, ref_logp, target_index, bias)
-        return vocab_kl_triton(hidden, weight, ref_logp, target_index, bias)
-    return vocab_kl_blocked(hidden, weight, ref_logp, target_index, bias, chunk_size=chunk_size)
+        validate_vocab_kl_inputs(
+            hidden, weight, ref_logp, target_index, bias, logit_scale=logit_scale, softcap=softcap
+        )
+        return vocab_kl_triton(
+            hidden, weight, ref_logp, target_index, bias, logit_scale=logit_scale, softcap=softcap
+        )
+    return vocab_kl_blocked(
+        hidden, weight, ref_logp, target_index, bias,
+        chunk_size=chunk_size, logit_scale=logit_scale, softcap=softcap,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...dtypes import accumulation_dtype
-from .common import validate_vocab_kl_inputs
+from .common import transform_logits, validate_vocab_kl_inputs
 
 __all__ = ["vocab_kl_blocked"]
 
@@ -27,10 +27,14 @@ def vocab_kl_blocked(
     target_index: torch.Tensor,
     bias: torch.Tensor | None = None,
     chunk_size: int = 8192,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Chunked-vocabulary KL with an online logsumexp; never builds [B, V].
 
-    Per vocab chunk ``[v0, v1)`` we compute the ``[B, C]`` logits and update
+    Per vocab chunk ``[v0, v1)`` we compute the ``[B, C]`` logits (transformed by
+    ``logit_scale`` and ``softcap`` as in :func:`~.common.transform_logits`) and update
     four running row statistics (all ``[B]``):
 
     * ``m``     running max of the logits,
@@ -48,11 +52,15 @@ def vocab_kl_blocked(
         target_index: [B]
         bias:         optional [V]
         chunk_size:   vocabulary columns per chunk (C); memory is O(B * C).
+        logit_scale:  z <- z * logit_scale after the bias (skipped at 1.0).
+        softcap:      z <- c * tanh(z / c) after the scale when given (c > 0).
 
     Returns:
         [B] float32 (float64 if any input is float64).
     """
-    batch, vocab, _, _ = validate_vocab_kl_inputs(hidden, weight, ref_logp, target_index, bias)
+    batch, vocab, _, _ = validate_vocab_kl_inputs(
+        hidden, weight, ref_logp, target_index, bias, logit_scale=logit_scale, softcap=softcap
+    )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dtype = accumulation_dtype(hidden, weight, ref_logp, bias)
@@ -68,6 +76,7 @@ def vocab_kl_blocked(
     for v0 in range(0, vocab, chunk_size):
         v1 = min(v0 + chunk_size, vocab)
         z = _chunk_logits(h, weight[v0:v1], None if bias is None else bias[v0:v1])  # [B, C]
+        z = transform_logits(z, logit_scale, softcap, inplace=True)  # defaults: z itself
 
         # Gather only this chunk of the reference rows: [B, C], not [B, V].
         log_p = ref_logp[:, v0:v1].index_select(0, rows).to(dtype)

@@ -1,10 +1,39 @@
-"""Input validation shared by the vocabulary-KL implementations (reference, blocked, dispatcher)."""
+"""Input validation and the final-logit transform shared by the vocabulary-KL implementations."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["validate_vocab_kl_inputs"]
+from ..utils import check_positive, tanh_softcap
+
+__all__ = ["check_logit_transform", "transform_logits", "validate_vocab_kl_inputs"]
+
+
+def check_logit_transform(logit_scale: float = 1.0, softcap: float | None = None) -> None:
+    """ValueError unless ``logit_scale`` is a finite number > 0 and ``softcap`` None or one."""
+    check_positive("logit_scale", logit_scale, optional=False)
+    check_positive("softcap", softcap)
+
+
+def transform_logits(
+    logits: torch.Tensor,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    *,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """The final-logit transform of the model, applied to ``logits`` z (any shape, e.g. [B, V]).
+
+    z <- z * logit_scale (skipped when it is 1.0: Granite passes 1 / ``logits_scaling``,
+    Cohere-style models their ``logit_scale``), then z <- c * tanh(z / c) when ``softcap`` = c
+    is given (Gemma-2/3 ``final_logit_softcapping``).  With the defaults nothing runs and
+    ``logits`` itself is returned.  Arithmetic in ``logits``' dtype; ``inplace`` overwrites it.
+    """
+    check_logit_transform(logit_scale, softcap)
+    if logit_scale != 1.0:
+        logits = logits.mul_(logit_scale) if inplace else logits * logit_scale
+        inplace = True  # a fresh tensor from here on
+    return tanh_softcap(logits, softcap, inplace=inplace)
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -15,8 +44,11 @@ def validate_vocab_kl_inputs(
     ref_logp: torch.Tensor,
     target_index: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[int, int, int, int]:
-    """Check shapes, dtypes and devices; return ``(B, V, d, T)``.
+    """Check shapes, dtypes, devices and the logit transform; return ``(B, V, d, T)``.
 
     Expected shapes:
         hidden       [B, d]   floating point
@@ -24,10 +56,12 @@ def validate_vocab_kl_inputs(
         ref_logp     [T, V]   floating point (log-probabilities)
         target_index [B]      int32 / int64, values in [0, T)
         bias         [V] or None
+        logit_scale  finite float > 0; softcap None or a finite float > 0
 
     Raises:
         ValueError: on any mismatch, with a message naming the offending tensor.
     """
+    check_logit_transform(logit_scale, softcap)
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be 2-D [B, d], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2:
