@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval_cli import add_eval_parser
 
     add_eval_parser(sub)
+    from .run_cli import add_run_parser  # heta-fast run (issue 13)
+
+    add_run_parser(sub)
     return parser
 
 
@@ -49,6 +52,11 @@ def _quiet_transformers() -> None:
 
 
 def _run(args) -> int:
+    if args.command == "run":  # heta-fast run (issue 13)
+        from .run_cli import run_pipeline
+
+        _quiet_transformers()
+        return run_pipeline(args)
     if args.command == "eval":
         from .eval_cli import run_eval
 

@@ -1,0 +1,144 @@
+"""An output directory: its lock, its manifests of completed part files, and the settings hash.
+
+Layout (docs/pipeline.md)::
+
+    DIR/manifest.json                  completed parts of the unsharded writer
+    DIR/manifest.shard-I-of-N.json     completed parts of shard I of N
+    DIR/parts/part-<slot>-<seq>.<ext>  part files (Parquet or JSONL)
+    DIR/.lock, DIR/.lock.<slot>        advisory locks (flock; released by the kernel on any exit)
+
+A manifest is replaced atomically after each part file is renamed into place, so a part file
+that is not listed (a crash between the two) is ignored by readers and removed by the next
+writer. The unsharded writer holds ``.lock`` exclusively; a shard holds it shared and its own
+``.lock.<slot>`` exclusively: two writers of the same output are refused, shards of one run are not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, HetaError, InputError
+from .schema import SCHEMA_VERSION
+
+MANIFEST_PREFIX = "manifest"
+
+
+class OutputInUseError(HetaError):
+    """Another heta-fast run is writing the output directory (it holds the directory's lock)."""
+
+
+def settings_hash(settings: dict) -> str:
+    """16 hex digits of the SHA-256 of the settings as sorted JSON (model, dtype, config, fields)."""
+    text = json.dumps({"schema_version": SCHEMA_VERSION, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def slot_name(shard: tuple[int, int] | None) -> str:
+    return "main" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
+
+
+def manifest_path(directory: Path, slot: str) -> Path:
+    name = f"{MANIFEST_PREFIX}.json" if slot == "main" else f"{MANIFEST_PREFIX}.{slot}.json"
+    return directory / name
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a unique temporary file beside ``path``, fsync it, rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Manifest:
+    """One writer's record of its completed part files (in write order) and the run's settings."""
+
+    path: Path
+    config_hash: str
+    settings: dict
+    parts: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("schema_version") != SCHEMA_VERSION:
+                raise InputError(f"{path}: schema version {data.get('schema_version')!r}, this heta-fast "
+                                        f"reads {SCHEMA_VERSION}")
+            return cls(path, data["config_hash"], data.get("settings", {}), list(data.get("parts", [])))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{path} is not a readable heta-fast manifest ({exc})") from None
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"schema_version": SCHEMA_VERSION, "config_hash": self.config_hash,
+                                      "settings": self.settings, "parts": self.parts})
+
+
+def manifests(directory: Path) -> list[Manifest]:
+    """Every manifest in ``directory`` (unsharded first, then shards by name)."""
+    paths = sorted(Path(directory).glob(f"{MANIFEST_PREFIX}*.json"), key=lambda p: (p.name != "manifest.json", p.name))
+    return [Manifest.load(p) for p in paths]
+
+
+def check_settings(directory: Path, config_hash: str) -> None:
+    """Refuse an output directory holding results of other settings (one line, ConfigError)."""
+    for m in manifests(directory):
+        if m.config_hash != config_hash:
+            raise ConfigError(f"{directory} holds results of another configuration (settings hash {m.config_hash}, "
+                              f"this run {config_hash}); rerun with the same settings or choose a new --output")
+
+
+class DirectoryLock:
+    """The writer's locks on an output directory; raises OutputInUseError when another writer holds them."""
+
+    def __init__(self, directory: Path, slot: str):
+        self.directory, self.slot = Path(directory), slot
+        self._fds: list[int] = []
+
+    def acquire(self) -> "DirectoryLock":
+        import fcntl
+
+        wanted = [(".lock", fcntl.LOCK_EX if self.slot == "main" else fcntl.LOCK_SH)]
+        if self.slot != "main":
+            wanted.append((f".lock.{self.slot}", fcntl.LOCK_EX))
+        try:
+            for name, mode in wanted:
+                fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fds.append(fd)
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise OutputInUseError(f"output directory {self.directory} is in use by another heta-fast run; "
+                                          "wait for it to finish or choose another --output") from None
+        except OSError as exc:
+            self.release()
+            raise OSError(f"cannot lock {self.directory}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,113 @@
+"""Attributing records: in input order through the scheduler, and into an output directory (resumable).
+
+:func:`attribute_records` is the computation (``Attributor.attribute_dataset`` calls it);
+:func:`run_to_directory` adds what a production run needs: ids checked before any work, the
+ids already written skipped, results written as atomic part files, progress and a summary.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from ..config import HETAConfig
+from ..errors import ConfigError, HetaError
+from ..result import Attribution, FailedAttribution
+from ..scheduler import Job, Scheduler
+from .progress import RunProgress
+from .readers import Fields, check_unique, iter_records, parse_shard, record_id
+from .schema import result_to_row
+from .writer import DEFAULT_ROWS_PER_PART, ResultWriter
+
+Result = Attribution | FailedAttribution
+
+
+def _field_error(record, fields: Fields, generate: int | None, position: int) -> FailedAttribution | None:
+    """A failure for a record that lacks a field the run reads (the scheduler never sees it)."""
+    wanted = [fields.prompt] + ([] if generate else [fields.target])
+    if not isinstance(record, dict):
+        return FailedAttribution(position, None, None, "InputError", "the record is not a mapping of fields")
+    missing = [f for f in wanted if f not in record]
+    if missing:
+        return FailedAttribution(position, record.get(fields.prompt), None, "InputError",
+                                 f"the record has no {missing[0]!r} field")
+    return None
+
+
+def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), config: HETAConfig | None = None,
+                      generate: int | None = None, lookahead: int = 32, max_group: int = 8
+                      ) -> Iterator[tuple[int, dict, Result]]:
+    """(position, record, result) for every record, in input order.
+
+    records: dicts (or a DataFrame / ``datasets.Dataset``) holding ``fields.prompt`` and
+    ``fields.target``; with ``generate=N`` the target is the model's greedy continuation of up
+    to N tokens. A bad record yields a FailedAttribution; the others go on.
+    """
+    cfg = config or attributor.config
+    if generate:
+        for position, record in enumerate(iter_records(records)):
+            failed = _field_error(record, fields, generate, position)
+            if failed is None:
+                try:
+                    failed = attributor.generate_and_attribute(record[fields.prompt], max_new_tokens=generate,
+                                                               config=cfg)
+                except HetaError as exc:
+                    failed = FailedAttribution(position, record[fields.prompt], None, type(exc).__name__, str(exc))
+            yield position, record, failed
+        return
+
+    def jobs():
+        for position, record in enumerate(iter_records(records)):
+            failed = _field_error(record, fields, generate, position)
+            if failed is not None:  # an empty request fails at admission, before the model
+                yield Job((position, record, failed), "", "", cfg)
+            else:
+                yield Job((position, record, None), record[fields.prompt], record[fields.target], cfg)
+
+    for (position, record, failed), result in Scheduler(attributor, lookahead, max_group).run(jobs()):
+        if failed is None and not result.ok:
+            result.index = position
+        yield position, record, failed or result
+
+
+def run_settings(model: str, dtype: str, config: HETAConfig, fields: Fields, generate: int | None) -> dict:
+    """What the output depends on (model name, weight dtype, config, fields read, --generate); its
+    hash keys the output directory (docs/pipeline.md)."""
+    return {"model": model, "model_dtype": dtype, "config": config.to_dict(),
+            "fields": {"prompt": fields.prompt, "target": None if generate else fields.target}, "generate": generate}
+
+
+def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = Fields(),
+                     config: HETAConfig | None = None, generate: int | None = None, shard: str | None = None,
+                     fmt: str = "parquet", rows_per_part: int = DEFAULT_ROWS_PER_PART, retry_failed: bool = False,
+                     progress: str | None = None, lookahead: int = 32, max_group: int = 8) -> RunProgress:
+    """Attribute every record not yet in ``output`` and write one row per record; returns the counts.
+
+    Raises ConfigError (duplicate or missing ids, other settings already in ``output``),
+    OutputInUseError (another writer holds ``output``) or OSError before any work.
+    progress: "bar", "log", "quiet" or None (bar on a terminal, log lines otherwise).
+    """
+    cfg = config or attributor.config
+    keyed = [(record_id(r, fields, i), r) for i, r in enumerate(iter_records(records))]
+    check_unique(key for key, _ in keyed)
+    shard_spec = parse_shard(shard) if shard else None
+    if shard_spec:
+        keyed = keyed[shard_spec[0]::shard_spec[1]]
+    if keyed and not generate and fields.target not in keyed[0][1]:
+        raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
+                          "or generate targets with --generate N")
+    settings = run_settings(attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch."), cfg, fields,
+                            generate)
+    with ResultWriter(output, settings, shard=shard_spec, fmt=fmt, rows_per_part=rows_per_part) as writer:
+        done = writer.completed_ids(retry_failed)
+        todo = [(key, r) for key, r in keyed if key not in done]
+        counter = RunProgress(len(todo), skipped=len(keyed) - len(todo), mode=progress)
+        try:
+            stream = attribute_records(attributor, (r for _, r in todo), fields, cfg, generate, lookahead, max_group)
+            for position, record, result in stream:
+                key = todo[position][0]
+                target = None if generate else record.get(fields.target)
+                writer.write(result_to_row(key, result, writer.config_hash, model=attributor.model_name,
+                                           target=target))
+                counter.update(result.ok, len(result.context_tokens) if result.ok else 0)
+        finally:
+            counter.close(str(output))
+    return counter

@@ -1,0 +1,125 @@
+"""ResultWriter: rows in, atomic part files and a manifest out, under the output directory's lock.
+
+>>> with ResultWriter("out/", settings) as w:       # settings: model, dtype, config, fields
+...     skip = w.completed_ids()                      # ids already written (resume)
+...     w.write(result_to_row(...))                   # buffered; a part file per rows_per_part rows
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import ConfigError
+from .manifest import DirectoryLock, Manifest, check_settings, manifest_path, manifests, settings_hash, slot_name
+from .parts import EXTENSIONS, read_part, write_part
+from .schema import arrow_schema
+
+DEFAULT_ROWS_PER_PART = 64
+
+
+class ResultWriter:
+    """Writes one writer slot (unsharded, or one shard) of an output directory.
+
+    settings: what the results depend on (model, dtype, config dict, fields, generate); its
+    hash must equal that of every manifest already in the directory (else ConfigError).
+    fmt: "parquet" (default) or "jsonl"; rows_per_part: rows buffered before a part file is written.
+    """
+
+    def __init__(self, directory, settings: dict, *, shard: tuple[int, int] | None = None, fmt: str = "parquet",
+                 rows_per_part: int = DEFAULT_ROWS_PER_PART):
+        if fmt not in EXTENSIONS:
+            raise ConfigError(f"unknown output format {fmt!r}; choose parquet or jsonl")
+        if rows_per_part < 1:
+            raise ConfigError("rows per part must be >= 1")
+        self.directory = Path(directory).expanduser()
+        self.settings, self.fmt, self.rows_per_part = settings, fmt, rows_per_part
+        self.config_hash = settings_hash(settings)
+        self.slot = slot_name(shard)
+        self._lock = DirectoryLock(self.directory, self.slot)
+        self._rows: list[dict] = []
+        self.manifest: Manifest | None = None
+        self.rows_written = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> "ResultWriter":
+        try:
+            (self.directory / "parts").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the output directory {self.directory}: {exc.strerror or exc}") from None
+        if not self.directory.is_dir():
+            raise ConfigError(f"output {self.directory} is not a directory")
+        self._lock.acquire()
+        try:
+            check_settings(self.directory, self.config_hash)
+            path = manifest_path(self.directory, self.slot)
+            self.manifest = Manifest.load(path) if path.exists() else Manifest(path, self.config_hash, self.settings)
+            self._remove_orphans()
+            self.manifest.save()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Write the buffered rows as a last part, then release the lock."""
+        try:
+            if self.manifest is not None:
+                self.flush()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> "ResultWriter":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ resume
+    def completed_ids(self, retry_failed: bool = False) -> set[str]:
+        """Ids with a row in any manifest-listed part (only successful rows when ``retry_failed``)."""
+        done: set[str] = set()
+        for manifest in manifests(self.directory):
+            for part in manifest.parts:
+                table = read_part(self.directory / "parts" / part["file"], columns=["id", "ok"])
+                for key, ok in zip(table.column("id").to_pylist(), table.column("ok").to_pylist()):
+                    if ok or not retry_failed:
+                        done.add(key)
+        return done
+
+    # ------------------------------------------------------------------ writing
+    def write(self, row: dict) -> None:
+        """Buffer one row (:func:`~heta_fast.pipeline.schema.result_to_row`); flush when the part is full."""
+        self._rows.append(row)
+        if len(self._rows) >= self.rows_per_part:
+            self.flush()
+
+    def write_table(self, table) -> None:
+        """Buffer the rows of a pyarrow Table of the output schema (the Ray workers' batches)."""
+        for row in table.to_pylist():
+            self.write(row)
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part file, then list it in the manifest."""
+        if not self._rows:
+            return
+        import pyarrow as pa
+
+        seq = len(self.manifest.parts)
+        name = f"part-{self.slot}-{seq:06d}{EXTENSIONS[self.fmt]}"
+        table = pa.Table.from_pylist(self._rows, schema=arrow_schema())
+        try:
+            write_part(self.directory / "parts" / name, table)
+            self.manifest.parts.append({"file": name, "rows": table.num_rows})
+            self.manifest.save()
+        except OSError as exc:
+            raise OSError(f"cannot write {self.directory / 'parts' / name}: {exc.strerror or exc}") from None
+        self.rows_written += table.num_rows
+        self._rows = []
+
+    def _remove_orphans(self) -> None:
+        """Delete this slot's part and temporary files that its manifest does not list (a crash's leftovers)."""
+        listed = {p["file"] for p in self.manifest.parts}
+        pattern = re.compile(rf"^\.?part-{re.escape(self.slot)}-\d+\.")
+        for path in (self.directory / "parts").iterdir():
+            if pattern.match(path.name) and path.name not in listed:
+                path.unlink()

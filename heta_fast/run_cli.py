@@ -1,0 +1,119 @@
+"""``heta-fast run``: attribute a whole data set into a resumable output directory (docs/pipeline.md).
+
+Kept apart from heta_fast/cli.py so that building the argument parser imports nothing heavy.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+
+from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def add_run_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("run", help="attribute every record of a data set into an output directory (resumable)",
+                       description="Attribute every record of a JSONL, Parquet or CSV file (or a datasets data "
+                                   "set) and write one row per record to Parquet (or JSONL) part files in "
+                                   "--output. Rerunning the same command skips the ids already written.")
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", default=None, help="a .jsonl, .parquet or .csv file of records")
+    src.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
+                     help="a datasets data set saved with save_to_disk (or a hub name where reachable)")
+    p.add_argument("--split", default=None, help="split of --dataset (needed when it has several)")
+    p.add_argument("--output", required=True, help="output directory (created; continued when it exists)")
+    p.add_argument("--id-field", default="id", help="record field holding the unique id (default id)")
+    p.add_argument("--prompt-field", default="prompt", help="record field holding the prompt (default prompt)")
+    p.add_argument("--target-field", default="target", help="record field holding the target (default target)")
+    p.add_argument("--messages-field", default=None, help="record field holding chat messages (not supported yet)")
+    p.add_argument("--generate", type=int, default=None, metavar="N",
+                   help="no target field: generate up to N tokens greedily and attribute them")
+    add_engine_args(p)
+    p.add_argument("--memory-budget", default=None, metavar="BYTES",
+                   help="bound on the bytes of every batch, e.g. 2G or 500M (default: the config's)")
+    p.add_argument("--format", dest="fmt", default="parquet", choices=("parquet", "jsonl"), help="part file format")
+    p.add_argument("--rows-per-part", type=int, default=64, help="records per part file (default 64)")
+    p.add_argument("--retry-failed", action="store_true", help="recompute the records that failed before")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="attribute only every N-th record from the I-th (0-based); N processes with the same "
+                        "--output cover the input once")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    ray = p.add_argument_group("Ray (pip install 'heta-fast[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run the attribution on Ray Data actors")
+    ray.add_argument("--ray-address", default=None, help="cluster address (auto: the running cluster; "
+                                                          "default: start a local instance)")
+    ray.add_argument("--concurrency", type=int, default=2, help="number of model actors (default 2)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0: CPU actors)")
+    ray.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per actor")
+    ray.add_argument("--batch-size", type=int, default=4, help="records per actor call (default 4)")
+    return p
+
+
+def parse_bytes(text: str) -> int:
+    """'2G', '500M', '1024' -> bytes (binary units)."""
+    from .errors import ConfigError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise ConfigError(f"--memory-budget must be a number of bytes like 2G or 500M, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_pipeline(args) -> int:
+    from .errors import ConfigError
+    from .pipeline.readers import Fields, read_dataset, read_file
+
+    config = config_from_args(args)
+    if args.memory_budget is not None:
+        config = config.replace(memory_budget=parse_bytes(args.memory_budget))
+    if args.generate is not None and args.generate < 1:
+        raise ConfigError("--generate must be >= 1")
+    fields = Fields(id=args.id_field, prompt=args.prompt_field,
+                    target=None if args.generate else args.target_field, messages=args.messages_field)
+    progress = "quiet" if args.quiet else None
+    signal.signal(signal.SIGTERM, _terminate)  # finish the part being written, like Ctrl-C
+    try:
+        if args.ray:
+            return _run_ray(args, config, fields, progress)
+        records = list(read_dataset(args.dataset, args.split) if args.dataset is not None else read_file(args.input))
+        from .engine import Attributor
+        from .pipeline.run import run_to_directory
+
+        attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
+        run_to_directory(attributor, records, args.output, fields=fields, config=config, generate=args.generate,
+                         shard=args.shard, fmt=args.fmt, rows_per_part=args.rows_per_part,
+                         retry_failed=args.retry_failed, progress=progress)
+    except KeyboardInterrupt:
+        print(f"heta-fast: interrupted; the records written are kept in {args.output}: run the same command "
+              "again to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _run_ray(args, config, fields, progress) -> int:
+    from .distributed import attribute_ray
+    from .errors import ConfigError
+
+    if args.shard is not None:
+        raise ConfigError("--shard and --ray do not combine: Ray spreads the records over its actors")
+    source = args.input if args.input is not None else _dataset_records(args)
+    attribute_ray(source, args.output, model=args.model, config=config, fields=fields, generate=args.generate,
+                  concurrency=args.concurrency, gpus_per_worker=args.gpus_per_worker,
+                  threads_per_worker=args.threads_per_worker, batch_size=args.batch_size, fmt=args.fmt,
+                  rows_per_part=args.rows_per_part, retry_failed=args.retry_failed, progress=progress,
+                  ray_address=args.ray_address, **load_args(args))
+    return 0
+
+
+def _dataset_records(args) -> list[dict]:
+    from .pipeline.readers import read_dataset
+
+    return list(read_dataset(args.dataset, args.split))
