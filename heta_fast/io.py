@@ -39,7 +39,7 @@ def read_table(directory):
     for i, (key, ok) in enumerate(zip(ids, oks)):
         if key not in keep or ok or not oks[keep[key]]:
             keep[key] = i
-    return table.take(sorted(keep.values()))
+    return table.take(pa.array(sorted(keep.values()), type=pa.int64()))
 
 
 def read_results(directory, form: str = "long"):

@@ -79,7 +79,7 @@ def run_pipeline(args) -> int:
     fields = Fields(id=args.id_field, prompt=args.prompt_field,
                     target=None if args.generate else args.target_field, messages=args.messages_field)
     progress = "quiet" if args.quiet else None
-    signal.signal(signal.SIGTERM, _terminate)  # finish the part being written, like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _terminate)  # finish the part being written, like Ctrl-C
     try:
         if args.ray:
             return _run_ray(args, config, fields, progress)
@@ -95,6 +95,8 @@ def run_pipeline(args) -> int:
         print(f"heta-fast: interrupted; the records written are kept in {args.output}: run the same command "
               "again to continue", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

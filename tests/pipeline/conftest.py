@@ -19,9 +19,10 @@ def make_records(n: int = 12, seed: int = 0) -> list[dict]:
     for i in range(n):
         prompt = text(*[rng.randint(0, 59) for _ in range(rng.randint(3, 20))])
         records.append({"id": f"r{i}", "prompt": prompt, "target": text(rng.randint(0, 59))})
-    records[3]["prompt"] = ""
-    records[5]["target"] = ""
-    records[7]["prompt"] = text(*range(60)) + " " + text(*range(10))
+    bad = {3: ("prompt", ""), 5: ("target", ""), 7: ("prompt", text(*range(60)) + " " + text(*range(10)))}
+    for i, (field, value) in bad.items():
+        if i < n:
+            records[i][field] = value
     return records
 
 

@@ -1,0 +1,110 @@
+"""heta-fast run: the command end to end, one-line errors with exit 2, and kills at random points then resumed."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from heta_fast.cli import main
+from heta_fast.io import read_results
+from heta_fast.pipeline.manifest import DirectoryLock
+from tests.pipeline.conftest import BAD, assert_same_results, make_records, write_jsonl
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main(["run", "-q", *map(str, args)])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_jsonl(tmp_path / "in.jsonl", make_records(8))
+
+
+def test_run_writes_reruns_and_refuses_other_settings(tiny_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", out) == (0, "")
+    table = read_results(out, form="records")
+    assert sorted(table.id) == sorted(f"r{i}" for i in range(8))
+    assert sorted(table.loc[~table.ok, "id"]) == sorted(k for k in BAD if int(k[1:]) < 8)
+    assert main(["run", "--model", str(tiny_model_dir), "--input", data, "--output", str(out)]) == 0
+    assert "0 attributed, 0 failed, 8 skipped" in capsys.readouterr().err
+    code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", out, "--seed", "3")
+    assert code == 2 and "another configuration" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--messages-field", "messages"], "not supported yet"),
+    (["--generate", "0"], "--generate must be >= 1"),
+    (["--memory-budget", "lots"], "--memory-budget"),
+    (["--target-field", "answer"], "no 'answer' field"),
+    (["--id-field", "key"], "--id-field"),
+])
+def test_configuration_errors_are_one_line_exit_2(tiny_model_dir, data, tmp_path, capsys, extra, message):
+    code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / "out", *extra)
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_duplicate_ids_and_a_second_writer_are_refused(tiny_model_dir, tmp_path, capsys):
+    records = make_records(4)
+    dup = write_jsonl(tmp_path / "dup.jsonl", records + records[:1])
+    code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", dup, "--output", tmp_path / "out")
+    assert code == 2 and "duplicate id 'r0'" in err and not (tmp_path / "out").exists()
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    (tmp_path / "busy").mkdir()
+    with DirectoryLock(tmp_path / "busy", "main"):
+        code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / "busy")
+    assert code == 2 and "in use by another heta-fast run" in err and len(err.splitlines()) == 1
+
+
+def _start(model_dir, data, out, cwd):
+    # cwd outside the repository: its kernels/ folder would shadow the installed package.
+    cmd = [sys.executable, "-m", "heta_fast", "run", "-q", "--model", str(model_dir), "--input", data,
+           "--output", str(out), "--rows-per-part", "2"]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _opened_since(out, started: float) -> bool:
+    """The writer has opened the directory (it saves its manifest on opening) since ``started``."""
+    try:
+        return (out / "manifest.json").stat().st_mtime >= started
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_at_random_points_then_resumed_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    from heta_fast import Attributor
+    from heta_fast.pipeline.run import run_to_directory
+
+    records = make_records(12, seed=1)
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    attributor = Attributor.from_pretrained(str(tiny_model_dir))
+    run_to_directory(attributor, records, tmp_path / "expected", progress="quiet")
+    expected = read_results(tmp_path / "expected", form="attributions")
+    seed = int(time.time())
+    rng, out = random.Random(seed), tmp_path / "out"
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        started = time.time()
+        proc = _start(tiny_model_dir, data, out, tmp_path)
+        deadline = time.monotonic() + 60
+        while not _opened_since(out, started) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        # 130: interrupted and shut down cleanly; -sig: the signal landed while the interpreter was
+        # shutting down (after the run); 0: the run had finished.
+        assert proc.returncode in (0, 130, -sig), (seed, sig, err)
+        if proc.returncode == 130:
+            assert "run the same command again" in err
+        read_results(out, form="records")  # readable after every kill
+    proc = _start(tiny_model_dir, data, out, tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    table = read_results(out, form="records")
+    assert len(table) == 12 and table.id.is_unique, seed
+    assert not [p for p in os.listdir(out / "parts") if p.endswith(".tmp")]
+    assert_same_results(read_results(out, form="attributions"), expected)
