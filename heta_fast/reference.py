@@ -16,17 +16,23 @@ from .model.adapter import ModelAdapter
 
 
 # ----------------------------------------------------------------------------- flow gate M_T
-def value_norms_reference(values: torch.Tensor, out_proj: torch.Tensor) -> torch.Tensor:
-    """‖v_i W_O^h‖₁ for every head and token.
+def value_norms_reference(values: torch.Tensor, out_proj: torch.Tensor,
+                          gain: torch.Tensor | None = None) -> torch.Tensor:
+    """‖(v_i W_O^h) ⊙ g‖₁ for every head and token.
 
     values:   [Hkv, n, dh]  values of the normalised attention input (bias included)
     out_proj: [H, dh, d_model]
+    gain:     [d_model] the gain g of a norm applied to the attention output before the residual
+              add (Gemma-2/3, OLMo-2; docs/method.md §1), or None (g = 1)
     returns:  [H, n]; query head h reads KV head h // (H // Hkv)
     """
     num_heads, num_kv = out_proj.shape[0], values.shape[0]
     group = num_heads // num_kv
     per_head = values.repeat_interleave(group, dim=0)  # [H, n, dh]
-    return torch.einsum("hnk,hkd->hnd", per_head, out_proj).abs().sum(-1)
+    contribution = torch.einsum("hnk,hkd->hnd", per_head, out_proj)  # [H, n, d_model]
+    if gain is not None:
+        contribution = contribution * gain.to(contribution.dtype)
+    return contribution.abs().sum(-1)
 
 
 def flow_gate_reference(
@@ -164,7 +170,7 @@ def attribute_reference(adapter: ModelAdapter, embeds: torch.Tensor, target_posi
     information loop. Returns {"scores", "flow", "curvature", "information"}, each [T, n_context].
     """
     cap = adapter.capture_matrices(embeds)
-    norms = [value_norms_reference(v, w) for v, w in zip(cap.values, cap.out_proj)]
+    norms = [value_norms_reference(v, w, g) for v, w, g in zip(cap.values, cap.out_proj, cap.post_gain)]
     flow = flow_gate_reference(cap.attentions, norms, target_positions, n_context)
     probes = rademacher_probes(n_context, num_probes, embeds.shape[-1], seed)
     curv = torch.stack([curvature_reference(adapter, embeds, int(p), int(t), n_context, probes)

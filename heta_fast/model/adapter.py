@@ -10,6 +10,11 @@ What the adapter does to the model it is given, for as long as it holds it: it r
 heta's attention functions and switches the model to ``heta_eager`` (the curvature term
 differentiates twice, which fused kernels cannot), puts the model in eval mode and stops
 gradients to its parameters. :meth:`restore` undoes all three.
+
+Which module map: the registered one for the model's ``model_type``, else the generic path
+(architectures/generic.py: discovered from known projection layouts). A map that is not one of
+heta-fast's own (generic, registered by a user, or passed as ``spec``) is accepted only after it
+verifies itself on the model (architectures/verify.py); the verdict is cached per map and config.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from torch import nn
 
 from ..dtypes import at_least_float32
 from ..errors import UnsupportedArchitectureError
-from .architectures import ArchitectureSpec, head_layout_from_config, spec_for_config
+from .architectures import ArchitectureSpec, head_layout_from_config, is_builtin, resolve_spec
+from .architectures.base import text_config
 from .attention import EAGER, register
 from .cache_kwargs import cache_kwargs
 from .capture import Capture, CaptureRequest, MatrixCapture, capture_matrices, run_capture
+from .logits import LogitTransform
 
 
 class ModelAdapter:
@@ -29,22 +36,43 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module, spec: ArchitectureSpec | None = None):
         self.model = model
-        self.spec = spec or spec_for_config(model.config)
         self.layout = head_layout_from_config(model.config)
-        self.layers = self.spec.layers(model)
         self._saved = (model.config._attn_implementation, model.training,
                        [p.requires_grad for p in model.parameters()])
+        self._saved_experts = _experts_implementation(model)
         register()
         model.set_attn_implementation(EAGER)
+        if self._saved_experts is not None:
+            # Mixture-of-experts MLPs: the plain loop over experts (the grouped kernels have no
+            # float64 path and no double backward; the curvature term differentiates twice).
+            model.set_experts_implementation("eager")
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        try:
+            self.spec = resolve_spec(self, spec)
+        except Exception:
+            self.restore()
+            raise
+        self.layers = self.spec.layers(model)
+
+    @property
+    def text_config(self):
+        """The language model's config (a multimodal model's text config)."""
+        return text_config(self.model.config)
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the module map is one of heta-fast's own (tested, not verified at load)."""
+        return is_builtin(self.spec)
 
     def restore(self) -> None:
-        """Give the model back as it was: its attention implementation, training mode and
-        parameters' ``requires_grad``."""
+        """Give the model back as it was: its attention (and experts) implementation, training
+        mode and parameters' ``requires_grad``."""
         implementation, training, grads = self._saved
         self.model.set_attn_implementation(implementation)
+        if self._saved_experts is not None:
+            self.model.set_experts_implementation(self._saved_experts)
         self.model.train(training)
         for p, flag in zip(self.model.parameters(), grads):
             p.requires_grad_(flag)
@@ -101,23 +129,43 @@ class ModelAdapter:
         base = self.model.base_model
         return base(inputs_embeds=embeds, **cache_kwargs(base, cache), **extra).last_hidden_state
 
-    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b."""
-        cfg = self.model.config
-        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-            if getattr(cfg, name, None) not in (None, 1, 1.0):
-                raise UnsupportedArchitectureError(f"{self.spec.name}: {name} transforms the logits; the fused "
-                                                   f"vocabulary KL supports a plain linear LM head only")
+    def logit_transform(self) -> LogitTransform:
+        """What the model does to h W^T + b before the softmax (scaling, final soft-capping)."""
+        return LogitTransform.of(self.text_config)
+
+    def unembedding(self, transforms: bool = False):
+        """The LM head as (weight [V, d], bias [V] or None): logits = h W^T + b.
+
+        transforms=True: (weight, bias, :class:`~.logits.LogitTransform`), the caller applies the
+        transform. transforms=False: a model whose logits are transformed is refused (a caller
+        that ignores the transform would compute the wrong distribution).
+        """
         head = self.model.get_output_embeddings()
-        return head.weight.detach(), None if head.bias is None else head.bias.detach()
+        weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
+        transform = self.logit_transform()
+        if transforms:
+            return weight, bias, transform
+        if not transform.identity:
+            raise UnsupportedArchitectureError(f"{self.spec.name}: the model scales or soft-caps its final logits "
+                                               f"({transform}); this caller supports a plain linear LM head only")
+        return weight, bias
+
+    def post_attention_gain(self, layer: int) -> torch.Tensor | None:
+        """The post-attention norm's gain [d_model] of layer ``layer``, or None (see ArchitectureSpec)."""
+        gain = self.spec.post_attention_gain(self.layers[layer])
+        return None if gain is None else gain.detach()
 
     def out_proj(self, layer: int) -> torch.Tensor:
-        """Layer ``layer``'s per-head output projection [H, dh, d_model] (see ArchitectureSpec)."""
-        return self.spec.out_proj(self.spec.attention(self.layers[layer]), self.layout)
+        """Layer ``layer``'s per-head output projection [H, dh, d_model] as the flow gate's value
+        norm uses it: W_O^h, times the post-attention norm's gain per output dimension where the
+        layer has such a norm (docs/method.md §1, post-attention norms)."""
+        w = self.spec.out_proj(self.spec.attention(self.layers[layer]), self.layout)
+        gain = self.post_attention_gain(layer)
+        return w if gain is None else w * gain.to(w.dtype)
 
     def window(self, layer: int) -> int | None:
         """Layer ``layer``'s sliding-attention window, or None."""
-        return self.spec.window(self.model.config, layer)
+        return self.spec.window(self.text_config, layer)
 
     def capture(self, embeds: torch.Tensor, positions: torch.Tensor, request: CaptureRequest) -> Capture:
         """The engine's single forward pass of embeds [n, d] (see :func:`~.capture.run_capture`)."""
@@ -126,3 +174,11 @@ class ModelAdapter:
     def capture_matrices(self, embeds: torch.Tensor) -> MatrixCapture:
         """A materialised eager pass of embeds [n, d] (see :func:`~.capture.capture_matrices`)."""
         return capture_matrices(self, embeds)
+
+
+def _experts_implementation(model: nn.Module) -> str | None:
+    """The model's mixture-of-experts implementation, or None if it has none that can be set."""
+    can_set = getattr(model, "_can_set_experts_implementation", None)
+    if can_set is None or not can_set():
+        return None
+    return getattr(model.config, "_experts_implementation", None)

@@ -89,8 +89,10 @@ def run_capture(adapter, embeds: torch.Tensor, positions: torch.Tensor, request:
     """One forward pass of embeds [n, d]; positions [T] are where log-probabilities are wanted
     (only those rows reach the LM head). See :class:`Capture`."""
     attn_modules = [adapter.spec.attention(layer) for layer in adapter.layers]
+    n_layers = len(adapter.layers)
+    windows = [adapter.window(i) for i in range(n_layers)]
     recorder = AttentionRecorder({id(a): i for i, a in enumerate(attn_modules)}, attention=request.attention,
-                                 reduce_values=request.reduce_values)
+                                 reduce_values=request.reduce_values, windows=windows)
     model = adapter.model
     cache = DynamicCache() if request.key_values else None
     with attention_implementation(model, RECORDING), pass_state(recorder):
@@ -102,11 +104,10 @@ def run_capture(adapter, embeds: torch.Tensor, positions: torch.Tensor, request:
             f"{adapter.spec.name}: the attention of layers {missing} did not run through transformers' attention "
             f"interface, so heta-fast cannot record it; this transformers release computes that attention in "
             f"the model's own code")
-    n_layers = len(adapter.layers)
     return Capture(
         log_probs=torch.log_softmax(at_least_float32(logits), dim=-1),
         layers=[recorder.records[i] for i in range(n_layers)] if recorder.keeps else [],
-        windows=[adapter.window(i) for i in range(n_layers)],
+        windows=windows,
         kv=[(layer.keys, layer.values) for layer in cache.layers] if cache is not None else None,
     )
 
@@ -119,31 +120,43 @@ class MatrixCapture:
     attentions:  list over layers of [H, n, n] attention probabilities (row = query)
     values:      list over layers of [Hkv, n, dh] values of the normalised attention input
     out_proj:    list over layers of [H, dh, d_model] per-head output projections
+    post_gain:   list over layers of the post-attention norm's gain [d_model], or None (no such norm)
+    outputs:     list over layers of the attention module's output [n, d_model] (before any post-norm)
     """
 
     log_probs: torch.Tensor
     attentions: list[torch.Tensor]
     values: list[torch.Tensor]
     out_proj: list[torch.Tensor]
+    post_gain: list[torch.Tensor | None]
+    outputs: list[torch.Tensor]
 
 
 @torch.no_grad()
 def capture_matrices(adapter, embeds: torch.Tensor) -> MatrixCapture:
     """One eager forward pass of embeds [n, d] that keeps every attention matrix; see :class:`MatrixCapture`."""
     attn_inputs: dict[int, torch.Tensor] = {}
+    attn_outputs: dict[int, torch.Tensor] = {}
     handles = []
     for idx, layer in enumerate(adapter.layers):
         def hook(module, args, kwargs, idx=idx):
             attn_inputs[idx] = args[0] if args else kwargs["hidden_states"]
 
-        handles.append(adapter.spec.attention(layer).register_forward_pre_hook(hook, with_kwargs=True))
+        def out_hook(module, args, out, idx=idx):
+            attn_outputs[idx] = (out[0] if isinstance(out, tuple) else out)[0]
+
+        attn = adapter.spec.attention(layer)
+        handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+        handles.append(attn.register_forward_hook(out_hook))
     try:
         out = adapter.model(inputs_embeds=embeds[None], output_attentions=True, use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    if out.attentions is None or len(out.attentions) != len(adapter.layers):
-        raise RuntimeError("the model did not return attention weights from the eager path")
+    if out.attentions is None or len(out.attentions) != len(adapter.layers) \
+            or any(a is None for a in out.attentions):
+        raise UnsupportedArchitectureError(f"{adapter.spec.name}: the model did not return the attention "
+                                           f"probabilities of every layer from heta's eager attention")
     values, out_proj = [], []
     for idx, layer in enumerate(adapter.layers):
         attn = adapter.spec.attention(layer)
@@ -154,6 +167,8 @@ def capture_matrices(adapter, embeds: torch.Tensor) -> MatrixCapture:
         attentions=[a[0] for a in out.attentions],
         values=values,
         out_proj=out_proj,
+        post_gain=[adapter.post_attention_gain(i) for i in range(len(adapter.layers))],
+        outputs=[attn_outputs[i] for i in range(len(adapter.layers))],
     )
 
 

@@ -7,47 +7,13 @@ import torch
 from heta_fast.errors import UnsupportedArchitectureError
 from heta_fast.model.adapter import ModelAdapter
 from heta_fast.model.architectures import spec_for_config, supported_model_types
+from tests.model.families.checks import assert_rebuilds
 from tests.tiny_models import ARCHITECTURES, tiny_model, unsupported_model
-
-
-def _output_bias(attn):
-    for name in ("o_proj", "c_proj", "out_proj", "dense"):
-        mod = getattr(attn, name, None)
-        if mod is not None:
-            return mod.bias
-    raise AssertionError("no output projection found")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_capture_rebuilds_attention_output(arch):
-    model = tiny_model(arch)
-    adapter = ModelAdapter(model)
-    n = 9
-    embeds = adapter.embed(torch.randint(0, 64, (n,)))
-    outputs = {}
-    hooks = [adapter.spec.attention(layer).register_forward_hook(
-        lambda mod, args, out, i=i: outputs.__setitem__(i, out[0] if isinstance(out, tuple) else out))
-        for i, layer in enumerate(adapter.layers)]
-    try:
-        cap = adapter.capture_matrices(embeds)
-    finally:
-        for h in hooks:
-            h.remove()
-    layout = adapter.layout
-    for layer_index, layer in enumerate(adapter.layers):
-        attn_mod = adapter.spec.attention(layer)
-        a, v, w = cap.attentions[layer_index], cap.values[layer_index], cap.out_proj[layer_index]
-        assert a.shape == (layout.num_heads, n, n)
-        assert v.shape == (layout.num_kv_heads, n, layout.head_dim)
-        assert w.shape == (layout.num_heads, layout.head_dim, layout.d_model)
-        rebuilt = torch.zeros(n, layout.d_model, dtype=torch.float64)
-        for h in range(layout.num_heads):
-            kv = h // (layout.num_heads // layout.num_kv_heads)  # written out, not taken from the adapter
-            rebuilt += a[h] @ v[kv] @ w[h]
-        bias = _output_bias(attn_mod)
-        if bias is not None:
-            rebuilt += bias
-        torch.testing.assert_close(rebuilt, outputs[layer_index][0], rtol=1e-10, atol=1e-10)
+    assert_rebuilds(tiny_model(arch))
 
 
 def test_gqa_head_counts_are_read_from_config():
@@ -87,7 +53,7 @@ def test_mistral_sliding_window_is_reported_and_applied():
 
 
 def test_unknown_architecture_raises_naming_it_and_how_to_add():
-    with pytest.raises(UnsupportedArchitectureError, match=r"'opt'.*register_architecture"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"'bloom'.*attention interface.*register_architecture"):
         ModelAdapter(unsupported_model())
 
 
@@ -98,9 +64,8 @@ def test_a_registered_architecture_is_used_without_editing_the_package():
     from heta_fast.model.architectures import _BY_MODEL_TYPE
 
     model = tiny_model("llama")
-    model.config.model_type = "my-llama"  # a family heta-fast does not know
-    with pytest.raises(UnsupportedArchitectureError, match="my-llama"):
-        ModelAdapter(model)
+    model.config.model_type = "my-llama"  # a family heta-fast does not know: the generic path reads it
+    assert ModelAdapter(model).spec.name.startswith("generic")
     spec = replace(spec_for_config(tiny_model("llama").config), name="my-llama", model_types=("my-llama",))
     try:
         register_architecture(spec)
@@ -115,5 +80,6 @@ def test_a_registered_architecture_is_used_without_editing_the_package():
 
 
 def test_supported_types_cover_the_required_families():
-    assert {"llama", "mistral", "qwen2", "gpt2", "gptj", "phi3"} <= set(supported_model_types())
+    assert {"llama", "mistral", "qwen2", "gpt2", "gptj", "phi3", "mixtral", "qwen3", "qwen3_moe", "smollm3",
+            "granite", "olmo2", "gpt_neox", "gemma", "gemma2", "gemma3_text", "gemma3"} <= set(supported_model_types())
     assert spec_for_config(tiny_model("qwen2").config).name == "llama"

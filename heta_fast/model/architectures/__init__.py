@@ -12,10 +12,11 @@ registered by this module, from the files beside it.
 from __future__ import annotations
 
 from ...errors import UnsupportedArchitectureError
-from . import gpt2, gptj, llama, phi3
+from . import gemma, gpt2, gpt_neox, gptj, llama, olmo2, phi3
 from .base import ArchitectureSpec, HeadLayout, head_layout_from_config
 
 _BY_MODEL_TYPE: dict[str, ArchitectureSpec] = {}
+_BUILTIN: set[int] = set()
 
 
 def register_architecture(spec: ArchitectureSpec, *, replace: bool = False) -> ArchitectureSpec:
@@ -33,8 +34,10 @@ def register_architecture(spec: ArchitectureSpec, *, replace: bool = False) -> A
     return spec
 
 
-for _spec in (llama.SPEC, gpt2.SPEC, gptj.SPEC, phi3.SPEC):
+for _spec in (llama.SPEC, *llama.SHAPED, llama.GRANITE, gpt2.SPEC, gptj.SPEC, phi3.SPEC, olmo2.SPEC,
+              gemma.GEMMA, gemma.GEMMA2, gemma.GEMMA3_TEXT, gemma.GEMMA3, gpt_neox.SPEC):
     register_architecture(_spec)
+    _BUILTIN.add(id(_spec))
 
 
 def supported_model_types() -> tuple[str, ...]:
@@ -54,5 +57,30 @@ def spec_for_config(config) -> ArchitectureSpec:
     return spec
 
 
-__all__ = ["ArchitectureSpec", "HeadLayout", "head_layout_from_config", "register_architecture",
-           "spec_for_config", "supported_model_types"]
+def is_builtin(spec: ArchitectureSpec) -> bool:
+    """Whether ``spec`` is one of heta-fast's own maps (tested per family, not verified at load)."""
+    return id(spec) in _BUILTIN
+
+
+def resolve_spec(adapter, spec: ArchitectureSpec | None = None) -> ArchitectureSpec:
+    """The module map ``adapter`` reads its model through.
+
+    ``spec`` given, or registered for the model type: used as it is if it is one of heta-fast's
+    own, else after it verifies itself on the model (verify.py). Neither: the generic path
+    (generic.py), which accepts only a discovered map that verifies itself.
+    """
+    from . import generic, verify
+
+    if spec is None:
+        spec = _BY_MODEL_TYPE.get(getattr(adapter.model.config, "model_type", None))
+        if spec is None:
+            return generic.discover(adapter)
+    if not isinstance(spec, ArchitectureSpec):
+        raise TypeError(f"a module map is an ArchitectureSpec, got {type(spec).__name__}")
+    if not is_builtin(spec):
+        verify.verify_cached(adapter, spec)
+    return spec
+
+
+__all__ = ["ArchitectureSpec", "HeadLayout", "head_layout_from_config", "is_builtin", "register_architecture",
+           "resolve_spec", "spec_for_config", "supported_model_types"]

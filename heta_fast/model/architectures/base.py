@@ -40,7 +40,11 @@ class ArchitectureSpec:
     - ``out_proj(attn, layout)``: per-head output projection [num_heads, head_dim, d_model], oriented so
       that head h's contribution to the residual stream is ``v @ out_proj[h]`` (the output
       projection's bias is shared by all heads and belongs to no token; it is not included).
-    - ``window(config, layer_idx)``: sliding-attention window of that layer, or None.
+    - ``window(config, layer_idx)``: sliding-attention window of that layer, or None (config is
+      the text model's config, ``config.get_text_config()``).
+    - ``post_attention_gain(layer)``: for a layer that normalises the attention output before
+      adding it to the residual stream (Gemma-2/3, OLMo-2), the norm's elementwise gain [d_model]
+      (what the flow gate's value norm linearises the norm by, docs/method.md §1); None otherwise.
     """
 
     name: str
@@ -50,15 +54,24 @@ class ArchitectureSpec:
     values: Callable[[nn.Module, HeadLayout, torch.Tensor], torch.Tensor]
     out_proj: Callable[[nn.Module, HeadLayout], torch.Tensor]
     window: Callable[[object, int], int | None] = lambda config, layer_idx: None
+    post_attention_gain: Callable[[nn.Module], torch.Tensor | None] = lambda layer: None
 
 
 def head_layout_from_config(config) -> HeadLayout:
-    """Head counts from a transformers config (GPT-2/GPT-J names map through attribute_map)."""
+    """Head counts from a transformers config (GPT-2/GPT-J names map through attribute_map; a
+    multimodal config's sizes are its text config's)."""
+    config = text_config(config)
     d_model = int(config.hidden_size)
     num_heads = int(config.num_attention_heads)
     num_kv = getattr(config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(config, "head_dim", None) or d_model // num_heads
     return HeadLayout(num_heads=num_heads, num_kv_heads=int(num_kv), head_dim=int(head_dim), d_model=d_model)
+
+
+def text_config(config):
+    """The config of the language model: ``config`` itself, or a multimodal config's text config."""
+    get = getattr(config, "get_text_config", None)
+    return get() if get is not None else config
 
 
 def linear_out_proj(weight: torch.Tensor, layout: HeadLayout) -> torch.Tensor:

@@ -1,5 +1,19 @@
-"""Llama-style attention with separate q/k/v/o projections: Llama, Mistral, Qwen2 (SmolLM2 is Llama)."""
+"""Llama-shaped attention: separate q/k/v/o projections under ``model.model.layers[i].self_attn``.
+
+One map serves every family whose attention differs from Llama's only in what happens *before*
+the attention function (which the capture records as it is) or in the MLP:
+
+- llama (Llama 1-3.x: llama3 rope scaling changes the rotary tables only), mistral (sliding
+  window), qwen2 (q/k/v biases, read through ``v_proj``); SmolLM2 is a Llama;
+- qwen3, qwen3_moe (per-head q/k RMSNorm before rotary), mixtral, qwen3_moe (mixture-of-experts
+  MLPs), smollm3 (some layers without rotary), granite (the attention multiplier is the
+  attention ``scaling``, the residual multiplier scales every layer alike; docs/method.md).
+"""
 from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
 
 from .base import ArchitectureSpec, HeadLayout, linear_out_proj, split_heads
 
@@ -30,3 +44,16 @@ SPEC = ArchitectureSpec(
     out_proj=lambda attn, layout: linear_out_proj(attn.o_proj.weight, layout),
     window=_window,
 )
+
+# Same module map, own name (errors name the family).
+SHAPED = tuple(replace(SPEC, name=name, model_types=(name,)) for name in ("mixtral", "qwen3", "qwen3_moe", "smollm3"))
+
+
+def _granite_gain(layer):
+    """Granite adds residual_multiplier · (attention output): a constant gain [d_model]."""
+    d = layer.self_attn.o_proj.out_features
+    return torch.full((d,), float(layer.residual_multiplier), dtype=layer.self_attn.o_proj.weight.dtype,
+                      device=layer.self_attn.o_proj.weight.device)
+
+
+GRANITE = replace(SPEC, name="granite", model_types=("granite",), post_attention_gain=_granite_gain)

@@ -6,6 +6,9 @@ returns no probabilities, and hands an :class:`AttentionRecorder` what the signa
 post-rotary q, k, the scale and the per-row log-sum-exp (from which the streaming flow gate
 recomputes probabilities tile by tile), and the values, reduced at once by the requester's
 function (the flow gate keeps value norms). Nothing of size n x n per head is kept or returned.
+A layer with attention logit soft-capping runs the tiled path with the cap (the fused kernel
+cannot cap) and its record carries the cap, so that the flow gate recomputes the same
+probabilities; any attention option heta does not implement is refused (options.py).
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from typing import Callable
 import torch
 
 from ...dtypes import work_dtype
+from ...errors import UnsupportedArchitectureError
+from .options import check_options, soft_cap
 from .pass_state import current
 
 NAME = "heta_recording"
@@ -30,8 +35,10 @@ def recording_attention(module, query, key, value, attention_mask, scaling=None,
     if torch.is_grad_enabled():
         # The fused kernels have no double backward; a capture is a plain inference pass.
         raise RuntimeError("the recording attention runs under torch.no_grad() only")
+    softcap = check_options(module, NAME, kwargs)
     recorder = current(AttentionRecorder, NAME)
-    out, _ = recorder.attend(module, query, key, value, attention_mask, scaling)
+    recorder.check_window(module, kwargs.get("sliding_window"))
+    out, _ = recorder.attend(module, query, key, value, attention_mask, scaling, softcap)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -65,11 +72,12 @@ def is_plain_causal(mask: torch.Tensor | None, block: int = 256) -> bool:
     return True
 
 
-def attention_with_lse(query, key, value, mask, scale: float, causal: bool = False):
+def attention_with_lse(query, key, value, mask, scale: float, causal: bool = False, softcap: float | None = None):
     """Softmax attention that also returns the natural-log row normaliser; no n x n output.
 
     query [B, H, n, dh], key/value [B, Hkv, m, dh] (GQA: head h reads kv head h // (H/Hkv)),
-    mask: additive or boolean [B, 1, n, m] or None; ``causal=True`` replaces the mask.
+    mask: additive or boolean [B, 1, n, m] or None; ``causal=True`` replaces the mask;
+    softcap: scores s = c·tanh(scale·q·k / c) when given (tiled path: the fused kernel cannot cap).
     Returns out [B, H, n, dh] in value's dtype and lse [B, H, n] (float32 at least).
     All inputs are brought to query's dtype.
     """
@@ -78,14 +86,15 @@ def attention_with_lse(query, key, value, mask, scale: float, causal: bool = Fal
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(dt)
     kernel = _cpu_flash_kernel()
-    if query.device.type == "cpu" and kernel is not None:
+    if query.device.type == "cpu" and kernel is not None and softcap is None:
         out, lse = kernel(query, key, value, 0.0, causal, attn_mask=None if causal else mask, scale=scale)
     else:
-        out, lse = _attention_with_lse_tiled(query, key, value, mask, scale, causal)
+        out, lse = _attention_with_lse_tiled(query, key, value, mask, scale, causal, softcap=softcap)
     return out, lse
 
 
-def _attention_with_lse_tiled(query, key, value, mask, scale, causal, block: int = _FALLBACK_BLOCK):
+def _attention_with_lse_tiled(query, key, value, mask, scale, causal, block: int = _FALLBACK_BLOCK,
+                              softcap: float | None = None):
     """Query-tiled attention with LSE: working memory one [B, H, block, m] score tile."""
     batch, num_heads, n, head_dim = query.shape
     num_kv, m = key.shape[1], key.shape[2]
@@ -99,7 +108,7 @@ def _attention_with_lse_tiled(query, key, value, mask, scale, causal, block: int
     cols = torch.arange(m, device=query.device)
     for j0 in range(0, n, block):
         j1 = min(j0 + block, n)
-        s = torch.matmul(q5[:, :, :, j0:j1], k_t) * scale  # [B, Hkv, G, b, m]
+        s = soft_cap(torch.matmul(q5[:, :, :, j0:j1], k_t) * scale, softcap)  # [B, Hkv, G, b, m]
         if causal:
             rows = torch.arange(j0, j1, device=query.device) + (m - n)
             s = s.masked_fill(cols[None, :] > rows[:, None], float("-inf"))
@@ -122,7 +131,8 @@ class AttentionRecord:
     softmax normaliser per query row (as the model masked it); scale: the score scale
     (scores = scale * q.k); values: what the requester's ``reduce_values`` made of the layer's
     values [Hkv, n, dh] (the flow gate: value norms [H, n]), or None when nobody asked.
-    q, k and lse are None when only the values were asked for.
+    q, k and lse are None when only the values were asked for. softcap: the layer's attention
+    logit soft-cap c (scores = c·tanh(scale·q·k / c)), None for plain scores.
     """
 
     q: torch.Tensor | None
@@ -130,6 +140,7 @@ class AttentionRecord:
     lse: torch.Tensor | None
     scale: float
     values: torch.Tensor | None
+    softcap: float | None = None
 
 
 class AttentionRecorder:
@@ -142,8 +153,10 @@ class AttentionRecorder:
     """
 
     def __init__(self, layer_of: dict[int, int], attention: bool = False,
-                 reduce_values: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+                 reduce_values: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                 windows: list[int | None] | None = None):
         self.layer_of = layer_of
+        self.windows = windows
         self.attention = attention
         self.reduce_values = reduce_values
         self.records: dict[int, AttentionRecord] = {}
@@ -155,7 +168,17 @@ class AttentionRecorder:
     def keeps(self) -> bool:
         return self.attention or self.reduce_values is not None
 
-    def attend(self, module, query, key, value, mask, scale: float):
+    def check_window(self, module, sliding_window: int | None) -> None:
+        """The module's own sliding window must be the one the flow gate will recompute with."""
+        layer = self.layer_of.get(id(module))
+        if self.windows is None or layer is None or sliding_window is None:
+            return
+        if self.windows[layer] != sliding_window:
+            raise UnsupportedArchitectureError(
+                f"layer {layer}: the attention module uses a sliding window of {sliding_window}, the "
+                f"architecture's module map says {self.windows[layer]}")
+
+    def attend(self, module, query, key, value, mask, scale: float, softcap: float | None = None):
         """Fused attention for ``module`` (shapes as :func:`attention_with_lse`), recorded.
 
         Returns (out [B, H, n, dh], None).
@@ -167,14 +190,14 @@ class AttentionRecorder:
             raise ValueError("the capture records a single sequence (batch 1)")
         if mask is not None:
             mask = mask[..., : key.shape[-2]]
-        out, lse = attention_with_lse(query, key, value, mask, scale, causal=self._is_causal(mask))
+        out, lse = attention_with_lse(query, key, value, mask, scale, causal=self._is_causal(mask), softcap=softcap)
         self.seen.add(layer)
         if self.keeps:
             values = None if self.reduce_values is None else self.reduce_values(layer, value[0].detach())
             keep = self.attention
             self.records[layer] = AttentionRecord(
                 q=query[0].detach().contiguous() if keep else None, k=key[0].detach().contiguous() if keep else None,
-                lse=lse[0].detach() if keep else None, scale=float(scale), values=values)
+                lse=lse[0].detach() if keep else None, scale=float(scale), values=values, softcap=softcap)
         return out.to(value.dtype), None
 
     def _is_causal(self, mask) -> bool:

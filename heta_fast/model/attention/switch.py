@@ -57,8 +57,12 @@ def can_switch(model: nn.Module) -> bool:
 
 
 def choose_no_grad_attention(model: nn.Module) -> str | None:
-    """The implementation to use for no-grad passes, or None to keep the model's own."""
-    if not can_switch(model):
+    """The implementation to use for no-grad passes, or None to keep the model's own.
+
+    A model with attention logit soft-capping keeps its own (heta's eager attention caps;
+    SDPA cannot).
+    """
+    if not can_switch(model) or _soft_capped(model):
         return None
     param = next(model.parameters())
     if (param.is_cuda and param.dtype in HALF
@@ -67,6 +71,12 @@ def choose_no_grad_attention(model: nn.Module) -> str | None:
     if getattr(model, "_supports_sdpa", False):
         return SDPA
     return None
+
+
+def _soft_capped(model: nn.Module) -> bool:
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(config, "attn_logit_softcapping", None))
 
 
 @contextlib.contextmanager

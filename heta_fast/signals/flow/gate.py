@@ -9,11 +9,13 @@ the Triton kernels, CPU tensors the blocked torch paths. Semantics: docs/method.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 
 from ...dtypes import accumulation_dtype
+from ...errors import UnsupportedArchitectureError
 from ...model.capture import Capture
 from ...ops.flow import flow_step
 
@@ -46,7 +48,11 @@ def stream_rollout(capture: Capture, target_positions: torch.Tensor, on_layer=No
     r[torch.arange(len(pos), device=device), pos] = 1.0
     m = torch.zeros_like(r)
     for rec, window in zip(reversed(capture.layers), reversed(capture.windows)):
-        flow, r = flow_step(rec.q, rec.k, rec.lse, rec.scale, r, rec.values, window=window)  # values: vn [H, n]
+        cap = {} if rec.softcap is None else {"softcap": rec.softcap}  # attention logit soft-capping
+        if cap and "softcap" not in inspect.signature(flow_step).parameters:
+            raise UnsupportedArchitectureError("the model soft-caps its attention logits and this release's flow "
+                                               "step cannot recompute capped probabilities (softcap)")
+        flow, r = flow_step(rec.q, rec.k, rec.lse, rec.scale, r, rec.values, window=window, **cap)  # values: vn [H, n]
         m += flow.to(dtype)
         if on_layer is not None:
             on_layer()

@@ -117,7 +117,8 @@ def information(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: t
                        layout=layout)
     windows, window_pos, budget, batches = plan.windows, plan.window_positions, plan.budget, plan.batches
     implementation, layout = plan.implementation, plan.layout
-    weight, bias = adapter.unembedding()
+    weight, bias, _ = adapter.unembedding(transforms=True)
+    _kl_options(adapter)  # refuses up front a logit transform the fused KL cannot apply
     out_dtype = accumulation_dtype(embeds)
     n_targets = positions.numel()
     prefix_length = n_context - 1  # variant i needs [0, i); a window's reference needs [0, stop - 1)
@@ -171,7 +172,8 @@ def _packed_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, ba
     hidden = run_packed(adapter, packed, prefix.for_batch(batch.prefix, 1))  # [Q, d]
     index, valid = packed.rows_at(positions)  # [rows, T]
     target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
-    kl = vocab_kl(hidden[index.reshape(-1)], weight, ref, target_index, bias, chunk_size=KL_CHUNK).view(rows, -1)
+    kl = vocab_kl(hidden[index.reshape(-1)], weight, ref, target_index, bias, chunk_size=KL_CHUNK,
+                  **_kl_options(adapter)).view(rows, -1)
     # A target predicted before the masked token sees no change: exactly 0, as in the reference.
     return torch.where(valid, kl, torch.zeros_like(kl))
 
@@ -188,7 +190,7 @@ def _rectangular_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tenso
     rel = (positions - a).clamp(min=0)  # [T]; targets before the start are zeroed below
     picked = hidden[:, rel].reshape(rows * positions.numel(), -1)  # [rows*T, d]
     target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
-    kl = vocab_kl(picked, weight, ref, target_index, bias, chunk_size=KL_CHUNK).view(rows, -1)
+    kl = vocab_kl(picked, weight, ref, target_index, bias, chunk_size=KL_CHUNK, **_kl_options(adapter)).view(rows, -1)
     return torch.where(positions[None, :] >= masked[:, None], kl, torch.zeros_like(kl))
 
 
@@ -201,4 +203,10 @@ def _window_reference(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Ten
     logits = logits @ weight.to(logits.dtype).t()
     if bias is not None:
         logits = logits + bias.to(logits.dtype)
+    logits = adapter.logit_transform()(logits)  # final-logit scaling / soft-capping, if the model has them
     return torch.log_softmax(logits, dim=-1)
+
+
+def _kl_options(adapter: ModelAdapter) -> dict:
+    """The fused KL's arguments for the model's final-logit transform (refused if it has none)."""
+    return adapter.logit_transform().kl_options(vocab_kl, adapter.spec.name)
