@@ -94,3 +94,11 @@ def test_a_map_missing_a_post_attention_norm_is_refused():
 def test_a_family_whose_attention_bypasses_the_interface_is_refused():
     with pytest.raises(UnsupportedArchitectureError, match=r"'bloom'.*attention interface.*register_architecture"):
         ModelAdapter(unsupported_model())
+
+
+def test_a_layer_whose_mlp_cannot_be_found_is_refused(monkeypatch):
+    monkeypatch.setattr(verify_module, "_MLP_NAMES", ("no_such_module",))
+    model = tiny_model("llama")
+    mine = replace(spec_for_config(model.config), name="mine")
+    with pytest.raises(UnsupportedArchitectureError, match=r"layer 0: the MLP .*no_such_module.* is not found"):
+        ModelAdapter(model, mine)

@@ -30,7 +30,8 @@ from .base import ArchitectureSpec, text_config
 
 N_TOKENS = 12
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 4e-2}
-_MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
+# The module whose output is the MLP's contribution (OPT's is its second linear layer, fc2).
+_MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "fc2")
 _VERDICTS: dict[tuple, str | None] = {}
 
 
@@ -122,7 +123,11 @@ def _check(adapter, spec, refuse, capture_matrices, run_capture, CaptureRequest)
             refuse(layer, "the attention probabilities recomputed from the recorded q, k and row log-sum-exp",
                    f"relative error {error:.2e} > {tol:.0e}; window {rec.windows[layer]}")
         error = residual.error(layer, cap.post_gain[layer])
-        if error is not None and error > tol:
+        if error is None:
+            refuse(layer, f"the MLP (a module named one of {', '.join(_MLP_NAMES)})",
+                   "without it the path of the attention output to the residual stream cannot be checked",
+                   verb="is not found")
+        if error > tol:
             refuse(layer, "the attention output as it reaches the residual stream (a norm or multiplier after "
                    "attention that the map's post_attention_gain does not describe?)",
                    f"relative error {error:.2e} > {tol:.0e}")
@@ -196,7 +201,7 @@ class _ResidualProbe:
     def error(self, layer: int, gain: torch.Tensor | None) -> float | None:
         """Relative error of (output − input) against c_j · gain ⊙ attention output with the best
         scalar c_j per position j (c_j = 1 without a gain); None when the layer has no MLP this
-        probe knows (the check is then not made)."""
+        probe knows (the map is then refused: the check cannot be made)."""
         if layer not in self.attn:
             return None
         rest = (self.outputs[layer] - self.inputs[layer]).double()
