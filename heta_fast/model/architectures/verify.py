@@ -43,7 +43,8 @@ def tolerance(dtype: torch.dtype) -> float:
 def verify_cached(adapter, spec: ArchitectureSpec) -> None:
     """:func:`verify`, once per (map, architecture, config); raises the cached refusal again."""
     config = adapter.model.config
-    key = (id(spec), type(adapter.model).__name__, config.to_json_string(use_diff=False), str(adapter.dtype))
+    # The map itself (not its id, which a collected map's successor could reuse) keys the verdict.
+    key = (spec, type(adapter.model).__name__, config.to_json_string(use_diff=False), str(adapter.dtype))
     if key not in _VERDICTS:
         try:
             verify(adapter, spec)
@@ -73,10 +74,10 @@ def verify(adapter, spec: ArchitectureSpec) -> None:
     saved_spec, saved_layers = getattr(adapter, "spec", None), getattr(adapter, "layers", None)
     adapter.spec = spec
     try:
-        adapter.layers = spec.layers(model)
-    except (AttributeError, TypeError) as err:
-        refuse(None, "finding the decoder layers", f"{type(err).__name__}: {err}", verb="failed")
-    try:
+        try:
+            adapter.layers = spec.layers(model)
+        except (AttributeError, TypeError) as err:
+            refuse(None, "finding the decoder layers", f"{type(err).__name__}: {err}", verb="failed")
         _check(adapter, spec, refuse, capture_matrices, run_capture, CaptureRequest)
     finally:
         adapter.spec, adapter.layers = saved_spec, saved_layers
