@@ -19,6 +19,9 @@ from .pipeline.schema import arrow_schema, result_to_row
 from .pipeline.writer import DEFAULT_ROWS_PER_PART, ResultWriter
 from .result import FailedAttribution
 
+# Reading and filtering are I/O: they must not wait for the CPUs the model actors hold.
+IO_CPUS = 0
+
 
 class RayAttributor:
     """Ray Data callable class: loads the model once per actor; pandas batch -> Arrow table of output rows."""
@@ -71,7 +74,7 @@ def _as_ray_dataset(source):
             raise ConfigError(f"input file {path} does not exist")
         reader = {"jsonl": ray.data.read_json, "parquet": ray.data.read_parquet,
                   "csv": ray.data.read_csv}[input_format(path)]
-        return reader(path)
+        return reader(path, num_cpus=IO_CPUS)
     if hasattr(source, "columns") and hasattr(source, "to_dict"):
         return ray.data.from_pandas(source)
     return ray.data.from_items(list(source))
@@ -98,8 +101,13 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                           "--gpus-per-worker >= 0")
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
+    import logging
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts records, failures, skips
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
-    ds = _as_ray_dataset(dataset)
+    ds = _as_ray_dataset(dataset).materialize()  # read once: the ids, the schema and the work share it
     ids = _ids(ds, fields.id)
     if ids and not generate and fields.target not in ds.schema().names:
         raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
@@ -110,7 +118,7 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
         todo = sum(1 for key in ids if key not in done)
         if done:
             id_field = fields.id
-            ds = ds.filter(lambda row: str(row[id_field]) not in done)
+            ds = ds.filter(lambda row: str(row[id_field]) not in done, num_cpus=IO_CPUS)
         counter = RunProgress(todo, skipped=len(ids) - todo, mode=progress)
         try:
             if todo:
