@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
+from .cli_args import Parser, add_engine_args, add_model_args, config_from_args, int_at_least, load_args
 
 DEMO_PROMPT = ("Photosynthesis primarily occurs in the leaves of the plant. Question: In which part "
                "of the plant does photosynthesis take place? Answer: the")
@@ -18,14 +18,14 @@ DEMO_TARGET = " leaves"
 def _config_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_engine_args(p)
-    p.add_argument("--top", type=int, default=5, help="how many top tokens to list")
+    p.add_argument("--top", type=int_at_least(0), default=5, help="how many top tokens to list")
     p.add_argument("--words", action="store_true", help="aggregate token scores into words")
     p.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     p.add_argument("--html", dest="html_out", default=None, help="write an HTML heatmap to this file")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heta-fast", description="Fast HETA token attribution for decoder-only LMs.")
+    parser = Parser(prog="heta-fast", description="Fast HETA token attribution for decoder-only LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     att = sub.add_parser("attribute", help="attribute a target continuation to its prompt")
     att.add_argument("--prompt", required=True, help="the context text")
@@ -52,6 +52,9 @@ def _quiet_transformers() -> None:
 
 
 def _run(args) -> int:
+    from .files import check_writable
+    from .render import printable
+
     if args.command == "run":  # heta-fast run (issue 13)
         from .run_cli import run_pipeline
 
@@ -66,22 +69,27 @@ def _run(args) -> int:
 
     _quiet_transformers()
 
-    config = config_from_args(args)
+    # Everything that can be checked is checked before the model loads: options, output paths.
+    config, load = config_from_args(args), load_args(args)
+    outputs = [(path, flag) for path, flag in ((args.json_out, "--json"), (args.html_out, "--html")) if path]
+    for path, flag in outputs:
+        check_writable(path, f"{flag} file")
     prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)
     if args.command == "demo":
         print(f"prompt: {prompt!r}\ntarget: {target!r}", flush=True)
-    attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
+    attributor = Attributor.from_pretrained(args.model, config=config, **load)
     result = attributor.attribute(prompt, target)
+    # Files first: a terminal that cannot show the result must not cost the result.
+    if args.json_out:
+        result.to_json(args.json_out)
+    if args.html_out:
+        result.to_html(args.html_out)
     shown = result.aggregate("words") if args.words else result
     shown.show(k=args.top)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(f"time: {timings}")
-    if args.json_out:
-        result.to_json(args.json_out)
-        print(f"wrote {args.json_out}")
-    if args.html_out:
-        result.to_html(args.html_out)
-        print(f"wrote {args.html_out}")
+    for path, _ in outputs:
+        print(printable(f"wrote {path}"))
     return 0
 
 
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (HetaError, OSError) as exc:  # OSError: an unwritable output path and the like
-        print(f"heta-fast: error: {exc}", file=sys.stderr)
+        print(f"heta-fast: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("heta-fast: interrupted", file=sys.stderr)

@@ -11,6 +11,28 @@ import dataclasses
 from .components import COMPONENTS
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, ``heta-fast: error: ...``, exit status 2
+    (like every other error a user can cause); ``--help`` still prints the full usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"heta-fast: error: {message} (see {self.prog} --help)\n")
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``, refused with a message naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _default(name: str):
     from .config import HETAConfig
 
@@ -57,5 +79,11 @@ def config_from_args(args):
 
 
 def load_args(args) -> dict:
-    """Keyword arguments of ``Attributor.from_pretrained`` besides the config."""
+    """Keyword arguments of ``Attributor.from_pretrained`` besides the config, checked (dtype
+    known, device present on this machine; ``ConfigError`` otherwise) without loading anything."""
+    from .engine import resolve_device
+    from .model.loading import check_device, check_load_args
+
+    check_load_args(args.model, args.dtype)
+    check_device(resolve_device(args.device))
     return {"dtype": args.dtype, "device": args.device}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .components import COMPONENTS
@@ -10,6 +12,13 @@ from .memory import DEFAULT_MEMORY_BUDGET
 
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
+# Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.
+MAX_COUNT = 2**31 - 1
+# The curvature signal seeds torch generators with seed * 65537 + a stream constant, which
+# must stay below 2**64.
+MAX_SEED = 2**47 - 1
+_INT_FIELDS = ("num_probes", "probing_patterns", "probing_repeats", "sketch_rank", "seed", "window_size",
+               "layer_subset", "memory_budget", "max_batch")
 
 
 @dataclass(frozen=True)
@@ -50,41 +59,65 @@ class HETAConfig:
         comps = self.components
         if isinstance(comps, str):
             comps = (comps,)
+        _check(isinstance(comps, (tuple, list)),
+               f"components must be a component name or a list of them (subset of {COMPONENTS}), got {_show(comps)}")
         comps = tuple(comps)
         object.__setattr__(self, "components", comps)
         _check(len(comps) > 0, "components must be a non-empty subset of %s" % (COMPONENTS,))
         for c in comps:
-            _check(c in COMPONENTS, f"unknown component {c!r}; choose from {COMPONENTS}")
+            _check(isinstance(c, str) and c in COMPONENTS, f"unknown component {_show(c)}; choose from {COMPONENTS}")
         _check(len(set(comps)) == len(comps), f"components has duplicates: {comps}")
+        for name in ("beta", "gamma", "window_overlap"):
+            self._normalise(name, _is_number, float)
+        for name in _INT_FIELDS:
+            self._normalise(name, _is_int, int)
         for name in ("beta", "gamma"):
             v = getattr(self, name)
             _check(_is_number(v) and v >= 0 and v == v and v != float("inf"),
-                   f"{name} must be a finite number >= 0, got {v!r}")
-        _check(_is_int(self.num_probes) and self.num_probes >= 1,
-               f"num_probes must be an integer >= 1, got {self.num_probes!r}")
-        _check(self.estimator in ESTIMATORS,
-               f"unknown estimator {self.estimator!r}; choose from {ESTIMATORS}")
+                   f"{name} must be a finite number >= 0, got {_show(v)}")
+        _check(_is_int(self.num_probes) and 1 <= self.num_probes <= MAX_COUNT,
+               f"num_probes must be an integer in [1, {MAX_COUNT}], got {_show(self.num_probes)}")
+        _check(isinstance(self.estimator, str) and self.estimator in ESTIMATORS,
+               f"unknown estimator {_show(self.estimator)}; choose from {ESTIMATORS}")
         for name in ("probing_patterns", "probing_repeats", "sketch_rank"):
             v = getattr(self, name)
-            _check(_is_int(v) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
-        _check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be a bool, got {self.cuda_graphs!r}")
-        _check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
-        _check(self.mask_scheme in MASK_SCHEMES,
-               f"unknown mask_scheme {self.mask_scheme!r}; choose from {MASK_SCHEMES}")
-        _check(_is_int(self.window_size) and self.window_size >= 0,
-               f"window_size must be an integer >= 0 (0 = no windowing), got {self.window_size!r}")
+            _check(_is_int(v) and 1 <= v <= MAX_COUNT, f"{name} must be an integer in [1, {MAX_COUNT}], got {_show(v)}")
+        _check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be a bool, got {_show(self.cuda_graphs)}")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+               f"seed must be an integer in [0, 2**47 - 1], got {_show(self.seed)}")
+        _check(isinstance(self.mask_scheme, str) and self.mask_scheme in MASK_SCHEMES,
+               f"unknown mask_scheme {_show(self.mask_scheme)}; choose from {MASK_SCHEMES}")
+        _check(_is_int(self.window_size) and 0 <= self.window_size <= MAX_COUNT,
+               f"window_size must be an integer in [0, {MAX_COUNT}] (0 = no windowing), got {_show(self.window_size)}")
         _check(_is_number(self.window_overlap) and 0.0 <= self.window_overlap < 1.0,
-               f"window_overlap must be in [0, 1), got {self.window_overlap!r}")
-        _check(_is_int(self.layer_subset) and self.layer_subset >= 0,
-               f"layer_subset must be an integer >= 0 (0 = all layers), got {self.layer_subset!r}")
-        _check(isinstance(self.use_fisher, bool), f"use_fisher must be a bool, got {self.use_fisher!r}")
-        _check(_is_int(self.memory_budget) and self.memory_budget > 0,
-               f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")
-        _check(_is_int(self.max_batch) and self.max_batch >= 1,
-               f"max_batch must be an integer >= 1, got {self.max_batch!r}")
+               f"window_overlap must be in [0, 1), got {_show(self.window_overlap)}")
+        _check(_is_int(self.layer_subset) and 0 <= self.layer_subset <= MAX_COUNT,
+               f"layer_subset must be an integer >= 0 (0 = all layers), got {_show(self.layer_subset)}")
+        _check(isinstance(self.use_fisher, bool), f"use_fisher must be a bool, got {_show(self.use_fisher)}")
+        _check(_is_int(self.memory_budget) and 0 < self.memory_budget < 2**63,
+               f"memory_budget must be a positive number of bytes (an integer), got {_show(self.memory_budget)}")
+        _check(_is_int(self.max_batch) and 1 <= self.max_batch <= MAX_COUNT,
+               f"max_batch must be an integer in [1, {MAX_COUNT}], got {_show(self.max_batch)}")
+
+    def _normalise(self, name: str, accepts, kind) -> None:
+        """Numbers of other types (np.int64, np.float32, an int weight) become the Python ``int`` /
+        ``float`` they hold; a number too large for a float is refused."""
+        v = getattr(self, name)
+        if accepts(v) and type(v) is not kind:
+            try:
+                object.__setattr__(self, name, kind(v))
+            except OverflowError:
+                raise ConfigError(f"{name} must be a finite number, got {_show(v)}") from None
+
+    def check_for_model(self, n_layers: int) -> "HETAConfig":
+        """Raise ``ConfigError`` for a value this model cannot run (``layer_subset`` beyond its layers)."""
+        _check(self.layer_subset <= n_layers,
+               f"layer_subset={self.layer_subset} but the model has only {n_layers} decoder layers")
+        return self
 
     def replace(self, **changes) -> "HETAConfig":
         """A copy with some fields changed (validated again)."""
+        _check_names(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -94,14 +127,33 @@ class HETAConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HETAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown HETAConfig fields: {sorted(unknown)}")
-        d = dict(d)
-        if "components" in d:
-            d["components"] = tuple(d["components"])
+        """The config of ``to_dict()``'s mapping; unknown fields and bad values raise ``ConfigError``."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"HETAConfig.from_dict takes a mapping of fields, got {type(d).__name__}")
+        _check_names(d)
         return cls(**d)
+
+
+def as_config(config, default: HETAConfig | None = None) -> HETAConfig | None:
+    """``config`` when it is a HETAConfig, ``default`` when it is None, else ``ConfigError``."""
+    if config is None:
+        return default
+    if not isinstance(config, HETAConfig):
+        raise ConfigError(f"config must be a HETAConfig, got {type(config).__name__} "
+                          "(HETAConfig.from_dict reads a dict)")
+    return config
+
+
+def _check_names(fields) -> None:
+    known = {f.name for f in dataclasses.fields(HETAConfig)}
+    unknown = [k for k in fields if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown HETAConfig fields: {', '.join(sorted(repr(k) for k in unknown))}")
+
+
+def _show(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check(ok: bool, message: str) -> None:
@@ -110,8 +162,12 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not _is_bool(v)
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not _is_bool(v)
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool) or type(v).__name__ in ("bool", "bool_")

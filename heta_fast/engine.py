@@ -8,8 +8,9 @@ from typing import Iterable, Iterator
 import torch
 
 from .combine import combine
-from .config import HETAConfig
-from .errors import ConfigError, HetaError, InputError, NonFiniteError
+from .config import HETAConfig, as_config
+from .errors import HetaError, InputError, NonFiniteError
+from .inputs import check_max_new_tokens, request_fields, request_items
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .progress import PhaseEstimate, PhaseReporter, Progress
@@ -19,10 +20,13 @@ from .signals import SIGNALS, SignalContext
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else is passed to torch.device."""
+    """``auto`` -> cuda when available, else cpu; anything else is parsed by torch.device
+    (``ConfigError`` for a name it does not know; whether the machine has it is checked on loading)."""
+    from .model.loading import parse_device
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return parse_device(name)
 
 
 class Attributor:
@@ -53,13 +57,11 @@ class Attributor:
         dtype: "float32", "float64", "float16" or "bfloat16", the dtype the weights are loaded in;
         device: "auto" (CUDA when available, else the CPU) or a torch device string.
         """
-        from .model.aliases import DEFAULT_MODEL
-        from .model.loading import DTYPES, load_model_and_tokenizer
+        from .model.loading import check_device, check_load_args, load_model_and_tokenizer
 
-        if dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; choose from {DTYPES}")
-        name = name or DEFAULT_MODEL
-        model, tokenizer = load_model_and_tokenizer(name, dtype=dtype, device=str(resolve_device(device)))
+        name, dtype = check_load_args(name, dtype, config)
+        device = str(check_device(resolve_device(device)))
+        model, tokenizer = load_model_and_tokenizer(name, dtype=dtype, device=device)
         return cls(model, tokenizer, config, model_name=name)
 
     def close(self) -> None:
@@ -80,31 +82,54 @@ class Attributor:
         config: this call's configuration (default: the Attributor's); progress: a callback
         receiving :class:`~heta_fast.progress.ProgressEvent` s as the phases advance.
         """
+        config = self._call_config(config)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
                                    self.model.config.vocab_size)
         return self._attribute(request, config or self.config, progress)
 
     def attribute_many(self, requests: Iterable, config: HETAConfig | None = None
                        ) -> Iterator[Attribution | FailedAttribution]:
-        """(prompt, target) pairs -> results in order; a bad request yields a FailedAttribution."""
+        """Requests -> results in order; a bad request yields a FailedAttribution, the rest go on.
+
+        A request is a ``(prompt, target)`` pair or a mapping ``{"prompt": ..., "target": ...}``
+        (``heta_fast.inputs``); a bad config or a ``requests`` that is not an iterable of requests
+        raises here, before any request is read.
+        """
+        return self._many(request_items(requests), self._call_config(config))
+
+    def _many(self, requests: Iterable, config: HETAConfig) -> Iterator[Attribution | FailedAttribution]:
         for index, item in enumerate(requests):
+            prompt = target = None
             try:
-                prompt, target = item
-                yield self.attribute(prompt, target, config)
-            except (HetaError, TypeError, ValueError) as exc:
-                yield FailedAttribution(index=index, prompt=_safe(item, 0), target=_safe(item, 1),
-                                        error_type=type(exc).__name__, message=str(exc))
+                prompt, target = request_fields(item)
+                result = self.attribute(prompt, target, config)
+            except HetaError as exc:
+                result = FailedAttribution(index=index, prompt=prompt, target=target,
+                                           error_type=type(exc).__name__, message=str(exc))
+            yield result
 
     def generate_and_attribute(self, prompt: str, max_new_tokens: int = 8, config: HETAConfig | None = None,
                                progress: Progress | None = None, **generation_kwargs) -> Attribution:
-        """Generate a continuation (greedy unless told otherwise) and attribute every generated token."""
+        """Generate a continuation (greedy unless told otherwise) and attribute every generated token.
+
+        max_new_tokens: an integer >= 1 such that prompt + max_new_tokens fits the model (checked
+        before generating); generation arguments transformers refuses raise ``InputError``.
+        """
+        config = self._call_config(config)
         context = tokenize_prompt(self.tokenizer, prompt, self.model.config.vocab_size)
+        max_new_tokens = check_max_new_tokens(max_new_tokens, context.numel(), self.adapter.max_length)
         ids = context[None].to(self.adapter.device)
+        user_kwargs = sorted(generation_kwargs)
         generation_kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      pad_token_id=pad, **generation_kwargs)
+            try:
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                          pad_token_id=pad, **generation_kwargs)
+            except (TypeError, ValueError) as exc:  # transformers' checks of the caller's generation arguments
+                if not user_kwargs:
+                    raise
+                raise InputError(f"generation arguments {user_kwargs} refused: {' '.join(str(exc).split())}") from exc
         generated = out[0, ids.shape[1]:].cpu()
         if generated.numel() == 0:
             raise InputError("the model generated no tokens (it stopped at once)")
@@ -122,6 +147,10 @@ class Attributor:
                                    self.model.config.vocab_size)
         return [PhaseEstimate("forward", 1, "pass", passes=1)] + [
             SIGNALS[name].estimate(self.adapter, request, cfg) for name in cfg.components]
+
+    def _call_config(self, config) -> HETAConfig:
+        """This call's config (default: the Attributor's), checked against the model before any work."""
+        return as_config(config, self.config).check_for_model(len(self.adapter.layers))
 
     # ------------------------------------------------------------------ pipeline
     def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,
@@ -202,10 +231,3 @@ def _phase(name: str, timings: dict):
     with torch.profiler.record_function(f"heta::{name}"):
         yield
     timings[name] = round(time.perf_counter() - start, 6)
-
-
-def _safe(item, i):
-    try:
-        return item[i]
-    except Exception:
-        return None

@@ -15,7 +15,22 @@ class ConfigError(HetaError, ValueError):
 
 
 class InputError(HetaError, ValueError):
-    """A request the engine cannot attribute: empty prompt, empty target, too long, ..."""
+    """A request the engine cannot attribute (empty prompt or target, too long, a value of a kind
+    it does not accept, ...), or a data file that cannot be read."""
+
+
+class ResultFormatError(InputError):
+    """A results file (``Attribution.from_json``, an eval results file) that is malformed, of an
+    unknown version, or unreadable; the message names the file and what is wrong."""
+
+
+class OutputError(HetaError, OSError):
+    """An output file that cannot be written (missing folder, a directory, no permission); also
+    an ``OSError``."""
+
+
+class FileLockedError(HetaError):
+    """A results file that another process is writing (it holds the file's lock)."""
 
 
 class ModelLoadError(HetaError):

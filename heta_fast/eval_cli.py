@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
 
@@ -74,21 +75,49 @@ def _settings(args):
                         ig_steps=args.ig_steps, metrics=metrics)
 
 
+def _check_files(args) -> None:
+    """Output paths writable, files to merge readable results files: before any work."""
+    from .errors import InputError
+    from .evaluate.results_file import read_results_file
+    from .files import check_writable
+
+    check_writable(args.out, "--out file")
+    if args.markdown:
+        check_writable(args.markdown, "--markdown file")
+    for path in args.merge:
+        if not Path(path).exists():
+            raise InputError(f"no such results file to merge: {path}")
+        read_results_file(path)
+
+
 def run_eval(args) -> int:
     from .engine import Attributor
     from .errors import ConfigError
     from .evaluate.data import load_examples, select_shard
     from .evaluate.methods import resolve_methods
-    from .evaluate.runner import run_evaluation
-    from .evaluate.summary import render_paired, render_table, summarise
+    from .files import FileLock
+    from .render import printable
 
     methods = resolve_methods(args.methods)
     if args.paired is not None and args.paired not in methods:
         raise ConfigError(f"--paired {args.paired!r} is not one of the evaluated methods")
-    settings, config = _settings(args), config_from_args(args)
+    settings, config, load = _settings(args), config_from_args(args), load_args(args)
+    _check_files(args)
     examples = select_shard(load_examples(args.data, args.limit), args.shard)
-    attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
-    print(f"{len(examples)} examples x {len(methods)} methods ({', '.join(methods)}) -> {args.out}", flush=True)
+    # The results file is ours from here to the end: a second process given it is refused now.
+    with FileLock(args.out, "results file").acquire(wait=False):
+        attributor = Attributor.from_pretrained(args.model, config=config, **load)
+        print(printable(f"{len(examples)} examples x {len(methods)} methods ({', '.join(methods)}) -> {args.out}"),
+              flush=True)
+        return _evaluate(args, attributor, examples, methods, settings)
+
+
+def _evaluate(args, attributor, examples, methods, settings) -> int:
+    from .evaluate.runner import run_evaluation
+    from .evaluate.summary import render_paired, render_table, summarise
+    from .files import atomic_write
+    from .render import printable
+
     try:
         store = run_evaluation(attributor, examples, methods, args.out, settings, data=str(args.data),
                                progress=not args.no_progress, merge=args.merge)
@@ -100,16 +129,14 @@ def run_eval(args) -> int:
     records = [r for r in store.records if r["example"] in ids and r["method"] in methods]
     summaries = summarise(records, exclude_first=args.exclude_first)
     note = " (DSA and F1 with the first token excluded)" if args.exclude_first else ""
-    print(f"\n{len({r['example'] for r in records})} examples{note}; mean [95% bootstrap CI]; "
-          f"s / example = attribution wall time\n{render_table(summaries)}")
+    print(printable(f"\n{len({r['example'] for r in records})} examples{note}; mean [95% bootstrap CI]; "
+                    f"s / example = attribution wall time\n{render_table(summaries)}"))
     md = [render_table(summaries, markdown=True)]
     if args.paired is not None:
-        print(f"\npaired differences, mean [95% bootstrap CI]\n"
-              f"{render_paired(records, args.paired, args.exclude_first)}")
+        print(printable(f"\npaired differences, mean [95% bootstrap CI]\n"
+                        f"{render_paired(records, args.paired, args.exclude_first)}"))
         md.append(render_paired(records, args.paired, args.exclude_first, markdown=True))
     if args.markdown:
-        from pathlib import Path
-
-        Path(args.markdown).write_text("\n\n".join(md) + "\n", encoding="utf-8")
-        print(f"wrote {args.markdown}")
+        atomic_write(args.markdown, "\n\n".join(md) + "\n")
+        print(printable(f"wrote {args.markdown}"))
     return 0

@@ -1,4 +1,8 @@
-"""Human-readable views of an :class:`~heta_fast.result.Attribution`: terminal and HTML."""
+"""Human-readable views of an :class:`~heta_fast.result.Attribution`: terminal and HTML.
+
+Terminal text degrades to what the stream can encode (a ``cp1252`` or ASCII console): the bar
+glyphs become ASCII, other characters a backslash escape; nothing raises UnicodeEncodeError.
+"""
 from __future__ import annotations
 
 import html
@@ -10,6 +14,10 @@ import torch
 from .components import COMPONENTS
 
 _SHADES = " ▁▂▃▄▅▆▇█"
+_ASCII_SHADES = " .:-=+*#@"
+# What the glyphs heta-fast prints become on a terminal that cannot encode them.
+_FALLBACK = str.maketrans({"⏎": "\\n", "⇥": "\\t", "↑": "^", "↓": "v", "−": "-", "±": "+-", "×": "x", "…": "...",
+                           **dict(zip(_SHADES, _ASCII_SHADES))})
 _PALETTE = (231, 224, 217, 210, 203, 196)  # xterm-256 backgrounds, white to red
 
 
@@ -24,10 +32,36 @@ def _visible(tok: str) -> str:
     return tok.replace("\n", "⏎").replace("\t", "⇥")
 
 
-def render_terminal(res, k: int = 5, color: bool | None = None) -> str:
-    """Heatmap of the context (one line of text) and a top-k table, per target token."""
+def encoding_of(stream) -> str:
+    """The stream's text encoding (UTF-8 when it does not say or names no known codec)."""
+    import codecs
+
+    enc = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return codecs.lookup(enc).name
+    except LookupError:
+        return "utf-8"
+
+
+def printable(text: str, stream=None) -> str:
+    """``text`` as ``stream`` (default stdout) can encode it: known glyphs in ASCII, others escaped."""
+    enc = encoding_of(stream if stream is not None else sys.stdout)
+    try:
+        text.encode(enc)
+        return text
+    except UnicodeEncodeError:
+        return text.translate(_FALLBACK).encode(enc, "backslashreplace").decode(enc)
+
+
+def render_terminal(res, k: int = 5, color: bool | None = None, stream=None) -> str:
+    """Heatmap of the context (one line of text) and a top-k table, per target token.
+
+    stream: where the text will be printed (default stdout); decides colour and what the text
+    may contain (:func:`printable`).
+    """
+    stream = stream if stream is not None else sys.stdout
     if color is None:
-        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        color = hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
     lines = []
     for t, target in enumerate(res.target_tokens):
         row = res.scores[t]
@@ -47,7 +81,7 @@ def render_terminal(res, k: int = 5, color: bool | None = None) -> str:
         lines.append(f"  {'rank':>4}  {'index':>5}  {'score':>11}  token")
         for rank, (i, tok, score) in enumerate(res.topk(k, target=t), start=1):
             lines.append(f"  {rank:>4}  {i:>5}  {score:>11.4e}  {tok!r}")
-    return "\n".join(lines)
+    return printable("\n".join(lines), stream)
 
 
 def render_html(res) -> str:

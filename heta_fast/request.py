@@ -1,4 +1,7 @@
-"""Turning a (prompt, target) request into token ids, with clear errors for bad input."""
+"""Turning a (prompt, target) request into token ids, with clear errors for bad input.
+
+The accepted forms of a prompt, a target and a batch item are checked in :mod:`heta_fast.inputs`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .inputs import as_token_ids, check_text
 
 
 @dataclass(frozen=True)
@@ -31,25 +35,20 @@ class TokenizedRequest:
         return torch.arange(self.target_ids.numel()) + self.n_context - 1
 
 
-def _as_ids(value, what: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        ids = value.flatten().long()
-    else:
-        try:
-            ids = torch.tensor(list(value), dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(f"{what} must be text or a sequence of token ids") from exc
-    return ids
-
-
 def tokenize_prompt(tokenizer, prompt, vocab_size: int) -> torch.Tensor:
-    """Prompt text (tokenised with the tokenizer's usual special tokens) or ids -> ids [n]."""
-    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        raise InputError("the prompt is empty")
+    """Prompt text (tokenised with the tokenizer's usual special tokens) or ids -> ids [n].
+
+    Accepted: ``str``, a 1-D sequence of Python/NumPy integers, a 1-D integer tensor or array.
+    Anything else (bytes, floats, bools, nested or 2-D values, None, ...) is an ``InputError``
+    naming what was given.
+    """
     if isinstance(prompt, str):
+        check_text(prompt, "prompt")
+        if not prompt.strip():
+            raise InputError("the prompt is empty")
         ids = torch.tensor(tokenizer(prompt, add_special_tokens=True)["input_ids"], dtype=torch.long)
     else:
-        ids = _as_ids(prompt, "prompt")
+        ids = as_token_ids(prompt, "prompt", vocab_size)
     if ids.numel() == 0:
         raise InputError("the prompt has no tokens")
     _check_vocab(ids, vocab_size, "prompt")
@@ -57,15 +56,19 @@ def tokenize_prompt(tokenizer, prompt, vocab_size: int) -> torch.Tensor:
 
 
 def tokenize_target(tokenizer, target, vocab_size: int) -> torch.Tensor:
-    """Target text (tokenised without special tokens: it continues the prompt) or ids -> ids [T]."""
-    if target is None or (isinstance(target, str) and target == ""):
-        raise InputError("the target is empty")
+    """Target text (tokenised without special tokens: it continues the prompt) or ids -> ids [T].
+
+    Accepted forms as for :func:`tokenize_prompt`.
+    """
     if isinstance(target, str):
+        check_text(target, "target")
+        if target == "":
+            raise InputError("the target is empty")
         ids = torch.tensor(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
         if ids.numel() == 0:
             raise InputError(f"the target {target!r} tokenises to no tokens")
     else:
-        ids = _as_ids(target, "target")
+        ids = as_token_ids(target, "target", vocab_size)
     if ids.numel() == 0:
         raise InputError("the target has no tokens")
     _check_vocab(ids, vocab_size, "target")

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from .components import COMPONENTS
-
-FORMAT_VERSION = 1
+from .errors import InputError
+from .files import atomic_write
+from .result_format import FORMAT_VERSION, parse_result, read_result
 
 
 @dataclass
@@ -55,8 +56,13 @@ class Attribution:
 
     def topk(self, k: int = 5, target: int | None = None) -> list[tuple[int, str, float]]:
         """The k highest-scoring context units as (index, text, score), highest first."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise InputError(f"k must be an integer >= 0, got {k!r}")
+        if target is not None and not (isinstance(target, int) and -len(self.target_tokens) <= target
+                                       < len(self.target_tokens)):
+            raise InputError(f"target must be None or a target index in [0, {len(self.target_tokens)}), got {target!r}")
         row = self.row(target)
-        k = min(int(k), row.numel())
+        k = min(k, row.numel())
         values, idx = torch.topk(row.double(), k)
         return [(int(i), self.context_tokens[int(i)], float(v)) for v, i in zip(values, idx)]
 
@@ -64,7 +70,7 @@ class Attribution:
     def aggregate(self, unit: str = "words") -> "Attribution":
         """Sum token scores (and components) into words: a word starts at a token beginning with white space."""
         if unit != "words":
-            raise ValueError(f"unknown aggregation unit {unit!r}; only 'words' is supported")
+            raise InputError(f"unknown aggregation unit {unit!r}; only 'words' is supported")
         groups: list[list[int]] = []
         for i, tok in enumerate(self.context_tokens):
             if not groups or tok[:1].isspace() or not tok.strip():
@@ -92,18 +98,20 @@ class Attribution:
 
     # ------------------------------------------------------------------ rendering
     def show(self, k: int = 5, file=None, color: bool | None = None) -> None:
-        """Print a heatmap of the context and the top-k tokens to the terminal."""
+        """Print a heatmap of the context and the top-k tokens to the terminal (or ``file``), in
+        what it can encode."""
+        import sys
+
         from .render import render_terminal
 
-        print(render_terminal(self, k=k, color=color), file=file)
+        file = file if file is not None else sys.stdout
+        print(render_terminal(self, k=k, color=color, stream=file), file=file)
 
     def to_html(self, path: str | Path) -> Path:
-        """Write a self-contained HTML heatmap; returns the path."""
+        """Write a self-contained HTML heatmap (atomically; ``OutputError`` naming a bad path); returns the path."""
         from .render import render_html
 
-        path = Path(path)
-        path.write_text(render_html(self), encoding="utf-8")
-        return path
+        return atomic_write(path, render_html(self))
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
@@ -121,38 +129,33 @@ class Attribution:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """JSON text of the result; also written to ``path`` when given."""
+        """JSON text of the result; also written to ``path`` when given (atomically; ``OutputError``
+        naming a bad path)."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            atomic_write(path, text)
         return text
 
     @classmethod
     def from_dict(cls, d: dict) -> "Attribution":
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported attribution format version {d.get('format_version')!r}")
-
-        def ten(x):
-            return None if x is None else torch.tensor(x, dtype=torch.float64).reshape(
-                len(d["target_tokens"]), len(d["context_tokens"]))
-
-        return cls(
-            scores=ten(d["scores"]), flow=ten(d.get("flow")), curvature=ten(d.get("curvature")),
-            information=ten(d.get("information")), context_tokens=list(d["context_tokens"]),
-            target_tokens=list(d["target_tokens"]), context_ids=d.get("context_ids"),
-            target_ids=d.get("target_ids"), prompt=d.get("prompt"), method=d.get("method", "heta"),
-            model=d.get("model"), model_dtype=d.get("model_dtype"), device=d.get("device"),
-            config=d.get("config") or {}, timings=d.get("timings") or {},
-            unit=d.get("unit", "tokens"),
-        )
+        """The result of :meth:`to_dict`'s mapping; anything malformed raises ``ResultFormatError``."""
+        return cls._build(parse_result(d))
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> "Attribution":
-        """Read a result written by :meth:`to_json` (a path, or the JSON text itself)."""
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text))
+        """Read a result written by :meth:`to_json` (a path, or the JSON text itself).
+
+        Every field is checked (format version, types, shapes, finite numbers); any failure,
+        including an unreadable file, raises ``ResultFormatError`` naming the file and the problem.
+        """
+        return cls._build(read_result(path_or_text))
+
+    @classmethod
+    def _build(cls, fields: dict) -> "Attribution":
+        for name in ("scores",) + COMPONENTS:
+            if fields[name] is not None:
+                fields[name] = torch.tensor(fields[name], dtype=torch.float64)
+        return cls(**fields)
 
 
 @dataclass

@@ -62,15 +62,28 @@ def load_curated(path: str | Path) -> list[EvalExample]:
 
 
 def _curated_example(rec: dict, where: str) -> EvalExample:
-    try:
-        text, narrative, support = rec["input_text"], rec["narrative_segment"], rec["sciq_support_segment"]
-        answer = rec["answer"]
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{where}: missing field {exc}") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"{where}: must be a JSON object, got {_json_kind(rec)}")
+    fields = ("input_text", "narrative_segment", "sciq_support_segment", "answer")
+    missing = [name for name in fields if name not in rec]
+    if missing:
+        raise InputError(f"{where}: missing field {', '.join(repr(m) for m in missing)}")
+    text, narrative, support, answer = (rec[name] for name in fields)
+    for name, value in zip(fields[:3], (text, narrative, support)):
+        if not isinstance(value, str):
+            raise InputError(f"{where}: {name!r} must be a string, got {_json_kind(value)}")
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        raise InputError(f"{where}: 'answer' must be a string or a number, got {_json_kind(answer)}")
     sup = _locate(text, support, f"{where}: support segment")
-    gold = _indexed_words(text, sup, rec.get("important_word_indices_in_sciq_support"))
+    indices = rec.get("important_word_indices_in_sciq_support")
+    if indices is not None and not (isinstance(indices, list) and all(_is_int(i) for i in indices)):
+        raise InputError(f"{where}: 'important_word_indices_in_sciq_support' must be a list of integers")
+    gold = _indexed_words(text, sup, indices)
+    words = rec.get("important_words", [])
+    if not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+        raise InputError(f"{where}: 'important_words' must be a list of strings")
     if not gold:
-        gold = _word_occurrences(text, rec.get("important_words", []), sup)
+        gold = _word_occurrences(text, words, sup)
     return EvalExample(
         id=str(rec.get("id", where)), prompt=text + ANSWER_CUE, target=" " + str(answer).strip(),
         target_tokens=1, support=sup, distractor=_locate(text, narrative, f"{where}: distractor segment"),
@@ -106,10 +119,7 @@ def _trim(text: str, span: Span) -> Span:
 def load_jsonl(path: str | Path) -> list[EvalExample]:
     """User examples in the JSONL format of this module's docstring."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    lines = _read_text(path).splitlines()
     out, seen = [], set()
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -119,6 +129,8 @@ def load_jsonl(path: str | Path) -> list[EvalExample]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply") from None
         ex = _jsonl_example(rec, where, default_id=str(number))
         if ex.id in seen:
             raise InputError(f"{where}: duplicate id {ex.id!r}")
@@ -131,7 +143,9 @@ def load_jsonl(path: str | Path) -> list[EvalExample]:
 
 def _jsonl_example(rec, where: str, default_id: str) -> EvalExample:
     if not isinstance(rec, dict):
-        raise InputError(f"{where}: each line must be a JSON object")
+        raise InputError(f"{where}: each line must be a JSON object, got {_json_kind(rec)}")
+    if "id" in rec and not (isinstance(rec["id"], str) or _is_int(rec["id"])):
+        raise InputError(f"{where}: 'id' must be a string or an integer, got {_json_kind(rec['id'])}")
     prompt, target = rec.get("prompt"), rec.get("target")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"{where}: 'prompt' must be a non-empty string")
@@ -143,6 +157,9 @@ def _jsonl_example(rec, where: str, default_id: str) -> EvalExample:
     support = _segment(prompt, rec.get("support"), f"{where}: support")
     distractor = _segment(prompt, rec.get("distractor"), f"{where}: distractor")
     gold = []
+    if not isinstance(rec.get("gold") or [], list):
+        raise InputError(f"{where}: 'gold' must be a list of words and [start, end) spans, "
+                         f"got {_json_kind(rec['gold'])}")
     for item in rec.get("gold") or []:
         if isinstance(item, str):
             found = _word_occurrences(prompt, [item], support)
@@ -196,13 +213,45 @@ def _word_occurrences(text: str, words, within: Span | None) -> list[Span]:
     return sorted(set(spans))
 
 
-def _read_json(path: Path):
+def _read_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is refused naming the first bad byte."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                         "save it as UTF-8") from None
+
+
+def _read_json(path: Path):
+    text = _read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, for messages: 'a number (5)', 'a list', 'null', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:30]!r})"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[EvalExample]:

@@ -1,31 +1,32 @@
 """Run methods × examples, score every attribution with every metric, and keep the results.
 
-Results live in one JSON file that is rewritten atomically after every finished (example,
-method group): an interrupted run loses at most the group in progress, and running the same
-command again skips what the file already holds. A file written with other settings (model,
-metric settings, HETA configuration) is refused rather than mixed.
+Results live in one JSON file that is rewritten atomically (a uniquely named temporary file,
+then a rename) after every finished (example, method group): an interrupted run loses at most
+the group in progress, and running the same command again skips what the file already holds.
+A run holds the file's lock (``<file>.lock``): a second process given the same file is refused
+at once instead of overwriting the first one's records. A file written with other settings
+(model, metric settings, HETA configuration), of another version, or malformed is refused
+rather than mixed.
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from ..errors import ConfigError, HetaError, InputError
+from ..errors import ConfigError, HetaError
+from ..files import FileLock
 from ..request import tokenize_request, tokenize_target
 from ..result import Attribution
 from .baselines.heta_variants import VARIANTS
 from .data import EvalExample
 from .methods import resolve_methods, run_methods
 from .metrics import DEFAULT_FRACTIONS, dsa, f1_alignment, hard_faithfulness, soft_faithfulness
+from .results_file import ResultsFile
 from .spans import token_offsets, tokens_in
 
-FORMAT = "heta-fast-eval"
-VERSION = 1
 METRICS = ("soft_nc", "soft_ns", "comprehensiveness", "sufficiency", "dsa", "f1")
 # Configuration fields that change no number (where and in what chunks the work runs).
 _NEUTRAL_CONFIG = ("max_batch", "memory_budget")
@@ -160,90 +161,6 @@ def _mean_dicts(dicts: list[dict]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- results file
-@dataclass
-class ResultsFile:
-    """The JSON results file: a header identifying the run and one record per (example, method)."""
-
-    path: Path
-    header: dict
-    records: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, path: str | Path, header: dict) -> "ResultsFile":
-        """Load ``path`` to continue it (its header must match), or start a new one."""
-        path = Path(path)
-        if not path.exists():
-            return cls(path, header)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path} exists but is not a results file ({exc}); choose another --out") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{path} exists but is not a heta-fast eval results file; choose another --out")
-        old = data.get("header", {})
-        diffs = _differences(old, header)
-        if diffs:
-            detail = "; ".join(f"{k}: {a!r} != {b!r}" for k, a, b in diffs)
-            raise InputError(f"{path} was written with other settings ({detail}); "
-                             "use the same settings to continue it, or another --out")
-        return cls(path, {**header, "data": old.get("data", header.get("data"))}, list(data.get("records", [])))
-
-    def absorb(self, paths: Sequence[str | Path]) -> int:
-        """Add the records of other results files written with the same settings (e.g. the shards
-        of a sharded run) that this file does not hold yet, in one save; returns how many."""
-        done, new = self.done(), []
-        for path in paths:
-            if Path(path).resolve() == self.path.resolve():
-                continue
-            if not Path(path).exists():
-                raise InputError(f"no such results file to merge: {path}")
-            for r in ResultsFile.open(path, self.header).records:
-                if (r["example"], r["method"]) not in done:
-                    done.add((r["example"], r["method"]))
-                    new.append(r)
-        if new:
-            self.add(new)
-        return len(new)
-
-    def done(self) -> set[tuple[str, str]]:
-        return {(r["example"], r["method"]) for r in self.records}
-
-    def add(self, records: Iterable[dict]) -> None:
-        self.records.extend(records)
-        self.save()
-
-    def save(self) -> None:
-        # Write a sibling temporary file, then rename: the file on disk is always complete.
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        payload = {"format": FORMAT, "version": VERSION, "header": self.header, "records": self.records}
-        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        os.replace(tmp, self.path)
-
-
-def _differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """(key, old, new) for every identity field (model, metric settings, HETA config) that differs."""
-    out = []
-    old = _upgrade_header(old)
-    for section in ("model", "model_dtype", "settings", "heta_config"):
-        a, b = old.get(section), new.get(section)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [(f"{section}.{k}", a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            out.append((section, a, b))
-    return out
-
-
-def _upgrade_header(header: dict) -> dict:
-    """A header written when the model's dtype was a HETAConfig field (``heta_config.dtype``,
-    beside a ``device`` that never decided anything) in today's form (``model_dtype``)."""
-    cfg = header.get("heta_config")
-    if not isinstance(cfg, dict) or "dtype" not in cfg:
-        return header
-    cfg = {k: v for k, v in cfg.items() if k not in ("dtype", "device")}
-    return {**header, "heta_config": cfg, "model_dtype": header.get("heta_config", {}).get("dtype")}
-
-
 def run_header(attributor, settings: EvalSettings, data: str | None) -> dict:
     cfg = {k: v for k, v in attributor.config.to_dict().items() if k not in _NEUTRAL_CONFIG}
     return {"model": attributor.model_name, "model_dtype": str(attributor.adapter.dtype).removeprefix("torch."),
@@ -269,8 +186,17 @@ def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: st
     """
     settings = settings or EvalSettings()
     methods = resolve_methods(methods)
-    store = ResultsFile.open(out, run_header(attributor, settings, data))
-    store.absorb(merge)
+    lock = FileLock(out, "results file").acquire(wait=False)
+    try:
+        store = ResultsFile.open(out, run_header(attributor, settings, data))
+        store.absorb(merge)
+        _run_examples(attributor, examples, methods, settings, store, progress, on_group)
+    finally:
+        lock.release()
+    return store
+
+
+def _run_examples(attributor, examples, methods, settings, store, progress, on_group) -> None:
     done = store.done()
     bar = _progress(len(examples), progress)
     try:
@@ -282,7 +208,6 @@ def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: st
             bar.update(1)
     finally:
         bar.close()
-    return store
 
 
 def _evaluate_example(attributor, ex, pending, settings, store, on_group) -> None:

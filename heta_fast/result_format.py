@@ -1,0 +1,138 @@
+"""Reading an attribution file back: every field checked, every failure one ResultFormatError.
+
+:func:`read_result` returns the keyword arguments of :class:`~heta_fast.result.Attribution` for
+a JSON text or file written by ``Attribution.to_json``, or raises
+:class:`~heta_fast.errors.ResultFormatError` naming the file (or "the JSON text") and what is
+wrong: unreadable, not UTF-8, not JSON, another format version, a missing or mistyped field, a
+matrix of the wrong shape, a number that is NaN or infinite.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .components import COMPONENTS
+from .errors import ResultFormatError
+
+FORMAT_VERSION = 1
+UNITS = ("tokens", "words")
+_MATRICES = ("scores",) + COMPONENTS
+_OPTIONAL_TEXT = ("prompt", "model", "model_dtype", "device")
+FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens", "context_ids", "target_ids",
+          "config", "timings", *_MATRICES, *_OPTIONAL_TEXT}
+
+
+def read_result(path_or_text) -> dict:
+    """Attribution keyword arguments from a path or the JSON text itself (text starts with ``{``)."""
+    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
+        return parse_result(_loads(path_or_text, "the JSON text"), "the JSON text")
+    if not isinstance(path_or_text, (str, os.PathLike)):
+        raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__}")
+    path = Path(path_or_text)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ResultFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultFormatError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    return parse_result(_loads(text, str(path)), str(path))
+
+
+def _loads(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where_in = f"line {exc.lineno} column {exc.colno}"
+        raise ResultFormatError(f"{where}: not valid JSON ({exc.msg} at {where_in})") from None
+    except RecursionError:
+        raise ResultFormatError(f"{where}: JSON nested too deeply") from None
+
+
+def parse_result(d, where: str = "the result") -> dict:
+    """Check a decoded result mapping; returns Attribution keyword arguments (matrices as nested lists)."""
+    def fail(what: str):
+        raise ResultFormatError(f"{where}: {what}")
+
+    if not isinstance(d, dict):
+        fail(f"expected a JSON object, got {_kind(d)}")
+    version = d.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        fail(f"format_version {version!r} is not one this heta-fast reads ({FORMAT_VERSION})")
+    unknown = sorted(str(k) for k in d if k not in FIELDS)
+    if unknown:
+        fail(f"unknown fields {unknown}")
+    out = {}
+    for name in ("context_tokens", "target_tokens"):
+        value = d.get(name)
+        if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+            fail(f"{name} must be a non-empty list of strings, got {_kind(value)}")
+        out[name] = list(value)
+    shape = (len(out["target_tokens"]), len(out["context_tokens"]))
+    for name in _MATRICES:
+        value = d.get(name)
+        if value is None and name != "scores":
+            out[name] = None
+            continue
+        out[name] = _matrix(value, shape, name, fail)
+    unit = d.get("unit", "tokens")
+    if unit not in UNITS:
+        fail(f"unit must be one of {UNITS}, got {unit!r}")
+    out["unit"] = unit
+    lengths = {"target_ids": shape[0], "context_ids": shape[1] if unit == "tokens" else None}
+    for name, length in lengths.items():
+        value = d.get(name)
+        if value is not None:
+            ok = isinstance(value, list) and all(_is_id(i) for i in value)
+            if not ok or (length is not None and len(value) != length):
+                fail(f"{name} must be a list of {length if length is not None else 'the'} non-negative integer ids")
+        out[name] = value
+    for name in _OPTIONAL_TEXT:
+        value = d.get(name)
+        if value is not None and not isinstance(value, str):
+            fail(f"{name} must be a string or null, got {_kind(value)}")
+        out[name] = value
+    method = d.get("method", "heta")
+    if not isinstance(method, str) or not method:
+        fail(f"method must be a non-empty string, got {_kind(method)}")
+    out["method"] = method
+    for name in ("config", "timings"):
+        value = d.get(name) or {}
+        if not isinstance(value, dict):
+            fail(f"{name} must be an object, got {_kind(value)}")
+        out[name] = value
+    return out
+
+
+def _matrix(value, shape: tuple[int, int], name: str, fail) -> list[list[float]]:
+    """[rows][cols] of finite numbers, exactly ``shape``."""
+    rows, cols = shape
+    if not isinstance(value, list) or len(value) != rows:
+        fail(f"{name} must be a list of {rows} rows (one per target token), got {_kind(value)}")
+    for t, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != cols:
+            fail(f"{name}[{t}] must be a list of {cols} numbers (one per context unit), got {_kind(row)}")
+        for i, x in enumerate(row):
+            if not isinstance(x, (int, float)) or isinstance(x, bool):
+                fail(f"{name}[{t}][{i}] is {_kind(x)}, not a number")
+            try:
+                finite = math.isfinite(x)
+            except OverflowError:  # an integer beyond float range
+                finite = False
+            if not finite:
+                fail(f"{name}[{t}][{i}] is {_kind(x)}: scores must be finite")
+    return value
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _kind(value) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
