@@ -1,0 +1,108 @@
+"""The endpoints of a running service: results, status, events, models, metrics, one-line 4xx."""
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.service.helpers import wait_done
+
+CHEAP = {"probing_repeats": 1, "probing_patterns": 2}
+
+
+@pytest.fixture(scope="module")
+def http():
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+def test_wait_answers_with_the_result(service_url, http):
+    r = http.post(service_url + "v1/attributions", params={"wait": 30},
+                  json={"prompt": "w1 w2 w3", "target": " w4", "options": CHEAP})
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["status"] == "done" and view["result"]["format_version"] >= 1
+    assert view["result"]["context_tokens"] == ["w1", "w2", "w3"]
+    assert len(view["result"]["scores"][0]) == 3
+    again = http.get(f"{service_url}v1/attributions/{view['id']}").json()
+    assert again["result"] == view["result"]
+
+
+def test_without_wait_202_then_done(service_url, http):
+    r = http.post(service_url + "v1/attributions", json={"prompt": "w1 w2 w3 w4", "generate": 2,
+                                                         "options": CHEAP})
+    assert r.status_code in (200, 202) and r.json()["status"] in ("queued", "running", "done")
+    view = wait_done(http, service_url, r.json()["id"])
+    assert view["status"] == "done" and len(view["result"]["target_tokens"]) >= 1
+
+
+def test_events_stream_phases_then_done(service_url, http):
+    job = http.post(service_url + "v1/attributions", json={"prompt": "w1 w2 w3", "target": " w4 w5"}).json()
+    events = []
+    with http.stream("GET", f"{service_url}v1/attributions/{job['id']}/events", timeout=60) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "done"
+    phases = {data["phase"] for _, data in events if data.get("phase")}
+    assert phases <= {"forward", "flow", "curvature", "information"}
+
+
+def test_models_and_health(service_url, http):
+    info = http.get(service_url + "v1/models").json()["models"][0]
+    assert info["model_type"] == "llama" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["max_context"] > 0 and "[BOS]" in info["special_tokens"]
+    assert http.get(service_url + "healthz").json() == {"status": "ok"}
+
+
+def test_metrics_are_prometheus_text(service_url, http):
+    http.post(service_url + "v1/attributions", params={"wait": 30}, json={"prompt": "w1 w2", "target": " w3"})
+    text = http.get(service_url + "metrics").text
+    for name in ("heta_requests_total{", "heta_queue_depth ", "heta_jobs_total{", "heta_phase_seconds_bucket{",
+                 "heta_job_seconds_count "):
+        assert name in text, name
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"prompt": "w1 w2", "target": " w3", "options": {"beta": -1}}, 422, "options: beta"),
+    ({"prompt": "w1 w2", "target": " w3", "options": {"estimator": "magic"}}, 422, "options: unknown estimator"),
+    ({"prompt": "w1 w2", "target": " w3", "options": {"nope": 1}}, 422, "options.nope"),
+    ({"prompt": "w1 w2"}, 422, "target:"),
+    ({"target": " w3"}, 422, "prompt:"),
+    ({"prompt": 5, "target": " w3"}, 422, "prompt:"),
+    ({"prompt": "", "target": " w3"}, 422, "prompt/target: the prompt is empty"),
+    ({"prompt": [1, 2, 10**9], "target": " w3"}, 422, "prompt/target:"),
+    ({"prompt": "w1", "generate": 0}, 422, "generate:"),
+    ({"prompt": "w1 " * 30000, "target": " w3"}, 413, "prompt: "),
+    ({"messages": [{"role": "user", "content": "w1"}], "target": " w3"}, 422, "messages: "),
+])
+def test_bad_input_is_a_one_line_4xx_naming_the_field(service_url, http, body, status, field):
+    r = http.post(service_url + "v1/attributions", json=body)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(field) and "\n" not in detail, detail
+
+
+def test_malformed_json_unknown_id_and_big_body(service_url, http):
+    r = http.post(service_url + "v1/attributions", content=b"{bad", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON")
+    assert http.get(service_url + "v1/attributions/nope").status_code == 404
+    assert http.delete(service_url + "v1/attributions/nope").status_code == 404
+    r = http.post(service_url + "v1/attributions", content=b"x" * 1_100_000,
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"].startswith("body:")
+
+
+def test_cancel_a_finished_job_keeps_its_result(service_url, http):
+    view = http.post(service_url + "v1/attributions", params={"wait": 30},
+                     json={"prompt": "w1 w2", "target": " w3", "options": CHEAP}).json()
+    assert view["status"] == "done"
+    assert http.delete(f"{service_url}v1/attributions/{view['id']}").json()["status"] == "done"
+    time.sleep(0.05)
+    assert http.get(f"{service_url}v1/attributions/{view['id']}").json()["status"] == "done"
