@@ -9,10 +9,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Fields of HETAConfig a request may set; memory_budget, max_batch and cuda_graphs belong to the
-# server (they change how the work is chunked, not the numbers).
-OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
-                 "sketch_rank", "seed", "mask_scheme", "window_size", "window_overlap", "layer_subset", "use_fisher")
+from ..client import OPTION_FIELDS
 
 Text = str
 Ids = list[int]

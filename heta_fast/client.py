@@ -1,0 +1,140 @@
+"""A Python client of ``heta-fast serve``, shaped like the Attributor (standard library only).
+
+>>> attr = Client("http://127.0.0.1:8000/")          # instead of Attributor.from_pretrained(...)
+>>> res = attr.attribute("The capital of France is", target=" Paris")   # an Attribution
+
+``submit`` queues a job and returns its id; ``result(id)`` waits for it and returns the
+Attribution; ``cancel(id)`` cancels it. A job that fails raises the typed error it failed with
+(``InputError``, ``ConfigError``, ... by name; else :class:`ServiceError`); a request refused as
+invalid (413/422) raises ``ConfigError`` (bad options) or ``InputError``, as in-process; any other
+HTTP error raises :class:`ServiceError` with the status and the service's one-line message.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from . import errors
+from .errors import HetaError
+from .result import Attribution
+
+TERMINAL = ("done", "failed", "cancelled")
+# Fields of HETAConfig a request may set (the service's ``options``); memory_budget, max_batch and
+# cuda_graphs belong to the server (they change how the work is chunked, not the numbers).
+OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
+                 "sketch_rank", "seed", "mask_scheme", "window_size", "window_overlap", "layer_subset", "use_fisher")
+
+
+class ServiceError(HetaError):
+    """An error answer of the service (``status``: its HTTP status; 0 when it could not be reached)."""
+
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class Client:
+    """url: the service's base address; token: its bearer token; timeout: seconds per HTTP call."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0):
+        self.url = url if url.endswith("/") else url + "/"
+        self.token, self.timeout = token, timeout
+
+    # ------------------------------------------------------------------ the Attributor's calls
+    def attribute(self, prompt, target, config=None, *, timeout: float | None = None, **options) -> Attribution:
+        """Attribute ``target`` (text or ids) to ``prompt`` (text or ids); ``config``: a HETAConfig
+        or a dict of options (``options`` keywords add to it). Waits for the result."""
+        return self.result(self.submit(prompt, target, config=config, **options), timeout=timeout)
+
+    def generate_and_attribute(self, prompt, max_new_tokens: int = 8, config=None, *,
+                               timeout: float | None = None, **options) -> Attribution:
+        """Attribute the service's greedy continuation of up to ``max_new_tokens`` tokens."""
+        return self.result(self.submit(prompt, generate=max_new_tokens, config=config, **options), timeout=timeout)
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, prompt=None, target=None, *, generate: int | None = None, messages: list | None = None,
+               config=None, **options) -> str:
+        """Queue one request; returns the job id. ``messages``: chat messages instead of a prompt."""
+        body = {"prompt": _plain(prompt), "messages": messages, "target": _plain(target), "generate": generate,
+                "options": _options(config, options) or None}
+        return self._call("POST", "v1/attributions", {k: v for k, v in body.items() if v is not None})["id"]
+
+    def status(self, job_id: str) -> dict:
+        """The job's state: status, phase, progress, error, result (``GET /v1/attributions/{id}``)."""
+        return self._call("GET", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}")
+
+    def result(self, job_id: str, timeout: float | None = None, poll: float = 0.05) -> Attribution:
+        """Wait for the job (at most ``timeout`` seconds; None: as long as it takes) and return its result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.status(job_id)
+            if view["status"] in TERMINAL:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise ServiceError(f"job {job_id} not finished after {timeout} s (status {view['status']})")
+            time.sleep(poll)
+            poll = min(poll * 1.5, 1.0)
+        if view["status"] == "done":
+            return Attribution.from_dict(view["result"])
+        error = view.get("error") or {"type": "ServiceError", "message": view["status"]}
+        kind = getattr(errors, error["type"], None)
+        if isinstance(kind, type) and issubclass(kind, HetaError) and kind not in (ServiceError,):
+            raise kind(error["message"])
+        raise ServiceError(f"{error['type']}: {error['message']}")
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued or running job; returns its state."""
+        return self._call("DELETE", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}")
+
+    def models(self) -> list[dict]:
+        """What the service has loaded (name, architecture, dtype, device, max context, config)."""
+        return self._call("GET", "v1/models")["models"]
+
+    # ------------------------------------------------------------------ HTTP
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read()).get("detail", exc.reason)
+            except (ValueError, AttributeError):
+                detail = exc.reason
+            if exc.code in (413, 422):  # the request's own fault: the in-process error type
+                raise (errors.ConfigError if str(detail).startswith("options") else errors.InputError)(
+                    str(detail)) from None
+            retry = exc.headers.get("Retry-After") if exc.headers else None
+            raise ServiceError(f"{exc.code}: {detail}", exc.code, float(retry) if retry else None) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServiceError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _options(config, extra: dict) -> dict:
+    """A HETAConfig or a dict -> the request's ``options`` (only fields a request may set)."""
+    if config is None:
+        fields = {}
+    elif isinstance(config, dict):
+        fields = dict(config)
+    else:
+        fields = {k: v for k, v in config.to_dict().items() if k in OPTION_FIELDS}
+    fields.update(extra)
+    return fields
+
+
+def _plain(value):
+    """Token ids as a list of ints (tensors and arrays included); text and None unchanged."""
+    if value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return [int(v) for v in value]
