@@ -1,0 +1,106 @@
+"""Records per second of a whole data set on the default model, side by side (issue 13):
+
+* ``loop-1thread`` / ``loop-2threads``: a Python loop of ``Attributor.attribute`` calls;
+* ``run``: the pipeline in one process (``run_to_directory``: the scheduler, part files);
+* ``ray-2actors``: ``attribute_ray`` on a local 2-CPU Ray instance, 2 actors of one torch thread;
+* ``2-shards``: two ``heta-fast run --shard I/2`` processes of one thread each, into one directory.
+
+32 curated records (``../shared/data/curated_qa_100.json``): prompt ``input_text + "\\nAnswer:"``,
+target the first token of ``" " + answer``. Ray and the shard processes are timed from start to
+finish (actor start and model load included); extra_info has the records/s.
+
+    python -m pytest benchmarks/bench_pipeline.py -q -s --benchmark-columns=min,rounds
+
+No timing assertions.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+N_RECORDS = 32
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
+VARIANTS = ("loop-1thread", "loop-2threads", "run", "ray-2actors", "2-shards")
+
+
+@pytest.fixture(scope="module")
+def records(default_attributor):
+    if not DATA.exists():
+        pytest.skip(f"{DATA} is not there (../shared/ beside the repository)")
+    tok = default_attributor.tokenizer
+    examples = json.loads(DATA.read_text(encoding="utf-8"))["examples"][:N_RECORDS]
+    return [{"id": ex["id"], "prompt": ex["input_text"] + "\nAnswer:",
+             "target": tok(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]} for ex in examples]
+
+
+def _loop(attr, records, threads):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return [attr.attribute(r["prompt"], r["target"]) for r in records]
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run(attr, records, out):
+    from heta_fast.pipeline.run import run_to_directory
+
+    return run_to_directory(attr, records, out, progress="quiet")
+
+
+def _ray(records, out, workdir):
+    import ray
+
+    from heta_fast.distributed import attribute_ray
+
+    cwd = os.getcwd()
+    os.chdir(workdir)  # Ray puts the driver's directory on its workers' path: not the repository (kernels/)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    finally:
+        os.chdir(cwd)
+    try:
+        return attribute_ray(records, out, model="smollm2-135m", device="cpu", concurrency=2,
+                             threads_per_worker=1, batch_size=4, progress="quiet")
+    finally:
+        ray.shutdown()
+
+
+def _shards(data, out, workdir):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "heta_fast", "run", "-q", "--input", str(data), "--output", str(out)]
+    procs = [subprocess.Popen(cmd + ["--shard", f"{i}/2"], cwd=workdir, env=env) for i in range(2)]
+    return [p.wait() for p in procs]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp_path, variant):
+    benchmark.group = f"pipeline: {N_RECORDS} curated records, default model"
+    attr = default_attributor
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    runs = {
+        "loop-1thread": lambda: _loop(attr, records, 1),
+        "loop-2threads": lambda: _loop(attr, records, 2),
+        "run": lambda: _run(attr, records, tmp_path / "out"),
+        "ray-2actors": lambda: _ray(records, tmp_path / "out", tmp_path),
+        "2-shards": lambda: _shards(data, tmp_path / "out", tmp_path),
+    }
+    start = time.perf_counter()
+    out = benchmark.pedantic(runs[variant], rounds=1, iterations=1)
+    seconds = time.perf_counter() - start
+    if variant == "2-shards":
+        assert out == [0, 0]
+    if variant in ("run", "ray-2actors", "2-shards"):
+        from heta_fast.io import read_results
+
+        table = read_results(tmp_path / "out", form="records")
+        assert len(table) == N_RECORDS and table.ok.all()
+    benchmark.extra_info.update(records=N_RECORDS, seconds=round(seconds, 2),
+                                records_per_s=round(N_RECORDS / seconds, 4))
+    print(f"\n{variant}: {N_RECORDS} records in {seconds:.1f} s = {N_RECORDS / seconds:.3f} records/s")
