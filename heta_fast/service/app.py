@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app(attributor, settings)``.
 
 Endpoints: POST /v1/attributions (``?wait=SECONDS``), GET/DELETE /v1/attributions/{id},
-GET /v1/attributions/{id}/events (server-sent events), GET /v1/models, /healthz, /metrics.
+GET /v1/attributions/{id}/events (server-sent events), GET /v1/models, /healthz, /metrics, and
+the page at / (files in ``static/``, no external code).
 Client errors are 4xx with ``{"detail": "<field>: <what>"}``.
 """
 from __future__ import annotations
@@ -10,11 +11,13 @@ import asyncio
 import json
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +28,7 @@ from .metrics import Metrics
 from .schema import AttributionRequest, Health, JobView, ModelsView
 from .settings import ServiceSettings
 
+STATIC = Path(__file__).parent / "static"  # the page: index.html, app.js, style.css
 POLL_SECONDS = 0.02  # how often a waiting request or an events stream looks at its job
 HEARTBEAT_SECONDS = 15.0
 
@@ -94,6 +98,11 @@ def create_app(attributor, settings: ServiceSettings | None = None):
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     asgi = Guard(app, settings.token, settings.max_body_bytes, metrics)
     if settings.cors_origins:
         asgi = CORSMiddleware(asgi, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],

@@ -1,0 +1,65 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright (never `playwright install`).
+
+Types a prompt, clicks Run, waits for the heatmap, checks that the highest-scored token shown is
+the API's, hovers a token for its components, and saves a screenshot (its path is printed).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+PROMPT, TARGET = "w3 w1 w4 w1 w5", " w9"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def test_page_runs_an_attribution_and_shows_the_api_top_token(service_url, browser, tmp_path):
+    from heta_fast.result import Attribution
+
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.set_default_timeout(90_000)
+    page.goto(service_url)
+    page.fill("#prompt", PROMPT)
+    page.fill("#target", TARGET)
+    page.click("#run")
+    page.wait_for_selector("#heatmap .tok")
+    shown = page.inner_text("#top-token")
+    tokens = page.locator("#heatmap .tok")
+    assert tokens.count() == 5
+
+    api = httpx.post(service_url + "v1/attributions", params={"wait": 60}, json={"prompt": PROMPT, "target": TARGET},
+                     timeout=90).json()
+    result = Attribution.from_dict(api["result"])
+    assert shown == result.topk(1)[0][1]
+
+    tokens.nth(0).hover()
+    tip = page.inner_text("#tooltip")
+    assert all(name in tip for name in ("score", "flow", "curvature", "information"))
+    shot = tmp_path / "heta-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 0
+    page.check("#words")
+    words = result.aggregate("words")  # the page aggregates by the same rule
+    assert page.locator("#heatmap .tok").count() == len(words.context_tokens)
+    assert page.inner_text("#top-token") == words.topk(1)[0][1]
+    assert page.get_attribute("#download", "href").startswith("blob:")
+    assert all(url.startswith(service_url) or url.startswith("blob:") for url in requested), requested
+    page.close()
