@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .cli_args import Parser, add_engine_args, add_model_args, config_from_args, int_at_least, load_args
+from .serve_cli import add_serve_parser, run_serve  # heta-fast serve (issue 14)
 
 DEMO_PROMPT = ("Photosynthesis primarily occurs in the leaves of the plant. Question: In which part "
                "of the plant does photosynthesis take place? Answer: the")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .run_cli import add_run_parser  # heta-fast run (issue 13)
 
     add_run_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -55,6 +57,8 @@ def _run(args) -> int:
     from .files import check_writable
     from .render import printable
 
+    if args.command == "serve":
+        return run_serve(args)
     if args.command == "run":  # heta-fast run (issue 13)
         from .run_cli import run_pipeline
 

@@ -80,8 +80,10 @@ def run_serve(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"heta-fast serve needs the 'service' extra (pip install 'heta-fast[service]'): {exc}")
+    from .cli import _quiet_transformers
     from .engine import Attributor
 
+    _quiet_transformers()
     settings, config, load = settings_from_args(args), config_from_args(args), load_args(args)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,7 +99,6 @@ def run_serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import _quiet_transformers
     from .errors import HetaError
 
     parser = Parser(prog="heta-fast", description="Fast HETA token attribution for decoder-only LMs.")
@@ -105,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     add_serve_parser(sub)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     try:
-        _quiet_transformers()
         return run_serve(args)
     except (HetaError, OSError) as exc:
         print(f"heta-fast: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)

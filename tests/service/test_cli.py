@@ -1,0 +1,36 @@
+"""`heta-fast serve` options: parsed into ServiceSettings, token from the environment, bad values refused."""
+from __future__ import annotations
+
+import pytest
+
+from heta_fast.cli import build_parser
+from heta_fast.errors import ConfigError
+from heta_fast.serve_cli import settings_from_args
+
+
+def test_serve_options_become_settings(monkeypatch, tmp_path):
+    monkeypatch.delenv("HETA_FAST_TOKEN", raising=False)
+    args = build_parser().parse_args(["serve", "--port", "0", "--max-queue", "3", "--job-timeout", "2.5",
+                                      "--cors-origin", "http://localhost:3000", "--results-dir", str(tmp_path)])
+    assert (args.host, args.port) == ("127.0.0.1", 0)  # loopback unless told otherwise
+    s = settings_from_args(args)
+    assert (s.max_queue, s.job_timeout, s.cors_origins, s.token) == (3, 2.5, ("http://localhost:3000",), None)
+    monkeypatch.setenv("HETA_FAST_TOKEN", "from-env")
+    assert settings_from_args(args).token == "from-env"
+    args.token = "flag"
+    assert settings_from_args(args).token == "flag"
+
+
+@pytest.mark.parametrize("argv", [["--port", "-1"], ["--max-queue", "0"], ["--job-timeout", "nan"],
+                                  ["--job-timeout", "-3"]])
+def test_bad_serve_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["serve", *argv])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_results_dir_must_be_a_folder(tmp_path):
+    args = build_parser().parse_args(["serve", "--results-dir", str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="--results-dir"):
+        settings_from_args(args)
