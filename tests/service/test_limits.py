@@ -72,7 +72,10 @@ def test_cancel_a_running_job(limited):
 
 def test_results_kept_by_count_and_written_to_the_folder(limited):
     url, http, folder = limited
-    ids = [http.post(url + "v1/attributions", params={"wait": 30}, json=QUICK).json()["id"] for _ in range(5)]
+    ids = []
+    for _ in range(5):  # one after the other: they finish in this order
+        ids.append(http.post(url + "v1/attributions", params={"wait": 30}, json=QUICK).json()["id"])
+        assert wait_done(http, url, ids[-1])["status"] == "done"
     codes = [http.get(f"{url}v1/attributions/{i}").status_code for i in ids]
     assert codes == [404, 404, 200, 200, 200]  # only the 3 newest finished jobs are kept
     assert {f"{i}.json" for i in ids} <= {p.name for p in folder.iterdir()}
