@@ -55,6 +55,7 @@ def _quiet_transformers() -> None:
 
 def _run(args) -> int:
     from .files import check_writable
+    from .inputs import check_text
     from .render import printable
 
     if args.command == "serve":
@@ -79,6 +80,8 @@ def _run(args) -> int:
     for path, flag in outputs:
         check_writable(path, f"{flag} file")
     prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)
+    check_text(prompt, "prompt")
+    check_text(target, "target")
     if args.command == "demo":
         print(f"prompt: {prompt!r}\ntarget: {target!r}", flush=True)
     attributor = Attributor.from_pretrained(args.model, config=config, **load)
@@ -100,7 +103,10 @@ def _run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .errors import HetaError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed in one line
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return _run(args)
     except (HetaError, OSError) as exc:  # OSError: an unwritable output path and the like

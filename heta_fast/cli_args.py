@@ -16,6 +16,8 @@ class Parser(argparse.ArgumentParser):
     (like every other error a user can cause); ``--help`` still prints the full usage."""
 
     def error(self, message: str):
+        # Arguments are quoted into the message: their control characters (a newline) are escaped.
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"heta-fast: error: {message} (see {self.prog} --help)\n")
 
 

@@ -126,10 +126,11 @@ class Attributor:
             try:
                 out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                           pad_token_id=pad, **generation_kwargs)
-            except (TypeError, ValueError) as exc:  # transformers' checks of the caller's generation arguments
+            except Exception as exc:  # with the caller's generation arguments transformers fails in many ways
                 if not user_kwargs:
                     raise
-                raise InputError(f"generation arguments {user_kwargs} refused: {' '.join(str(exc).split())}") from exc
+                raise InputError(f"generation arguments {user_kwargs} refused: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())}") from exc
         generated = out[0, ids.shape[1]:].cpu()
         if generated.numel() == 0:
             raise InputError("the model generated no tokens (it stopped at once)")

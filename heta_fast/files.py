@@ -87,6 +87,14 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove the temporary files :func:`atomic_write` left beside ``path`` when a writer was
+    killed mid-write. Call only while holding ``path``'s :class:`FileLock` (no writer is running)."""
+    path = Path(path).expanduser()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        _unlink(tmp)
+
+
 def _mode_for(path: Path) -> int:
     """The permissions ``path`` has, or those a new file gets under the current umask."""
     try:

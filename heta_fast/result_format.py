@@ -100,7 +100,8 @@ def parse_result(d, where: str = "the result") -> dict:
         fail(f"method must be a non-empty string, got {_kind(method)}")
     out["method"] = method
     for name in ("config", "timings"):
-        value = d.get(name) or {}
+        value = d.get(name)
+        value = {} if value is None else value
         if not isinstance(value, dict):
             fail(f"{name} must be an object, got {_kind(value)}")
         out[name] = value

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import ConfigError, HetaError
-from ..files import FileLock
+from ..files import FileLock, remove_stale_temporaries
 from ..request import tokenize_request, tokenize_target
 from ..result import Attribution
 from .baselines.heta_variants import VARIANTS
@@ -188,6 +188,7 @@ def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: st
     methods = resolve_methods(methods)
     lock = FileLock(out, "results file").acquire(wait=False)
     try:
+        remove_stale_temporaries(out)  # of a run killed mid-write
         store = ResultsFile.open(out, run_header(attributor, settings, data))
         store.absorb(merge)
         _run_examples(attributor, examples, methods, settings, store, progress, on_group)
