@@ -76,6 +76,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the data
         os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 would differ from a file written plainly
         os.replace(tmp, path)
     except OSError as exc:
