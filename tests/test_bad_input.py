@@ -1,5 +1,6 @@
 """Issue 15, one regression test per item: bad input gets a typed error (one line at the CLI,
 exit 2) before any work, and nothing is read silently as something else."""
+import io
 import json
 import os
 import subprocess
@@ -104,14 +105,14 @@ def test_from_json_refuses_a_non_finite_score(attr, tmp_path):
 
 
 # ----------------------------------------------------------------------------- untyped errors
-def test_invalid_utf8_on_the_command_line_is_one_line(tiny_model_dir):
-    for flag in ("--prompt", "--target"):
-        args = {"--prompt": b"w1 w2", "--target": b"w3"}
-        args[flag] = b"w1 \xff w2"
-        argv = [sys.executable.encode(), b"-m", b"heta_fast", b"attribute", b"--model", str(tiny_model_dir).encode()]
-        argv += [x for k, v in args.items() for x in (k.encode(), v)]
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tiny_model_dir)
-        _one_line_exit_2(proc.returncode, proc.stderr, f"the {flag[2:]} is not valid UTF-8 text (byte 0xff")
+def test_invalid_utf8_on_the_command_line_is_one_line(tiny_model_dir, capsys):
+    argv = [sys.executable.encode(), b"-m", b"heta_fast", b"attribute", b"--model", str(tiny_model_dir).encode(),
+            b"--prompt", b"w1 \xff w2", b"--target", b"w3"]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tiny_model_dir)  # a real process's argv
+    _one_line_exit_2(proc.returncode, proc.stderr, "the prompt is not valid UTF-8 text (byte 0xff at character 3)")
+    # Python decodes argv with os.fsdecode (surrogateescape): the same string, in this process.
+    code = main(["attribute", "--model", str(tiny_model_dir), "--prompt", "w1", "--target", os.fsdecode(b"w3 \xfe")])
+    _one_line_exit_2(code, capsys.readouterr().err, "the target is not valid UTF-8 text (byte 0xfe at character 3)")
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -223,16 +224,17 @@ def test_a_terminal_that_cannot_encode_the_heatmap_gets_ascii_and_the_file_is_wr
     assert heatmap.startswith("w1") and heatmap.endswith("@") and "█" not in proc.stdout
 
 
-def test_the_eval_table_prints_on_a_cp1252_terminal(tiny_model_dir, tmp_path):
+def test_the_eval_table_prints_on_a_cp1252_terminal(tiny_model_dir, tmp_path, monkeypatch):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": text(5, 6, 7), "target": text(8), "support": text(6, 7), "distractor":
                                 text(5)}))
-    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
-    proc = subprocess.run([sys.executable, "-m", "heta_fast", "eval", "--model", str(tiny_model_dir), "--data",
-                           str(data), "--methods", "rollout", "--metrics", "dsa", "--out", str(tmp_path / "r.json"),
-                           "--no-progress"], capture_output=True, text=True, env=env, encoding="cp1252", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "DSA ^" in proc.stdout and "rollout" in proc.stdout
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="cp1252"))  # as PYTHONIOENCODING=cp1252
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout", "--metrics",
+                 "dsa", "--out", str(tmp_path / "r.json"), "--no-progress"])
+    sys.stdout.flush()
+    printed = raw.getvalue().decode("cp1252")
+    assert code == 0 and "DSA ^" in printed and "rollout" in printed
 
 
 @pytest.mark.parametrize("content,match", [
