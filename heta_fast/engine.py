@@ -143,7 +143,7 @@ class Attributor:
 
         Also checks the request and the memory budget (the same typed errors as ``attribute``).
         """
-        cfg = config or self.config
+        cfg = self._call_config(config)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
                                    self.model.config.vocab_size)
         return [PhaseEstimate("forward", 1, "pass", passes=1)] + [
@@ -162,7 +162,7 @@ class Attributor:
         non-finite output, over the memory budget) yields a FailedAttribution and the others go on.
         Each request's numbers are those of attributing it alone.
         """
-        cfg = config or self.config
+        cfg = self._call_config(config)
         progress = progress or [None] * len(requests)
         out: list[Attribution | FailedAttribution] = []
         for index, (request, report) in enumerate(zip(requests, progress)):

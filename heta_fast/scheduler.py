@@ -68,9 +68,10 @@ class Scheduler:
         yield from self._drain(window)
 
     def _admit(self, order: int, job: Job) -> _Pending:
-        pending = _Pending(order, job, config=job.config or self.attributor.config)
+        pending = _Pending(order, job)
         att = self.attributor
         try:
+            pending.config = att._call_config(job.config)
             pending.request = tokenize_request(att.tokenizer, job.prompt, job.target, att.adapter.max_length,
                                                att.model.config.vocab_size)
         except HetaError as exc:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, HetaError, InputError
+from ..files import atomic_write
 from .schema import SCHEMA_VERSION
 
 MANIFEST_PREFIX = "manifest"
@@ -47,18 +47,8 @@ def manifest_path(directory: Path, slot: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a unique temporary file beside ``path``, fsync it, rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically over ``path`` (:func:`heta_fast.files.atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 @dataclass
