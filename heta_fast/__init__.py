@@ -8,11 +8,14 @@ from __future__ import annotations
 from .config import HETAConfig
 from .errors import (
     ConfigError,
+    FileLockedError,
     HetaError,
     InputError,
     MemoryBudgetError,
     ModelLoadError,
     NonFiniteError,
+    OutputError,
+    ResultFormatError,
     UnsupportedArchitectureError,
 )
 from .result import Attribution, FailedAttribution
@@ -29,5 +32,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'heta_fast' has no attribute {name!r}")
 
 
+# Every error class of heta_fast.errors (tests/test_imports.py checks that none is missing).
 __all__ = ["Attributor", "HETAConfig", "Attribution", "FailedAttribution", "HetaError", "ConfigError",
-           "InputError", "ModelLoadError", "NonFiniteError", "UnsupportedArchitectureError", "MemoryBudgetError"]
+           "InputError", "ResultFormatError", "OutputError", "FileLockedError", "ModelLoadError", "NonFiniteError",
+           "UnsupportedArchitectureError", "MemoryBudgetError"]
