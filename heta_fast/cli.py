@@ -1,7 +1,9 @@
 """The ``heta-fast`` command line: attribute, demo, eval.
 
 Errors a user can cause print one line on stderr and exit with status 2; they never show a
-traceback.
+traceback. Progress goes to stderr (heta_fast.progress.TerminalProgress): on a terminal one line
+rewritten in place and erased at the end, otherwise plain lines for phases that run 5 s or more;
+``-q`` silences it. stdout carries the result only.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--words", action="store_true", help="aggregate token scores into words")
     p.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     p.add_argument("--html", dest="html_out", default=None, help="write an HTML heatmap to this file")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress and no estimate on stderr (errors are still printed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +88,18 @@ def _run(args) -> int:
     check_text(target, "target")
     if args.command == "demo":
         print(f"prompt: {prompt!r}\ntarget: {target!r}", flush=True)
-    attributor = Attributor.from_pretrained(args.model, config=config, **load)
-    result = attributor.attribute(prompt, target)
+    from .progress import TerminalProgress
+
+    reporter = None if args.quiet else TerminalProgress(sys.stderr)
+    try:
+        if reporter is not None:
+            reporter.status(f"loading {args.model or 'smollm2-135m'} ...")
+        attributor = Attributor.from_pretrained(args.model, config=config, **load)
+        _announce(attributor, prompt, target, reporter)  # checks the request and the budget, even with -q
+        result = attributor.attribute(prompt, target, progress=reporter)
+    finally:
+        if reporter is not None:
+            reporter.close()
     # Files first: a terminal that cannot show the result must not cost the result.
     if args.json_out:
         result.to_json(args.json_out)
@@ -98,6 +112,52 @@ def _run(args) -> int:
     for path, _ in outputs:
         print(printable(f"wrote {path}"))
     return 0
+
+
+def work_plan(attributor, prompt, target) -> dict:
+    """What ``attributor.attribute(prompt, target)`` will do, before it runs: the per-phase
+    estimates (which also check the request and the memory budget), the estimated floating-point
+    operations per phase (:func:`heta_fast.progress.work_flops`), the request's target tokens,
+    the HVPs one target costs in each window, and the bytes of the model's weights."""
+    from .progress import work_flops
+    from .request import tokenize_request
+    from .signals.curvature import products_needed
+    from .windows import context_windows
+
+    cfg, model = attributor.config, attributor.model
+    estimates = attributor.estimate(prompt, target)
+    req = tokenize_request(attributor.tokenizer, prompt, target, attributor.adapter.max_length,
+                           model.config.vocab_size)
+    n_ctx, n_tgt = req.n_context, int(req.target_ids.numel())
+    windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
+    per_target = tuple(products_needed(cfg, w.size) for w in windows) if "curvature" in cfg.components else ()
+    # A window's input is its context up to its end plus target[:-1]; a masked variant at a
+    # window's token recomputes, on average, half the window and the targets.
+    hvp_tokens = sum(n_tgt * c * (w.stop + n_tgt - 1) for w, c in zip(windows, per_target))
+    variant_tokens = (sum(round(w.size * (w.size / 2 + n_tgt)) for w in windows)
+                      if "information" in cfg.components else 0)
+    params = sum(p.numel() for p in model.parameters())
+    work = {"forward": work_flops(params, n_ctx + n_tgt - 1, 0, 0), "flow": 0.0,
+            "curvature": work_flops(params, 0, hvp_tokens, 0), "information": work_flops(params, 0, 0, variant_tokens)}
+    return {"estimates": estimates, "work": {e.phase: work.get(e.phase, 0.0) for e in estimates},
+            "targets": n_tgt, "hvps_per_target": per_target,
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+def _announce(attributor, prompt, target, reporter) -> None:
+    """Configure ``reporter`` for this request; print the estimate first when the work is long."""
+    from . import progress
+
+    plan = work_plan(attributor, prompt, target)
+    if reporter is None:
+        return
+    reporter.targets, reporter.hvps_per_target = plan["targets"], plan["hvps_per_target"]
+    reporter.phases, reporter.work = tuple(e.phase for e in plan["estimates"]), plan["work"]
+    total = sum(plan["work"].values())
+    if total > progress.ESTIMATE_THRESHOLD_FLOPS:
+        first, *rest = progress.describe_estimate(plan["estimates"], total, plan["weight_bytes"])
+        reporter.message("\n".join([f"heta-fast: {first} (more than {progress.ESTIMATE_THRESHOLD_FLOPS:.0e}; "
+                                     "-q hides this)", *rest]))
 
 
 def main(argv: list[str] | None = None) -> int:

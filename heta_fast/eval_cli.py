@@ -48,7 +48,8 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                    help="hard metrics: prob (drop of the target's probability, default) | log_prob | kl")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient quadrature nodes (default 32)")
     add_engine_args(p, components=False)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                   help="no progress bar")
     return p
 
 

@@ -80,15 +80,105 @@ def test_a_callback_that_raises_stops_the_attribution():
         attr.attribute(PROMPT, TARGET, progress=stop)
 
 
-def test_terminal_rendering_and_remaining_time():
-    stream = io.StringIO()
-    reporter = PhaseReporter(TerminalProgress(stream), "curvature", 4, "HVPs")
-    reporter.advance(1)
-    reporter.finish()
-    text_out = stream.getvalue()
-    assert "curvature: 0/4 HVPs" in text_out and "curvature: 4/4 HVPs\n" in text_out
+def test_remaining_time_of_one_phase():
     assert ProgressEvent("x", 1, 4, "u", 2.0).remaining_seconds == pytest.approx(6.0)
     assert ProgressEvent("x", 0, 4, "u", 2.0).remaining_seconds is None
+
+
+def test_live_rendering_rewrites_one_line_and_close_erases_it():
+    stream = io.StringIO()
+    live = TerminalProgress(stream, live=True, tick=None, phases=("forward", "curvature"), targets=2,
+                            hvps_per_target=(2,))
+    reporter = PhaseReporter(live, "curvature", 4, "HVPs")
+    reporter.advance(2)
+    reporter.finish()
+    out = stream.getvalue()
+    assert "\n" not in out  # one line, rewritten in place
+    assert "\r\x1b[Kheta-fast: [2/2] curvature 0/4 HVPs, 0/2 target tokens done" in out
+    assert "[2/2] curvature 4/4 HVPs, 2/2 target tokens done, 2 batches" in out
+    live.close()
+    assert stream.getvalue().endswith("\r\x1b[K") and not live._shown
+    live.close()  # twice is harmless
+    assert stream.getvalue().count("\x1b[K") == out.count("\x1b[K") + 1
+
+
+def test_without_a_terminal_only_long_phases_print_plain_lines():
+    stream = io.StringIO()
+    log = TerminalProgress(stream, live=False, log_after=5, log_every=30)
+    for done, elapsed in [(0, 0.0), (1, 1.0), (2, 4.9)]:
+        log(ProgressEvent("information", done, 10, "masked variants", elapsed))
+    log(ProgressEvent("flow", 2, 2, "layers", 0.5))
+    assert stream.getvalue() == ""  # a short phase prints nothing
+    for done, elapsed in [(3, 6.0), (4, 20.0), (8, 37.0), (10, 40.0)]:
+        log(ProgressEvent("information", done, 10, "masked variants", elapsed))
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["heta-fast: information 3/10 masked variants",
+                                                      "heta-fast: information 8/10 masked variants",
+                                                      "heta-fast: information done: 10 masked variants in 40 s"]
+    assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
+
+
+def test_the_time_left_counts_the_phases_still_to_come():
+    tp = TerminalProgress(io.StringIO(), live=False, phases=("forward", "flow", "curvature", "information"),
+                          work={"forward": 1.0, "flow": 0.0, "curvature": 100.0, "information": 50.0})
+    # Half the curvature in 10 s: 50 units of work in 10 s, 100 still to do.
+    assert tp.remaining(ProgressEvent("curvature", 2, 4, "HVPs", 10.0)) == pytest.approx(20.0)
+    # Before its first unit, a phase knows nothing unless an earlier phase (not the forward) set a rate.
+    tp(ProgressEvent("forward", 1, 1, "pass", 0.5))
+    assert tp.remaining(ProgressEvent("information", 0, 5, "masked variants", 0.0)) is None
+    tp(ProgressEvent("curvature", 4, 4, "HVPs", 20.0))  # 5 units/s
+    assert tp.remaining(ProgressEvent("information", 0, 5, "masked variants", 2.0)) == pytest.approx(8.0)
+    assert "about 8 s left" in tp.describe(ProgressEvent("information", 0, 5, "masked variants", 2.0))
+
+
+@pytest.mark.parametrize("config", [{"estimator": "exact", "num_probes": 1, "max_batch": 2},
+                                    {"window_size": 4, "window_overlap": 0.5, "max_batch": 5}],
+                         ids=["exact", "windows"])
+def test_target_tokens_done_follow_the_curvature_term(config, monkeypatch):
+    """Each target's operator is built when the one before it is finished: at that moment the HVPs
+    reported so far must place the progress line at exactly that window and target."""
+    from heta_fast.progress import target_position
+    from heta_fast.signals.curvature import products_needed
+    from heta_fast.signals.curvature import signal as curvature_module
+    from heta_fast.windows import context_windows
+
+    attr = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), HETAConfig(**config))
+    done, at_operator = [0], []
+    original = curvature_module.OperatorFactory
+
+    def factory(*args, **kwargs):
+        at_operator.append(done[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(curvature_module, "OperatorFactory", factory)
+
+    def progress(event):
+        if event.phase == "curvature":
+            done[0] = event.done
+
+    result = attr.attribute(PROMPT, TARGET, progress=progress)
+    n_tgt, cfg = len(result.target_ids), attr.config
+    windows = context_windows(len(result.context_ids), cfg.window_size, cfg.window_overlap)
+    per_target = tuple(products_needed(cfg, w.size) for w in windows)
+    expected = [(w, t) for w in range(len(windows)) for t in range(n_tgt)]
+    assert len(at_operator) == len(expected) and len(expected) > 1
+    assert [target_position(d, n_tgt, per_target) for d in at_operator] == expected
+    assert target_position(done[0], n_tgt, per_target) == (len(windows) - 1, n_tgt)
+
+
+def test_the_estimate_describes_passes_hvps_and_memory():
+    from heta_fast.memory import mib
+    from heta_fast.progress import describe_estimate, work_flops
+
+    attr = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(), HETAConfig())
+    estimates = attr.estimate(PROMPT, TARGET)
+    head, *lines = describe_estimate(estimates, work_flops(1000, 10, 20, 30), weight_bytes=3 * 2**20)
+    assert head == "estimate: about 2.4e+05 floating-point operations"
+    curvature = next(line for line in lines if "curvature" in line)
+    assert "32 HVPs in 1 pass, peak about" in curvature  # 2 targets x 16 probing products
+    peak = max(e.peak_bytes for e in estimates)
+    assert lines[-1].startswith("  expected memory:") and "weights 3 MiB" in lines[-1]
+    assert lines[-1].endswith(f"+ largest batch {mib(peak)})") and peak > 0
 
 
 @pytest.mark.parametrize("config", [{}, {"estimator": "exact", "num_probes": 2, "max_batch": 3},
