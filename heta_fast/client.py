@@ -3,8 +3,9 @@
 >>> attr = Client("http://127.0.0.1:8000/")          # instead of Attributor.from_pretrained(...)
 >>> res = attr.attribute("The capital of France is", target=" Paris")   # an Attribution
 
-``submit`` queues a job and returns its id; ``result(id)`` waits for it and returns the
-Attribution; ``cancel(id)`` cancels it. A job that fails raises the typed error it failed with
+``submit`` queues a job and returns its id; ``result(id)`` waits for it (the service answers
+when the job finishes: ``?wait=``, no polling) and returns the Attribution; ``cancel(id)``
+cancels it. A job that fails raises the typed error it failed with
 (``InputError``, ``ConfigError``, ... by name; else :class:`ServiceError`); a request refused as
 invalid (413/422) raises ``ConfigError`` (bad options) or ``InputError``, as in-process; any other
 HTTP error raises :class:`ServiceError` with the status and the service's one-line message.
@@ -22,6 +23,7 @@ from .errors import HetaError
 from .result import Attribution
 
 TERMINAL = ("done", "failed", "cancelled")
+LONG_WAIT = 30.0  # seconds one HTTP call asks the service to wait for a job (then it asks again)
 # Fields of HETAConfig a request may set (the service's ``options``); memory_budget, max_batch and
 # cuda_graphs belong to the server (they change how the work is chunked, not the numbers).
 OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
@@ -47,36 +49,47 @@ class Client:
     def attribute(self, prompt, target, config=None, *, timeout: float | None = None, **options) -> Attribution:
         """Attribute ``target`` (text or ids) to ``prompt`` (text or ids); ``config``: a HETAConfig
         or a dict of options (``options`` keywords add to it). Waits for the result."""
-        return self.result(self.submit(prompt, target, config=config, **options), timeout=timeout)
+        return self._run(_body(prompt, target, None, None, config, options), timeout)
 
     def generate_and_attribute(self, prompt, max_new_tokens: int = 8, config=None, *,
                                timeout: float | None = None, **options) -> Attribution:
         """Attribute the service's greedy continuation of up to ``max_new_tokens`` tokens."""
-        return self.result(self.submit(prompt, generate=max_new_tokens, config=config, **options), timeout=timeout)
+        return self._run(_body(prompt, None, max_new_tokens, None, config, options), timeout)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, prompt=None, target=None, *, generate: int | None = None, messages: list | None = None,
                config=None, **options) -> str:
         """Queue one request; returns the job id. ``messages``: chat messages instead of a prompt."""
-        body = {"prompt": _plain(prompt), "messages": messages, "target": _plain(target), "generate": generate,
-                "options": _options(config, options) or None}
-        return self._call("POST", "v1/attributions", {k: v for k, v in body.items() if v is not None})["id"]
+        return self._call("POST", "v1/attributions", _body(prompt, target, generate, messages, config, options))["id"]
 
-    def status(self, job_id: str) -> dict:
-        """The job's state: status, phase, progress, error, result (``GET /v1/attributions/{id}``)."""
-        return self._call("GET", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}")
+    def status(self, job_id: str, wait: float = 0.0) -> dict:
+        """The job's state: status, phase, progress, error, result (``GET /v1/attributions/{id}``);
+        ``wait``: seconds the service may wait for the job to finish before it answers."""
+        query = f"?wait={wait:g}" if wait > 0 else ""
+        return self._call("GET", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}{query}")
 
-    def result(self, job_id: str, timeout: float | None = None, poll: float = 0.05) -> Attribution:
+    def result(self, job_id: str, timeout: float | None = None) -> Attribution:
         """Wait for the job (at most ``timeout`` seconds; None: as long as it takes) and return its result."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            view = self.status(job_id)
-            if view["status"] in TERMINAL:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise ServiceError(f"job {job_id} not finished after {timeout} s (status {view['status']})")
-            time.sleep(poll)
-            poll = min(poll * 1.5, 1.0)
+        return self._outcome(self.status(job_id, self._wait(deadline)), deadline, timeout)
+
+    def _run(self, body: dict, timeout: float | None) -> Attribution:
+        """POST and wait: one round trip when the job finishes within the first wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        view = self._call("POST", f"v1/attributions?wait={self._wait(deadline):g}", body)
+        return self._outcome(view, deadline, timeout)
+
+    def _wait(self, deadline: float | None) -> float:
+        """How long one call may ask the service to wait: below this client's HTTP timeout."""
+        wait = min(LONG_WAIT, 0.5 * self.timeout)
+        return max(0.0, wait if deadline is None else min(wait, deadline - time.monotonic()))
+
+    def _outcome(self, view: dict, deadline: float | None, timeout: float | None) -> Attribution:
+        """Wait on until ``view``'s job is finished (or the deadline), then its Attribution or its error."""
+        while view["status"] not in TERMINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ServiceError(f"job {view['id']} not finished after {timeout} s (status {view['status']})")
+            view = self.status(view["id"], self._wait(deadline))
         if view["status"] == "done":
             return Attribution.from_dict(view["result"])
         error = view.get("error") or {"type": "ServiceError", "message": view["status"]}
@@ -117,6 +130,13 @@ class Client:
             raise ServiceError(f"{exc.code}: {detail}", exc.code, float(retry) if retry else None) from None
         except (urllib.error.URLError, OSError) as exc:
             raise ServiceError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _body(prompt, target, generate, messages, config, options) -> dict:
+    """The JSON body of ``POST /v1/attributions`` (fields left out when not given)."""
+    body = {"prompt": _plain(prompt), "messages": messages, "target": _plain(target), "generate": generate,
+            "options": _options(config, options) or None}
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _options(config, extra: dict) -> dict:

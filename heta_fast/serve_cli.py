@@ -93,6 +93,9 @@ def run_serve(args) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"heta-fast serve: http://{shown}:{port}/", flush=True)
+    if settings.token:
+        print("heta-fast serve: token required (the page asks for it once; programs send 'Authorization: Bearer')",
+              flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
     server.run(sockets=[sock])
     return 0

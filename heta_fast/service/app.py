@@ -1,9 +1,10 @@
 """The FastAPI application: ``create_app(attributor, settings)``.
 
-Endpoints: POST /v1/attributions (``?wait=SECONDS``), GET/DELETE /v1/attributions/{id},
-GET /v1/attributions/{id}/events (server-sent events), GET /v1/models, /healthz, /metrics, and
-the page at / (files in ``static/``, no external code).
-Client errors are 4xx with ``{"detail": "<field>: <what>"}``.
+Endpoints: POST /v1/attributions (``?wait=SECONDS``), GET (``?wait=SECONDS``: until it is
+finished) / DELETE /v1/attributions/{id}, GET /v1/attributions/{id}/events (server-sent events),
+GET /v1/models, /healthz, /metrics, and the page at / (files in ``static/``, no external code);
+with a token, also /login (``access.py``). A waiting request sleeps until the worker changes its
+job (no polling). Client errors are 4xx with ``{"detail": "<field>: <what>"}``.
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ from .schema import AttributionRequest, Health, JobView, ModelsView
 from .settings import ServiceSettings
 
 STATIC = Path(__file__).parent / "static"  # the page: index.html, app.js, style.css
-POLL_SECONDS = 0.02  # how often a waiting request or an events stream looks at its job
-HEARTBEAT_SECONDS = 15.0
+HEARTBEAT_SECONDS = 15.0  # an events stream sends a comment line when nothing changed for this long
+DISCONNECT_SECONDS = 1.0  # how often an idle events stream checks that its client is still there
+WAIT = Query(0.0, ge=0.0, le=3600.0, description="seconds to wait for the job to finish (at most the "
+             "service's --max-wait)")
 
 
 def create_app(attributor, settings: ServiceSettings | None = None):
@@ -55,22 +58,18 @@ def create_app(attributor, settings: ServiceSettings | None = None):
               responses={200: {"model": JobView, "description": "finished within ?wait"},
                          413: {"description": "too large"}, 422: {"description": "invalid request"},
                          429: {"description": "queue full (Retry-After)"}})
-    async def submit(body: AttributionRequest,
-                     wait: float = Query(0.0, ge=0.0, le=3600.0, description="seconds to wait for the result")):
+    async def submit(body: AttributionRequest, wait: float = WAIT):
         admitted = await run_in_threadpool(admission.admit, body)
         try:
             job = jobs.submit(admitted.prompt, admitted.target, admitted.generate, admitted.config)
         except QueueFullError as exc:
             return JSONResponse({"detail": f"queue: {exc}"}, 429, headers={"Retry-After": str(exc.retry_after)})
-        deadline = time.monotonic() + min(wait, settings.max_wait)
-        while job.status not in TERMINAL and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_SECONDS)
-        view = jobs.snapshot(job)[1]
-        return JSONResponse(view, 200 if job.status in TERMINAL else 202)
+        view = await _finished(jobs, job, min(wait, settings.max_wait))
+        return JSONResponse(view, 200 if view["status"] in TERMINAL else 202)
 
     @app.get("/v1/attributions/{job_id}", response_model=JobView, responses={404: {"description": "unknown id"}})
-    async def status(job_id: str):
-        return jobs.snapshot(_job(jobs, job_id))[1]
+    async def status(job_id: str, wait: float = WAIT):
+        return await _finished(jobs, _job(jobs, job_id), min(wait, settings.max_wait))
 
     @app.delete("/v1/attributions/{job_id}", response_model=JobView, responses={404: {"description": "unknown id"}})
     async def cancel(job_id: str):
@@ -118,23 +117,66 @@ def _job(jobs: JobManager, job_id: str):
     return job
 
 
+class _Watch:
+    """An asyncio event set (from the worker thread) whenever ``job`` changes; use with ``with``."""
+
+    def __init__(self, jobs: JobManager, job):
+        self.jobs, self.job = jobs, job
+        self.loop, self.changed = asyncio.get_running_loop(), asyncio.Event()
+
+    def _wake(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.changed.set)
+        except RuntimeError:  # the loop has closed (shutdown)
+            pass
+
+    def __enter__(self):
+        self.jobs.watch(self.job, self._wake)
+        return self
+
+    def __exit__(self, *exc):
+        self.jobs.unwatch(self.job, self._wake)
+
+    async def next(self, seen: int, timeout: float) -> tuple[int, dict]:
+        """The job's (version, view) once its version is not ``seen`` or after ``timeout`` seconds."""
+        self.changed.clear()
+        version, view = self.jobs.snapshot(self.job)
+        if version == seen and timeout > 0:
+            try:
+                await asyncio.wait_for(self.changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            version, view = self.jobs.snapshot(self.job)
+        return version, view
+
+
+async def _finished(jobs: JobManager, job, wait: float) -> dict:
+    """The job's view once it is finished, or after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    with _Watch(jobs, job) as watch:
+        version, view = jobs.snapshot(job)
+        while view["status"] not in TERMINAL and time.monotonic() < deadline:
+            version, view = await watch.next(version, deadline - time.monotonic())
+    return view
+
+
 async def _events(jobs: JobManager, job, request: Request):
     """SSE: a ``status`` event on every change (phase, progress, final state), then the stream ends."""
     seen, last = -1, time.monotonic()
-    while True:
-        version, view = jobs.snapshot(job)
-        if version != seen:
-            seen, last = version, time.monotonic()
-            view = {k: v for k, v in view.items() if k != "result"}
-            yield f"event: {view['status']}\ndata: {json.dumps(view)}\n\n"
-            if view["status"] in TERMINAL:
+    with _Watch(jobs, job) as watch:
+        while True:
+            version, view = await watch.next(seen, DISCONNECT_SECONDS)
+            if version != seen:
+                seen, last = version, time.monotonic()
+                view = {k: v for k, v in view.items() if k != "result"}
+                yield f"event: {view['status']}\ndata: {json.dumps(view)}\n\n"
+                if view["status"] in TERMINAL:
+                    return
+            elif time.monotonic() - last > HEARTBEAT_SECONDS:
+                last = time.monotonic()
+                yield ": heartbeat\n\n"
+            if await request.is_disconnected():
                 return
-        elif time.monotonic() - last > HEARTBEAT_SECONDS:
-            last = time.monotonic()
-            yield ": heartbeat\n\n"
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(POLL_SECONDS * 5)
 
 
 def _model_info(attributor) -> dict:

@@ -61,7 +61,8 @@ class JobRecord:
     started: float | None = None
     finished: float | None = None
     cancel_requested: bool = False
-    version: int = 0  # bumped on every change (the events stream watches it)
+    version: int = 0  # bumped on every change (waiting requests and the events stream watch it)
+    watchers: list = field(default_factory=list, repr=False)  # called (under the lock) on every change
 
     def view(self) -> dict:
         keys = ("id", "status", "phase", "progress", "error", "created", "started", "finished", "result")
@@ -127,6 +128,22 @@ class JobManager:
         with self._cond:
             return job.version, job.view()
 
+    def watch(self, job: JobRecord, wake) -> None:
+        """Call ``wake()`` (from whichever thread changes the job; it must not block) on every change."""
+        with self._cond:
+            job.watchers.append(wake)
+
+    def unwatch(self, job: JobRecord, wake) -> None:
+        with self._cond:
+            if wake in job.watchers:
+                job.watchers.remove(wake)
+
+    def _changed(self, job: JobRecord) -> None:
+        """Under the lock: a new version of the job; wake whoever waits for it."""
+        job.version += 1
+        for wake in list(job.watchers):
+            wake()
+
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
         while True:
@@ -171,7 +188,7 @@ class JobManager:
                 self._mark_running(job)
                 job.phase = event.phase
                 job.progress = {"phase": event.phase, "done": event.done, "total": event.total, "unit": event.unit}
-                job.version += 1
+                self._changed(job)
                 cancelled, started = job.cancel_requested, job.started
             if cancelled:
                 raise JobCancelledError("cancelled by a client")
@@ -185,7 +202,7 @@ class JobManager:
         with self._cond:
             if job.status == "queued":
                 job.status, job.started = "running", time.time()
-                job.version += 1
+                self._changed(job)
 
     def _complete(self, job: JobRecord, result) -> None:
         if isinstance(result, Attribution):
@@ -210,7 +227,7 @@ class JobManager:
         if job.status in TERMINAL:
             return
         job.status, job.result, job.error, job.finished = status, result, error, time.time()
-        job.version += 1
+        self._changed(job)
         if job.started is not None:
             run = job.finished - job.started
             self._durations = (self._durations + [run])[-20:]

@@ -63,3 +63,43 @@ def test_page_runs_an_attribution_and_shows_the_api_top_token(service_url, brows
     assert page.get_attribute("#download", "href").startswith("blob:")
     assert all(url.startswith(service_url) or url.startswith("blob:") for url in requested), requested
     page.close()
+
+
+def test_with_a_token_the_page_asks_for_it_once(limited_service, browser):
+    """401 and the login form first (no page, no request to the API); the right token gives an
+    HttpOnly, SameSite=Strict session cookie; the page then runs an attribution with it."""
+    from tests.service.helpers import TOKEN
+
+    url = limited_service[0]
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    first = page.goto(url)
+    assert first.status == 401 and page.locator("#prompt").count() == 0
+    assert requested == [url]  # the login form loads nothing else
+    page.fill("#login-token", "wrong")
+    page.click("#login-submit")
+    assert "not the service" in page.inner_text("#login-error") and context.cookies() == []
+    page.fill("#login-token", TOKEN)
+    page.click("#login-submit")
+    page.wait_for_selector("#prompt")
+    assert page.url == url
+    (cookie,) = context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
+    page.wait_for_function("document.getElementById('model').textContent.includes('float32')")
+    page.fill("#prompt", PROMPT)
+    page.fill("#target", TARGET)
+    page.click("details summary")
+    page.uncheck(".component[value=curvature]")  # cheap: this service stops jobs after 4 s
+    page.click("#run")
+    page.wait_for_selector("#heatmap .tok")
+    assert page.locator("#heatmap .tok").count() == 5
+    context.close()
+
+    fresh = browser.new_context()  # ?token= once: the cookie, and the address without the token
+    page = fresh.new_page()
+    assert page.goto(f"{url}?token={TOKEN}").status == 200
+    assert page.url == url and page.locator("#prompt").count() == 1 and len(fresh.cookies()) == 1
+    fresh.close()

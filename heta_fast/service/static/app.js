@@ -1,5 +1,8 @@
 // The heta-fast page: submit a request to the service, follow its progress, draw the heatmap.
 // No external code: this file, index.html and style.css are the whole page.
+// Access: a service with a token sent this page only to a browser holding its session cookie
+// (given by /login); the browser sends the cookie with every request here, and this script adds
+// the X-Heta-Fast header the service asks of a cookie-authenticated POST or DELETE.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,16 +12,18 @@ let current = null;   // {id, result}
 let polling = null;
 
 function headers(json) {
-  const h = json ? {"Content-Type": "application/json"} : {};
-  const token = $("token").value.trim();
-  if (token) h["Authorization"] = "Bearer " + token;
+  const h = {"X-Heta-Fast": "page"};
+  if (json) h["Content-Type"] = "application/json";
   return h;
 }
 
 async function api(method, path, body) {
-  const response = await fetch(path, {method, headers: headers(body !== undefined),
+  const response = await fetch(path, {method, headers: headers(body !== undefined), credentials: "same-origin",
                                       body: body === undefined ? undefined : JSON.stringify(body)});
   const data = await response.json().catch(() => ({}));
+  if (response.status === 401) {  // the session ended (e.g. the service restarted with another token)
+    window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+  }
   if (!response.ok) throw new Error(data.detail || (response.status + " " + response.statusText));
   return data;
 }
@@ -195,5 +200,4 @@ $("cancel").addEventListener("click", () => { if (current) api("DELETE", "/v1/at
 for (const id of ["target-select", "words", "hide-special"]) $(id).addEventListener("change", draw);
 $("heatmap").addEventListener("mousemove", hover);
 $("heatmap").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
-$("token").addEventListener("change", loadModel);
 loadModel();
