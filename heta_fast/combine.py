@@ -18,3 +18,11 @@ def combine(flow: torch.Tensor | None, curvature: torch.Tensor | None, informati
     if flow is None:
         return inner
     return flow if inner is None else flow * inner
+
+
+def unattributed_to_zero(part: torch.Tensor | None, attributed: torch.Tensor) -> torch.Tensor | None:
+    """A component [T, n_context] with the columns of tokens that get no attribution (a chat's
+    template tokens; ``attributed`` [n_context] bool is False) set to 0; None stays None."""
+    if part is None or bool(attributed.all()):
+        return part
+    return part.masked_fill(~attributed.to(part.device), 0.0)

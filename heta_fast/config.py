@@ -12,6 +12,7 @@ from .memory import DEFAULT_MEMORY_BUDGET
 
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
+TEMPLATE_TOKENS = ("condition", "attribute")
 # Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.
 MAX_COUNT = 2**31 - 1
 # The curvature signal seeds torch generators with seed * 65537 + a stream constant, which
@@ -54,6 +55,9 @@ class HETAConfig:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     # How many masked variants / probe vectors go through the model in one batch at most.
     max_batch: int = 32
+    # A chat prompt's template tokens (BOS, role markers, separators; heta_fast/chat.py):
+    # "condition" (inputs only: their columns of every score are 0) or "attribute" (like content).
+    template_tokens: str = "condition"
 
     def __post_init__(self) -> None:
         comps = self.components
@@ -98,6 +102,8 @@ class HETAConfig:
                f"memory_budget must be a positive number of bytes (an integer), got {_show(self.memory_budget)}")
         _check(_is_int(self.max_batch) and 1 <= self.max_batch <= MAX_COUNT,
                f"max_batch must be an integer in [1, {MAX_COUNT}], got {_show(self.max_batch)}")
+        _check(isinstance(self.template_tokens, str) and self.template_tokens in TEMPLATE_TOKENS,
+               f"unknown template_tokens {_show(self.template_tokens)}; choose from {TEMPLATE_TOKENS}")
 
     def _normalise(self, name: str, accepts, kind) -> None:
         """Numbers of other types (np.int64, np.float32, an int weight) become the Python ``int`` /

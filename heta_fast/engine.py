@@ -7,14 +7,15 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .combine import combine
+from .chat import attributed_mask
+from .combine import combine, unattributed_to_zero
 from .config import HETAConfig, as_config
 from .errors import HetaError, InputError, NonFiniteError
 from .inputs import check_max_new_tokens, request_fields, request_items
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .progress import PhaseEstimate, PhaseReporter, Progress
-from .request import TokenizedRequest, tokenize_prompt, tokenize_request
+from .request import TokenizedRequest, tokenize_context, tokenize_request, with_target
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
 
@@ -75,25 +76,27 @@ class Attributor:
         self.close()
 
     # ------------------------------------------------------------------ public entry points
-    def attribute(self, prompt, target, config: HETAConfig | None = None,
-                  progress: Progress | None = None) -> Attribution:
-        """Attribute ``target`` (text or token ids; one or more tokens) to the tokens of ``prompt``.
+    def attribute(self, prompt=None, target=None, config: HETAConfig | None = None,
+                  progress: Progress | None = None, *, messages=None) -> Attribution:
+        """Attribute ``target`` (text or token ids; one or more tokens) to the tokens of ``prompt``
+        (text or token ids) or of chat ``messages`` (``[{"role": ..., "content": ...}, ...]``,
+        rendered by the model's chat template with the generation prompt; heta_fast/chat.py).
 
         config: this call's configuration (default: the Attributor's); progress: a callback
         receiving :class:`~heta_fast.progress.ProgressEvent` s as the phases advance.
         """
         config = self._call_config(config)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
-                                   self.model.config.vocab_size)
-        return self._attribute(request, config or self.config, progress)
+                                   self.adapter.vocab_size, messages)
+        return self._attribute(request, config, progress)
 
     def attribute_many(self, requests: Iterable, config: HETAConfig | None = None
                        ) -> Iterator[Attribution | FailedAttribution]:
         """Requests -> results in order; a bad request yields a FailedAttribution, the rest go on.
 
         A request is a ``(prompt, target)`` pair or a mapping ``{"prompt": ..., "target": ...}``
-        (``heta_fast.inputs``); a bad config or a ``requests`` that is not an iterable of requests
-        raises here, before any request is read.
+        or ``{"messages": [...], "target": ...}`` (``heta_fast.inputs``); a bad config or a
+        ``requests`` that is not an iterable of requests raises here, before any request is read.
         """
         return self._many(request_items(requests), self._call_config(config))
 
@@ -101,24 +104,26 @@ class Attributor:
         for index, item in enumerate(requests):
             prompt = target = None
             try:
-                prompt, target = request_fields(item)
-                result = self.attribute(prompt, target, config)
+                prompt, target, messages = request_fields(item)
+                result = self.attribute(prompt, target, config, messages=messages)
             except HetaError as exc:
                 result = FailedAttribution(index=index, prompt=prompt, target=target,
                                            error_type=type(exc).__name__, message=str(exc))
             yield result
 
-    def generate_and_attribute(self, prompt: str, max_new_tokens: int = 8, config: HETAConfig | None = None,
-                               progress: Progress | None = None, **generation_kwargs) -> Attribution:
-        """Generate a continuation (greedy unless told otherwise) and attribute every generated token.
+    def generate_and_attribute(self, prompt=None, max_new_tokens: int = 8, config: HETAConfig | None = None,
+                               progress: Progress | None = None, *, messages=None,
+                               **generation_kwargs) -> Attribution:
+        """Generate a continuation of ``prompt`` or of chat ``messages`` (greedy unless told
+        otherwise) and attribute every generated token.
 
         max_new_tokens: an integer >= 1 such that prompt + max_new_tokens fits the model (checked
         before generating); generation arguments transformers refuses raise ``InputError``.
         """
         config = self._call_config(config)
-        context = tokenize_prompt(self.tokenizer, prompt, self.model.config.vocab_size)
-        max_new_tokens = check_max_new_tokens(max_new_tokens, context.numel(), self.adapter.max_length)
-        ids = context[None].to(self.adapter.device)
+        context = tokenize_context(self.tokenizer, prompt, self.adapter.vocab_size, messages)
+        max_new_tokens = check_max_new_tokens(max_new_tokens, context.n_context, self.adapter.max_length)
+        ids = context.context_ids[None].to(self.adapter.device)
         user_kwargs = sorted(generation_kwargs)
         generation_kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -134,18 +139,18 @@ class Attributor:
         generated = out[0, ids.shape[1]:].cpu()
         if generated.numel() == 0:
             raise InputError("the model generated no tokens (it stopped at once)")
-        res = self.attribute(context, generated, config, progress)
-        res.prompt = prompt if isinstance(prompt, str) else None
-        return res
+        return self._attribute(with_target(context, generated, self.adapter.max_length), config, progress)
 
-    def estimate(self, prompt, target, config: HETAConfig | None = None) -> list[PhaseEstimate]:
-        """The work ``attribute(prompt, target, config)`` will do, per phase, before any of it runs.
+    def estimate(self, prompt=None, target=None, config: HETAConfig | None = None, *,
+                 messages=None) -> list[PhaseEstimate]:
+        """The work ``attribute(prompt, target, config, messages=messages)`` will do, per phase,
+        before any of it runs.
 
         Also checks the request and the memory budget (the same typed errors as ``attribute``).
         """
         cfg = self._call_config(config)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
-                                   self.model.config.vocab_size)
+                                   self.adapter.vocab_size, messages)
         return [PhaseEstimate("forward", 1, "pass", passes=1)] + [
             SIGNALS[name].estimate(self.adapter, request, cfg) for name in cfg.components]
 
@@ -193,6 +198,8 @@ class Attributor:
             with _phase(signal.name, timings):
                 parts[signal.name] = signal.compute(context)
             capture.release(CaptureRequest.union(needs[i + 1:]))
+        attributed = attributed_mask(req.segments, req.n_context, cfg.template_tokens)
+        parts = {name: unattributed_to_zero(value, attributed) for name, value in parts.items()}
         scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma)
         for name, value in (("scores", scores), *parts.items()):
             if value is not None and not torch.isfinite(value).all():
@@ -201,6 +208,8 @@ class Attributor:
             scores=scores, **parts,
             context_tokens=self._pieces(req.context_ids), target_tokens=self._pieces(req.target_ids),
             context_ids=req.context_ids.tolist(), target_ids=req.target_ids.tolist(), prompt=req.prompt,
+            special=_as_list(req.special), segments=_as_list(req.segments), attributed=attributed.tolist(),
+            messages=None if req.messages is None else [dict(m) for m in req.messages],
             method="heta", model=self.model_name, model_dtype=str(adapter.dtype).removeprefix("torch."),
             device=str(adapter.device), config=cfg.to_dict(), timings=timings,
         )
@@ -223,6 +232,10 @@ class Attributor:
         fields = Fields(id=id_field, prompt=prompt_field, target=None if generate else target_field)
         for position, record, result in attribute_records(self, records, fields, config, generate):
             yield (record.get(id_field, position) if isinstance(record, dict) else position), result
+
+
+def _as_list(x: torch.Tensor | None) -> list | None:
+    return None if x is None else x.tolist()
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import torch
 
 from .errors import InputError
 
-REQUEST_FIELDS = ("prompt", "target")
+REQUEST_FIELDS = ("prompt", "messages", "target")
 _NOT_ID_SEQUENCES = (str, bytes, bytearray, memoryview)
 
 
@@ -89,25 +89,25 @@ def as_token_ids(value, what: str, vocab_size: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def request_fields(item) -> tuple[object, object]:
-    """(prompt, target) of one ``attribute_many`` item: a pair, or a mapping with named fields."""
+def request_fields(item) -> tuple[object, object, object]:
+    """(prompt, target, messages) of one ``attribute_many`` item: a (prompt, target) pair, or a
+    mapping with ``target`` and exactly one of ``prompt`` and ``messages`` (the other is None)."""
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
             raise InputError(f"a request pair is (prompt, target), 2 items; got {describe(item)}")
-        return item[0], item[1]
+        return item[0], item[1], None
     if isinstance(item, Mapping):
         keys = list(item)
-        if "messages" in keys:
-            raise InputError("chat requests ('messages') are not supported yet; give 'prompt' (text or token ids) "
-                             "and 'target'")
         unknown = [k for k in keys if k not in REQUEST_FIELDS]
         if unknown:
-            raise InputError(f"unknown request fields {unknown!r}; a request mapping has 'prompt' and 'target'")
-        missing = [k for k in REQUEST_FIELDS if k not in item]
-        if missing:
-            raise InputError(f"the request mapping lacks {', '.join(repr(k) for k in missing)}")
-        return item["prompt"], item["target"]
-    raise InputError("a request is a (prompt, target) pair or a mapping with 'prompt' and 'target'; "
+            raise InputError(f"unknown request fields {unknown!r}; a request mapping has 'target' and "
+                             "'prompt' or 'messages'")
+        if "target" not in item:
+            raise InputError("the request mapping lacks 'target'")
+        if ("prompt" in item) == ("messages" in item):
+            raise InputError("a request mapping has exactly one of 'prompt' and 'messages'")
+        return item.get("prompt"), item["target"], item.get("messages")
+    raise InputError("a request is a (prompt, target) pair or a mapping with 'target' and 'prompt' or 'messages'; "
                      f"got {describe(item)}")
 
 

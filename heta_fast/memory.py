@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import MemoryBudgetError
-from .model.architectures import head_layout_from_config
+from .model.architectures import head_layout_from_config, text_config
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 
@@ -51,7 +51,8 @@ class ModelShape:
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelShape":
-        cfg = model.config
+        """The sizes of ``model``'s language model (a multimodal model's text config)."""
+        cfg = text_config(model.config)
         heads = head_layout_from_config(cfg)
         d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * heads.d_model
         return cls(

@@ -53,8 +53,24 @@ def printable(text: str, stream=None) -> str:
         return text.translate(_FALLBACK).encode(enc, "backslashreplace").decode(enc)
 
 
+def shown_units(res) -> list[tuple[int, str | None]]:
+    """(context index, label) of every unit a view shows: the attributed ones (a chat's message
+    contents unless its template tokens were attributed); label is the role that starts a
+    message's content (``"user: "``), None elsewhere."""
+    shown, previous = [], None
+    for i in res.attributed_indices():
+        segment = res.segments[i] if res.segments is not None else None
+        label = None
+        if segment is not None and segment >= 0 and segment != previous:
+            label = f"{res.messages[segment]['role']}: " if res.messages else None
+        previous = segment
+        shown.append((i, label))
+    return shown
+
+
 def render_terminal(res, k: int = 5, color: bool | None = None, stream=None) -> str:
-    """Heatmap of the context (one line of text) and a top-k table, per target token.
+    """Heatmap of the context (one line of text) and a top-k table, per target token; of a chat,
+    each message's content after its role (template tokens are not shown unless attributed).
 
     stream: where the text will be printed (default stdout); decides colour and what the text
     may contain (:func:`printable`).
@@ -62,22 +78,22 @@ def render_terminal(res, k: int = 5, color: bool | None = None, stream=None) -> 
     stream = stream if stream is not None else sys.stdout
     if color is None:
         color = hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
-    lines = []
+    lines, shown = [], shown_units(res)
+    index = torch.tensor([i for i, _ in shown], dtype=torch.long)
     for t, target in enumerate(res.target_tokens):
-        row = res.scores[t]
-        weights = _normalised(row)
+        weights = _normalised(res.scores[t][index])
         lines.append(f"target {t}: {target!r}  ({res.method}, {res.unit})")
-        if color:
-            # 256-colour background from white (0) to deep red (max).
-            cells = []
-            for tok, w in zip(res.context_tokens, weights):
+        cells = []
+        for (i, label), w in zip(shown, weights):
+            if label is not None:
+                cells.append(("\n" if cells else "") + label)
+            tok = _visible(res.context_tokens[i])
+            if color:  # 256-colour background from white (0) to deep red (max)
                 code = _PALETTE[int(round(w * (len(_PALETTE) - 1)))]
-                cells.append(f"\x1b[48;5;{code}m\x1b[38;5;16m{_visible(tok)}\x1b[0m")
-            lines.append("".join(cells))
-        else:
-            # Without colour: each token followed by a bar whose height is its relative score.
-            cells = zip(res.context_tokens, weights)
-            lines.append("".join(f"{_visible(tok)}{_SHADES[int(round(w * 8))]}" for tok, w in cells))
+                cells.append(f"\x1b[48;5;{code}m\x1b[38;5;16m{tok}\x1b[0m")
+            else:  # each token followed by a bar whose height is its relative score
+                cells.append(f"{tok}{_SHADES[int(round(w * 8))]}")
+        lines.append("".join(cells))
         lines.append(f"  {'rank':>4}  {'index':>5}  {'score':>11}  token")
         for rank, (i, tok, score) in enumerate(res.topk(k, target=t), start=1):
             lines.append(f"  {rank:>4}  {i:>5}  {score:>11.4e}  {tok!r}")
@@ -85,17 +101,23 @@ def render_terminal(res, k: int = 5, color: bool | None = None, stream=None) -> 
 
 
 def render_html(res) -> str:
-    """A self-contained HTML page: one heatmap per target, components in each token's tooltip."""
+    """A self-contained HTML page: one heatmap per target, components in each token's tooltip
+    (the units :func:`shown_units` lists: a chat's message contents, each after its role)."""
     parts = ["<!doctype html><meta charset='utf-8'><title>heta-fast attribution</title>",
              "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
              ".ctx{line-height:2;font-family:monospace;white-space:pre-wrap}"
              ".tok{padding:2px 0;border-radius:3px}</style>",
              f"<h1>{html.escape(res.method)} attribution</h1>",
              f"<p>model: {html.escape(str(res.model))}</p>"]
+    shown = shown_units(res)
+    index = torch.tensor([i for i, _ in shown], dtype=torch.long)
     for t, target in enumerate(res.target_tokens):
-        weights = _normalised(res.scores[t])
+        weights = _normalised(res.scores[t][index])
         parts.append(f"<h2>target {t}: <code>{html.escape(repr(target))}</code></h2><div class='ctx'>")
-        for i, (tok, w) in enumerate(zip(res.context_tokens, weights)):
+        for (i, label), w in zip(shown, weights):
+            tok = res.context_tokens[i]
+            if label is not None:
+                parts.append(f"{'<br>' if i != shown[0][0] else ''}<b>{html.escape(label)}</b>")
             tip = [f"score={float(res.scores[t, i]):.4e}"]
             for name in COMPONENTS:
                 comp = getattr(res, name)

@@ -1,24 +1,36 @@
-"""Turning a (prompt, target) request into token ids, with clear errors for bad input.
+"""Turning a (prompt or chat messages, target) request into token ids, with clear errors for bad input.
 
-The accepted forms of a prompt, a target and a batch item are checked in :mod:`heta_fast.inputs`.
+The accepted forms of a prompt, a target and a batch item are checked in :mod:`heta_fast.inputs`,
+chat messages and their rendering in :mod:`heta_fast.chat`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from .chat import check_messages, render_chat, special_mask
 from .errors import InputError
 from .inputs import as_token_ids, check_text
 
 
 @dataclass(frozen=True)
 class TokenizedRequest:
-    """context_ids [n_context], target_ids [T]; the model input is context + target[:-1]."""
+    """context_ids [n_context], target_ids [T]; the model input is context + target[:-1].
+
+    prompt: the prompt text (a chat's rendering by its template), None for ids;
+    special [n_context] bool: the tokenizer's special tokens among the context (None when unknown);
+    segments [n_context]: a chat's message index per context token, -1 for template tokens
+    (None for a plain prompt); messages: the chat messages, None for a plain prompt.
+    """
 
     context_ids: torch.Tensor
     target_ids: torch.Tensor
     prompt: str | None
+    special: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+    messages: tuple | None = None
 
     @property
     def n_context(self) -> int:
@@ -75,15 +87,38 @@ def tokenize_target(tokenizer, target, vocab_size: int) -> torch.Tensor:
     return ids
 
 
-def tokenize_request(tokenizer, prompt, target, max_length: int | None, vocab_size: int) -> TokenizedRequest:
-    """Both halves of a request, checked against the model's maximum length."""
-    context = tokenize_prompt(tokenizer, prompt, vocab_size)
-    target_ids = tokenize_target(tokenizer, target, vocab_size)
-    total = context.numel() + target_ids.numel() - 1
+def tokenize_context(tokenizer, prompt, vocab_size: int, messages=None) -> TokenizedRequest:
+    """The context half of a request: a prompt (text or ids) or chat ``messages``, exactly one of
+    them. Returns a request whose ``target_ids`` is empty (:func:`with_target` completes it)."""
+    if (prompt is None) == (messages is None):
+        raise InputError("the prompt must be text or token ids, or chat messages given as messages=; got None"
+                         if prompt is None else "give a prompt or chat messages, not both")
+    if messages is None:
+        context = tokenize_prompt(tokenizer, prompt, vocab_size)
+        text, segments = (prompt if isinstance(prompt, str) else None), None
+    else:
+        messages = check_messages(messages)
+        chat = render_chat(tokenizer, messages)
+        context, text, segments = chat.ids, chat.text, chat.segments
+        _check_vocab(context, vocab_size, "chat prompt")
+    return TokenizedRequest(context_ids=context, target_ids=context[:0], prompt=text,
+                            special=special_mask(tokenizer, context), segments=segments, messages=messages)
+
+
+def with_target(context: TokenizedRequest, target_ids: torch.Tensor, max_length: int | None) -> TokenizedRequest:
+    """``context`` with its target [T] (T >= 1), checked against the model's maximum length."""
+    total = context.n_context + target_ids.numel() - 1
     if max_length is not None and total > max_length:
         raise InputError(f"prompt + target need {total} positions; the model's maximum is {max_length}")
-    return TokenizedRequest(context_ids=context, target_ids=target_ids,
-                            prompt=prompt if isinstance(prompt, str) else None)
+    return dataclasses.replace(context, target_ids=target_ids)
+
+
+def tokenize_request(tokenizer, prompt, target, max_length: int | None, vocab_size: int,
+                     messages=None) -> TokenizedRequest:
+    """Both halves of a request (a prompt or chat ``messages``, and a target), checked against
+    the model's maximum length."""
+    context = tokenize_context(tokenizer, prompt, vocab_size, messages)
+    return with_target(context, tokenize_target(tokenizer, target, vocab_size), max_length)
 
 
 def _check_vocab(ids: torch.Tensor, vocab_size: int, what: str) -> None:

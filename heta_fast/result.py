@@ -21,6 +21,11 @@ class Attribution:
                   context plus target tokens < t
     flow, curvature, information: same shape, or None when that component was not computed
     context_tokens / target_tokens: decoded text of each token (or word, after aggregation)
+    special:      [n_context] bools, the tokenizer's special tokens (BOS, role markers...); None if unknown
+    attributed:   [n_context] bools, the context units that get attribution (a chat's template
+                  tokens do not by default: their columns are 0); None means all
+    messages / segments: a chat request's messages and, per context unit, the index of the
+                  message whose content it belongs to (-1: the template's own tokens); None otherwise
     model, model_dtype, device: the model's name, the dtype its weights ran in and its device
     """
 
@@ -40,6 +45,10 @@ class Attribution:
     config: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     unit: str = "tokens"
+    special: list[bool] | None = None
+    attributed: list[bool] | None = None
+    messages: list[dict] | None = None
+    segments: list[int] | None = None
     ok: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +57,16 @@ class Attribution:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (t, n):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({t}, {n})")
+        for name in ("special", "attributed", "segments"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries, expected {n}")
+
+    def attributed_indices(self) -> list[int]:
+        """Indices of the context units that get attribution (all of them unless marked)."""
+        if self.attributed is None:
+            return list(range(len(self.context_tokens)))
+        return [i for i, a in enumerate(self.attributed) if a]
 
     # ------------------------------------------------------------------ queries
     def row(self, target: int | None = None) -> torch.Tensor:
@@ -55,16 +74,17 @@ class Attribution:
         return self.scores.sum(0) if target is None else self.scores[target]
 
     def topk(self, k: int = 5, target: int | None = None) -> list[tuple[int, str, float]]:
-        """The k highest-scoring context units as (index, text, score), highest first."""
+        """The k highest-scoring attributed context units as (index, text, score), highest first
+        (a chat's template tokens are not candidates unless they were attributed)."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise InputError(f"k must be an integer >= 0, got {k!r}")
         if target is not None and not (isinstance(target, int) and -len(self.target_tokens) <= target
                                        < len(self.target_tokens)):
             raise InputError(f"target must be None or a target index in [0, {len(self.target_tokens)}), got {target!r}")
-        row = self.row(target)
-        k = min(k, row.numel())
-        values, idx = torch.topk(row.double(), k)
-        return [(int(i), self.context_tokens[int(i)], float(v)) for v, i in zip(values, idx)]
+        candidates = torch.tensor(self.attributed_indices(), dtype=torch.long)
+        row = self.row(target).double()[candidates]
+        values, idx = torch.topk(row, min(k, row.numel()))
+        return [(int(candidates[i]), self.context_tokens[int(candidates[i])], float(v)) for v, i in zip(values, idx)]
 
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, unit: str = "words") -> "Attribution":
@@ -73,7 +93,10 @@ class Attribution:
             raise InputError(f"unknown aggregation unit {unit!r}; only 'words' is supported")
         groups: list[list[int]] = []
         for i, tok in enumerate(self.context_tokens):
-            if not groups or tok[:1].isspace() or not tok.strip():
+            # A word never spans a special token or two chat segments (message / template).
+            boundary = self._mark(self.special, i) or self._mark(self.special, i - 1) or any(
+                marks is not None and i > 0 and marks[i] != marks[i - 1] for marks in (self.segments, self.attributed))
+            if not groups or tok[:1].isspace() or not tok.strip() or boundary:
                 groups.append([i])
             else:
                 groups[-1].append(i)
@@ -94,7 +117,19 @@ class Attribution:
             context_ids=None, target_ids=self.target_ids, prompt=self.prompt, method=self.method,
             model=self.model, model_dtype=self.model_dtype, device=self.device, config=dict(self.config),
             timings=dict(self.timings), unit="words",
+            special=self._pool_marks(self.special, groups), attributed=self._pool_marks(self.attributed, groups),
+            messages=self.messages,
+            segments=None if self.segments is None else [self.segments[g[0]] for g in groups],
         )
+
+    @staticmethod
+    def _mark(marks: list[bool] | None, i: int) -> bool:
+        return marks is not None and 0 <= i < len(marks) and marks[i]
+
+    @staticmethod
+    def _pool_marks(marks: list[bool] | None, groups: list[list[int]]) -> list[bool] | None:
+        # Groups never mix special and other tokens, nor attributed and conditioning ones.
+        return None if marks is None else [marks[g[0]] for g in groups]
 
     # ------------------------------------------------------------------ rendering
     def show(self, k: int = 5, file=None, color: bool | None = None) -> None:
@@ -126,6 +161,8 @@ class Attribution:
             "context_ids": self.context_ids, "target_ids": self.target_ids,
             "scores": lst(self.scores), "flow": lst(self.flow), "curvature": lst(self.curvature),
             "information": lst(self.information), "config": self.config, "timings": self.timings,
+            "special": self.special, "attributed": self.attributed, "messages": self.messages,
+            "segments": self.segments,
         }
 
     def to_json(self, path: str | Path | None = None) -> str:

@@ -16,12 +16,15 @@ from pathlib import Path
 from .components import COMPONENTS
 from .errors import ResultFormatError
 
-FORMAT_VERSION = 1
+# 2 added the token marks (special, segments, attributed) and the chat messages; 1 is still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 UNITS = ("tokens", "words")
 _MATRICES = ("scores",) + COMPONENTS
 _OPTIONAL_TEXT = ("prompt", "model", "model_dtype", "device")
+_MARKS = ("special", "attributed")
 FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens", "context_ids", "target_ids",
-          "config", "timings", *_MATRICES, *_OPTIONAL_TEXT}
+          "config", "timings", "segments", "messages", *_MARKS, *_MATRICES, *_OPTIONAL_TEXT}
 
 
 def read_result(path_or_text) -> dict:
@@ -60,8 +63,8 @@ def parse_result(d, where: str = "the result") -> dict:
     if not isinstance(d, dict):
         fail(f"expected a JSON object, got {_kind(d)}")
     version = d.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        fail(f"format_version {version!r} is not one this heta-fast reads ({FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        fail(f"format_version {version!r} is not one this heta-fast reads {READABLE_VERSIONS}")
     unknown = sorted(str(k) for k in d if k not in FIELDS)
     if unknown:
         fail(f"unknown fields {unknown}")
@@ -105,6 +108,36 @@ def parse_result(d, where: str = "the result") -> dict:
         if not isinstance(value, dict):
             fail(f"{name} must be an object, got {_kind(value)}")
         out[name] = value
+    out.update(_token_marks(d, shape[1], fail))
+    return out
+
+
+def _token_marks(d: dict, n: int, fail) -> dict:
+    """special / attributed ([n] booleans), messages and segments ([n] message indices or -1), each
+    optional (null or absent)."""
+    out = {}
+    for name in _MARKS:
+        value = d.get(name)
+        if value is not None and not (isinstance(value, list) and len(value) == n
+                                      and all(isinstance(x, bool) for x in value)):
+            fail(f"{name} must be null or a list of {n} booleans (one per context unit), got {_kind(value)}")
+        out[name] = value
+    messages = d.get("messages")
+    if messages is not None:
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and set(m) == {"role", "content"} and all(isinstance(v, str) for v in m.values())
+            for m in messages)
+        if not ok:
+            fail(f"messages must be null or a non-empty list of {{role, content}} text objects, got {_kind(messages)}")
+    out["messages"] = messages
+    segments = d.get("segments")
+    if segments is not None:
+        top = len(messages) if messages is not None else 0
+        ok = isinstance(segments, list) and len(segments) == n and all(
+            isinstance(x, int) and not isinstance(x, bool) and -1 <= x < top for x in segments)
+        if not ok:
+            fail(f"segments must be null or a list of {n} message indices in [-1, {top}), got {_kind(segments)}")
+    out["segments"] = segments
     return out
 
 

@@ -42,7 +42,8 @@ def test_a_mapping_item_is_read_by_its_field_names_not_unpacked_into_its_keys(at
 
 @pytest.mark.parametrize("item,match", [
     ("ab", "got str 'ab'"),
-    ({"prompt": PROMPT, "messages": [{"role": "user", "content": "hi"}]}, "'messages'"),
+    ({"prompt": PROMPT, "target": TARGET, "messages": [{"role": "user", "content": "hi"}]},
+     "exactly one of 'prompt' and 'messages'"),
     ({"prompt": PROMPT, "target": TARGET, "targt": TARGET}, "unknown request fields ['targt']"),
     ({"prompt": PROMPT}, "lacks 'target'"),
     ((PROMPT,), "2 items"),

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from heta_fast import Attribution, Attributor, HETAConfig
 from heta_fast.errors import ConfigError, HetaError, InputError, ResultFormatError
 from heta_fast.result import FailedAttribution
-from tests.tiny_models import VOCAB, tiny_model, tiny_tokenizer
+from tests.tiny_models import VOCAB, WORDS, tiny_model, tiny_tokenizer
 
 FAST = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -198,6 +198,7 @@ GOOD = {
     "seed": st.integers(0, 2**47 - 1), "mask_scheme": st.sampled_from(["zero", "mean", "pad", "unk"]),
     "window_size": st.integers(0, 12), "window_overlap": st.floats(0, 0.9), "layer_subset": st.integers(0, 2),
     "use_fisher": st.booleans(), "memory_budget": st.integers(1, 2**40), "max_batch": st.integers(1, 64),
+    "template_tokens": st.sampled_from(["condition", "attribute"]),
 }
 assert set(GOOD) == set(FIELDS)
 good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap(
@@ -340,3 +341,45 @@ def test_the_cli_parser_gives_options_or_a_one_line_usage_error(argv):
             isinstance(out, InputError) and "model name" in str(out)), out
         if step is config_from_args and not isinstance(out, HetaError):
             _check_config(out)
+
+
+# ----------------------------------------------------------------------------- chat messages
+@lru_cache(maxsize=1)
+def _chat_attributor() -> Attributor:
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}[BOS] {{ m['role'] }} {{ m['content'] }} [EOS] {% endfor %}[BOS]"
+    return Attributor(tiny_model("llama", dtype=torch.float32), tok, HETAConfig(components=("flow",)))
+
+
+def accepted_messages(m) -> bool:
+    """The accepted form of chat messages, written out independently of the package."""
+    if not isinstance(m, list) or not m:
+        return False
+    for x in m:
+        if not (isinstance(x, dict) and set(x) == {"role", "content"} and _is_text(x["role"]) and x["role"].strip()
+                and _is_text(x["content"])):
+            return False
+    return any(x["content"].strip() for x in m)
+
+
+message = st.fixed_dictionaries({"role": mostly(st.sampled_from(["user", "system"]), any_text),
+                                 "content": mostly(words, st.one_of(any_text, junk))},
+                                optional={"name": st.just("x")})
+messages = mostly(st.lists(message, min_size=1, max_size=3), st.one_of(junk, any_text, st.just([])))
+
+
+@FAST
+@given(messages=messages, target=side)
+def test_attribute_messages_gives_a_result_only_for_accepted_forms_else_a_typed_error(messages, target):
+    out = _call(_chat_attributor().attribute, messages=messages, target=target)
+    if isinstance(out, HetaError):
+        if not (accepted_messages(messages) and accepted(target)):
+            assert isinstance(out, InputError), out
+        return
+    assert accepted_messages(messages) and accepted(target), (messages, target)
+    assert out.messages == messages and len(out.segments) == len(out.context_tokens)
+    contents = [m["content"] for m in messages]
+    # Each message's marked tokens are exactly its words (the tiny tokenizer splits on spaces).
+    for i, content in enumerate(contents):
+        marked = [t for t, s in zip(out.context_tokens, out.segments) if s == i]
+        assert marked == [w if w in WORDS else "[UNK]" for w in content.split()], (content, marked)

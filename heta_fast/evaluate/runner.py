@@ -75,7 +75,7 @@ class PreparedExample:
 
 def prepare_example(attributor, ex: EvalExample) -> PreparedExample:
     """Tokenise the example as the engine does; map its character spans to token indices."""
-    tok, vocab = attributor.tokenizer, attributor.model.config.vocab_size
+    tok, vocab = attributor.tokenizer, attributor.adapter.vocab_size
     target = tokenize_target(tok, ex.target, vocab)
     if ex.target_tokens is not None:
         target = target[: ex.target_tokens]

@@ -86,8 +86,14 @@ class ModelAdapter:
         return next(self.model.parameters()).dtype
 
     @property
+    def vocab_size(self) -> int:
+        """The language model's vocabulary size: every valid token id is below it."""
+        return int(self.text_config.vocab_size)
+
+    @property
     def max_length(self) -> int | None:
-        cfg = self.model.config
+        """The language model's maximum number of positions (None when its config does not say)."""
+        cfg = self.text_config
         for name in ("max_position_embeddings", "n_positions"):
             v = getattr(cfg, name, None)
             if v:

@@ -16,6 +16,24 @@ def test_missing_gguf_file_is_a_load_error(tmp_path):
         load_model_and_tokenizer(str(tmp_path / "nope.gguf"))
 
 
+def test_gguf_of_an_unsupported_architecture_says_so_in_one_line(tmp_path, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(tmp_path / "cache"))
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "oddformer")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError) as info:
+        load_model_and_tokenizer(str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "architecture oddformer is not supported" in message
+
+
 @pytest.mark.real_model
 def test_damaged_cache_is_rebuilt_with_a_message(default_attributor, tmp_path, monkeypatch, capsys):
     """Convert the default GGUF into a fresh cache, overwrite the middle of its weights with zeros

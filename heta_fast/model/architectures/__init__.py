@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ...errors import UnsupportedArchitectureError
 from . import gemma, gpt2, gpt_neox, gptj, llama, olmo2, phi3
-from .base import ArchitectureSpec, HeadLayout, head_layout_from_config
+from .base import ArchitectureSpec, HeadLayout, head_layout_from_config, text_config
 
 _BY_MODEL_TYPE: dict[str, ArchitectureSpec] = {}
 _BUILTIN: set[int] = set()
@@ -82,5 +82,5 @@ def resolve_spec(adapter, spec: ArchitectureSpec | None = None) -> ArchitectureS
     return spec
 
 
-__all__ = ["ArchitectureSpec", "HeadLayout", "head_layout_from_config", "is_builtin", "register_architecture",
-           "resolve_spec", "spec_for_config", "supported_model_types"]
+__all__ = ["ArchitectureSpec", "HeadLayout", "head_layout_from_config", "text_config", "is_builtin",
+           "register_architecture", "resolve_spec", "spec_for_config", "supported_model_types"]

@@ -40,7 +40,7 @@ class StaticHVP:
     """
 
     def __init__(self, adapter: ModelAdapter, length: int, batch: int, layers: int = 0):
-        d = adapter.model.config.hidden_size
+        d = adapter.text_config.hidden_size
         dev, dt = adapter.device, adapter.dtype
         self.adapter, self.layers = adapter, layers
         self.length, self.batch = length, batch

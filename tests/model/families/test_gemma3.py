@@ -3,7 +3,7 @@
 (Gemma3ForConditionalGeneration: layers under model.language_model, sizes in config.text_config)."""
 import torch
 
-from heta_fast import HETAConfig
+from heta_fast import Attributor, HETAConfig
 from heta_fast.reference import flow_gate_reference, value_norms_reference
 from heta_fast.signals.flow import FlowSignal, flow_gate
 from tests.model.families.checks import (
@@ -12,7 +12,7 @@ from tests.model.families.checks import (
     assert_post_norm_linearisation,
     assert_rebuilds,
 )
-from tests.tiny_models import tiny_model
+from tests.tiny_models import tiny_model, tiny_tokenizer
 
 
 def test_gemma3_text_model():
@@ -43,3 +43,14 @@ def test_gemma3_multimodal_class_reads_its_language_model():
     norms = [value_norms_reference(v, w, g) for v, w, g in zip(cap.values, cap.out_proj, cap.post_gain)]
     torch.testing.assert_close(flow_gate(capture, positions, n_ctx),
                                flow_gate_reference(cap.attentions, norms, positions, n_ctx))
+
+
+def test_gemma3_multimodal_class_runs_through_the_attributor():
+    """The Attributor reads sizes (vocabulary, maximum length) from the text config: the 4B+
+    checkpoints' class attributes text like the text model, and generates."""
+    assert_engine_matches_reference("gemma3")
+    attr = Attributor(tiny_model("gemma3"), tiny_tokenizer(), HETAConfig(components=("flow",)))
+    assert attr.adapter.vocab_size == attr.model.config.text_config.vocab_size
+    assert attr.adapter.max_length == attr.model.config.text_config.max_position_embeddings
+    res = attr.generate_and_attribute(torch.arange(4, 10), max_new_tokens=2)
+    assert len(res.target_ids) == 2 and torch.isfinite(res.scores).all()
