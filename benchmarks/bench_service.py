@@ -1,15 +1,20 @@
 """The service against in-process calls on the default model (CPU), side by side.
 
-    python -m pytest benchmarks/bench_service.py -q -s -p no:cacheprovider --benchmark-columns=median,rounds
+    OMP_NUM_THREADS=1 python -m pytest benchmarks/bench_service.py -q -s -p no:cacheprovider \
+        --benchmark-columns=median,rounds
 
 * latency: one short attribution (``"The capital of France is"`` -> ``" Paris"``, default config),
   ROUNDS times in-process (``Attributor.attribute``) and through the service (``Client.attribute``:
-  HTTP, queue, worker, JSON both ways), p50 / p95 of each;
+  HTTP, admission, queue, worker, JSON both ways), alternating one call of each so that a change
+  in the machine's load hits both alike; p50 / p95 of each and the median of the per-pair ratios;
 * throughput: CLIENTS clients each sending PER_CLIENT requests concurrently to the service against
   the same number of requests in a sequential in-process loop, requests per second.
 
-The service runs in its own process on 127.0.0.1 (``heta-fast serve`` with the default model); the
-last test prints the table BENCHMARKS.md records. No timing assertions (a shared machine).
+One torch thread in each process (this one and the service's, ``OMP_NUM_THREADS=1``): the two
+never compete for the same cores beyond what the machine's other work takes. The service runs in
+its own process on 127.0.0.1 (``heta-fast serve`` with the default model). The last test prints
+the table BENCHMARKS.md records. No timing assertions (a shared machine); the service's numbers
+are checked equal to in-process ones.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from heta_fast import HETAConfig
 
@@ -27,7 +33,16 @@ PROMPT, TARGET = "The capital of France is", " Paris"
 MODEL = os.environ.get("HETA_BENCH_MODEL", "smollm2-135m")
 ROUNDS, CLIENTS, PER_CLIENT = int(os.environ.get("HETA_BENCH_ROUNDS", "10")), 8, 2
 CONFIG = HETAConfig()
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RESULTS: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +51,7 @@ def client(tmp_path_factory):
     from heta_fast.client import Client
     from tests.service.helpers import running_service
 
-    with running_service(MODEL, cwd=tmp_path_factory.mktemp("bench-serve")) as (url, _):
+    with running_service(MODEL, cwd=tmp_path_factory.mktemp("bench-serve"), env_extra=ONE_THREAD) as (url, _):
         c = Client(url, timeout=600)
         c.attribute(PROMPT, TARGET, config=CONFIG)  # warm up
         yield c
@@ -46,27 +61,29 @@ def client(tmp_path_factory):
 def in_process():
     from heta_fast import Attributor
 
-    return Attributor.from_pretrained(MODEL, config=CONFIG)
+    attributor = Attributor.from_pretrained(MODEL, config=CONFIG)
+    attributor.attribute(PROMPT, TARGET, config=CONFIG)  # warm up
+    return attributor
 
 
-def _latencies(call, rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - start)
-    return out
+def _timed(call) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = call()
+    return time.perf_counter() - start, out
 
 
-def test_latency_in_process(benchmark, in_process):
-    in_process.attribute(PROMPT, TARGET, config=CONFIG)  # warm up
-    RESULTS["in-process"] = benchmark.pedantic(
-        lambda: _latencies(lambda: in_process.attribute(PROMPT, TARGET, config=CONFIG), ROUNDS), rounds=1)
+def test_latency_side_by_side(benchmark, in_process, client):
+    def alternate():
+        local, remote = [], []
+        for _ in range(ROUNDS):
+            seconds, want = _timed(lambda: in_process.attribute(PROMPT, TARGET, config=CONFIG))
+            local.append(seconds)
+            seconds, got = _timed(lambda: client.attribute(PROMPT, TARGET, config=CONFIG))
+            remote.append(seconds)
+            assert torch.equal(got.scores, want.scores.double())  # the same numbers, not only the same time
+        return local, remote
 
-
-def test_latency_service(benchmark, client):
-    RESULTS["service"] = benchmark.pedantic(
-        lambda: _latencies(lambda: client.attribute(PROMPT, TARGET, config=CONFIG), ROUNDS), rounds=1)
+    RESULTS["in-process"], RESULTS["service"] = benchmark.pedantic(alternate, rounds=1)
 
 
 def test_throughput_sequential_in_process(benchmark, in_process):
@@ -92,17 +109,28 @@ def test_throughput_concurrent_service(benchmark, client):
     RESULTS["concurrent rps"] = benchmark.pedantic(burst, rounds=1)
 
 
+def _p95(values: list[float]) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+
+
 def test_print_table():
     if not {"in-process", "service", "sequential rps", "concurrent rps"} <= set(RESULTS):
         pytest.skip("run the whole file")
+    local, remote = RESULTS["in-process"], RESULTS["service"]
+    p50 = (statistics.median(local), statistics.median(remote))
+    p95 = (_p95(local), _p95(remote))
+    pairs = statistics.median(r / w for r, w in zip(remote, local))
     print()
-    print("| | p50 (s) | p95 (s) |")
+    print(f"| {ROUNDS} calls each, alternating | in-process (s) | service (s) | service / in-process |")
+    print("|---|---|---|---|")
+    print(f"| p50 | {p50[0]:.3f} | {p50[1]:.3f} | {p50[1] / p50[0]:.3f} |")
+    print(f"| p95 | {p95[0]:.3f} | {p95[1]:.3f} | {p95[1] / p95[0]:.3f} |")
+    print(f"| median of the per-pair ratios | | | {pairs:.3f} |")
+    print(f"| min | {min(local):.3f} | {min(remote):.3f} | {min(remote) / min(local):.3f} |")
+    seq, conc = RESULTS["sequential rps"], RESULTS["concurrent rps"]
+    print()
+    print(f"| throughput, {CLIENTS * PER_CLIENT} requests | req/s | ratio |")
     print("|---|---|---|")
-    for name in ("in-process", "service"):
-        values = sorted(RESULTS[name])
-        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-        print(f"| {name} ({ROUNDS} calls) | {statistics.median(values):.3f} | {p95:.3f} |")
-    overhead = statistics.median(RESULTS["service"]) / statistics.median(RESULTS["in-process"]) - 1
-    print(f"service overhead at p50: {100 * overhead:+.1f}%")
-    print(f"throughput: sequential in-process {RESULTS['sequential rps']:.3f} req/s, "
-          f"{CLIENTS} concurrent clients through the service {RESULTS['concurrent rps']:.3f} req/s")
+    print(f"| sequential in-process loop | {seq:.3f} | 1.000 |")
+    print(f"| {CLIENTS} concurrent clients through the service | {conc:.3f} | {conc / seq:.3f} |")
