@@ -77,18 +77,26 @@ def _settings(args):
 
 
 def _check_files(args) -> None:
-    """Output paths writable, files to merge readable results files: before any work."""
-    from .errors import InputError
+    """Output paths writable; an existing --out and the files to merge readable results files of
+    this version: before the model loads. (Whether their settings match the run's needs the model:
+    checked when the run opens them.)"""
+    from .errors import InputError, ResultFormatError
     from .evaluate.results_file import read_results_file
     from .files import check_writable
 
     check_writable(args.out, "--out file")
     if args.markdown:
         check_writable(args.markdown, "--markdown file")
+    if Path(args.out).exists():
+        read_results_file(args.out)
     for path in args.merge:
         if not Path(path).exists():
             raise InputError(f"no such results file to merge: {path}")
-        read_results_file(path)
+        try:
+            read_results_file(path)
+        except ResultFormatError as exc:  # its advice is for --out; a file to merge is only refused
+            raise ResultFormatError(f"--merge {' '.join(str(exc).removesuffix('; choose another --out').split())}"
+                                    ) from None
 
 
 def run_eval(args) -> int:
