@@ -57,7 +57,7 @@ class PhaseEstimate:
     peak_bytes: int = 0
 
     def describe(self) -> str:
-        passes = f" in {_count(self.passes, 'pass', 'passes')}" if self.passes else ""
+        passes = f" in {_count(self.passes, 'pass', 'passes')}" if self.passes and self.unit != "pass" else ""
         return f"{self.phase}: {self.units} {self.unit}{passes}"
 
 

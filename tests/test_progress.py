@@ -176,6 +176,7 @@ def test_the_estimate_describes_passes_hvps_and_memory():
     assert head == "estimate: about 2.4e+05 floating-point operations"
     curvature = next(line for line in lines if "curvature" in line)
     assert "32 HVPs in 1 pass, peak about" in curvature  # 2 targets x 16 probing products
+    assert lines[0].startswith("  forward: 1 pass") and "in 1 pass" not in lines[0]
     peak = max(e.peak_bytes for e in estimates)
     assert lines[-1].startswith("  expected memory:") and "weights 3 MiB" in lines[-1]
     assert lines[-1].endswith(f"+ largest batch {mib(peak)})") and peak > 0
