@@ -1,6 +1,8 @@
-"""End to end on the default model: `serve --model smollm2-135m`, one request through the Client,
-the same numbers as the in-process Attributor."""
+"""End to end on the default model: ``heta-fast serve smollm2-135m`` as a real process; one Client
+request gives the same Attribution (every number) as the in-process Attributor."""
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -10,17 +12,21 @@ from heta_fast.client import Client
 from tests.service.helpers import running_service
 
 PROMPT, TARGET = "The capital of France is", " Paris"
+# All three components; a small probing budget (what is compared is service against in-process).
+CONFIG = HETAConfig(seed=3, probing_repeats=1, probing_patterns=4)
 
 
 @pytest.mark.real_model
 def test_default_model_through_the_service_equals_in_process(default_attributor, tmp_path):
-    config = HETAConfig(seed=3)
-    want = default_attributor.attribute(PROMPT, TARGET, config=config)
-    with running_service("smollm2-135m", cwd=tmp_path) as (url, _):
-        client = Client(url)
-        assert client.models()[0]["model_type"] == "llama"
-        got = client.attribute(PROMPT, TARGET, config=config, timeout=300)
+    with ThreadPoolExecutor(1) as pool:  # the in-process result is computed while the service starts
+        expected = pool.submit(default_attributor.attribute, PROMPT, TARGET, config=CONFIG)
+        with running_service("smollm2-135m", cwd=tmp_path) as (url, _):
+            client = Client(url)
+            assert client.models()[0]["model_type"] == "llama"
+            got = client.attribute(PROMPT, TARGET, config=CONFIG, timeout=300)
+        want = expected.result()
     assert got.context_tokens == want.context_tokens and got.model_dtype == want.model_dtype
+    assert got.curvature is not None and got.information is not None
     for name in ("scores", "flow", "curvature", "information"):
         assert torch.equal(getattr(got, name), getattr(want, name).double()), name
     assert got.topk(1) == want.topk(1)
