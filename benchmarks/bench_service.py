@@ -37,14 +37,6 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RESULTS: dict[str, object] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     pytest.importorskip("fastapi")
@@ -59,11 +51,17 @@ def client(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def in_process():
+    """The in-process Attributor, run with one torch thread like the service's process."""
     from heta_fast import Attributor
 
-    attributor = Attributor.from_pretrained(MODEL, config=CONFIG)
-    attributor.attribute(PROMPT, TARGET, config=CONFIG)  # warm up
-    return attributor
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        attributor = Attributor.from_pretrained(MODEL, config=CONFIG)
+        attributor.attribute(PROMPT, TARGET, config=CONFIG)  # warm up
+        yield attributor
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _timed(call) -> tuple[float, object]:
