@@ -127,7 +127,7 @@ def work_plan(attributor, prompt, target) -> dict:
     cfg, model = attributor.config, attributor.model
     estimates = attributor.estimate(prompt, target)
     req = tokenize_request(attributor.tokenizer, prompt, target, attributor.adapter.max_length,
-                           model.config.vocab_size)
+                           attributor.adapter.vocab_size)
     n_ctx, n_tgt = req.n_context, int(req.target_ids.numel())
     windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
     per_target = tuple(products_needed(cfg, w.size) for w in windows) if "curvature" in cfg.components else ()
