@@ -2,15 +2,19 @@
 
 Requests are read ``lookahead`` at a time, tokenised and checked (a bad request becomes a
 :class:`~heta_fast.result.FailedAttribution` at once and never reaches the model), grouped by
-configuration and by length (requests of similar length share passes with little padding),
-and each group goes to :meth:`Attributor.attribute_group`, which runs it in as few batched
-passes as the memory budget allows. Results are yielded in input order, each as soon as every
-earlier one is done.
+configuration and by length, and each group goes to :meth:`Attributor.attribute_group`, which
+attributes its requests **one after another**, each exactly as :meth:`Attributor.attribute`
+would (a failure is that request's row; the others go on). Results are yielded in input order,
+each as soon as every earlier one is done.
 
-A request's numbers do not depend on which requests share its group or on the group size:
-every random draw is the request's own (the probes come from ``config.seed`` per request),
-and a batched pass computes each request's quantities on its own rows (tests check results
-alone and in groups of several sizes against each other).
+There is no cross-request batching of the model passes, by measurement: on the CPU (default
+model, curated prompts of ~57 tokens, one torch thread) sharing passes between requests would
+save at most ~4 % of a record's time (the capture forward, the curvature's first backward and
+the information term's last short pass), every pass being compute-bound already (BENCHMARKS.md,
+"Pipeline"), and padded batches would move the numbers by rounding. So a request's numbers are
+bit for bit those of attributing it alone, whatever shares its group (tests/test_scheduler.py).
+The groups (same config, lengths within ``LENGTH_RATIO``) are the unit a batched backend, e.g. on
+a GPU, would take.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from .result import Attribution, FailedAttribution
 
 # Requests read ahead of the one being answered: enough to form groups of similar length.
 DEFAULT_LOOKAHEAD = 32
-# Requests whose input lengths differ by at most this factor share a group.
+# Requests whose input lengths differ by at most this factor share a group (little padding, for a
+# backend that pads a group into one batch).
 LENGTH_RATIO = 1.5
 
 

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from heta_fast import Attributor, FailedAttribution, HETAConfig
+from heta_fast.errors import MemoryBudgetError
+from heta_fast.request import tokenize_request
 from heta_fast.scheduler import Job, Scheduler
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
@@ -25,8 +27,10 @@ def test_results_in_input_order_equal_single_calls(attributor, lookahead, max_gr
             assert isinstance(result, FailedAttribution) and result.error_type == "InputError" and result.index == i
             continue
         alone = attributor.attribute(prompt, target)
+        # Bitwise: a group attributes its requests one after another (cross-request batching does not
+        # pay on a CPU, BENCHMARKS.md), so nothing about the grouping may move a single bit.
         for name in ("scores", "flow", "curvature", "information"):
-            torch.testing.assert_close(getattr(result, name), getattr(alone, name), rtol=1e-6, atol=1e-9)
+            assert torch.equal(getattr(result, name), getattr(alone, name)), name
 
 
 def test_groups_share_a_config_and_similar_lengths(attributor):
@@ -40,3 +44,35 @@ def test_groups_share_a_config_and_similar_lengths(attributor):
         assert len(group) <= 2 and len({p.config for p in group}) == 1
         lengths = [p.request.input_ids.numel() for p in group]
         assert max(lengths) <= 1.5 * min(lengths)
+
+
+def _tokenized(attributor, prompt, target):
+    return tokenize_request(attributor.tokenizer, prompt, target, attributor.adapter.max_length,
+                            attributor.model.config.vocab_size)
+
+
+def _fits(attributor, prompt, target, budget):
+    try:
+        attributor.estimate(prompt, target, HETAConfig(memory_budget=budget))
+    except MemoryBudgetError:
+        return False
+    return True
+
+
+def test_a_failure_in_a_group_is_that_request_s_alone(attributor):
+    """Under a budget the short request fits and the long one does not: inside one group the long one
+    is a failure row and the short one still equals its attribution alone, bit for bit."""
+    short, long = (text(4, 8), text(9)), (text(*range(10, 34)), text(40))
+    low, high = 1, 1 << 32  # the smallest budget the short request fits, by bisection on the memory model
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _fits(attributor, *short, mid) else (mid + 1, high)
+    assert not _fits(attributor, *long, low)
+    cfg = HETAConfig(memory_budget=low)
+    requests = [_tokenized(attributor, *pair) for pair in (long, short, long)]
+    results = attributor.attribute_group(requests, cfg)
+    assert [type(r).__name__ for r in results] == ["FailedAttribution", "Attribution", "FailedAttribution"]
+    assert {r.error_type for r in results[::2]} == {"MemoryBudgetError"}
+    alone = attributor.attribute(*short, config=cfg)
+    for name in ("scores", "flow", "curvature", "information"):
+        assert torch.equal(getattr(results[1], name), getattr(alone, name)), name
