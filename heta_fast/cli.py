@@ -33,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="heta-fast", description="Fast HETA token attribution for decoder-only LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     att = sub.add_parser("attribute", help="attribute a target continuation to its prompt")
-    att.add_argument("--prompt", required=True, help="the context text")
-    att.add_argument("--target", required=True, help="the continuation to attribute (one or more tokens)")
+    att.add_argument("--prompt", required=True, help="the context text (with --chat: the user's message)")
+    answer = att.add_mutually_exclusive_group(required=True)
+    answer.add_argument("--target", help="the continuation to attribute (one or more tokens)")
+    answer.add_argument("--generate", type=int_at_least(1), metavar="N",
+                        help="attribute the model's greedy continuation of up to N tokens instead of a target")
+    att.add_argument("--chat", action="store_true",
+                     help="send the prompt as a user message through the model's chat template")
+    att.add_argument("--system", default=None, help="with --chat: a system message before the user's")
     _config_args(att)
     demo = sub.add_parser("demo", help="run the default model on a built-in example")
     _config_args(demo)
@@ -84,8 +90,13 @@ def _run(args) -> int:
     for path, flag in outputs:
         check_writable(path, f"{flag} file")
     prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)
+    generate = getattr(args, "generate", None)
     check_text(prompt, "prompt")
-    check_text(target, "target")
+    if target is not None:
+        check_text(target, "target")
+    messages = chat_messages(args, prompt)
+    if messages is not None:
+        prompt = None
     if args.command == "demo":
         print(f"prompt: {prompt!r}\ntarget: {target!r}", flush=True)
     from .progress import TerminalProgress
@@ -95,8 +106,12 @@ def _run(args) -> int:
         if reporter is not None:
             reporter.status(f"loading {args.model or 'smollm2-135m'} ...")
         attributor = Attributor.from_pretrained(args.model, config=config, **load)
-        _announce(attributor, prompt, target, reporter)  # checks the request and the budget, even with -q
-        result = attributor.attribute(prompt, target, progress=reporter)
+        if generate is None:
+            # Checks the request and the budget, even with -q.
+            _announce(attributor, prompt, target, reporter, messages)
+            result = attributor.attribute(prompt, target, progress=reporter, messages=messages)
+        else:  # the target is known only once generated: progress without an estimate first
+            result = attributor.generate_and_attribute(prompt, generate, progress=reporter, messages=messages)
     finally:
         if reporter is not None:
             reporter.close()
@@ -114,7 +129,21 @@ def _run(args) -> int:
     return 0
 
 
-def work_plan(attributor, prompt, target) -> dict:
+def chat_messages(args, prompt) -> list[dict] | None:
+    """``--chat``: the prompt as a user message, after ``--system`` if given; None otherwise
+    (``--system`` without ``--chat`` is a usage error)."""
+    from .errors import InputError
+
+    system = getattr(args, "system", None)
+    if not getattr(args, "chat", False):
+        if system is not None:
+            raise InputError("--system needs --chat")
+        return None
+    return ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": prompt}]
+
+
+def work_plan(attributor, prompt, target, messages=None) -> dict:
     """What ``attributor.attribute(prompt, target)`` will do, before it runs: the per-phase
     estimates (which also check the request and the memory budget), the estimated floating-point
     operations per phase (:func:`heta_fast.progress.work_flops`), the request's target tokens,
@@ -125,9 +154,9 @@ def work_plan(attributor, prompt, target) -> dict:
     from .windows import context_windows
 
     cfg, model = attributor.config, attributor.model
-    estimates = attributor.estimate(prompt, target)
+    estimates = attributor.estimate(prompt, target, messages=messages)
     req = tokenize_request(attributor.tokenizer, prompt, target, attributor.adapter.max_length,
-                           attributor.adapter.vocab_size)
+                           attributor.adapter.vocab_size, messages)
     n_ctx, n_tgt = req.n_context, int(req.target_ids.numel())
     windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
     per_target = tuple(products_needed(cfg, w.size) for w in windows) if "curvature" in cfg.components else ()
@@ -144,11 +173,11 @@ def work_plan(attributor, prompt, target) -> dict:
             "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
-def _announce(attributor, prompt, target, reporter) -> None:
+def _announce(attributor, prompt, target, reporter, messages=None) -> None:
     """Configure ``reporter`` for this request; print the estimate first when the work is long."""
     from . import progress
 
-    plan = work_plan(attributor, prompt, target)
+    plan = work_plan(attributor, prompt, target, messages)
     if reporter is None:
         return
     reporter.targets, reporter.hvps_per_target = plan["targets"], plan["hvps_per_target"]

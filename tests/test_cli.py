@@ -34,6 +34,12 @@ def test_attribute_on_a_model_folder_writes_json_and_html(tiny_model_dir, tmp_pa
     (["--prompt", "w1", "--target", "w2", "--beta", "-1"], "beta must be"),
     (["--prompt", "w1", "--target", "w2", "--components", "flow,magic"], "unknown component"),
     (["--prompt", "w1", "--target", "w2", "--mask-scheme", "blank"], "mask_scheme"),
+    (["--prompt", "w1", "--target", "w2", "--chat"], "has no chat template"),
+    (["--prompt", "w1", "--target", "w2", "--system", "w3"], "--system needs --chat"),
+    (["--prompt", "w1", "--target", "w2", "--generate", "2"], "not allowed with argument"),
+    (["--prompt", "w1"], "one of the arguments --target --generate is required"),
+    (["--prompt", "w1", "--generate", "0"], "--generate"),
+    (["--prompt", "w1", "--target", "w2", "--template-tokens", "all"], "template_tokens"),
 ])
 def test_user_errors_print_one_line_and_exit_2(tiny_model_dir, capsys, args, match):
     if "--model" not in args:
@@ -86,3 +92,26 @@ def test_cli_defaults_are_the_configs():
     from heta_fast.cli_args import config_from_args
 
     assert config_from_args(build_parser().parse_args(["demo"])) == HETAConfig()
+
+
+def test_chat_prompt_with_a_generated_answer(tiny_model_dir, tmp_path, capsys):
+    """--chat sends the prompt (after --system) through the template; --generate attributes the
+    greedy answer; the display shows message contents after their roles, the JSON the marks."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "chat-model"
+    folder.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = "{% for m in messages %}[BOS] {{ m['content'] }} [EOS] {% endfor %}[BOS]"
+    tok.save_pretrained(folder)
+    js = tmp_path / "chat.json"
+    code, out, err = _run(["attribute", "--model", str(folder), "--chat", "--system", "w1 w2", "--prompt", "w3 w4",
+                           "--generate", "2", "--num-probes", "2", "-q", "--json", str(js)], capsys)
+    assert code == 0, err
+    res = Attribution.from_json(js)
+    assert res.messages == [{"role": "system", "content": "w1 w2"}, {"role": "user", "content": "w3 w4"}]
+    assert res.segments == [-1, 0, 0, -1, -1, 1, 1, -1, -1] and len(res.target_tokens) == 2
+    lines = out.splitlines()
+    assert lines[1] == lines[1].lstrip() and lines[1].startswith("system: w1") and lines[2].startswith("user: w3")
