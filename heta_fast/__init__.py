@@ -11,11 +11,16 @@ from .errors import (
     FileLockedError,
     HetaError,
     InputError,
+    JobCancelledError,
+    JobTimeoutError,
     MemoryBudgetError,
     ModelLoadError,
     NonFiniteError,
     OutputError,
+    OutputInUseError,
+    QueueFullError,
     ResultFormatError,
+    ServiceError,
     UnsupportedArchitectureError,
 )
 from .result import Attribution, FailedAttribution
@@ -35,4 +40,5 @@ def __getattr__(name):
 # Every error class of heta_fast.errors (tests/test_imports.py checks that none is missing).
 __all__ = ["Attributor", "HETAConfig", "Attribution", "FailedAttribution", "HetaError", "ConfigError",
            "InputError", "ResultFormatError", "OutputError", "FileLockedError", "ModelLoadError", "NonFiniteError",
-           "UnsupportedArchitectureError", "MemoryBudgetError"]
+           "UnsupportedArchitectureError", "MemoryBudgetError", "OutputInUseError", "QueueFullError",
+           "JobCancelledError", "JobTimeoutError", "ServiceError"]

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 from . import errors
-from .errors import HetaError
+from .errors import HetaError, QueueFullError, ServiceError
 from .result import Attribution
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -28,14 +28,6 @@ LONG_WAIT = 30.0  # seconds one HTTP call asks the service to wait for a job (th
 # cuda_graphs belong to the server (they change how the work is chunked, not the numbers).
 OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
                  "sketch_rank", "seed", "mask_scheme", "window_size", "window_overlap", "layer_subset", "use_fisher")
-
-
-class ServiceError(HetaError):
-    """An error answer of the service (``status``: its HTTP status; 0 when it could not be reached)."""
-
-    def __init__(self, message: str, status: int = 0, retry_after: float | None = None):
-        super().__init__(message)
-        self.status, self.retry_after = status, retry_after
 
 
 class Client:
@@ -94,7 +86,7 @@ class Client:
             return Attribution.from_dict(view["result"])
         error = view.get("error") or {"type": "ServiceError", "message": view["status"]}
         kind = getattr(errors, error["type"], None)
-        if isinstance(kind, type) and issubclass(kind, HetaError) and kind not in (ServiceError,):
+        if isinstance(kind, type) and issubclass(kind, HetaError) and kind not in (ServiceError, QueueFullError):
             raise kind(error["message"])
         raise ServiceError(f"{error['type']}: {error['message']}")
 

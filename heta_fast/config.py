@@ -59,6 +59,11 @@ class HETAConfig:
     # "condition" (inputs only: their columns of every score are 0) or "attribute" (like content).
     template_tokens: str = "condition"
 
+    def __new__(cls, *args, **fields):
+        # An unknown keyword is a ConfigError naming it (not the dataclass __init__'s TypeError).
+        _check_names(fields)
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         comps = self.components
         if isinstance(comps, str):

@@ -47,3 +47,32 @@ class NonFiniteError(HetaError):
 
 class MemoryBudgetError(HetaError):
     """The configured memory budget cannot hold even the smallest unit of work."""
+
+
+class OutputInUseError(HetaError):
+    """Another heta-fast run is writing the output directory (it holds the directory's lock)."""
+
+
+class QueueFullError(HetaError):
+    """The service's queue holds ``max_queue`` jobs; ``retry_after`` is a guess in seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobCancelledError(HetaError):
+    """A service job was cancelled (``DELETE /v1/attributions/{id}``) while it ran."""
+
+
+class JobTimeoutError(HetaError):
+    """A service job ran longer than the service's per-job time limit."""
+
+
+class ServiceError(HetaError):
+    """An error answer of the service to :class:`heta_fast.client.Client` (``status``: its HTTP
+    status; 0 when it could not be reached)."""
+
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after

@@ -57,7 +57,7 @@ def test_window_size_changes_what_every_windowed_component_computes():
 
 
 def test_dtype_and_device_are_loading_arguments_not_configuration():
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigError, match="unknown HETAConfig fields: 'dtype'"):
         HETAConfig(dtype="float64")
     with pytest.raises(ConfigError, match="unknown HETAConfig fields.*device"):
         HETAConfig.from_dict({"device": "cpu"})
@@ -69,3 +69,8 @@ def test_defaults_round_trip_and_single_component_string():
     assert HETAConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown HETAConfig fields"):
         HETAConfig.from_dict({"betta": 1})
+
+
+def test_an_unknown_keyword_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match="unknown HETAConfig fields: 'device'"):
+        HETAConfig(device="cpu")  # a loading argument (Attributor.from_pretrained), not configuration

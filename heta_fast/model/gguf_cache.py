@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -188,6 +189,26 @@ def _remove_other_conversions(gguf_path: Path, keep: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def _silent_gguf_progress():
+    """Silence the progress bar of transformers' GGUF de-quantisation for the conversion: it is a
+    raw tqdm bar that transformers' own progress switch does not reach, and it would flood logs
+    and fight the CLI's progress line; the one line this module prints says what is happening."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def convert_gguf(gguf_path: Path, folder: Path) -> None:
     """De-quantise a GGUF to float32 safetensors + tokenizer files written into ``folder``."""
     import torch
@@ -196,9 +217,10 @@ def convert_gguf(gguf_path: Path, folder: Path) -> None:
 
     log(f"converting {gguf_path.name} to a float cache (once; ~20 s) ...")
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+        with _silent_gguf_progress():
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                         dtype=torch.float32)
     except Exception as exc:  # the GGUF loader raises many types
         raise ModelLoadError(f"transformers could not load {gguf_path}: {' '.join(str(exc).split())}") from exc
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -20,15 +20,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, HetaError, InputError
+from ..errors import ConfigError, InputError, OutputInUseError
 from ..files import atomic_write
 from .schema import SCHEMA_VERSION
 
 MANIFEST_PREFIX = "manifest"
-
-
-class OutputInUseError(HetaError):
-    """Another heta-fast run is writing the output directory (it holds the directory's lock)."""
 
 
 def settings_hash(settings: dict) -> str:

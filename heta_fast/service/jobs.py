@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..errors import HetaError
+from ..errors import HetaError, JobCancelledError, JobTimeoutError, QueueFullError
 from ..progress import ProgressEvent
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job as SchedulerJob
@@ -25,22 +25,6 @@ from .metrics import Metrics
 from .settings import ServiceSettings
 
 TERMINAL = ("done", "failed", "cancelled")
-
-
-class JobCancelledError(HetaError):
-    """The job was cancelled (``DELETE /v1/attributions/{id}``) while it ran."""
-
-
-class JobTimeoutError(HetaError):
-    """The job ran longer than the service's per-job time limit."""
-
-
-class QueueFullError(HetaError):
-    """The queue holds ``max_queue`` jobs; ``retry_after`` is a guess in seconds."""
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 
 from heta_fast import HETAConfig
 from heta_fast.client import OPTION_FIELDS, Client, ServiceError
-from heta_fast.errors import ConfigError, InputError
+from heta_fast.errors import ConfigError, InputError, JobCancelledError
 
 CONFIG = HETAConfig(probing_repeats=1, probing_patterns=2, seed=11, beta=0.3)
 
@@ -44,7 +44,7 @@ def test_submit_result_cancel(service_url):
     assert client.cancel(job)["status"] == "done"
     slow = client.submit("w1 w2 w3", " w4", estimator="exact", num_probes=100_000)
     assert client.cancel(slow)["status"] in ("cancelled", "queued", "running")
-    with pytest.raises(ServiceError, match="JobCancelledError"):
+    with pytest.raises(JobCancelledError, match="cancelled by a client"):
         client.result(slow, timeout=60)
 
 
