@@ -38,15 +38,19 @@ class Client:
         self.token, self.timeout = token, timeout
 
     # ------------------------------------------------------------------ the Attributor's calls
-    def attribute(self, prompt, target, config=None, *, timeout: float | None = None, **options) -> Attribution:
-        """Attribute ``target`` (text or ids) to ``prompt`` (text or ids); ``config``: a HETAConfig
-        or a dict of options (``options`` keywords add to it). Waits for the result."""
-        return self._run(_body(prompt, target, None, None, config, options), timeout)
+    def attribute(self, prompt=None, target=None, config=None, *, messages: list | None = None,
+                  timeout: float | None = None, **options) -> Attribution:
+        """Attribute ``target`` (text or ids) to ``prompt`` (text or ids) or to chat ``messages``;
+        ``config``: a HETAConfig or a dict of options (``options`` keywords add to it). Waits for
+        the result."""
+        return self._run(_body(prompt, target, None, messages, config, options), timeout)
 
-    def generate_and_attribute(self, prompt, max_new_tokens: int = 8, config=None, *,
-                               timeout: float | None = None, **options) -> Attribution:
-        """Attribute the service's greedy continuation of up to ``max_new_tokens`` tokens."""
-        return self._run(_body(prompt, None, max_new_tokens, None, config, options), timeout)
+    def generate_and_attribute(self, prompt=None, max_new_tokens: int = 8, config=None, *,
+                               messages: list | None = None, timeout: float | None = None,
+                               **options) -> Attribution:
+        """Attribute the service's greedy continuation of ``prompt`` or chat ``messages``, up to
+        ``max_new_tokens`` tokens."""
+        return self._run(_body(prompt, None, max_new_tokens, messages, config, options), timeout)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, prompt=None, target=None, *, generate: int | None = None, messages: list | None = None,

@@ -219,17 +219,20 @@ class Attributor:
 
     # ------------------------------------------------------------------ data sets (heta_fast/pipeline)
     def attribute_dataset(self, records, config: HETAConfig | None = None, *, id_field: str = "id",
-                          prompt_field: str = "prompt", target_field: str = "target", generate: int | None = None
+                          prompt_field: str = "prompt", target_field: str = "target",
+                          messages_field: str | None = None, generate: int | None = None
                           ) -> Iterator[tuple[object, Attribution | FailedAttribution]]:
         """(id, result) per record, in input order: ``records`` is any iterable of dicts, a pandas
         DataFrame or a ``datasets.Dataset``; the id is the record's ``id_field`` (its position when
-        absent). ``generate=N``: attribute the greedy continuation of up to N tokens instead of a
-        target. Bad records yield FailedAttribution. Write them with ``heta_fast.io.write_results``.
+        absent). ``messages_field``: read chat messages from that field instead of a prompt.
+        ``generate=N``: attribute the greedy continuation of up to N tokens instead of a target.
+        Bad records yield FailedAttribution. Write them with ``heta_fast.io.write_results``.
         """
         from .pipeline.readers import Fields
         from .pipeline.run import attribute_records
 
-        fields = Fields(id=id_field, prompt=prompt_field, target=None if generate else target_field)
+        fields = Fields(id=id_field, prompt=prompt_field, target=None if generate else target_field,
+                        messages=messages_field)
         for position, record, result in attribute_records(self, records, fields, config, generate):
             yield (record.get(id_field, position) if isinstance(record, dict) else position), result
 

@@ -21,7 +21,8 @@ from .pipeline.writer import ResultWriter
 
 __all__ = ["read_results", "read_table", "write_results", "ResultWriter", "result_to_row", "SCHEMA_VERSION"]
 
-LONG_COLUMNS = ["id", "target_index", "target_token", "context_index", "context_token", *MATRICES]
+LONG_COLUMNS = ["id", "target_index", "target_token", "context_index", "context_token", "special", "attributed",
+                "segment", *MATRICES]
 
 
 def read_table(directory):
@@ -44,7 +45,9 @@ def read_table(directory):
 
 def read_results(directory, form: str = "long"):
     """The results in ``directory``: ``form`` "long" (DataFrame: id, target_index, target_token,
-    context_index, context_token, scores, flow, curvature, information; successful records only),
+    context_index, context_token, special (None when not recorded), attributed, segment (a chat
+    record's message index, -1 for template tokens; None for a plain prompt), scores, flow,
+    curvature, information; successful records only),
     "records" (DataFrame, one row per record, the stored schema) or "attributions"
     ({id: Attribution | FailedAttribution}, matrices float64 [n_target, n_context])."""
     table = read_table(directory)
@@ -63,8 +66,16 @@ def _long(table):
 
     table = table.filter(table.column("ok"))
     columns: dict[str, list] = {name: [] for name in LONG_COLUMNS}
-    for row in table.select(["id", "n_target", "n_context", "context_tokens", "target_tokens", *MATRICES]).to_pylist():
+    marks = ["special", "attributed", "segments"]
+    for row in table.select(["id", "n_target", "n_context", "context_tokens", "target_tokens", *marks,
+                             *MATRICES]).to_pylist():
         t, n = row["n_target"], row["n_context"]
+        special = row["special"] if row["special"] is not None else [None] * n
+        attributed = row["attributed"] if row["attributed"] is not None else [True] * n
+        segments = row["segments"] if row["segments"] is not None else [None] * n
+        columns["special"].append(np.tile(np.array(special, dtype=object), t))
+        columns["attributed"].append(np.tile(np.array(attributed, dtype=bool), t))
+        columns["segment"].append(np.tile(np.array(segments, dtype=object), t))
         columns["id"].append(np.repeat(np.array([row["id"]], dtype=object), t * n))
         columns["target_index"].append(np.repeat(np.arange(t), n))
         columns["target_token"].append(np.repeat(np.array(row["target_tokens"], dtype=object), n))

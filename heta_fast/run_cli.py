@@ -29,7 +29,8 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--id-field", default="id", help="record field holding the unique id (default id)")
     p.add_argument("--prompt-field", default="prompt", help="record field holding the prompt (default prompt)")
     p.add_argument("--target-field", default="target", help="record field holding the target (default target)")
-    p.add_argument("--messages-field", default=None, help="record field holding chat messages (not supported yet)")
+    p.add_argument("--messages-field", default=None,
+                   help="record field holding chat messages (a list of {role, content}), read instead of the prompt")
     p.add_argument("--generate", type=int, default=None, metavar="N",
                    help="no target field: generate up to N tokens greedily and attribute them")
     add_engine_args(p)

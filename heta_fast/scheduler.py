@@ -43,6 +43,7 @@ class Job:
     target: object
     config: HETAConfig | None = None
     progress: Progress | None = None
+    messages: object = None  # chat messages instead of a prompt (prompt is then None)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Scheduler:
         try:
             pending.config = att._call_config(job.config)
             pending.request = tokenize_request(att.tokenizer, job.prompt, job.target, att.adapter.max_length,
-                                               att.model.config.vocab_size)
+                                               att.adapter.vocab_size, job.messages)
         except HetaError as exc:
             pending.result = _failed(order, job, exc)
         return pending

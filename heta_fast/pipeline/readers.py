@@ -18,17 +18,18 @@ FORMATS = ("jsonl", "parquet", "csv")
 
 @dataclass(frozen=True)
 class Fields:
-    """Names of the record fields: the id, the prompt, the target (None with --generate), chat messages."""
+    """Names of the record fields: the id, the prompt, the target (None with --generate), and
+    chat messages (a list of {role, content}) read instead of the prompt when given."""
 
     id: str = "id"
     prompt: str = "prompt"
     target: str | None = "target"
     messages: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.messages is not None:
-            raise ConfigError("chat records (--messages-field) are not supported yet; give a prompt field "
-                              "holding the rendered chat text instead")
+    @property
+    def context(self) -> str:
+        """The field the context is read from: the messages field when given, else the prompt field."""
+        return self.messages if self.messages is not None else self.prompt
 
 
 def input_format(path: str | Path) -> str:

@@ -22,14 +22,21 @@ Result = Attribution | FailedAttribution
 
 def _field_error(record, fields: Fields, generate: int | None, position: int) -> FailedAttribution | None:
     """A failure for a record that lacks a field the run reads (the scheduler never sees it)."""
-    wanted = [fields.prompt] + ([] if generate else [fields.target])
+    wanted = [fields.context] + ([] if generate else [fields.target])
     if not isinstance(record, dict):
         return FailedAttribution(position, None, None, "InputError", "the record is not a mapping of fields")
     missing = [f for f in wanted if f not in record]
     if missing:
-        return FailedAttribution(position, record.get(fields.prompt), None, "InputError",
+        return FailedAttribution(position, record.get(fields.context), None, "InputError",
                                  f"the record has no {missing[0]!r} field")
     return None
+
+
+def _context(record: dict, fields: Fields) -> tuple[object, object]:
+    """(prompt, messages) of a record: exactly one of them is read, the other is None."""
+    if fields.messages is not None:
+        return None, record[fields.messages]
+    return record[fields.prompt], None
 
 
 def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), config: HETAConfig | None = None,
@@ -37,20 +44,21 @@ def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), 
                       ) -> Iterator[tuple[int, dict, Result]]:
     """(position, record, result) for every record, in input order.
 
-    records: dicts (or a DataFrame / ``datasets.Dataset``) holding ``fields.prompt`` and
-    ``fields.target``; with ``generate=N`` the target is the model's greedy continuation of up
-    to N tokens. A bad record yields a FailedAttribution; the others go on.
+    records: dicts (or a DataFrame / ``datasets.Dataset``) holding ``fields.prompt`` (or chat
+    messages in ``fields.messages``) and ``fields.target``; with ``generate=N`` the target is the
+    model's greedy continuation of up to N tokens. A bad record yields a FailedAttribution; the others go on.
     """
     cfg = config or attributor.config
     if generate:
         for position, record in enumerate(iter_records(records)):
             failed = _field_error(record, fields, generate, position)
             if failed is None:
+                prompt, messages = _context(record, fields)
                 try:
-                    failed = attributor.generate_and_attribute(record[fields.prompt], max_new_tokens=generate,
-                                                               config=cfg)
+                    failed = attributor.generate_and_attribute(prompt, max_new_tokens=generate, config=cfg,
+                                                               messages=messages)
                 except HetaError as exc:
-                    failed = FailedAttribution(position, record[fields.prompt], None, type(exc).__name__, str(exc))
+                    failed = FailedAttribution(position, record[fields.context], None, type(exc).__name__, str(exc))
             yield position, record, failed
         return
 
@@ -60,7 +68,8 @@ def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), 
             if failed is not None:  # an empty request fails at admission, before the model
                 yield Job((position, record, failed), "", "", cfg)
             else:
-                yield Job((position, record, None), record[fields.prompt], record[fields.target], cfg)
+                prompt, messages = _context(record, fields)
+                yield Job((position, record, None), prompt, record[fields.target], cfg, messages=messages)
 
     for (position, record, failed), result in Scheduler(attributor, lookahead, max_group).run(jobs()):
         if failed is None and not result.ok:
@@ -72,7 +81,9 @@ def run_settings(model: str, dtype: str, config: HETAConfig, fields: Fields, gen
     """What the output depends on (model name, weight dtype, config, fields read, --generate); its
     hash keys the output directory (docs/pipeline.md)."""
     return {"model": model, "model_dtype": dtype, "config": config.to_dict(),
-            "fields": {"prompt": fields.prompt, "target": None if generate else fields.target}, "generate": generate}
+            "fields": {"prompt": fields.prompt, "target": None if generate else fields.target,
+                       **({"messages": fields.messages} if fields.messages is not None else {})},
+            "generate": generate}
 
 
 def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = Fields(),
@@ -94,6 +105,9 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
     if keyed and not generate and fields.target not in keyed[0][1]:
         raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
                           "or generate targets with --generate N")
+    if keyed and fields.context not in keyed[0][1]:
+        flag = "--messages-field" if fields.messages is not None else "--prompt-field"
+        raise ConfigError(f"the input has no {fields.context!r} field; name it with {flag}")
     settings = run_settings(attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch."), cfg, fields,
                             generate)
     with ResultWriter(output, settings, shard=shard_spec, fmt=fmt, rows_per_part=rows_per_part) as writer:

@@ -1,8 +1,9 @@
 """The row schema of a pipeline's output: one row per record, versioned (docs/pipeline.md).
 
 A row holds the record's id, whether it succeeded, the model and configuration (and its
-hash), the prompt and target, the tokens, the score matrix and each component as nested
-lists ``[n_target][n_context]`` of float64, and the phase timings. A failed record has
+hash), the prompt and target, the tokens, the token marks (``special``, ``attributed``, and for
+chat records ``segments`` with the ``messages`` as JSON text), the score matrix and each
+component as nested lists ``[n_target][n_context]`` of float64, and the phase timings. A failed record has
 ``ok = False``, its error type and one-line message, and nulls where the numbers would be.
 """
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 from ..components import COMPONENTS
 from ..result import Attribution, FailedAttribution
 
-SCHEMA_VERSION = 1
+# 2 added the token marks (special, attributed, segments) and the chat messages.
+SCHEMA_VERSION = 2
 MATRICES = ("scores",) + COMPONENTS
 TIMINGS = ("forward",) + COMPONENTS
 
@@ -28,7 +30,8 @@ def arrow_schema():
               ("prompt", pa.string()), ("target", pa.string()), ("n_context", pa.int32()),
               ("n_target", pa.int32()), ("context_tokens", pa.list_(pa.string())),
               ("target_tokens", pa.list_(pa.string())), ("context_ids", pa.list_(pa.int64())),
-              ("target_ids", pa.list_(pa.int64()))]
+              ("target_ids", pa.list_(pa.int64())), ("special", pa.list_(pa.bool_())),
+              ("attributed", pa.list_(pa.bool_())), ("segments", pa.list_(pa.int32())), ("messages", pa.string())]
     fields += [(name, matrix) for name in MATRICES]
     fields += [(f"time_{name}", pa.float64()) for name in TIMINGS]
     fields += [("config", pa.string())]
@@ -69,6 +72,8 @@ def result_to_row(record_id: str, result: Attribution | FailedAttribution, confi
                n_context=len(result.context_tokens), n_target=len(result.target_tokens),
                context_tokens=list(result.context_tokens), target_tokens=list(result.target_tokens),
                context_ids=result.context_ids, target_ids=result.target_ids,
+               special=result.special, attributed=result.attributed, segments=result.segments,
+               messages=None if result.messages is None else json.dumps(result.messages, ensure_ascii=False),
                config=json.dumps(result.config, sort_keys=True))
     for name in MATRICES:
         value = getattr(result, name)
@@ -99,4 +104,11 @@ def row_to_result(row: dict) -> Attribution | FailedAttribution:
         target_tokens=list(row["target_tokens"]), context_ids=[int(i) for i in row["context_ids"]],
         target_ids=[int(i) for i in row["target_ids"]], prompt=row.get("prompt"), method=row.get("method") or "heta",
         model=row.get("model"), model_dtype=row.get("model_dtype"), device=row.get("device"),
-        config=json.loads(row["config"]) if row.get("config") else {}, timings=timings)
+        config=json.loads(row["config"]) if row.get("config") else {}, timings=timings,
+        special=_marks(row.get("special"), bool), attributed=_marks(row.get("attributed"), bool),
+        segments=_marks(row.get("segments"), int),
+        messages=json.loads(row["messages"]) if row.get("messages") else None)
+
+
+def _marks(value, kind) -> list | None:
+    return None if value is None else [kind(x) for x in value]

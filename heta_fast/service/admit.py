@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..config import HETAConfig
 from ..errors import ConfigError, HetaError, InputError
-from ..request import tokenize_prompt, tokenize_request
+from ..request import tokenize_context, tokenize_request
 from .schema import AttributionRequest
 from .settings import ServiceSettings
 
@@ -27,12 +27,14 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class Admitted:
-    """What the worker runs: prompt (text or ids [n]), target (text or ids) or generate (N), config."""
+    """What the worker runs: prompt (text or ids [n]) or chat messages, target (text or ids) or
+    generate (N), config."""
 
     prompt: object
     target: object
     generate: int | None
     config: HETAConfig
+    messages: list[dict] | None = None
 
 
 class Admission:
@@ -43,7 +45,7 @@ class Admission:
         self.base = attributor.config
         self.n_layers = len(attributor.adapter.layers)
         self.max_length = attributor.adapter.max_length
-        self.vocab_size = attributor.model.config.vocab_size
+        self.vocab_size = attributor.adapter.vocab_size
         self.tokenizer = copy.deepcopy(attributor.tokenizer)
         self._lock = threading.Lock()
 
@@ -57,16 +59,17 @@ class Admission:
         self._check_size("target", body.target)
         if body.generate is not None and not 1 <= body.generate <= self.settings.max_generate:
             raise RequestError(422, f"generate: must be an integer in [1, {self.settings.max_generate}]")
+        messages = None if body.messages is None else self._messages(body.messages)
         with self._lock:
-            prompt = body.prompt if body.messages is None else self._chat(body.messages)
             try:
                 if body.generate is None:
-                    tokenize_request(self.tokenizer, prompt, body.target, self.max_length, self.vocab_size)
+                    tokenize_request(self.tokenizer, body.prompt, body.target, self.max_length, self.vocab_size,
+                                     messages)
                 else:
-                    self._check_generate(prompt, body.generate)
+                    self._check_generate(body.prompt, messages, body.generate)
             except (HetaError, ValueError, TypeError, OverflowError, RuntimeError) as exc:  # all about the input
-                raise RequestError(422, f"{'messages' if body.messages else 'prompt/target'}: {exc}") from None
-        return Admitted(prompt, body.target, body.generate, config)
+                raise RequestError(422, f"{'messages' if messages else 'prompt/target'}: {exc}") from None
+        return Admitted(body.prompt, body.target, body.generate, config, messages)
 
     def _config(self, body: AttributionRequest) -> HETAConfig:
         changes = body.options.changes() if body.options is not None else {}
@@ -81,24 +84,16 @@ class Admission:
         if isinstance(value, list) and len(value) > self.settings.max_prompt_ids:
             raise RequestError(413, f"{field}: {len(value)} token ids; the limit is {self.settings.max_prompt_ids}")
 
-    def _chat(self, messages) -> list[int]:
-        """The chat rendered by the model's template (generation prompt added) -> ids."""
+    def _messages(self, messages) -> list[dict]:
+        """The request's chat messages as the engine takes them (rendered and marked there, by
+        the model's template: heta_fast/chat.py), within the size limit."""
         chars = sum(len(m.content) for m in messages)
         if chars > self.settings.max_prompt_chars:
             raise RequestError(413, f"messages: {chars} characters; the limit is {self.settings.max_prompt_chars}")
-        if not messages:
-            raise RequestError(422, "messages: must hold at least one message")
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise RequestError(422, "messages: this model's tokenizer has no chat template; send 'prompt'")
-        try:
-            text = self.tokenizer.apply_chat_template([m.model_dump() for m in messages], tokenize=False,
-                                                      add_generation_prompt=True)
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        except Exception as exc:  # templates are user-level Jinja: any failure is the request's
-            raise RequestError(422, f"messages: the chat template refused them: {exc}") from None
+        return [m.model_dump() for m in messages]
 
-    def _check_generate(self, prompt, n: int) -> None:
-        context = tokenize_prompt(self.tokenizer, prompt, self.vocab_size)
-        if self.max_length is not None and context.numel() + n > self.max_length:
-            raise InputError(f"prompt ({context.numel()} tokens) + generate ({n}) exceed the model's maximum "
+    def _check_generate(self, prompt, messages, n: int) -> None:
+        context = tokenize_context(self.tokenizer, prompt, self.vocab_size, messages)
+        if self.max_length is not None and context.n_context + n > self.max_length:
+            raise InputError(f"prompt ({context.n_context} tokens) + generate ({n}) exceed the model's maximum "
                              f"of {self.max_length}")

@@ -61,7 +61,8 @@ def create_app(attributor, settings: ServiceSettings | None = None):
     async def submit(body: AttributionRequest, wait: float = WAIT):
         admitted = await run_in_threadpool(admission.admit, body)
         try:
-            job = jobs.submit(admitted.prompt, admitted.target, admitted.generate, admitted.config)
+            job = jobs.submit(admitted.prompt, admitted.target, admitted.generate, admitted.config,
+                              admitted.messages)
         except QueueFullError as exc:
             return JSONResponse({"detail": f"queue: {exc}"}, 429, headers={"Retry-After": str(exc.retry_after)})
         view = await _finished(jobs, job, min(wait, settings.max_wait))

@@ -29,13 +29,15 @@ TERMINAL = ("done", "failed", "cancelled")
 
 @dataclass
 class JobRecord:
-    """One request's life: prompt (text or ids), target (text/ids) or generate (N), its HETAConfig."""
+    """One request's life: prompt (text or ids) or chat messages, target (text/ids) or generate
+    (N), its HETAConfig."""
 
     id: str
     prompt: object
     target: object
     generate: int | None
     config: object
+    messages: list | None = None
     status: str = "queued"
     phase: str | None = None
     progress: dict | None = None
@@ -75,13 +77,13 @@ class JobManager:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, prompt, target, generate, config) -> JobRecord:
+    def submit(self, prompt, target, generate, config, messages=None) -> JobRecord:
         with self._cond:
             self._evict()
             queued = self.queue_depth()
             if queued >= self.settings.max_queue:
                 raise QueueFullError(f"the queue is full ({queued} jobs waiting); retry later", self._retry_after())
-            job = JobRecord(uuid.uuid4().hex, prompt, target, generate, config)
+            job = JobRecord(uuid.uuid4().hex, prompt, target, generate, config, messages)
             self._jobs[job.id] = job
             self.metrics.set_queue_depth(queued + 1)
             self.metrics.count_submitted()
@@ -153,7 +155,8 @@ class JobManager:
     def _run_group(self, batch: list[JobRecord]) -> None:
         jobs = {job.id: job for job in batch}
         scheduler = Scheduler(self.attributor, lookahead=len(batch), max_group=len(batch))
-        work = [SchedulerJob(job.id, job.prompt, job.target, job.config, self._progress(job)) for job in batch]
+        work = [SchedulerJob(job.id, job.prompt, job.target, job.config, self._progress(job), job.messages)
+                for job in batch]
         for key, result in scheduler.run(work):
             self._complete(jobs[key], result)
 
@@ -161,7 +164,7 @@ class JobManager:
         self._mark_running(job)
         try:
             result = self.attributor.generate_and_attribute(job.prompt, job.generate, config=job.config,
-                                                            progress=self._progress(job))
+                                                            progress=self._progress(job), messages=job.messages)
         except HetaError as exc:
             result = FailedAttribution(0, job.prompt, None, type(exc).__name__, str(exc))
         self._complete(job, result)

@@ -30,7 +30,7 @@ def test_one_row_per_record_equal_to_single_calls(attributor, records, tmp_path)
         assert res.prompt == r["prompt"] and res.model == "tiny"
         assert_same_results({r["id"]: res}, {r["id"]: alone})
     table = read_results(tmp_path / "out", form="records")
-    assert table["config_hash"].nunique() == 1 and (table["schema_version"] == 1).all()
+    assert table["config_hash"].nunique() == 1 and (table["schema_version"] == 2).all()
     assert set(table.loc[table.ok, "target"]) <= {r["target"] for r in records}
 
 

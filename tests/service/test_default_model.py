@@ -12,19 +12,28 @@ from heta_fast.client import Client
 from tests.service.helpers import running_service
 
 PROMPT, TARGET = "The capital of France is", " Paris"
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 # All three components; a small probing budget (what is compared is service against in-process).
 CONFIG = HETAConfig(seed=3, probing_repeats=1, probing_patterns=4)
 
 
 @pytest.mark.real_model
 def test_default_model_through_the_service_equals_in_process(default_attributor, tmp_path):
-    with ThreadPoolExecutor(1) as pool:  # the in-process result is computed while the service starts
+    chat_config = CONFIG.replace(components=("flow", "information"))
+    with ThreadPoolExecutor(1) as pool:  # the in-process results are computed while the service starts
         expected = pool.submit(default_attributor.attribute, PROMPT, TARGET, config=CONFIG)
+        expected_chat = pool.submit(default_attributor.attribute, messages=MESSAGES, target=" Paris",
+                                    config=chat_config)
         with running_service("smollm2-135m", cwd=tmp_path) as (url, _):
             client = Client(url)
             assert client.models()[0]["model_type"] == "llama"
             got = client.attribute(PROMPT, TARGET, config=CONFIG, timeout=300)
-        want = expected.result()
+            chat = client.attribute(messages=MESSAGES, target=" Paris", config=chat_config, timeout=300)
+        want, want_chat = expected.result(), expected_chat.result()
+    # A chat request: rendered by the engine's template rule, marks and numbers as in-process.
+    assert (chat.segments, chat.special, chat.attributed, chat.messages) == (
+        want_chat.segments, want_chat.special, want_chat.attributed, want_chat.messages)
+    assert torch.equal(chat.scores, want_chat.scores.double()) and chat.segments.count(0) == 7
     assert got.context_tokens == want.context_tokens and got.model_dtype == want.model_dtype
     assert got.curvature is not None and got.information is not None
     for name in ("scores", "flow", "curvature", "information"):
