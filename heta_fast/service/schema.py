@@ -33,6 +33,7 @@ class EngineOptions(BaseModel):
     window_overlap: Optional[float] = None
     layer_subset: Optional[int] = None
     use_fisher: Optional[bool] = None
+    template_tokens: Optional[str] = None
 
     def changes(self) -> dict:
         """The fields the request sets, for ``HETAConfig.replace``."""

@@ -103,3 +103,19 @@ def test_with_a_token_the_page_asks_for_it_once(limited_service, browser):
     assert page.goto(f"{url}?token={TOKEN}").status == 200
     assert page.url == url and page.locator("#prompt").count() == 1 and len(fresh.cookies()) == 1
     fresh.close()
+
+
+def test_the_chat_box_sends_messages(service_url, browser):
+    """'as a chat message' sends the text as a user message: on a model without a chat template
+    the service's one-line refusal (naming the field) is what the page shows."""
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(service_url)
+    page.fill("#prompt", PROMPT)
+    page.fill("#target", TARGET)
+    page.check("#chat")
+    page.click("#run")
+    page.wait_for_selector("#status.error")
+    status = page.inner_text("#status")
+    assert status.startswith("messages: ") and "has no chat template" in status
+    page.close()

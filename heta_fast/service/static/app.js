@@ -45,7 +45,8 @@ async function loadModel() {
 }
 
 function requestBody() {
-  const body = {prompt: $("prompt").value};
+  // "Chat": the text is the user's message, rendered by the model's chat template on the service.
+  const body = $("chat").checked ? {messages: [{role: "user", content: $("prompt").value}]} : {prompt: $("prompt").value};
   if (document.querySelector("input[name=mode]:checked").value === "generate") {
     body.generate = parseInt($("generate").value, 10);
   } else {
@@ -130,18 +131,21 @@ function finish(view) {
   draw();
 }
 
-// One row per context unit: {text, score, flow, curvature, information} for the chosen target.
+// One row per attributed context unit (a chat's template tokens are conditioning, not shown):
+// {text, score, flow, curvature, information} for the chosen target.
 function units(result, target, words, hideSpecial) {
   const pick = (matrix, i) => {
     if (!matrix) return null;
     return target === "all" ? matrix.reduce((s, row) => s + row[i], 0) : matrix[Number(target)][i];
   };
   let rows = result.context_tokens.map((text, i) => {
-    const row = {text, score: pick(result.scores, i)};
+    const row = {text, score: pick(result.scores, i), index: i};
     for (const c of COMPONENTS) row[c] = pick(result[c], i);
     return row;
   });
-  if (hideSpecial) rows = rows.filter((r) => !special.has(r.text));
+  if (result.attributed) rows = rows.filter((r) => result.attributed[r.index]);
+  // The result's own special-token mask where it has one; older results: by the token's text.
+  if (hideSpecial) rows = rows.filter((r) => !(result.special ? result.special[r.index] : special.has(r.text)));
   if (!words || result.unit === "words") return rows;
   // A word starts at a token beginning with white space (Attribution.aggregate's rule).
   const out = [];
