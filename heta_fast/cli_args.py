@@ -64,6 +64,8 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
     p.add_argument("--window-overlap", type=float, default=_default("window_overlap"),
                    help="overlap of consecutive windows, in [0, 1)")
     p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
+    p.add_argument("--term-scale", default=_default("term_scale"),
+                   help="how S and I meet before beta/gamma: raw (the paper's sum) | max | simplex | rank")
     p.add_argument("--template-tokens", default=_default("template_tokens"),
                    help="chat prompts: condition (default; template tokens are inputs only) | attribute")
     p.add_argument("--seed", type=int, default=_default("seed"),
@@ -76,7 +78,8 @@ def config_from_args(args):
 
     fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
                   window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
-                  seed=args.seed, template_tokens=args.template_tokens)
+                  seed=args.seed, template_tokens=args.template_tokens,
+                  term_scale=args.term_scale)
     if getattr(args, "components", None) is not None:
         fields["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
     return HETAConfig(**fields)

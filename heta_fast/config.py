@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .combine import TERM_SCALES
 from .components import COMPONENTS
 from .errors import ConfigError
 from .memory import DEFAULT_MEMORY_BUDGET
@@ -58,6 +59,9 @@ class HETAConfig:
     # A chat prompt's template tokens (BOS, role markers, separators; heta_fast/chat.py):
     # "condition" (inputs only: their columns of every score are 0) or "attribute" (like content).
     template_tokens: str = "condition"
+    # How S and I are put on one scale before beta and gamma weigh them (heta_fast/combine.py):
+    # "raw" (the paper's sum), "max", "simplex" or "rank" per target row.
+    term_scale: str = "raw"
 
     def __new__(cls, *args, **fields):
         # An unknown keyword is a ConfigError naming it (not the dataclass __init__'s TypeError).
@@ -107,6 +111,8 @@ class HETAConfig:
                f"memory_budget must be a positive number of bytes (an integer), got {_show(self.memory_budget)}")
         _check(_is_int(self.max_batch) and 1 <= self.max_batch <= MAX_COUNT,
                f"max_batch must be an integer in [1, {MAX_COUNT}], got {_show(self.max_batch)}")
+        _check(isinstance(self.term_scale, str) and self.term_scale in TERM_SCALES,
+               f"unknown term_scale {_show(self.term_scale)}; choose from {TERM_SCALES}")
         _check(isinstance(self.template_tokens, str) and self.template_tokens in TEMPLATE_TOKENS,
                f"unknown template_tokens {_show(self.template_tokens)}; choose from {TEMPLATE_TOKENS}")
 

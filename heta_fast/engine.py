@@ -200,7 +200,8 @@ class Attributor:
             capture.release(CaptureRequest.union(needs[i + 1:]))
         attributed = attributed_mask(req.segments, req.n_context, cfg.template_tokens)
         parts = {name: unattributed_to_zero(value, attributed) for name, value in parts.items()}
-        scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma)
+        scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma,
+                         cfg.term_scale, attributed)
         for name, value in (("scores", scores), *parts.items()):
             if value is not None and not torch.isfinite(value).all():
                 raise NonFiniteError(f"the {name} of this input are not finite")

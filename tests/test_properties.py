@@ -199,6 +199,7 @@ GOOD = {
     "window_size": st.integers(0, 12), "window_overlap": st.floats(0, 0.9), "layer_subset": st.integers(0, 2),
     "use_fisher": st.booleans(), "memory_budget": st.integers(1, 2**40), "max_batch": st.integers(1, 64),
     "template_tokens": st.sampled_from(["condition", "attribute"]),
+    "term_scale": st.sampled_from(["raw", "max", "simplex", "rank"]),
 }
 assert set(GOOD) == set(FIELDS)
 good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap(

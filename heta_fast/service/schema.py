@@ -34,6 +34,7 @@ class EngineOptions(BaseModel):
     layer_subset: Optional[int] = None
     use_fisher: Optional[bool] = None
     template_tokens: Optional[str] = None
+    term_scale: Optional[str] = None
 
     def changes(self) -> dict:
         """The fields the request sets, for ``HETAConfig.replace``."""

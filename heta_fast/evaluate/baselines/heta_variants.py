@@ -42,7 +42,7 @@ def heta_variants(attributor, prompt, target, names: Iterable[str]) -> dict[str,
     for name in names:
         comps = VARIANTS[name]
         parts = {c: getattr(full, c) if c in comps else None for c in COMPONENTS}
-        scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma)
+        scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma, cfg.term_scale)
         seconds = full.timings.get("forward", 0.0) + sum(full.timings.get(c, 0.0) for c in comps)
         out[name] = Attribution(
             scores=scores, flow=parts["flow"], curvature=parts["curvature"], information=parts["information"],
