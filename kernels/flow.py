@@ -18,7 +18,8 @@ without ever writing A.  Layout of the work:
   j < last key + window (sliding window), and j < n_rows, the row after the last
   target position (rows past it carry no rollout mass).
 * Per query tile: ``s = q k^T`` with ``tl.dot(input_precision="ieee")`` (fp32
-  accumulation whatever the input dtype), ``p = exp(scale*s - lse)`` (with the soft-cap
+  accumulation whatever the input dtype; bf16 operands are widened to fp32 first under the
+  interpreter, see ``utils.widen_dot_operands``), ``p = exp(scale*s - lse)`` (with the soft-cap
   ``c * tanh(scale*s / c)`` applied to ``scale*s`` first when given) masked to exact
   zeros, and ``acc += r_tile @ p`` (an fp32 ``tl.dot`` with T padded to >= 16, or a
   broadcast multiply-reduce for T <= 2, where padding would waste most of the work).
@@ -45,6 +46,7 @@ from .utils import (
     require_device,
     tanh_softcap,
     tile_configs,
+    widen_dot_operands,
 )
 
 __all__ = ["flow_step_triton"]
@@ -99,6 +101,7 @@ def _flow_phi_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Phi[t, h, keys of this tile] for one (key tile, head, target slice)."""
     pid_n = tl.program_id(0)
@@ -117,6 +120,8 @@ def _flow_phi_kernel(
     # k tile [BLOCK_N, BLOCK_D]; padded lanes are 0 so they add nothing to q.k.
     k_ptrs = k_ptr + kv_head * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
     k_tile = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:  # see utils.widen_dot_operands (bf16 under the interpreter)
+        k_tile = k_tile.to(tl.float32)
     k_t = tl.trans(k_tile)
 
     acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
@@ -132,6 +137,8 @@ def _flow_phi_kernel(
         m_ok = offs_m < n_rows
         q_ptrs = q_ptr + head * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
         q_tile = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        if UPCAST:
+            q_tile = q_tile.to(tl.float32)
         lse = tl.load(lse_ptr + head * stride_lh + offs_m * stride_ln, mask=m_ok, other=0.0)
 
         s = tl.dot(q_tile, k_t, input_precision="ieee", out_dtype=tl.float32)
@@ -167,7 +174,7 @@ _CONFIGS = tile_configs(
     {"BLOCK_M": (32, 64, 128), "BLOCK_N": (32, 64, 128)},
     keep=lambda meta: meta["BLOCK_M"] * meta["BLOCK_N"] <= 64 * 128,
 )
-_KEY = ["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW", "HAS_SOFTCAP"]
+_KEY = ["head_dim", "BLOCK_D", "BLOCK_T", "HAS_WINDOW", "HAS_SOFTCAP", "UPCAST"]
 
 
 def _check_inputs(q, k, lse, r, vn, window, cap) -> None:
@@ -235,8 +242,9 @@ def flow_step_triton(
     """
     _check_inputs(q, k, lse, r, vn, window, softcap)
     interpret = require_device("flow_step_triton", q, _flow_phi_kernel)
-    # q/k in one 16/32-bit float dtype (q's), lse and r in fp32.
-    dt = dot_dtype(q)
+    # q/k in one 16/32-bit float dtype (their promoted one: a bf16 q never rounds an fp32 k),
+    # lse and r in fp32.
+    dt = dot_dtype(q, k)
     q, k, lse, r = q.to(dt), k.to(dt), lse.to(ACCUMULATOR), r.to(ACCUMULATOR).contiguous()
     n_heads, n, _ = q.shape
     n_targets = r.shape[0]
@@ -275,4 +283,5 @@ def _launch(q, k, lse, r, phi, scale, cap, n_rows, window, interpret, block_m, b
         HAS_SOFTCAP=cap is not None,
         BLOCK_D=block_d,
         BLOCK_T=block_t,
+        UPCAST=widen_dot_operands(q.dtype, k.dtype, interpret),
     )

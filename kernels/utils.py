@@ -28,6 +28,7 @@ __all__ = [
     "require_device",
     "tanh_softcap",
     "tile_configs",
+    "widen_dot_operands",
 ]
 
 # The kernels' dtype rule: every accumulator and every result is float32.  tl.dot operands keep
@@ -42,6 +43,21 @@ def dot_dtype(*tensors: torch.Tensor) -> torch.dtype:
     fp16/bf16/fp32, else float32."""
     dt = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
     return dt if dt in _DOT_DTYPES else ACCUMULATOR
+
+
+def widen_dot_operands(a: torch.dtype, b: torch.dtype, interpret: bool) -> bool:
+    """Whether a kernel widens its tl.dot operands of dtypes ``a``, ``b`` to float32 in registers.
+
+    The dot runs natively only on two operands of one fp16 dtype, or of bf16 on a GPU (tensor
+    cores, float32 accumulator); everything else (float32, mixed, float64) is multiplied in
+    float32.  bf16 is widened under the interpreter: NumPy has no bfloat16, so the interpreter
+    holds bf16 tensors as their raw uint16 bit patterns, and its tl.dot (``create_dot``, triton
+    3.x, which converts fp8 only) multiplies those integers: garbage of size ~1e9 (NaN after an
+    exp).  Widening is exact (bf16 is a prefix of float32, and a bf16 product is exact in
+    float32), i.e. the arithmetic of the GPU's float32 accumulator.
+    """
+    native = (torch.float16,) if interpret else (torch.float16, torch.bfloat16)
+    return not (a == b and a in native)
 
 
 def interpreting(kernel=None) -> bool:

@@ -9,7 +9,8 @@ reduced with |.| immediately, so the [n, d_model] product never exists.  The hea
 is padded to a power of two (80 -> 128) with masked, zero-filled lanes; masked d_model
 columns are zero and add nothing to the L1 sum.
 
-No libdevice calls, so the kernel runs under ``TRITON_INTERPRET=1`` on CPU tensors.
+No libdevice calls, so the kernel runs under ``TRITON_INTERPRET=1`` on CPU tensors (bf16
+operands are widened to fp32 there first, see ``utils.widen_dot_operands``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import ACCUMULATOR, dot_dtype, expect_shape, heads_per_kv, launch, require_device, tile_configs
+from .utils import (
+    ACCUMULATOR,
+    dot_dtype,
+    expect_shape,
+    heads_per_kv,
+    launch,
+    require_device,
+    tile_configs,
+    widen_dot_operands,
+)
 
 __all__ = ["value_norm_triton"]
 
@@ -48,6 +58,7 @@ def _value_norm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """vn[head, rows of this tile] = L1 norm of v_tile @ w_o[head]."""
     pid_n = tl.program_id(0)
@@ -61,12 +72,16 @@ def _value_norm_kernel(
 
     v_ptrs = v_ptr + kv_head * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     v_tile = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:  # see utils.widen_dot_operands (bf16 under the interpreter)
+        v_tile = v_tile.to(tl.float32)
 
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for c0 in range(0, d_model, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         w_ptrs = w_ptr + head * stride_wh + offs_d[:, None] * stride_wd + offs_c[None, :] * stride_wc
         w_tile = tl.load(w_ptrs, mask=d_ok[:, None] & (offs_c[None, :] < d_model), other=0.0)
+        if UPCAST:
+            w_tile = w_tile.to(tl.float32)
         out = tl.dot(v_tile, w_tile, input_precision="ieee", out_dtype=tl.float32)
         acc += tl.sum(tl.abs(out), axis=1)
 
@@ -74,7 +89,7 @@ def _value_norm_kernel(
 
 
 _CONFIGS = tile_configs({"BLOCK_N": (32, 64, 128), "BLOCK_C": (32, 64, 128)})
-_KEY = ["head_dim", "d_model", "BLOCK_D"]
+_KEY = ["head_dim", "d_model", "BLOCK_D", "UPCAST"]
 
 
 def value_norm_triton(
@@ -118,5 +133,6 @@ def value_norm_triton(
         configs=_CONFIGS,
         key=_KEY,
         BLOCK_D=max(16, triton.next_power_of_2(dh)),
+        UPCAST=widen_dot_operands(dt, dt, interpret),
     )
     return out

@@ -33,7 +33,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import ACCUMULATOR, check_positive, expect_shape, launch, require_device, tanh_softcap
+from .utils import (
+    ACCUMULATOR,
+    check_positive,
+    expect_shape,
+    launch,
+    require_device,
+    tanh_softcap,
+    widen_dot_operands,
+)
 
 __all__ = ["vocab_kl_triton"]
 
@@ -326,12 +334,8 @@ def vocab_kl_triton(
         raise ValueError(f"v_per_split must be >= 1, got {v_per_split}")
     n_splits = triton.cdiv(vocab, v_per_split)
 
-    # Native low-precision dot only when both operands share an fp16/bf16 dtype.
-    # The interpreter's tl.dot multiplies bf16 operands as raw uint16 bits, so
-    # there bf16 is widened first (exact, and what the GPU's fp32 accumulator
-    # computes anyway).
-    native = (torch.float16,) if interpret else (torch.float16, torch.bfloat16)
-    upcast = not (hidden.dtype == weight.dtype and hidden.dtype in native)
+    # Native low-precision dot only when both operands share an fp16 (or, on a GPU, bf16) dtype.
+    upcast = widen_dot_operands(hidden.dtype, weight.dtype, interpret)
     targets = target_index.to(torch.int64).contiguous()  # [B], tiny
     partials = torch.empty((4, batch, n_splits), dtype=ACCUMULATOR, device=device)
     m, s, cross, psum = partials.unbind(0)  # each [B, n_splits], contiguous

@@ -409,6 +409,13 @@ TRITON_CASES = [
     (333, (3, 1), 80, None, "general", torch.float32, None),
     (333, (2, 2), 64, 66, "general", torch.float16, None),
     (333, (4, 1), 80, 100, "onehot3", torch.float32, None),
+    # bf16 (the interpreter holds it as uint16 bit patterns: the dot operands must be widened):
+    # one key, a window with many 16-tiles and the tl.dot target path (T = 4), onehot3 with
+    # window - 2 on the tile bound, and the longest case on few heads.
+    (1, (4, 1), 80, None, "onehot1", torch.bfloat16, None),
+    (37, (9, 3), 80, 5, "general", torch.bfloat16, 16),
+    (129, (4, 4), 64, 18, "onehot3", torch.bfloat16, None),
+    (333, (2, 1), 80, None, "general", torch.bfloat16, None),
 ]
 
 
@@ -461,14 +468,30 @@ def test_triton_many_targets_span_target_tiles():
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("softcap", [None, 2.5])
-def test_triton_chain_matches_full_rollout(softcap):
+@pytest.mark.parametrize(("dtype", "softcap"), [(torch.float32, None), (torch.float32, 2.5), (torch.bfloat16, None)])
+def test_triton_chain_matches_full_rollout(dtype, softcap):
     flow_step_triton = _triton_flow()
     n, positions = 61, [60, 33]
-    layers = _random_layers(n, torch.float32, seed=11, softcap=softcap)
+    layers = _random_layers(n, dtype, seed=11, softcap=softcap)
     expected = _independent_rollout(layers, positions, n)
     got = _chain(flow_step_triton, layers, positions, n)
-    assert_rel_close("M_T", expected, got, 1e-5)
+    assert_rel_close("M_T", expected, got, 1e-5 if dtype == torch.float32 else kernel_rtol(dtype))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(("q_dtype", "k_dtype"), [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)])
+def test_triton_mixed_qk_dtypes(q_dtype, k_dtype):
+    """q and k of different dtypes meet in their promoted dtype: neither is rounded to the
+    other's (a bf16 q must not round an fp32 k to bf16; fp16 with bf16 runs in fp32)."""
+    flow_step_triton = _triton_flow()
+    heads, n, window = (4, 1), 37, 5
+    q, _, _, scale, r, vn = make_case(heads, n, 80, window, q_dtype, seed=2)
+    k = make_case(heads, n, 80, window, k_dtype, seed=3)[1]
+    lse = lse_reference(q.double(), k.double(), scale, window).float()
+    expected_flow, expected_r = oracle(q, k, lse, scale, r, vn, window)
+    flow, r_next = flow_step_triton(*to_device(q, k, lse), scale, *to_device(r, vn), window, block_m=16, block_n=16)
+    assert_rel_close("flow", expected_flow, flow, RTOL[torch.float32])
+    assert_rel_close("r_next", expected_r, r_next, RTOL[torch.float32])
 
 
 # (n, heads, dh, window, rows, dtype, softcap, pinned tiles): odd n, GQA 4:1 and 9:3, windows,
@@ -482,6 +505,8 @@ TRITON_SOFTCAP_CASES = [
     (129, (4, 1), 80, 18, "general", torch.float64, 1.5, 16),
     (129, (9, 3), 64, 40, "onehot3", torch.float16, 3.0, None),
     (129, (9, 3), 80, None, "onehot1", torch.float32, 1.5, None),
+    (37, (4, 1), 80, 5, "general", torch.bfloat16, 1.5, 16),
+    (129, (4, 1), 64, None, "onehot3", torch.bfloat16, 3.0, None),
 ]
 
 

@@ -122,6 +122,11 @@ TRITON_CASES = [
     (129, (4, 1), 64, 101, torch.float16, (16, 32)),
     (333, (9, 3), 64, 576, torch.float32, None),
     (333, (4, 4), 80, 576, torch.float16, None),
+    # bf16 (the interpreter holds it as uint16 bit patterns: the dot operands must be widened)
+    (1, (4, 1), 80, 101, torch.bfloat16, None),
+    (7, (9, 3), 64, 576, torch.bfloat16, (16, 32)),
+    (129, (4, 4), 80, 101, torch.bfloat16, None),
+    (333, (2, 1), 64, 576, torch.bfloat16, None),
 ]
 
 
@@ -148,13 +153,27 @@ def test_triton_checks_shapes():
 
 
 @pytest.mark.interpreter
-def test_triton_strided_w_o():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_strided_w_o(dtype):
     """w_o as a transposed view of an nn.Linear weight [d_model, H*dh] (not contiguous)."""
     value_norm_triton, device = _triton_value_norm()
     heads, dh, d_model, n = (4, 2), 64, 96, 33
-    v, _ = make_case(heads, n, dh, d_model, torch.float32)
-    weight = torch.randn(d_model, heads[0] * dh)  # o_proj.weight layout
-    w_o = weight.t().reshape(heads[0], dh, d_model)
+    v, _ = make_case(heads, n, dh, d_model, dtype)
+    weight = torch.randn(d_model, heads[0] * dh, generator=torch.Generator().manual_seed(1)).to(dtype)
+    w_o = weight.t().reshape(heads[0], dh, d_model)  # o_proj.weight layout
+    assert not w_o.is_contiguous()
+    expected = value_norm_reference(v.double(), w_o.double())
+    got = value_norm_triton(v.to(device), w_o.to(device))
+    assert_rel_close("vn", expected, got, RTOL[dtype])
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(("v_dtype", "w_dtype"), [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)])
+def test_triton_mixed_dtypes(v_dtype, w_dtype):
+    """v and w_o of different dtypes are multiplied in their promoted dtype (fp32 here)."""
+    value_norm_triton, device = _triton_value_norm()
+    v, _ = make_case((4, 1), 37, 80, 101, v_dtype, seed=4)
+    w_o = make_case((4, 1), 37, 80, 101, w_dtype, seed=5)[1]
     expected = value_norm_reference(v.double(), w_o.double())
     got = value_norm_triton(v.to(device), w_o.to(device))
     assert_rel_close("vn", expected, got, RTOL[torch.float32])

@@ -352,6 +352,11 @@ TRITON_CASES = [
     pytest.param(1271, 37, 4, "onehot", torch.float32, {"block_v": 64, "block_d": 16}, id="V1271-onehot-small-tiles"),
     pytest.param(1271, 37, 5, "peaked", torch.float16, {}, id="V1271-fp16-peaked"),
     pytest.param(1271, 64, 5, "flat", torch.float16, {}, id="V1271-fp16-flat"),
+    # bf16: the interpreter widens the dot operands (it holds bf16 as uint16 bit patterns).
+    pytest.param(1271, 37, 5, "peaked", torch.bfloat16, {}, id="V1271-bf16-peaked"),
+    pytest.param(1271, 64, 20, "flat", torch.bfloat16, {}, id="V1271-bf16-flat-2rowblocks"),
+    pytest.param(1271, 37, 4, "sparse", torch.bfloat16, {"v_per_split": 300, "block_v": 64, "block_d": 16},
+                 id="V1271-bf16-sparse-splits-small-tiles"),
     pytest.param(50257, 37, 4, "peaked", torch.float32, {"block_v": 512}, id="V50257-d37-peaked"),
     pytest.param(50257, 64, 3, "flat", torch.float16, {"block_v": 1024, "block_d": 64}, id="V50257-fp16-flat"),
     pytest.param(262144, 32, 2, "peaked", torch.float32, {"block_v": 1024}, id="V262144"),
@@ -368,7 +373,7 @@ def test_triton_matches_reference(triton_kl, vocab, dim, batch, dist, dtype, kwa
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dist", ["peaked", "onehot"])
 def test_triton_extreme_logits(triton_kl, dtype, dist):
     case = make_case(1271, 37, 5, dist=dist, dtype=dtype, extreme=True)
@@ -378,16 +383,14 @@ def test_triton_extreme_logits(triton_kl, dtype, dist):
 
 
 @pytest.mark.interpreter
-def test_triton_bf16_inputs(triton_kl):
-    case = make_case(1271, 37, 5, dist="peaked", dtype=torch.bfloat16)
-    assert_kl_close(run_triton(triton_kl, case), case, torch.bfloat16)
-
-
-@pytest.mark.interpreter
-def test_triton_mixed_dtypes(triton_kl):
-    """fp16 hidden with fp32 weight / ref_logp: multiplied in fp32."""
+@pytest.mark.parametrize(
+    ("hidden_dtype", "weight_dtype"), [(torch.float16, torch.float32), (torch.bfloat16, torch.float16)]
+)
+def test_triton_mixed_dtypes(triton_kl, hidden_dtype, weight_dtype):
+    """Half-precision hidden with a weight of another dtype: multiplied in fp32."""
     case = make_case(1271, 37, 5, dist="sparse")
-    case["hidden"] = case["hidden"].half()
+    case["hidden"] = case["hidden"].to(hidden_dtype)
+    case["weight"] = case["weight"].to(weight_dtype)
     assert_kl_close(run_triton(triton_kl, case), case, torch.float32)
 
 
@@ -610,7 +613,7 @@ def test_triton_transform_matches_reference(triton_kl, vocab, dim, batch, dist, 
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dist", ["peaked", "onehot"])
 def test_triton_softcap_extreme_logits(triton_kl, dtype, dist):
     """|z| ~ 1e4 against a cap of 30: tanh from exp saturates without overflow or NaN."""
