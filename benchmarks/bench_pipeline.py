@@ -1,17 +1,19 @@
 """Records per second of a whole data set on the default model, side by side (issue 13):
 
 * ``loop-1thread`` / ``loop-2threads``: a Python loop of ``Attributor.attribute`` calls;
-* ``run``: the pipeline in one process (``run_to_directory``: the scheduler, part files);
+* ``run``: the pipeline in one process (``run_to_directory``: the scheduler, part files), one
+  torch thread, so that it differs from ``loop-1thread`` only by what the scheduler does;
 * ``ray-2actors``: ``attribute_ray`` on a local 2-CPU Ray instance, 2 actors of one torch thread;
 * ``2-shards``: two ``heta-fast run --shard I/2`` processes of one thread each, into one directory.
 
 32 curated records (``../shared/data/curated_qa_100.json``): prompt ``input_text + "\\nAnswer:"``,
 target the first token of ``" " + answer``. Ray and the shard processes are timed from start to
-finish (actor start and model load included); extra_info has the records/s.
+finish (actor start and model load included); extra_info has the records/s and the machine's
+1-minute load average before and after the variant (other processes share the CPU: read it).
 
     python -m pytest benchmarks/bench_pipeline.py -q -s --benchmark-columns=min,rounds
 
-No timing assertions.
+HETA_BENCH_RECORDS=N: fewer records for a quick check. No timing assertions.
 """
 import json
 import os
@@ -23,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-N_RECORDS = 32
+N_RECORDS = int(os.environ.get("HETA_BENCH_RECORDS", "32"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
-VARIANTS = ("loop-1thread", "loop-2threads", "run", "ray-2actors", "2-shards")
+VARIANTS = ("loop-1thread", "run", "ray-2actors", "2-shards", "loop-2threads")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,12 @@ def _loop(attr, records, threads):
 def _run(attr, records, out):
     from heta_fast.pipeline.run import run_to_directory
 
-    return run_to_directory(attr, records, out, progress="quiet")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_to_directory(attr, records, out, progress="quiet")
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _ray(records, out, workdir):
@@ -91,9 +98,11 @@ def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp
         "ray-2actors": lambda: _ray(records, tmp_path / "out", tmp_path),
         "2-shards": lambda: _shards(data, tmp_path / "out", tmp_path),
     }
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     out = benchmark.pedantic(runs[variant], rounds=1, iterations=1)
     seconds = time.perf_counter() - start
+    load_after = os.getloadavg()[0]
     if variant == "2-shards":
         assert out == [0, 0]
     if variant in ("run", "ray-2actors", "2-shards"):
@@ -102,5 +111,7 @@ def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp
         table = read_results(tmp_path / "out", form="records")
         assert len(table) == N_RECORDS and table.ok.all()
     benchmark.extra_info.update(records=N_RECORDS, seconds=round(seconds, 2),
-                                records_per_s=round(N_RECORDS / seconds, 4))
-    print(f"\n{variant}: {N_RECORDS} records in {seconds:.1f} s = {N_RECORDS / seconds:.3f} records/s")
+                                records_per_s=round(N_RECORDS / seconds, 4),
+                                load_before=round(load_before, 2), load_after=round(load_after, 2))
+    print(f"\n{variant}: {N_RECORDS} records in {seconds:.1f} s = {N_RECORDS / seconds:.3f} records/s "
+          f"(1-min load average {load_before:.2f} before, {load_after:.2f} after)")
