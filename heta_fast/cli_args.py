@@ -66,6 +66,10 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
     p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
     p.add_argument("--term-scale", default=_default("term_scale"),
                    help="how S and I meet before beta/gamma: raw (the paper's sum) | max | simplex | rank")
+    p.add_argument("--sinks", default=_default("sinks"),
+                   help="attention sinks in the flow gate: keep (the paper's gate) | exclude (no gate mass)")
+    p.add_argument("--sink-threshold", type=float, default=_default("sink_threshold"),
+                   help="received attention share (mean over layers) above which a position is a sink")
     p.add_argument("--template-tokens", default=_default("template_tokens"),
                    help="chat prompts: condition (default; template tokens are inputs only) | attribute")
     p.add_argument("--seed", type=int, default=_default("seed"),
@@ -79,7 +83,7 @@ def config_from_args(args):
     fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
                   window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
                   seed=args.seed, template_tokens=args.template_tokens,
-                  term_scale=args.term_scale)
+                  term_scale=args.term_scale, sinks=args.sinks, sink_threshold=args.sink_threshold)
     if getattr(args, "components", None) is not None:
         fields["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
     return HETAConfig(**fields)

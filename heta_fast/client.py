@@ -28,7 +28,7 @@ LONG_WAIT = 30.0  # seconds one HTTP call asks the service to wait for a job (th
 # cuda_graphs belong to the server (they change how the work is chunked, not the numbers).
 OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
                  "sketch_rank", "seed", "mask_scheme", "window_size", "window_overlap", "layer_subset", "use_fisher",
-                 "template_tokens", "term_scale")
+                 "template_tokens", "term_scale", "sinks", "sink_threshold")
 
 
 class Client:

@@ -14,6 +14,7 @@ from .memory import DEFAULT_MEMORY_BUDGET
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
 TEMPLATE_TOKENS = ("condition", "attribute")
+SINK_MODES = ("keep", "exclude")
 # Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.
 MAX_COUNT = 2**31 - 1
 # The curvature signal seeds torch generators with seed * 65537 + a stream constant, which
@@ -62,6 +63,11 @@ class HETAConfig:
     # How S and I are put on one scale before beta and gamma weigh them (heta_fast/combine.py):
     # "raw" (the paper's sum), "max", "simplex" or "rank" per target row.
     term_scale: str = "raw"
+    # Attention sinks (docs/method.md §1): special tokens and positions receiving more than
+    # sink_threshold of the rollout's attention on average over layers. "keep" (the paper's gate;
+    # they are still reported) or "exclude" (no gate mass; the rest renormalised).
+    sinks: str = "keep"
+    sink_threshold: float = 0.25
 
     def __new__(cls, *args, **fields):
         # An unknown keyword is a ConfigError naming it (not the dataclass __init__'s TypeError).
@@ -80,7 +86,7 @@ class HETAConfig:
         for c in comps:
             _check(isinstance(c, str) and c in COMPONENTS, f"unknown component {_show(c)}; choose from {COMPONENTS}")
         _check(len(set(comps)) == len(comps), f"components has duplicates: {comps}")
-        for name in ("beta", "gamma", "window_overlap"):
+        for name in ("beta", "gamma", "window_overlap", "sink_threshold"):
             self._normalise(name, _is_number, float)
         for name in _INT_FIELDS:
             self._normalise(name, _is_int, int)
@@ -111,6 +117,10 @@ class HETAConfig:
                f"memory_budget must be a positive number of bytes (an integer), got {_show(self.memory_budget)}")
         _check(_is_int(self.max_batch) and 1 <= self.max_batch <= MAX_COUNT,
                f"max_batch must be an integer in [1, {MAX_COUNT}], got {_show(self.max_batch)}")
+        _check(isinstance(self.sinks, str) and self.sinks in SINK_MODES,
+               f"unknown sinks {_show(self.sinks)}; choose from {SINK_MODES}")
+        _check(_is_number(self.sink_threshold) and 0.0 < self.sink_threshold <= 1.0,
+               f"sink_threshold must be in (0, 1], got {_show(self.sink_threshold)}")
         _check(isinstance(self.term_scale, str) and self.term_scale in TERM_SCALES,
                f"unknown term_scale {_show(self.term_scale)}; choose from {TERM_SCALES}")
         _check(isinstance(self.template_tokens, str) and self.template_tokens in TEMPLATE_TOKENS,

@@ -210,6 +210,7 @@ class Attributor:
             context_tokens=self._pieces(req.context_ids), target_tokens=self._pieces(req.target_ids),
             context_ids=req.context_ids.tolist(), target_ids=req.target_ids.tolist(), prompt=req.prompt,
             special=_as_list(req.special), segments=_as_list(req.segments), attributed=attributed.tolist(),
+            sinks=_as_list(context.marks.get("sinks")),
             messages=None if req.messages is None else [dict(m) for m in req.messages],
             method="heta", model=self.model_name, model_dtype=str(adapter.dtype).removeprefix("torch."),
             device=str(adapter.device), config=cfg.to_dict(), timings=timings,

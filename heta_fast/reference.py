@@ -51,20 +51,39 @@ def flow_gate_reference(
     r^(L) = one-hot(p_t); for l = L..1: Φ^(l,h) = r^(l) A^(l,h); M += Σ_h Φ^(l,h) ⊙ vn^(l,h);
     r^(l-1) = r^(l) Â^(l) with Â = ½ mean_h A^(l,h) + ½ I, row-normalised.
     """
-    n = attentions[0].shape[-1]
     dtype = attentions[0].dtype
     rows = []
     for p in target_positions.tolist():
-        r = torch.zeros(n, dtype=dtype)
-        r[p] = 1.0
-        m = torch.zeros(n, dtype=dtype)
-        for attn, vn in zip(reversed(attentions), reversed(value_norms)):
-            phi = torch.einsum("j,hji->hi", r, attn.to(dtype))  # [H, n]
+        m = torch.zeros(attentions[0].shape[-1], dtype=dtype)
+        for r, attn, vn in _rollout(attentions, p, value_norms):
+            phi = torch.einsum("j,hji->hi", r, attn)  # [H, n]
             m = m + (phi * vn.to(dtype)).sum(0)
-            a_hat = 0.5 * attn.to(dtype).mean(0) + 0.5 * torch.eye(n, dtype=dtype)
-            a_hat = a_hat / a_hat.sum(-1, keepdim=True)
-            r = r @ a_hat
         rows.append(_simplex(m[:n_context]))
+    return torch.stack(rows)
+
+
+def _rollout(attentions: list[torch.Tensor], p: int, per_layer: list | None = None):
+    """(r^(l), A^(l) [H, n, n], per_layer[l]) from the top layer down, for the target at position
+    p: r^(L) = one-hot(p), r^(l-1) = r^(l) Â^(l), Â = ½ mean_h A^(l,h) + ½ I row-normalised."""
+    n, dtype = attentions[0].shape[-1], attentions[0].dtype
+    r = torch.zeros(n, dtype=dtype)
+    r[p] = 1.0
+    extra = reversed(per_layer) if per_layer is not None else [None] * len(attentions)
+    for attn, item in zip(reversed(attentions), extra):
+        attn = attn.to(dtype)
+        yield r, attn, item
+        a_hat = 0.5 * attn.mean(0) + 0.5 * torch.eye(n, dtype=dtype)
+        r = r @ (a_hat / a_hat.sum(-1, keepdim=True))
+
+
+def received_share_reference(attentions: list[torch.Tensor], target_positions: torch.Tensor) -> torch.Tensor:
+    """[T, n]: the attention share each position receives along the rollout to each target,
+    averaged over layers: (1/L) Σ_l r^(l) Ā^(l), with r^(l) the rollout row entering layer l
+    from the top (r^(L) = one-hot(p_t)) and Ā^(l) the head-mean attention (materialised)."""
+    rows = []
+    for p in target_positions.tolist():
+        share = sum(r @ attn.mean(0) for r, attn, _ in _rollout(attentions, p))
+        rows.append(share / len(attentions))
     return torch.stack(rows)
 
 

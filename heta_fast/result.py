@@ -24,6 +24,8 @@ class Attribution:
     special:      [n_context] bools, the tokenizer's special tokens (BOS, role markers...); None if unknown
     attributed:   [n_context] bools, the context units that get attribution (a chat's template
                   tokens do not by default: their columns are 0); None means all
+    sinks:        [n_context] bools, the attention sinks the flow gate found (special tokens and
+                  positions above ``sink_threshold`` of the received attention); None without the gate
     messages / segments: a chat request's messages and, per context unit, the index of the
                   message whose content it belongs to (-1: the template's own tokens); None otherwise
     model, model_dtype, device: the model's name, the dtype its weights ran in and its device
@@ -47,6 +49,7 @@ class Attribution:
     unit: str = "tokens"
     special: list[bool] | None = None
     attributed: list[bool] | None = None
+    sinks: list[bool] | None = None
     messages: list[dict] | None = None
     segments: list[int] | None = None
     ok: bool = field(default=True, init=False)
@@ -57,7 +60,7 @@ class Attribution:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (t, n):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({t}, {n})")
-        for name in ("special", "attributed", "segments"):
+        for name in ("special", "attributed", "sinks", "segments"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries, expected {n}")
@@ -95,7 +98,8 @@ class Attribution:
         for i, tok in enumerate(self.context_tokens):
             # A word never spans a special token or two chat segments (message / template).
             boundary = self._mark(self.special, i) or self._mark(self.special, i - 1) or any(
-                marks is not None and i > 0 and marks[i] != marks[i - 1] for marks in (self.segments, self.attributed))
+                marks is not None and i > 0 and marks[i] != marks[i - 1]
+                for marks in (self.segments, self.attributed, self.sinks))
             if not groups or tok[:1].isspace() or not tok.strip() or boundary:
                 groups.append([i])
             else:
@@ -118,6 +122,7 @@ class Attribution:
             model=self.model, model_dtype=self.model_dtype, device=self.device, config=dict(self.config),
             timings=dict(self.timings), unit="words",
             special=self._pool_marks(self.special, groups), attributed=self._pool_marks(self.attributed, groups),
+            sinks=self._pool_marks(self.sinks, groups),
             messages=self.messages,
             segments=None if self.segments is None else [self.segments[g[0]] for g in groups],
         )
@@ -161,7 +166,7 @@ class Attribution:
             "context_ids": self.context_ids, "target_ids": self.target_ids,
             "scores": lst(self.scores), "flow": lst(self.flow), "curvature": lst(self.curvature),
             "information": lst(self.information), "config": self.config, "timings": self.timings,
-            "special": self.special, "attributed": self.attributed, "messages": self.messages,
+            "special": self.special, "attributed": self.attributed, "sinks": self.sinks, "messages": self.messages,
             "segments": self.segments,
         }
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from .components import COMPONENTS
 from .errors import ResultFormatError
 
-# 2 added the token marks (special, segments, attributed) and the chat messages; 1 is still read.
+# 2 added the token marks (special, segments, attributed, sinks) and the chat messages; 1 is still read.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 UNITS = ("tokens", "words")
 _MATRICES = ("scores",) + COMPONENTS
 _OPTIONAL_TEXT = ("prompt", "model", "model_dtype", "device")
-_MARKS = ("special", "attributed")
+_MARKS = ("special", "attributed", "sinks")
 FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens", "context_ids", "target_ids",
           "config", "timings", "segments", "messages", *_MARKS, *_MATRICES, *_OPTIONAL_TEXT}
 
@@ -113,7 +113,7 @@ def parse_result(d, where: str = "the result") -> dict:
 
 
 def _token_marks(d: dict, n: int, fail) -> dict:
-    """special / attributed ([n] booleans), messages and segments ([n] message indices or -1), each
+    """special / attributed / sinks ([n] booleans), messages and segments ([n] message indices or -1), each
     optional (null or absent)."""
     out = {}
     for name in _MARKS:

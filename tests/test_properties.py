@@ -200,6 +200,7 @@ GOOD = {
     "use_fisher": st.booleans(), "memory_budget": st.integers(1, 2**40), "max_batch": st.integers(1, 64),
     "template_tokens": st.sampled_from(["condition", "attribute"]),
     "term_scale": st.sampled_from(["raw", "max", "simplex", "rank"]),
+    "sinks": st.sampled_from(["keep", "exclude"]), "sink_threshold": st.floats(0.01, 1),
 }
 assert set(GOOD) == set(FIELDS)
 good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap(

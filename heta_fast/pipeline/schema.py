@@ -1,7 +1,7 @@
 """The row schema of a pipeline's output: one row per record, versioned (docs/pipeline.md).
 
 A row holds the record's id, whether it succeeded, the model and configuration (and its
-hash), the prompt and target, the tokens, the token marks (``special``, ``attributed``, and for
+hash), the prompt and target, the tokens, the token marks (``special``, ``attributed``, ``sinks``, and for
 chat records ``segments`` with the ``messages`` as JSON text), the score matrix and each
 component as nested lists ``[n_target][n_context]`` of float64, and the phase timings. A failed record has
 ``ok = False``, its error type and one-line message, and nulls where the numbers would be.
@@ -31,7 +31,8 @@ def arrow_schema():
               ("n_target", pa.int32()), ("context_tokens", pa.list_(pa.string())),
               ("target_tokens", pa.list_(pa.string())), ("context_ids", pa.list_(pa.int64())),
               ("target_ids", pa.list_(pa.int64())), ("special", pa.list_(pa.bool_())),
-              ("attributed", pa.list_(pa.bool_())), ("segments", pa.list_(pa.int32())), ("messages", pa.string())]
+              ("attributed", pa.list_(pa.bool_())), ("sinks", pa.list_(pa.bool_())), ("segments", pa.list_(pa.int32())),
+              ("messages", pa.string())]
     fields += [(name, matrix) for name in MATRICES]
     fields += [(f"time_{name}", pa.float64()) for name in TIMINGS]
     fields += [("config", pa.string())]
@@ -72,7 +73,7 @@ def result_to_row(record_id: str, result: Attribution | FailedAttribution, confi
                n_context=len(result.context_tokens), n_target=len(result.target_tokens),
                context_tokens=list(result.context_tokens), target_tokens=list(result.target_tokens),
                context_ids=result.context_ids, target_ids=result.target_ids,
-               special=result.special, attributed=result.attributed, segments=result.segments,
+               special=result.special, attributed=result.attributed, sinks=result.sinks, segments=result.segments,
                messages=None if result.messages is None else json.dumps(result.messages, ensure_ascii=False),
                config=json.dumps(result.config, sort_keys=True))
     for name in MATRICES:
@@ -106,6 +107,7 @@ def row_to_result(row: dict) -> Attribution | FailedAttribution:
         model=row.get("model"), model_dtype=row.get("model_dtype"), device=row.get("device"),
         config=json.loads(row["config"]) if row.get("config") else {}, timings=timings,
         special=_marks(row.get("special"), bool), attributed=_marks(row.get("attributed"), bool),
+        sinks=_marks(row.get("sinks"), bool),
         segments=_marks(row.get("segments"), int),
         messages=json.loads(row["messages"]) if row.get("messages") else None)
 

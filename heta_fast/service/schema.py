@@ -35,6 +35,8 @@ class EngineOptions(BaseModel):
     use_fisher: Optional[bool] = None
     template_tokens: Optional[str] = None
     term_scale: Optional[str] = None
+    sinks: Optional[str] = None
+    sink_threshold: Optional[float] = None
 
     def changes(self) -> dict:
         """The fields the request sets, for ``HETAConfig.replace``."""

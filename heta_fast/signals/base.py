@@ -30,6 +30,8 @@ class SignalContext:
     config:    the :class:`~heta_fast.config.HETAConfig` of this call
     cache:     per-signal state kept across calls by the Attributor (``cache_for(name)``)
     progress:  the caller's progress callback, or None (see :meth:`phase`)
+    marks:     per-context-token marks a signal reports for the result (name -> [n_context] bool
+               on the CPU; the flow gate's ``sinks``); the engine copies them into the result
     """
 
     model: object
@@ -41,6 +43,7 @@ class SignalContext:
     config: object
     cache: dict = field(default_factory=dict)
     progress: Progress | None = None
+    marks: dict = field(default_factory=dict)
 
     @property
     def n_context(self) -> int:

@@ -10,7 +10,7 @@ import torch
 from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ..base import SignalContext
-from .gate import FlowRollout, flow_gate, stream_rollout
+from .gate import FlowRollout, flow_gate, sink_positions, stream_rollout, to_simplex
 from .value_norms import value_norm_reducer
 
 
@@ -27,10 +27,19 @@ class FlowSignal:
         return PhaseEstimate(self.name, len(model.layers), "layers")
 
     def compute(self, context: SignalContext) -> torch.Tensor:
+        """M_T [T, n_context]; reports the attention sinks it finds as the mark ``sinks``
+        (``config.sinks = "exclude"``: they get no gate mass and the rest is renormalised)."""
+        cfg, n_ctx = context.config, context.n_context
         layers = context.phase(self.name, len(context.capture.layers), "layers")
-        gate = flow_gate(context.capture, context.positions.cpu(), context.n_context, layers.advance).cpu()
+        rollout = stream_rollout(context.capture, context.positions.cpu(), layers.advance)
         layers.finish()
-        return gate
+        sinks = sink_positions(rollout, n_ctx, context.request.special, cfg.sink_threshold)
+        m = rollout.gate[:, :n_ctx].cpu()
+        if cfg.sinks == "exclude":
+            m = m.masked_fill(sinks, 0.0)
+        context.marks["sinks"] = sinks
+        return to_simplex(m)
 
 
-__all__ = ["FlowRollout", "FlowSignal", "flow_gate", "stream_rollout", "value_norm_reducer"]
+__all__ = ["FlowRollout", "FlowSignal", "flow_gate", "sink_positions", "stream_rollout", "to_simplex",
+           "value_norm_reducer"]
