@@ -161,11 +161,14 @@ class Attributor:
     # ------------------------------------------------------------------ pipeline
     def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,
                         progress: list[Progress | None] | None = None) -> list[Attribution | FailedAttribution]:
-        """Attribute several tokenised requests under one config (the scheduler's unit of work).
+        """Attribute several tokenised requests under one config (the scheduler's unit of work), one
+        after another, each exactly as :meth:`attribute` would (bit for bit).
 
         Returns one result per request, in order; a request that fails (a typed error of its own:
         non-finite output, over the memory budget) yields a FailedAttribution and the others go on.
-        Each request's numbers are those of attributing it alone.
+        The model passes of several requests are not batched together: on the CPU every pass is
+        already compute-bound and sharing them would save ~4 % of a record at best
+        (benchmarks/bench_batching.py, BENCHMARKS.md "Pipeline").
         """
         cfg = self._call_config(config)
         progress = progress or [None] * len(requests)
