@@ -216,7 +216,7 @@ class Attributor:
             sinks=_as_list(context.marks.get("sinks")),
             messages=None if req.messages is None else [dict(m) for m in req.messages],
             method="heta", model=self.model_name, model_dtype=str(adapter.dtype).removeprefix("torch."),
-            device=str(adapter.device), config=cfg.to_dict(), timings=timings,
+            device=str(adapter.device), architecture=type(self.model).__name__, config=cfg.to_dict(), timings=timings,
         )
 
     def _pieces(self, ids: torch.Tensor) -> list[str]:

@@ -29,6 +29,7 @@ class Attribution:
     messages / segments: a chat request's messages and, per context unit, the index of the
                   message whose content it belongs to (-1: the template's own tokens); None otherwise
     model, model_dtype, device: the model's name, the dtype its weights ran in and its device
+    architecture: the model class that ran (e.g. ``LlamaForCausalLM``)
     """
 
     scores: torch.Tensor
@@ -44,6 +45,7 @@ class Attribution:
     model: str | None = None
     model_dtype: str | None = None
     device: str | None = None
+    architecture: str | None = None
     config: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     unit: str = "tokens"
@@ -119,8 +121,8 @@ class Attribution:
             scores=pool(self.scores), flow=pool(self.flow), curvature=pool(self.curvature),
             information=pool(self.information), context_tokens=words, target_tokens=list(self.target_tokens),
             context_ids=None, target_ids=self.target_ids, prompt=self.prompt, method=self.method,
-            model=self.model, model_dtype=self.model_dtype, device=self.device, config=dict(self.config),
-            timings=dict(self.timings), unit="words",
+            model=self.model, model_dtype=self.model_dtype, device=self.device, architecture=self.architecture,
+            config=dict(self.config), timings=dict(self.timings), unit="words",
             special=self._pool_marks(self.special, groups), attributed=self._pool_marks(self.attributed, groups),
             sinks=self._pool_marks(self.sinks, groups),
             messages=self.messages,
@@ -160,7 +162,7 @@ class Attribution:
 
         return {
             "format_version": FORMAT_VERSION, "method": self.method, "model": self.model,
-            "model_dtype": self.model_dtype, "device": self.device,
+            "model_dtype": self.model_dtype, "device": self.device, "architecture": self.architecture,
             "prompt": self.prompt, "unit": self.unit,
             "context_tokens": self.context_tokens, "target_tokens": self.target_tokens,
             "context_ids": self.context_ids, "target_ids": self.target_ids,

@@ -21,7 +21,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 UNITS = ("tokens", "words")
 _MATRICES = ("scores",) + COMPONENTS
-_OPTIONAL_TEXT = ("prompt", "model", "model_dtype", "device")
+_OPTIONAL_TEXT = ("prompt", "model", "model_dtype", "device", "architecture")
 _MARKS = ("special", "attributed", "sinks")
 FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens", "context_ids", "target_ids",
           "config", "timings", "segments", "messages", *_MARKS, *_MATRICES, *_OPTIONAL_TEXT}

@@ -129,8 +129,9 @@ def test_bad_messages_are_input_errors(attributor, kwargs, message):
 def test_marks_survive_json_and_word_aggregation(attributor, tmp_path):
     res = attributor.attribute(messages=MESSAGES, target=text(8))
     back = Attribution.from_json(res.to_json(tmp_path / "r.json"))
-    for name in ("special", "attributed", "segments", "messages"):
+    for name in ("special", "attributed", "segments", "messages", "sinks", "architecture"):
         assert getattr(back, name) == getattr(res, name), name
+    assert res.architecture == "LlamaForCausalLM"
     words = res.aggregate("words")
     # Words never cross a special token or a segment boundary: the marks pool exactly.
     assert sum(words.attributed) == 2 and words.segments.count(0) == 1 and words.segments.count(1) == 1
@@ -139,7 +140,7 @@ def test_marks_survive_json_and_word_aggregation(attributor, tmp_path):
 
 def test_version_1_files_still_read(attributor):
     d = attributor.attribute(text(3, 4), text(8)).to_dict()
-    for name in ("special", "attributed", "segments", "messages"):
+    for name in ("special", "attributed", "segments", "messages", "sinks", "architecture"):
         del d[name]
     d["format_version"] = 1
     old = Attribution.from_dict(d)

@@ -26,7 +26,8 @@ def arrow_schema():
     matrix = pa.list_(pa.list_(pa.float64()))
     fields = [("id", pa.string()), ("ok", pa.bool_()), ("error_type", pa.string()), ("message", pa.string()),
               ("schema_version", pa.int32()), ("config_hash", pa.string()), ("model", pa.string()),
-              ("model_dtype", pa.string()), ("device", pa.string()), ("method", pa.string()),
+              ("model_dtype", pa.string()), ("device", pa.string()), ("architecture", pa.string()),
+              ("method", pa.string()),
               ("prompt", pa.string()), ("target", pa.string()), ("n_context", pa.int32()),
               ("n_target", pa.int32()), ("context_tokens", pa.list_(pa.string())),
               ("target_tokens", pa.list_(pa.string())), ("context_ids", pa.list_(pa.int64())),
@@ -68,6 +69,7 @@ def result_to_row(record_id: str, result: Attribution | FailedAttribution, confi
                    target=_text(target if target is not None else result.target))
         return row
     row.update(model=result.model or model, model_dtype=result.model_dtype, device=result.device,
+               architecture=result.architecture,
                method=result.method, prompt=_text(result.prompt),
                target=_text(target) if target is not None else "".join(result.target_tokens),
                n_context=len(result.context_tokens), n_target=len(result.target_tokens),
@@ -105,6 +107,7 @@ def row_to_result(row: dict) -> Attribution | FailedAttribution:
         target_tokens=list(row["target_tokens"]), context_ids=[int(i) for i in row["context_ids"]],
         target_ids=[int(i) for i in row["target_ids"]], prompt=row.get("prompt"), method=row.get("method") or "heta",
         model=row.get("model"), model_dtype=row.get("model_dtype"), device=row.get("device"),
+        architecture=row.get("architecture"),
         config=json.loads(row["config"]) if row.get("config") else {}, timings=timings,
         special=_marks(row.get("special"), bool), attributed=_marks(row.get("attributed"), bool),
         sinks=_marks(row.get("sinks"), bool),

@@ -46,8 +46,8 @@ def test_run_reads_chat_records(chat_model_dir, tmp_path, capsys):
         alone = attr.attribute(messages=rec["chat"], target=rec["target"])
         res = got[rec["id"]]
         assert torch.equal(res.scores, alone.scores.double())
-        assert (res.segments, res.special, res.attributed, res.messages) == (
-            alone.segments, alone.special, alone.attributed, alone.messages)
+        assert (res.segments, res.special, res.attributed, res.messages, res.sinks, res.architecture) == (
+            alone.segments, alone.special, alone.attributed, alone.messages, alone.sinks, alone.architecture)
     long = read_results(out)
     a = long[(long.id == "a") & (long.target_index == 0)]
     assert list(a.segment) == [-1, 0, 0, 0, -1, -1] and list(a.attributed) == [False, True, True, True, False, False]

@@ -54,3 +54,4 @@ def test_gemma3_multimodal_class_runs_through_the_attributor():
     assert attr.adapter.max_length == attr.model.config.text_config.max_position_embeddings
     res = attr.generate_and_attribute(torch.arange(4, 10), max_new_tokens=2)
     assert len(res.target_ids) == 2 and torch.isfinite(res.scores).all()
+    assert (res.architecture, res.model_dtype, res.device) == ("Gemma3ForConditionalGeneration", "float64", "cpu")
