@@ -100,8 +100,7 @@ class Attribution:
         for i, tok in enumerate(self.context_tokens):
             # A word never spans a special token or two chat segments (message / template).
             boundary = self._mark(self.special, i) or self._mark(self.special, i - 1) or any(
-                marks is not None and i > 0 and marks[i] != marks[i - 1]
-                for marks in (self.segments, self.attributed, self.sinks))
+                marks is not None and i > 0 and marks[i] != marks[i - 1] for marks in (self.segments, self.attributed))
             if not groups or tok[:1].isspace() or not tok.strip() or boundary:
                 groups.append([i])
             else:
@@ -124,7 +123,8 @@ class Attribution:
             model=self.model, model_dtype=self.model_dtype, device=self.device, architecture=self.architecture,
             config=dict(self.config), timings=dict(self.timings), unit="words",
             special=self._pool_marks(self.special, groups), attributed=self._pool_marks(self.attributed, groups),
-            sinks=self._pool_marks(self.sinks, groups),
+            # A word holding a sink token is a sink (words follow the text, not the attention).
+            sinks=None if self.sinks is None else [any(self.sinks[i] for i in g) for g in groups],
             messages=self.messages,
             segments=None if self.segments is None else [self.segments[g[0]] for g in groups],
         )

@@ -139,7 +139,9 @@ function units(result, target, words, hideSpecial) {
     return target === "all" ? matrix.reduce((s, row) => s + row[i], 0) : matrix[Number(target)][i];
   };
   let rows = result.context_tokens.map((text, i) => {
-    const row = {text, score: pick(result.scores, i), index: i};
+    const row = {text, score: pick(result.scores, i), index: i,
+                 special: result.special ? result.special[i] : false,
+                 segment: result.segments ? result.segments[i] : null};
     for (const c of COMPONENTS) row[c] = pick(result[c], i);
     return row;
   });
@@ -147,10 +149,14 @@ function units(result, target, words, hideSpecial) {
   // The result's own special-token mask where it has one; older results: by the token's text.
   if (hideSpecial) rows = rows.filter((r) => !(result.special ? result.special[r.index] : special.has(r.text)));
   if (!words || result.unit === "words") return rows;
-  // A word starts at a token beginning with white space (Attribution.aggregate's rule).
+  // A word starts at a token beginning with white space, and never spans a special token or two
+  // chat segments (Attribution.aggregate's rule).
   const out = [];
+  let previous = null;
   for (const r of rows) {
-    if (!out.length || /^\s/.test(r.text) || !r.text.trim()) {
+    const boundary = previous !== null && (r.special || previous.special || r.segment !== previous.segment);
+    previous = r;
+    if (!out.length || /^\s/.test(r.text) || !r.text.trim() || boundary) {
       out.push({...r});
     } else {
       const w = out[out.length - 1];
