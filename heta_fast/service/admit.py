@@ -11,7 +11,8 @@ import threading
 from dataclasses import dataclass
 
 from ..config import HETAConfig
-from ..errors import ConfigError, HetaError, InputError
+from ..errors import ConfigError, HetaError
+from ..inputs import check_max_new_tokens
 from ..request import tokenize_context, tokenize_request
 from .schema import AttributionRequest
 from .settings import ServiceSettings
@@ -93,7 +94,6 @@ class Admission:
         return [m.model_dump() for m in messages]
 
     def _check_generate(self, prompt, messages, n: int) -> None:
+        # The engine's own rule for generate_and_attribute's budget (heta_fast.inputs).
         context = tokenize_context(self.tokenizer, prompt, self.vocab_size, messages)
-        if self.max_length is not None and context.n_context + n > self.max_length:
-            raise InputError(f"prompt ({context.n_context} tokens) + generate ({n}) exceed the model's maximum "
-                             f"of {self.max_length}")
+        check_max_new_tokens(n, context.n_context, self.max_length)

@@ -34,11 +34,7 @@ def test_page_runs_an_attribution_and_shows_the_api_top_token(service_url, brows
     page = browser.new_page(viewport={"width": 1000, "height": 700})
     requested = []
     page.on("request", lambda request: requested.append(request.url))
-    page.set_default_timeout(90_000)
-    page.goto(service_url)
-    page.fill("#prompt", PROMPT)
-    page.fill("#target", TARGET)
-    page.click("#run")
+    _submit(page, service_url)
     page.wait_for_selector("#heatmap .tok")
     shown = page.inner_text("#top-token")
     tokens = page.locator("#heatmap .tok")
@@ -109,13 +105,19 @@ def test_the_chat_box_sends_messages(service_url, browser):
     """'as a chat message' sends the text as a user message: on a model without a chat template
     the service's one-line refusal (naming the field) is what the page shows."""
     page = browser.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(service_url)
-    page.fill("#prompt", PROMPT)
-    page.fill("#target", TARGET)
-    page.check("#chat")
-    page.click("#run")
+    _submit(page, service_url, chat=True)
     page.wait_for_selector("#status.error")
     status = page.inner_text("#status")
     assert status.startswith("messages: ") and "has no chat template" in status
     page.close()
+
+
+def _submit(page, url: str, chat: bool = False) -> None:
+    """Open the page at ``url`` and run PROMPT -> TARGET from its form (as a chat message if asked)."""
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    page.fill("#prompt", PROMPT)
+    page.fill("#target", TARGET)
+    if chat:
+        page.check("#chat")
+    page.click("#run")
