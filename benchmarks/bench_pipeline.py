@@ -73,7 +73,7 @@ def _ray(records, out, workdir):
         os.chdir(cwd)
     try:
         return attribute_ray(records, out, model="smollm2-135m", device="cpu", concurrency=2,
-                             threads_per_worker=1, batch_size=4, progress="quiet")
+                             threads_per_worker=1, batch_size=1, progress="quiet")
     finally:
         ray.shutdown()
 

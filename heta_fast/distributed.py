@@ -83,7 +83,7 @@ def _as_ray_dataset(source):
 def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConfig | None = None,
                   fields: Fields = Fields(), generate: int | None = None, dtype: str = "float32",
                   device: str = "auto", concurrency: int = 2, gpus_per_worker: float = 0.0,
-                  threads_per_worker: int = 1, batch_size: int = 4, fmt: str = "parquet",
+                  threads_per_worker: int = 1, batch_size: int = 1, fmt: str = "parquet",
                   rows_per_part: int = DEFAULT_ROWS_PER_PART, retry_failed: bool = False,
                   progress: str | None = None, ray_address: str | None = None) -> RunProgress:
     """Attribute ``dataset`` (a ray Dataset, a .jsonl/.parquet/.csv path, a DataFrame or dicts) into ``output``.
@@ -123,9 +123,11 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
         try:
             if todo:
                 device = "cuda" if gpus_per_worker > 0 and device == "auto" else device
+                ds = split_for_actors(ds, todo, batch_size)
+                pool = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
                 mapped = ds.map_batches(
                     RayAttributor, batch_size=batch_size, batch_format="pandas",
-                    compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=threads_per_worker,
+                    compute=pool, num_cpus=threads_per_worker,
                     num_gpus=gpus_per_worker or None,
                     fn_constructor_kwargs=dict(model=model, config=cfg.to_dict(), fields=fields, generate=generate,
                                                dtype=dtype, device=device, threads=threads_per_worker,
@@ -137,6 +139,17 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
         finally:
             counter.close(str(output))
     return counter
+
+
+def split_for_actors(ds, n_records: int, batch_size: int):
+    """``ds`` (``n_records`` rows) as materialised blocks of ``batch_size`` rows.
+
+    A small input is read as one block, and Ray hands a block to one actor whatever
+    ``batch_size`` says: unsplit, one actor did all the work while the others waited. The split
+    is materialised before any actor exists: once the actors hold every CPU, a repartition task
+    would wait for one for ever.
+    """
+    return ds.repartition(num_blocks=max(1, -(-n_records // batch_size))).materialize()
 
 
 def _ids(ds, id_field: str) -> list[str]:

@@ -50,7 +50,9 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     ray.add_argument("--concurrency", type=int, default=2, help="number of model actors (default 2)")
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0: CPU actors)")
     ray.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per actor")
-    ray.add_argument("--batch-size", type=int, default=4, help="records per actor call (default 4)")
+    ray.add_argument("--batch-size", type=int, default=1,
+                     help="records per actor call (default 1: an actor attributes its records one "
+                          "after another, so larger calls only unbalance the actors)")
     return p
 
 

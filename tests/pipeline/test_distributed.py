@@ -50,3 +50,13 @@ def test_ray_rows_equal_the_local_run_and_resume_alike(local_ray, tiny_model_dir
                         read_results(tmp_path / "local", form="attributions"))
     again = attribute_ray(data, tmp_path / "out", model=str(tiny_model_dir), device="cpu", progress="quiet")
     assert (again.done, again.skipped) == (0, 8)
+
+
+def test_a_one_block_input_is_split_into_a_block_per_batch(local_ray):
+    # One block goes to one actor: unsplit, a small file kept every actor but one idle.
+    from heta_fast.distributed import split_for_actors
+
+    ds = ray.data.from_items([{"id": str(i)} for i in range(7)], override_num_blocks=1)
+    split = split_for_actors(ds, 7, batch_size=2)
+    assert split.num_blocks() == 4
+    assert sorted(r["id"] for r in split.take_all()) == [str(i) for i in range(7)]
