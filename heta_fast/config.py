@@ -13,6 +13,7 @@ from .memory import DEFAULT_MEMORY_BUDGET
 
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
+INFORMATION_ESTIMATORS = ("exact", "fisher")
 TEMPLATE_TOKENS = ("condition", "attribute")
 SINK_MODES = ("keep", "exclude")
 # Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.
@@ -21,7 +22,7 @@ MAX_COUNT = 2**31 - 1
 # must stay below 2**64.
 MAX_SEED = 2**47 - 1
 _INT_FIELDS = ("num_probes", "probing_patterns", "probing_repeats", "sketch_rank", "seed", "window_size",
-               "layer_subset", "memory_budget", "max_batch")
+               "layer_subset", "memory_budget", "max_batch", "information_rank")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class HETAConfig:
     cuda_graphs: bool = True
     seed: int = 0
     mask_scheme: str = "zero"
+    # Information estimator (docs/method.md §3): "exact" (the masked passes, n(n+1)/2
+    # token-positions) or "fisher" (the KL's second-order expansion: information_rank backward
+    # passes per target whatever n is; an approximation, measured in EVALUATION.md).
+    information_estimator: str = "exact"
+    information_rank: int = 8
     window_size: int = 0
     window_overlap: float = 0.5
     layer_subset: int = 0
@@ -106,6 +112,11 @@ class HETAConfig:
                f"seed must be an integer in [0, 2**47 - 1], got {_show(self.seed)}")
         _check(isinstance(self.mask_scheme, str) and self.mask_scheme in MASK_SCHEMES,
                f"unknown mask_scheme {_show(self.mask_scheme)}; choose from {MASK_SCHEMES}")
+        _check(isinstance(self.information_estimator, str) and self.information_estimator in INFORMATION_ESTIMATORS,
+               f"unknown information_estimator {_show(self.information_estimator)}; "
+               f"choose from {INFORMATION_ESTIMATORS}")
+        _check(_is_int(self.information_rank) and 1 <= self.information_rank <= MAX_COUNT,
+               f"information_rank must be an integer in [1, {MAX_COUNT}], got {_show(self.information_rank)}")
         _check(_is_int(self.window_size) and 0 <= self.window_size <= MAX_COUNT,
                f"window_size must be an integer in [0, {MAX_COUNT}] (0 = no windowing), got {_show(self.window_size)}")
         _check(_is_number(self.window_overlap) and 0.0 <= self.window_overlap < 1.0,

@@ -131,6 +131,10 @@ class ModelAdapter:
         position_ids [B, L] override those positions (packed passes, whose segments restart at
         their own positions).
         """
+        return self.final_hidden(embeds, cache, position_ids)
+
+    def final_hidden(self, embeds: torch.Tensor, cache=None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`hidden_states`, differentiable: embeds [B, L, d] -> final normalised hidden states [B, L, d]."""
         extra = {} if position_ids is None else {"position_ids": position_ids}
         base = self.model.base_model
         return base(inputs_embeds=embeds, **cache_kwargs(base, cache), **extra).last_hidden_state

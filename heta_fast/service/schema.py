@@ -29,6 +29,8 @@ class EngineOptions(BaseModel):
     sketch_rank: Optional[int] = None
     seed: Optional[int] = None
     mask_scheme: Optional[str] = None
+    information_estimator: Optional[str] = None
+    information_rank: Optional[int] = None
     window_size: Optional[int] = None
     window_overlap: Optional[float] = None
     layer_subset: Optional[int] = None

@@ -5,15 +5,18 @@
 - prefix_cache.py: the unmasked input's keys and values, shared by every masked variant
 - masked_batches.py: which variants run together under the memory budget
 - packing.py: several variants laid end to end in one packed sequence
+- fisher.py: the opt-in second-order estimate (``information_estimator="fisher"``)
 """
 from __future__ import annotations
 
 import torch
 
+from ...memory import ModelShape, probes_per_pass
 from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ...windows import context_windows
 from ..base import SignalContext
+from .fisher import fisher_information
 from .masking import mask_vectors
 from .prefix_cache import PrefixCache
 from .signal import information, plan_passes
@@ -26,10 +29,16 @@ class InformationSignal:
     name = "information"
 
     def capture_request(self, model, config) -> CaptureRequest:
+        if config.information_estimator == "fisher":
+            return CaptureRequest()  # its own forward pass with gradients
         # The masked variants continue the unmasked pass's keys and values (no second prefix pass).
         return CaptureRequest(key_values=True)
 
     def estimate(self, model, request, config) -> PhaseEstimate:
+        if config.information_estimator == "fisher":
+            targets = request.target_positions.numel()
+            return PhaseEstimate(self.name, targets, "targets", passes=1 + targets * config.information_rank,
+                                 peak_bytes=fisher_peak_bytes(model, request.input_ids.numel(), config))
         plan = plan_passes(model, request.n_context, request.target_positions, config, prefix_given=True)
         variants = sum(w.size for w in plan.windows)
         return PhaseEstimate(self.name, variants, "masked variants", passes=len(plan.batches),
@@ -37,10 +46,16 @@ class InformationSignal:
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         n_ctx, model = context.n_context, context.model
-        prefix = PrefixCache.from_kv(context.capture.kv, n_ctx - 1)
         masks = mask_vectors(context.config.mask_scheme, context.embeds[:n_ctx], model.model.get_input_embeddings(),
                              context.tokenizer)
         cfg = context.config
+        if cfg.information_estimator == "fisher":
+            targets = context.phase(self.name, context.positions.numel(), "targets")
+            out = fisher_information(model, context.embeds, context.positions, n_ctx, masks, cfg.information_rank,
+                                     on_target=targets.advance).cpu()
+            targets.finish()
+            return out
+        prefix = PrefixCache.from_kv(context.capture.kv, n_ctx - 1)
         windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
         variants = context.phase(self.name, sum(w.size for w in windows), "masked variants")
         out = information(model, context.embeds, context.positions, n_ctx, masks, context.capture.log_probs, cfg,
@@ -49,4 +64,13 @@ class InformationSignal:
         return out
 
 
-__all__ = ["InformationSignal", "PrefixCache", "information", "mask_vectors"]
+def fisher_peak_bytes(model, n: int, config) -> int:
+    """The second-order estimate's peak: one forward graph over n tokens (a probe's worth);
+    raises MemoryBudgetError above ``config.memory_budget``."""
+    shape = ModelShape.of(model.model)
+    layers = config.layer_subset or shape.layers
+    probes_per_pass(shape, n, layers, config.memory_budget, 1)  # refuses what does not fit
+    return shape.probe_bytes(n, layers)
+
+
+__all__ = ["InformationSignal", "PrefixCache", "fisher_information", "information", "mask_vectors"]
