@@ -64,6 +64,8 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
     p.add_argument("--window-overlap", type=float, default=_default("window_overlap"),
                    help="overlap of consecutive windows, in [0, 1)")
     p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
+    p.add_argument("--precision", default=_default("precision"),
+                   help="float32 | bfloat16 | auto: the model stages' matrix products (heta_fast/precision.py)")
     p.add_argument("--information-estimator", default=_default("information_estimator"),
                    help="exact (masked passes) | fisher (second-order estimate, cost linear in n; docs/method.md §3)")
     p.add_argument("--information-rank", type=int, default=_default("information_rank"),
@@ -87,6 +89,7 @@ def config_from_args(args):
     fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
                   window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
                   information_estimator=args.information_estimator, information_rank=args.information_rank,
+                  precision=args.precision,
                   seed=args.seed, template_tokens=args.template_tokens,
                   term_scale=args.term_scale, sinks=args.sinks, sink_threshold=args.sink_threshold)
     if getattr(args, "components", None) is not None:

@@ -14,6 +14,7 @@ from .memory import DEFAULT_MEMORY_BUDGET
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
 INFORMATION_ESTIMATORS = ("exact", "fisher")
+PRECISIONS = ("float32", "bfloat16", "auto")
 TEMPLATE_TOKENS = ("condition", "attribute")
 SINK_MODES = ("keep", "exclude")
 # Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.
@@ -47,6 +48,10 @@ class HETAConfig:
     probing_patterns: int = 8
     probing_repeats: int = 2
     sketch_rank: int = 64
+    # Which model stages run their matrix products in bf16 (heta_fast/precision.py): "float32",
+    # "bfloat16" or "auto" (bf16 only where the device has it natively and the stage's measured
+    # quality gate was met). Accumulations stay float32 whatever it says.
+    precision: str = "float32"
     # Capture the batched HVP in CUDA graphs (CUDA only; ignored on the CPU).
     cuda_graphs: bool = True
     seed: int = 0
@@ -107,6 +112,8 @@ class HETAConfig:
         for name in ("probing_patterns", "probing_repeats", "sketch_rank"):
             v = getattr(self, name)
             _check(_is_int(v) and 1 <= v <= MAX_COUNT, f"{name} must be an integer in [1, {MAX_COUNT}], got {_show(v)}")
+        _check(isinstance(self.precision, str) and self.precision in PRECISIONS,
+               f"unknown precision {_show(self.precision)}; choose from {PRECISIONS}")
         _check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be a bool, got {_show(self.cuda_graphs)}")
         _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
                f"seed must be an integer in [0, 2**47 - 1], got {_show(self.seed)}")

@@ -14,6 +14,7 @@ from .errors import HetaError, InputError, NonFiniteError
 from .inputs import check_max_new_tokens, request_fields, request_items
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
+from .precision import stage_precision
 from .progress import PhaseEstimate, PhaseReporter, Progress
 from .request import TokenizedRequest, tokenize_context, tokenize_request, with_target
 from .result import Attribution, FailedAttribution
@@ -187,7 +188,7 @@ class Attributor:
         needs = [s.capture_request(adapter, cfg) for s in signals]
         embeds = adapter.embed(req.input_ids)  # [n, d]
         positions = req.target_positions.to(adapter.device)
-        with _phase("forward", timings):
+        with _phase("forward", timings), stage_precision(cfg.precision, "forward", adapter):
             forward = PhaseReporter(progress, "forward", 1, "pass")
             capture = adapter.capture(embeds, positions, CaptureRequest.union(needs))
             forward.finish()
@@ -198,7 +199,7 @@ class Attributor:
                                 progress=progress)
         parts = dict.fromkeys(SIGNALS)
         for i, signal in enumerate(signals):
-            with _phase(signal.name, timings):
+            with _phase(signal.name, timings), stage_precision(cfg.precision, signal.precision_stage, adapter):
                 parts[signal.name] = signal.compute(context)
             capture.release(CaptureRequest.union(needs[i + 1:]))
         attributed = attributed_mask(req.segments, req.n_context, cfg.template_tokens)

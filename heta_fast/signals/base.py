@@ -62,6 +62,8 @@ class Signal(Protocol):
     """One HETA component."""
 
     name: str
+    # The precision stage its model passes belong to (heta_fast/precision.py), None if it runs none.
+    precision_stage: str | None
 
     def capture_request(self, model, config) -> CaptureRequest:
         """What this signal needs from the forward pass of ``model`` under ``config``."""

@@ -96,7 +96,10 @@ def vocab_kl(
         return vocab_kl_triton(
             hidden, weight, ref_logp, target_index, bias, logit_scale=logit_scale, softcap=softcap
         )
-    return vocab_kl_blocked(
-        hidden, weight, ref_logp, target_index, bias,
-        chunk_size=chunk_size, logit_scale=logit_scale, softcap=softcap,
-    )
+    # An accumulation: its head product runs in the inputs' dtype even inside a bf16 autocast
+    # stage (heta_fast/precision.py), so P_masked has float32 logits like P_orig.
+    with torch.autocast(hidden.device.type, enabled=False):
+        return vocab_kl_blocked(
+            hidden, weight, ref_logp, target_index, bias,
+            chunk_size=chunk_size, logit_scale=logit_scale, softcap=softcap,
+        )

@@ -29,6 +29,7 @@ class CurvatureSignal:
     """S from Hessian-vector products of f; needs nothing of the capture pass."""
 
     name = "curvature"
+    precision_stage = "curvature"  # heta_fast/precision.py: its HVPs
 
     def capture_request(self, model, config) -> CaptureRequest:
         return CaptureRequest()

@@ -18,6 +18,7 @@ class FlowSignal:
     """M_T from the capture's q, k, row LSE and value norms."""
 
     name = "flow"
+    precision_stage = None  # heta_fast/precision.py: no model pass: the rollout reads the capture
 
     def capture_request(self, model, config) -> CaptureRequest:
         # The capture keeps the reduction (vn [H, n]) instead of the values.

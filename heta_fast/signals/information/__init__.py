@@ -27,6 +27,7 @@ class InformationSignal:
     log-probabilities."""
 
     name = "information"
+    precision_stage = "forward"  # heta_fast/precision.py: the masked passes continue the capture's keys and values
 
     def capture_request(self, model, config) -> CaptureRequest:
         if config.information_estimator == "fisher":
