@@ -30,8 +30,9 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 MODEL_STAGES = ("forward", "curvature")
 # Stages whose bf16 results met the quality gate (median Spearman >= 0.99 and 10th percentile
 # >= 0.97 against float32 on their term; EVALUATION.md, "bf16 against float32"). Only these go
-# bf16 under "auto".
-GATED: tuple[str, ...] = ()
+# bf16 under "auto". Measured on the curated set: curvature 0.9993 / 0.9985 (30 records); the
+# forward stage's I 0.981 / 0.957 (100 records: not met; its flow gate 0.9997 / 0.9994).
+GATED: tuple[str, ...] = ("curvature",)
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

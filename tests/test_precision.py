@@ -23,6 +23,9 @@ def test_stage_dtype_table(monkeypatch):
     assert stage_dtype("bfloat16", "forward", CPU, torch.float64) == torch.float64  # runs as stored
     assert stage_dtype("auto", "forward", CPU, F32) == F32  # no native bf16
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    # The measured decision (EVALUATION.md): the curvature met the gate, the forward stage did not.
+    assert stage_dtype("auto", "curvature", CPU, F32) == BF16
+    assert stage_dtype("auto", "forward", CPU, F32) == F32
     monkeypatch.setattr(precision, "GATED", ("forward",))
     assert stage_dtype("auto", "forward", CPU, F32) == BF16
     assert stage_dtype("auto", "curvature", CPU, F32) == F32  # native, but not past its gate
