@@ -201,6 +201,8 @@ GOOD = {
     "template_tokens": st.sampled_from(["condition", "attribute"]),
     "term_scale": st.sampled_from(["raw", "max", "simplex", "rank"]),
     "sinks": st.sampled_from(["keep", "exclude"]), "sink_threshold": st.floats(0.01, 1),
+    "precision": st.sampled_from(["float32", "bfloat16", "auto"]),
+    "information_estimator": st.sampled_from(["exact", "fisher"]), "information_rank": st.integers(1, 8),
 }
 assert set(GOOD) == set(FIELDS)
 good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap(
@@ -209,7 +211,8 @@ good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap
 # (layer_subset up to 3: one more than the tiny model's layers).
 call_kwargs = st.fixed_dictionaries({}, optional={
     "components": GOOD["components"], "estimator": GOOD["estimator"], "beta": GOOD["beta"],
-    "mask_scheme": GOOD["mask_scheme"], "seed": GOOD["seed"], "layer_subset": st.integers(0, 3)})
+    "mask_scheme": GOOD["mask_scheme"], "seed": GOOD["seed"], "layer_subset": st.integers(0, 3),
+    "information_estimator": GOOD["information_estimator"]})
 mixed_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=5).flatmap(
     lambda keys: st.fixed_dictionaries({k: mostly(GOOD[k], values) for k in keys}))
 
