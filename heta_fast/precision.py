@@ -72,7 +72,8 @@ def stage_precision(precision: str, stage: str | None, adapter):
 
     In a bf16 stage the model's LM head runs outside autocast (float32 logits)."""
     device = adapter.device
-    if stage_dtype(precision, stage, device, adapter.dtype) != torch.bfloat16:
+    # A model stored in half precision or float64 runs as stored: no autocast over it.
+    if adapter.dtype != torch.float32 or stage_dtype(precision, stage, device, adapter.dtype) != torch.bfloat16:
         yield
         return
     head = adapter.model.get_output_embeddings()

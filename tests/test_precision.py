@@ -75,3 +75,11 @@ def test_bf16_results_are_close_to_float32(tiny_model_dir):
 def test_an_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="precision"):
         HETAConfig(precision="half")
+
+
+def test_a_half_model_runs_as_stored_whatever_the_precision():
+    adapter = ModelAdapter(tiny_model("llama", dtype=BF16))
+    x = adapter.embed(torch.tensor([3, 9, 14]))
+    with stage_precision("bfloat16", "forward", adapter):
+        assert not torch.is_autocast_enabled("cpu")
+        assert adapter.logits(x[None]).dtype == BF16

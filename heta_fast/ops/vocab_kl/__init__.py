@@ -32,6 +32,8 @@ Importing this package imports neither triton nor touches CUDA.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ...dtypes import accumulation_dtype
@@ -98,7 +100,8 @@ def vocab_kl(
         )
     # An accumulation: its head product runs in the inputs' dtype even inside a bf16 autocast
     # stage (heta_fast/precision.py), so P_masked has float32 logits like P_orig.
-    with torch.autocast(hidden.device.type, enabled=False):
+    autocast = hidden.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(hidden.device.type)
+    with torch.autocast(hidden.device.type, enabled=False) if autocast else contextlib.nullcontext():
         return vocab_kl_blocked(
             hidden, weight, ref_logp, target_index, bias,
             chunk_size=chunk_size, logit_scale=logit_scale, softcap=softcap,
