@@ -149,8 +149,11 @@ def test_an_interrupted_run_leaves_a_valid_file_that_a_rerun_completes(tiny_mode
     out = tmp_path / "r.json"
     args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--methods",
             "rollout", "--metrics", "dsa", "--no-progress"]
+    # SIGINT's default in the child: a shell without job control (a CI script run in the
+    # background) starts it ignored, and the child would then never see the Ctrl-C meant here.
     proc = subprocess.Popen([sys.executable, "-c", _PACED_EVAL, *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and len(_records(out)) >= 3):
         time.sleep(0.02)

@@ -65,7 +65,14 @@ def _start(model_dir, data, out, cwd):
     # cwd outside the repository: its kernels/ folder would shadow the installed package.
     cmd = [sys.executable, "-m", "heta_fast", "run", "-q", "--model", str(model_dir), "--input", data,
            "--output", str(out), "--rows-per-part", "2"]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
+
+
+def _interruptible():
+    # A shell without job control starts a background job with SIGINT ignored, and a Python
+    # child keeps it ignored: give the child SIGINT's default, the Ctrl-C this test means.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _opened_since(out, started: float) -> bool:
