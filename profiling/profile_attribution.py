@@ -1,6 +1,7 @@
 """Per-phase time breakdown of one attribution, with torch.profiler.
 
     python profiling/profile_attribution.py [--model smollm2-135m] [--prompt P --target T] [--top 15]
+    python profiling/profile_attribution.py --n 128 --threads 1   # the demo prompt repeated to 128 tokens
 
 Prints the engine's phases (labelled ``heta::<phase>`` with record_function) and the most
 expensive torch operators inside the whole attribution.
@@ -22,13 +23,21 @@ def main() -> None:
     p.add_argument("--prompt", default=DEMO_PROMPT)
     p.add_argument("--target", default=DEMO_TARGET)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--n", type=int, default=0, help="instead of --prompt: the demo prompt's tokens repeated to N")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     attr = Attributor.from_pretrained(args.model, config=HETAConfig())
-    attr.attribute(args.prompt, args.target)  # warm-up: first-call allocations and lazy imports
+    prompt = args.prompt
+    if args.n:
+        ids = attr.tokenizer(args.prompt)["input_ids"]
+        prompt = (ids * (args.n // len(ids) + 1))[: args.n]
+    attr.attribute(prompt, args.target)  # warm-up: first-call allocations and lazy imports
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
-        res = attr.attribute(args.prompt, args.target)
+        res = attr.attribute(prompt, args.target)
     events = prof.key_averages()
     phases = [e for e in events if e.key.startswith("heta::")]
     total = sum(e.cpu_time_total for e in phases) or 1.0
