@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ...model.attention import attention_implementation
 from ...result import Attribution
 from .common import gather_target_log_probs, make_result, prepare
 
@@ -24,8 +25,9 @@ def target_gradients(adapter, embeds: torch.Tensor, positions: torch.Tensor, tar
     for start in range(0, T, max_batch):
         rows = torch.arange(start, min(start + max_batch, T))
         xb = x.unsqueeze(0).repeat(len(rows), 1, 1).requires_grad_(True)
-        f = gather_target_log_probs(adapter.log_probs(xb, positions), rows, target_ids)
-        (g,) = torch.autograd.grad(f.sum(), xb)
+        with attention_implementation(adapter.model, "auto"):  # first order: the fused kernel has a backward
+            f = gather_target_log_probs(adapter.log_probs(xb, positions), rows, target_ids)
+            (g,) = torch.autograd.grad(f.sum(), xb)
         out.append(g.detach())
     return torch.cat(out)
 

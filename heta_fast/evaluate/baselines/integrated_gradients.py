@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from ...model.attention import attention_implementation
 from ...result import Attribution
 from .common import gather_target_log_probs, make_result, prepare
 
@@ -57,8 +58,9 @@ def integrated_gradients_scores(adapter, embeds: torch.Tensor, positions: torch.
         rows = torch.tensor([t for t, _ in chunk])
         a = alphas[[k for _, k in chunk]].to(device=x.device, dtype=x.dtype)
         xb = (base[None] + a[:, None, None] * delta[None]).requires_grad_(True)
-        f = gather_target_log_probs(adapter.log_probs(xb, positions), rows, target_ids)
-        (g,) = torch.autograd.grad(f.sum(), xb)
+        with attention_implementation(adapter.model, "auto"):  # first order: the fused kernel has a backward
+            f = gather_target_log_probs(adapter.log_probs(xb, positions), rows, target_ids)
+            (g,) = torch.autograd.grad(f.sum(), xb)
         w = weights[[k for _, k in chunk]]
         avg_grad.index_add_(0, rows, g[:, :n_context].detach().double().cpu() * w[:, None, None])
     return (avg_grad * delta[:n_context].double().cpu()[None]).sum(-1)

@@ -24,6 +24,7 @@ import torch
 
 from ...dtypes import accumulation_dtype
 from ...model.adapter import ModelAdapter
+from ...model.attention import attention_implementation
 
 # F's vocabulary part keeps the most probable tokens up to this much of the probability mass
 # (and at most MAX_TOKENS of them): the rest weigh their rows of W by less than this in total.
@@ -75,7 +76,9 @@ def fisher_information(adapter: ModelAdapter, embeds: torch.Tensor, target_posit
     x = embeds.detach().clone().requires_grad_(True)
     delta = mask_vectors.to(x.dtype) - x.detach()[:n_context]  # [n_context, d]
     positions = target_positions.to(x.device).long()
-    with torch.enable_grad():
+    # One derivative only: the fused attention of the no-grad passes has a backward, and was
+    # faster than heta's eager math path (BENCHMARKS.md, "Attention per derivative order").
+    with torch.enable_grad(), attention_implementation(adapter.model, "auto"):
         hidden = adapter.final_hidden(x[None])[0, positions]  # [T, d]
         out = torch.zeros(positions.numel(), n_context, dtype=out_dtype, device=x.device)
         for t in range(positions.numel()):
