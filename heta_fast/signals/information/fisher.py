@@ -76,8 +76,8 @@ def fisher_information(adapter: ModelAdapter, embeds: torch.Tensor, target_posit
     x = embeds.detach().clone().requires_grad_(True)
     delta = mask_vectors.to(x.dtype) - x.detach()[:n_context]  # [n_context, d]
     positions = target_positions.to(x.device).long()
-    # One derivative only: the fused attention of the no-grad passes has a backward, and was
-    # faster than heta's eager math path (BENCHMARKS.md, "Attention per derivative order").
+    # One derivative only: the fused attention of the no-grad passes has a backward; heta's
+    # eager math path is for double backwards (BENCHMARKS.md, "Attention per derivative order").
     with torch.enable_grad(), attention_implementation(adapter.model, "auto"):
         hidden = adapter.final_hidden(x[None])[0, positions]  # [T, d]
         out = torch.zeros(positions.numel(), n_context, dtype=out_dtype, device=x.device)
