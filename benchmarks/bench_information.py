@@ -44,15 +44,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from benchmarks.conftest import prompt_ids
+from benchmarks.conftest import information_case
 from heta_fast import HETAConfig
 from heta_fast.divergence import kl_divergence
 from heta_fast.model.attention import attention_implementation
-from heta_fast.model.capture import CaptureRequest
 from heta_fast.ops.vocab_kl import vocab_kl
 from heta_fast.reference import information_reference
 from heta_fast.signals.information import information
-from heta_fast.signals.information.prefix_cache import PrefixCache
 
 # BENCH_INFO_SIZES="64,128" runs a subset; BENCH_INFO_LOG=path appends one JSON line per result
 # (kept even if the run is cut short).
@@ -115,19 +113,10 @@ def batched_full_passes(adapter, embeds, positions, n_context, masks, orig, rows
 
 @pytest.fixture(scope="module")
 def case(default_attributor):
-    attr = default_attributor
-    adapter = attr.adapter
-    cases = {}
-    for n in SIZES:
-        x = adapter.embed(torch.tensor(prompt_ids(attr.tokenizer, n)))
-        positions = torch.tensor([n - 1])
-        # The engine's forward pass: P_orig at the target and, kept for (c), every layer's keys
-        # and values (the prefix cache). All three implementations get P_orig from outside the
-        # timed region; (a) runs its own unmasked pass inside, as the reference loop does.
-        capture = adapter.capture(x, positions, CaptureRequest(key_values=True))
-        prefix = PrefixCache.from_kv(capture.kv, n - 1)
-        cases[n] = (adapter, x, positions, torch.zeros(n, x.shape[-1]), capture.log_probs, prefix)
-    return cases
+    # The engine's forward pass: P_orig at the target and, kept for (c), every layer's keys and
+    # values (the prefix cache). All three implementations get P_orig from outside the timed
+    # region; (a) runs its own unmasked pass inside, as the reference loop does.
+    return {n: information_case(default_attributor, n) for n in SIZES}
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

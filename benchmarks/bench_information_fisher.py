@@ -22,11 +22,9 @@ import time
 import pytest
 import torch
 
-from benchmarks.conftest import prompt_ids
+from benchmarks.conftest import information_case
 from heta_fast import HETAConfig
-from heta_fast.model.capture import CaptureRequest
 from heta_fast.signals.information import fisher_information, information
-from heta_fast.signals.information.prefix_cache import PrefixCache
 
 SIZES = tuple(int(v) for v in os.environ.get("BENCH_FISHER_SIZES", "128,256,512").split(","))
 VARIANTS = ("exact", "fisher-8", "fisher-32")
@@ -35,15 +33,7 @@ _exact: dict[int, torch.Tensor] = {}
 
 @pytest.fixture(scope="module")
 def cases(default_attributor):
-    adapter = default_attributor.adapter
-    out = {}
-    for n in SIZES:
-        x = adapter.embed(torch.tensor(prompt_ids(default_attributor.tokenizer, n)))
-        positions = torch.tensor([n - 1])
-        capture = adapter.capture(x, positions, CaptureRequest(key_values=True))
-        out[n] = (adapter, x, positions, torch.zeros(n, x.shape[-1]), capture.log_probs,
-                  PrefixCache.from_kv(capture.kv, n - 1))
-    return out
+    return {n: information_case(default_attributor, n) for n in SIZES}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

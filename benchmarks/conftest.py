@@ -22,3 +22,20 @@ def prompt_ids(tokenizer, n: int):
     while len(ids) < n:
         ids += tokenizer(FILLER, add_special_tokens=False)["input_ids"]
     return ids[:n]
+
+
+def information_case(attributor, n: int):
+    """The information term's inputs for n filler tokens and one target at the last, as the engine
+    has them after its forward pass: (adapter, embeds [n, d], positions [1], zero masks [n, d],
+    P_orig [1, V], prefix cache of [0, n - 1))."""
+    import torch
+
+    from heta_fast.model.capture import CaptureRequest
+    from heta_fast.signals.information.prefix_cache import PrefixCache
+
+    adapter = attributor.adapter
+    x = adapter.embed(torch.tensor(prompt_ids(attributor.tokenizer, n)))
+    positions = torch.tensor([n - 1])
+    capture = adapter.capture(x, positions, CaptureRequest(key_values=True))
+    return (adapter, x, positions, torch.zeros(n, x.shape[-1]), capture.log_probs,
+            PrefixCache.from_kv(capture.kv, n - 1))

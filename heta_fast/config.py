@@ -10,11 +10,11 @@ from .combine import TERM_SCALES
 from .components import COMPONENTS
 from .errors import ConfigError
 from .memory import DEFAULT_MEMORY_BUDGET
+from .precision import PRECISIONS
 
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
 INFORMATION_ESTIMATORS = ("exact", "fisher")
-PRECISIONS = ("float32", "bfloat16", "auto")
 TEMPLATE_TOKENS = ("condition", "attribute")
 SINK_MODES = ("keep", "exclude")
 # Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.

@@ -7,13 +7,13 @@ policy of :mod:`heta_fast.dtypes`): the LM head and the log-softmax of the captu
 vocabulary KL (its head product included), the flow gate's rollout and sums, the curvature
 norms. Models stored in float64 or half precision run as stored.
 
-- ``"float32"``: every stage in float32 (the default).
-- ``"bfloat16"``: every model stage in bf16, wherever asked, even where bf16 is emulated and slow.
-
 The model stages: ``"forward"`` (the capture forward and the information term's masked passes:
 one precision, since the masked passes continue the capture's keys and values and P_orig and
 P_masked should carry the same rounding) and ``"curvature"`` (its HVPs). A signal names its stage
 in ``precision_stage`` (None: it runs no model pass).
+
+- ``"float32"``: every stage in float32 (the default).
+- ``"bfloat16"``: every model stage in bf16, wherever asked, even where bf16 is emulated and slow.
 - ``"auto"``: bf16 for a stage only where the device runs bf16 natively (CUDA with bf16; a CPU
   reporting AMX or AVX512-BF16) **and** the stage met the quality gate measured on the curated
   set (:data:`GATED`); float32 everywhere else.
@@ -72,8 +72,7 @@ def stage_precision(precision: str, stage: str | None, adapter):
 
     In a bf16 stage the model's LM head runs outside autocast (float32 logits)."""
     device = adapter.device
-    # A model stored in half precision or float64 runs as stored: no autocast over it.
-    if adapter.dtype != torch.float32 or stage_dtype(precision, stage, device, adapter.dtype) != torch.bfloat16:
+    if stage_dtype(precision, stage, device, adapter.dtype) == adapter.dtype:  # runs as stored
         yield
         return
     head = adapter.model.get_output_embeddings()
@@ -99,10 +98,3 @@ def _head_in_float32(module, args):
 def _head_done(module, args, output):
     torch.set_autocast_enabled(args[0].device.type, module.__dict__.pop("_heta_autocast", False))
 
-
-@contextlib.contextmanager
-def float32_products(device: torch.device):
-    """Matrix products in the enclosed block run in their inputs' dtype, not autocast's (the
-    accumulating ops: the vocabulary KL, the curvature's target log-probability)."""
-    with torch.autocast(device.type, enabled=False):
-        yield

@@ -13,14 +13,13 @@ M · (β S + γ I), with the same M and S) against the exact final scores.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
+from measure_cli import curated_examples, p10, run_or_table
 
 
 def _spearman(a, b) -> float:
@@ -30,7 +29,7 @@ def _spearman(a, b) -> float:
 
 
 def _prompts(args, tokenizer):
-    examples = json.loads(DATA.read_text(encoding="utf-8"))["examples"]
+    examples = curated_examples()
     for k in range(args.start, min(args.stop, len(examples))):
         ex = examples[k]
         target = tokenizer(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]
@@ -93,34 +92,20 @@ def table(paths) -> None:
             info = [r["ranks"][k]["spearman_information"] for r in rows]
             scores = [r["ranks"][k]["spearman_scores"] for r in rows if "spearman_scores" in r["ranks"][k]]
             speed = [r["exact_seconds"] / r["ranks"][k]["seconds"] for r in rows]
-            shown = f"{statistics.median(scores):.3f} / {_p10(scores):.3f}" if scores else "—"
+            shown = f"{statistics.median(scores):.3f} / {p10(scores):.3f}" if scores else "—"
             print(f"| {Path(path).name} | {len(rows)} | {statistics.median(r['n'] for r in rows):.0f} | {k} "
-                  f"| {statistics.median(info):.3f} / {_p10(info):.3f} | {shown} "
+                  f"| {statistics.median(info):.3f} / {p10(info):.3f} | {shown} "
                   f"| {statistics.median(r['exact_seconds'] for r in rows):.1f} "
                   f"| {statistics.median(r['ranks'][k]['seconds'] for r in rows):.2f} "
                   f"| {statistics.median(speed):.1f}× |")
 
 
-def _p10(values) -> float:
-    ordered = sorted(values)
-    return ordered[int(0.1 * (len(ordered) - 1))]
 
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("out")
-    r.add_argument("--start", type=int, default=0)
-    r.add_argument("--stop", type=int, default=100)
-    r.add_argument("--ranks", default="8,32")
-    r.add_argument("--long", type=int, default=0)
-    t = sub.add_parser("table")
-    t.add_argument("paths", nargs="+")
-    args = parser.parse_args(argv)
-    run(args) if args.command == "run" else table(args.paths)
+def _run_args(parser) -> None:
+    parser.add_argument("--ranks", default="8,32")
+    parser.add_argument("--long", type=int, default=0)
 
 
 if __name__ == "__main__":
     sys.argv[0] = "information_estimators.py"
-    main()
+    run_or_table(__doc__, _run_args, run, table)

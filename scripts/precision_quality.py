@@ -15,13 +15,13 @@ the float32 term's largest tenth; the seconds of each phase in both precisions.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
+from measure_cli import curated_examples, p10, run_or_table
+
 TERMS = ("flow", "information", "curvature", "scores")
 
 
@@ -35,7 +35,7 @@ def run(args) -> None:
     attributor = Attributor.from_pretrained("smollm2-135m", device="cpu")
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else {}
-    examples = json.loads(DATA.read_text(encoding="utf-8"))["examples"]
+    examples = curated_examples()
     for k in range(args.start, min(args.stop, len(examples))):
         ex = examples[k]
         if ex["id"] in records:
@@ -71,9 +71,9 @@ def table(paths) -> None:
         got = sorted(r[term] for r in values if term in r)
         if not got:
             continue
-        median, p10 = statistics.median(got), got[int(0.1 * (len(got) - 1))]
-        gate = "met" if median >= 0.99 and p10 >= 0.97 else "not met"
-        print(f"| {term} ({stages[term]}) | {len(got)} | {median:.4f} | {p10:.4f} | {gate} |")
+        median, low = statistics.median(got), p10(got)
+        gate = "met" if median >= 0.99 and low >= 0.97 else "not met"
+        print(f"| {term} ({stages[term]}) | {len(got)} | {median:.4f} | {low:.4f} | {gate} |")
     errors = [r["information_top_tenth_relative_error"] for r in values]
     print(f"\nI's largest tenth, median relative error bf16 vs float32: {statistics.median(errors):.4f} "
           f"(median over records of each record's median)")
@@ -83,20 +83,10 @@ def table(paths) -> None:
         print(f"{phase}: bf16 / float32 seconds, median {statistics.median(ratio):.2f} ({len(ratio)} records)")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("out")
-    r.add_argument("--start", type=int, default=0)
-    r.add_argument("--stop", type=int, default=100)
-    r.add_argument("--curvature-below", type=int, default=30)
-    t = sub.add_parser("table")
-    t.add_argument("paths", nargs="+")
-    args = parser.parse_args(argv)
-    run(args) if args.command == "run" else table(args.paths)
+def _run_args(parser) -> None:
+    parser.add_argument("--curvature-below", type=int, default=30)
 
 
 if __name__ == "__main__":
     sys.argv[0] = "precision_quality.py"
-    main()
+    run_or_table(__doc__, _run_args, run, table)

@@ -66,12 +66,12 @@ class InformationSignal:
 
 
 def fisher_peak_bytes(model, n: int, config) -> int:
-    """The second-order estimate's peak: one forward graph over n tokens (a probe's worth);
+    """The second-order estimate's peak: one forward graph over n tokens and every layer (a
+    probe's worth; it differentiates w.r.t. the embeddings whatever layer_subset says);
     raises MemoryBudgetError above ``config.memory_budget``."""
     shape = ModelShape.of(model.model)
-    layers = config.layer_subset or shape.layers
-    probes_per_pass(shape, n, layers, config.memory_budget, 1)  # refuses what does not fit
-    return shape.probe_bytes(n, layers)
+    probes_per_pass(shape, n, shape.layers, config.memory_budget, 1)  # refuses what does not fit
+    return shape.probe_bytes(n, shape.layers)
 
 
 __all__ = ["InformationSignal", "PrefixCache", "fisher_information", "information", "mask_vectors"]

@@ -1,0 +1,35 @@
+"""What the per-record measurement scripts share: the curated data, a percentile, and their
+``run OUT.json [--start A --stop B] ...`` / ``table FILES...`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
+
+
+def curated_examples() -> list[dict]:
+    """The curated set's examples (``../shared/data/curated_qa_100.json`` beside the repository)."""
+    return json.loads(DATA.read_text(encoding="utf-8"))["examples"]
+
+
+def p10(values) -> float:
+    """The 10th percentile (the lower of the two nearest ranks)."""
+    ordered = sorted(values)
+    return ordered[int(0.1 * (len(ordered) - 1))]
+
+
+def run_or_table(doc: str, add_run_args, run, table, argv=None) -> None:
+    """Parse ``run OUT [--start A] [--stop B] + add_run_args(parser)`` or ``table PATHS...`` and call
+    ``run(args)`` or ``table(paths)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("out")
+    r.add_argument("--start", type=int, default=0)
+    r.add_argument("--stop", type=int, default=100)
+    add_run_args(r)
+    sub.add_parser("table").add_argument("paths", nargs="+")
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else table(args.paths)
