@@ -10,7 +10,7 @@ import torch
 from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ..base import SignalContext
-from .gate import FlowRollout, flow_gate, sink_positions, stream_rollout, to_simplex
+from .gate import FlowRollout, exclude_sinks, flow_gate, sink_positions, stream_rollout, to_simplex
 from .value_norms import value_norm_reducer
 
 
@@ -36,11 +36,9 @@ class FlowSignal:
         layers.finish()
         sinks = sink_positions(rollout, n_ctx, context.request.special, cfg.sink_threshold)
         m = rollout.gate[:, :n_ctx].cpu()
-        if cfg.sinks == "exclude":
-            m = m.masked_fill(sinks, 0.0)
         context.marks["sinks"] = sinks
-        return to_simplex(m)
+        return exclude_sinks(m, sinks) if cfg.sinks == "exclude" else to_simplex(m)
 
 
-__all__ = ["FlowRollout", "FlowSignal", "flow_gate", "sink_positions", "stream_rollout", "to_simplex",
+__all__ = ["FlowRollout", "FlowSignal", "exclude_sinks", "flow_gate", "sink_positions", "stream_rollout", "to_simplex",
            "value_norm_reducer"]

@@ -85,6 +85,13 @@ def sink_positions(rollout: FlowRollout, n_context: int, special: torch.Tensor |
     return sinks
 
 
+def exclude_sinks(m: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """``sinks = "exclude"``: the gate rows m [T, n] with no mass on the sinks ([n] bool), each
+    row renormalised to the simplex. m may be the gate rows themselves or their unnormalised
+    sums (the same result: the renormalisation cancels any positive row factor)."""
+    return to_simplex(m.masked_fill(sinks.to(m.device), 0.0))
+
+
 def to_simplex(m: torch.Tensor) -> torch.Tensor:
     """Rows of m [T, n] (>= 0) divided by their sums; an all-zero row stays zeros."""
     total = m.sum(-1, keepdim=True)
