@@ -1,0 +1,142 @@
+"""Robustness of the attributions on the curated set (issue 17 §6): paraphrase and embedding noise.
+
+    python scripts/robustness.py --study paraphrase --methods heta,saliency,input_x_gradient,rollout \\
+        --out docs/results/robustness_paraphrase.json [--limit N] [--threads 1]
+    python scripts/robustness.py --study noise --limit 20 --scales 0.01,0.1,0.5 \\
+        --out docs/results/robustness_noise.json
+    python scripts/robustness.py --table docs/results/robustness_paraphrase.json   # markdown table
+
+Default model (float32, CPU, default HETA configuration). Records: the curated set
+(``../shared/data/curated_qa_100.json``) in file order; ``--study paraphrase`` takes the records
+``data/paraphrase_curated.json`` rewrites (its source ids), ``--limit N`` the first N of them.
+Per record and method (heta_fast/evaluate/robustness.py): paraphrase, the Spearman of the content
+words' score magnitudes, original against rewritten support segment; noise, 1 − Spearman and the
+total-variation change of the normalised |scores| at each scale (noise std = scale × the row's RMS,
+seeded by ``--seed`` and the record id). The file is rewritten after every record and a rerun skips
+the (record, method) pairs it holds, so more ``--methods`` or a larger ``--limit`` extend it.
+``--table`` prints mean [95% bootstrap interval], median and 10th percentile per method (and scale).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from measure_cli import DATA, p10
+from variant_table import paired
+
+PARAPHRASES = Path(__file__).resolve().parents[1] / "data" / "paraphrase_curated.json"
+DEFAULT_METHODS = "heta,saliency,input_x_gradient,rollout,occlusion"
+
+
+def run(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from heta_fast import Attributor
+    from heta_fast.evaluate.data import load_curated
+    from heta_fast.evaluate.methods import resolve_methods
+    from heta_fast.evaluate.robustness import load_paraphrases, noise_sensitivity, paraphrase_agreement
+
+    methods = resolve_methods(args.methods)
+    scales = [float(s) for s in args.scales.split(",")]
+    attributor = Attributor.from_pretrained(args.model, device="cpu")
+    examples = load_curated(args.data)
+    rewrites = {i: p for p in load_paraphrases(args.paraphrases) for i in p.source_ids}
+    if args.study == "paraphrase":
+        examples = [ex for ex in examples if ex.id in rewrites]
+    examples = examples[: args.limit]
+    header = {"study": args.study, "model": args.model, "heta_config": attributor.config.to_dict(),
+              "data": Path(args.data).name, "threads": args.threads}
+    header.update({"paraphrases": "data/paraphrase_curated.json"} if args.study == "paraphrase"
+                  else {"scales": scales, "seed": args.seed, "noise": "std = scale x RMS of each embedding row"})
+    header = json.loads(json.dumps(header))  # as a rerun reads it back (tuples become lists)
+    out = Path(args.out)
+    doc = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {"header": header, "records": {}}
+    if doc["header"] != header:
+        sys.exit(f"{out} was written with other settings: {doc['header']}")
+    for ex in examples:
+        done = doc["records"].setdefault(ex.id, {})
+        pending = [m for m in methods if m not in done]
+        if not pending:
+            continue
+        if args.study == "paraphrase":
+            done.update(paraphrase_agreement(attributor, ex, rewrites[ex.id], pending))
+        else:
+            done.update(noise_sensitivity(attributor, ex, pending, scales, args.seed))
+        _write(out, doc)
+        print(ex.id, {m: _brief(done[m]) for m in pending}, flush=True)
+
+
+def _brief(row: dict):
+    if "spearman" in row:
+        return None if row["spearman"] is None else round(row["spearman"], 3)
+    return {k: v["rank_change"] and round(v["rank_change"], 3) for k, v in row.items() if k != "seconds"}
+
+
+def _write(path: Path, doc: dict) -> None:
+    """Atomically: a temporary file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _stats(values: list[float]) -> str:
+    mean, lo, hi = paired(values)
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}] | {statistics.median(values):.3f} | {p10(values):.3f}"
+
+
+def table(path: str) -> None:
+    """Print the markdown table of a results file."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    records = doc["records"].values()
+    methods = list(dict.fromkeys(m for rec in records for m in rec))
+    if doc["header"]["study"] == "paraphrase":
+        print("| method | records | Spearman of content words, original vs rewrite: mean [95% CI] | median | "
+              "10th percentile | s / attribution |")
+        print("|---|---|---|---|---|---|")
+        for m in methods:
+            rows = [rec[m] for rec in records if m in rec]
+            rho = [r["spearman"] for r in rows if r["spearman"] is not None]
+            secs = statistics.median(s for r in rows for s in r["seconds"])
+            print(f"| {m} | {len(rho)} | {_stats(rho)} | {secs:.2f} |")
+        return
+    print("| method | noise scale | records | 1 − Spearman: mean [95% CI] | median | 10th percentile | "
+          "mass change (TV): mean | median |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        for scale in doc["header"]["scales"]:
+            cells = [rec[m][str(scale)] for rec in records if m in rec]
+            change = [c["rank_change"] for c in cells if c["rank_change"] is not None]
+            tv = [c["mass_change"] for c in cells if c["mass_change"] is not None]
+            print(f"| {m} | {scale} | {len(change)} | {_stats(change)} | {statistics.mean(tv):.3f} | "
+                  f"{statistics.median(tv):.3f} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", choices=("paraphrase", "noise"))
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="results file (JSON) to write or continue")
+    parser.add_argument("--table", metavar="FILE", help="print the markdown table of a results file and stop")
+    parser.add_argument("--scales", default="0.01,0.1,0.5")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--paraphrases", default=str(PARAPHRASES))
+    args = parser.parse_args(argv)
+    if args.table:
+        table(args.table)
+    elif args.study and args.out:
+        run(args)
+    else:
+        parser.error("give --study and --out (to run), or --table FILE")
+
+
+if __name__ == "__main__":
+    main()
