@@ -47,6 +47,15 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--measure", default="prob",
                    help="hard metrics: prob (drop of the target's probability, default) | log_prob | kl")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient quadrature nodes (default 32)")
+    p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
+                   help="plain (default): the example's prompt as text; chat: its prompt (a curated record's "
+                        "input_text) as the user message of the model's chat template")
+    p.add_argument("--target", choices=("gold", "greedy"), default="gold",
+                   help="gold (default): attribute the example's target (a curated record's first answer "
+                        "token); greedy: the first token of the model's own greedy answer")
+    p.add_argument("--max-new-tokens", type=int, default=16,
+                   help="length limit of the model's greedy answer, recorded for every target with whether it "
+                        "contains the gold answer (default 16; it also stops at end of turn)")
     add_engine_args(p, components=False)
     p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
                    help="no progress bar")
@@ -70,10 +79,13 @@ def _settings(args):
         raise ConfigError("--samples must be >= 1")
     if args.ig_steps < 1:
         raise ConfigError("--ig-steps must be >= 1")
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be >= 1")
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     metrics = METRICS if names == ["all"] else tuple(dict.fromkeys(names))
     return EvalSettings(samples=args.samples, seed=args.seed, fractions=fractions, measure=args.measure,
-                        ig_steps=args.ig_steps, metrics=metrics)
+                        ig_steps=args.ig_steps, metrics=metrics, prompt_format=args.prompt_format,
+                        target=args.target, max_new_tokens=args.max_new_tokens)
 
 
 def _check_files(args) -> None:
@@ -123,7 +135,7 @@ def run_eval(args) -> int:
 
 def _evaluate(args, attributor, examples, methods, settings) -> int:
     from .evaluate.runner import run_evaluation
-    from .evaluate.summary import render_paired, render_table, summarise
+    from .evaluate.summary import correct_records
     from .files import atomic_write
     from .render import printable
 
@@ -136,16 +148,32 @@ def _evaluate(args, attributor, examples, methods, settings) -> int:
         return 130
     ids = {ex.id for ex in examples}
     records = [r for r in store.records if r["example"] in ids and r["method"] in methods]
-    summaries = summarise(records, exclude_first=args.exclude_first)
-    note = " (DSA and F1 with the first token excluded)" if args.exclude_first else ""
-    print(printable(f"\n{len({r['example'] for r in records})} examples{note}; mean [95% bootstrap CI]; "
-                    f"s / example = attribution wall time\n{render_table(summaries)}"))
-    md = [render_table(summaries, markdown=True)]
-    if args.paired is not None:
-        print(printable(f"\npaired differences, mean [95% bootstrap CI]\n"
-                        f"{render_paired(records, args.paired, args.exclude_first)}"))
-        md.append(render_paired(records, args.paired, args.exclude_first, markdown=True))
+    md = _report(args, records)
+    correct = correct_records(records)
+    if correct is not None:
+        md += _report(args, correct, "correctly answered (the greedy answer contains the gold answer)",
+                      of=len({r["example"] for r in records}))
     if args.markdown:
         atomic_write(args.markdown, "\n\n".join(md) + "\n")
         print(printable(f"wrote {args.markdown}"))
     return 0
+
+
+def _report(args, records: list[dict], subset: str | None = None, of: int = 0) -> list[str]:
+    """Print the table (and the paired differences) of ``records``; return them as Markdown. The
+    table of a ``subset`` of ``of`` examples is titled with it (the all-examples one as always)."""
+    from .evaluate.summary import render_paired, render_table, summarise
+    from .render import printable
+
+    summaries = summarise(records, exclude_first=args.exclude_first)
+    note = " (DSA and F1 with the first token excluded)" if args.exclude_first else ""
+    n = len({r["example"] for r in records})
+    title = f"{subset}: {n} of {of}" if subset else f"{n}"
+    title += f" examples{note}; mean [95% bootstrap CI]"
+    print(printable(f"\n{title}; s / example = attribution wall time\n{render_table(summaries)}"))
+    md = ([f"**{title}**"] if subset else []) + [render_table(summaries, markdown=True)]
+    if args.paired is not None:
+        print(printable(f"\npaired differences{f' ({subset})' if subset else ''}, mean [95% bootstrap CI]\n"
+                        f"{render_paired(records, args.paired, args.exclude_first)}"))
+        md.append(render_paired(records, args.paired, args.exclude_first, markdown=True))
+    return md

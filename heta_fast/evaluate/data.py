@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..chat import render_chat
 from ..errors import InputError
 from .spans import Span
 
@@ -87,7 +88,7 @@ def _curated_example(rec: dict, where: str) -> EvalExample:
     return EvalExample(
         id=str(rec.get("id", where)), prompt=text + ANSWER_CUE, target=" " + str(answer).strip(),
         target_tokens=1, support=sup, distractor=_locate(text, narrative, f"{where}: distractor segment"),
-        gold=tuple(gold), meta={"answer": answer, "question": rec.get("question")},
+        gold=tuple(gold), meta={"answer": answer, "question": rec.get("question"), "cue": ANSWER_CUE},
     )
 
 
@@ -113,6 +114,43 @@ def _trim(text: str, span: Span) -> Span:
     while b > a and not (text[b - 1].isalnum()):
         b -= 1
     return (a, b) if a < b else span
+
+
+# ----------------------------------------------------------------------------- chat prompts
+def chat_example(ex: EvalExample, tokenizer) -> EvalExample:
+    """``ex`` asked through the model's chat template: its prompt (without the plain-prompt answer
+    cue ``meta["cue"]`` that curated examples end with) becomes the one user message, the prompt
+    becomes the template's rendering with the generation prompt (:func:`heta_fast.chat.render_chat`),
+    and every span moves by the message's offset in that rendering, so it covers the same words.
+
+    ``meta["message"]`` is the message's [start, end) span in the new prompt. The rendering must
+    tokenise, as a plain prompt, to the template's own ids (true when the tokenizer adds no special
+    tokens of its own to a text); otherwise ``InputError``.
+    """
+    cue = ex.meta.get("cue")
+    content = ex.prompt[: -len(cue)] if cue and ex.prompt.endswith(cue) else ex.prompt
+    if any(span[1] > len(content) for span in (ex.support, ex.distractor, *ex.gold) if span):
+        raise InputError(f"example {ex.id}: a span reaches into the answer cue {cue!r}")
+    chat = render_chat(tokenizer, [{"role": "user", "content": content}])
+    # The template may strip the content; offsets inside it move by where its stripped text starts.
+    shown = content.strip()
+    if chat.text.count(shown) != 1:
+        raise InputError(f"example {ex.id}: the message occurs {chat.text.count(shown)} times in the chat "
+                         "rendering; its spans cannot be moved")
+    shift = chat.text.index(shown) - (len(content) - len(content.lstrip()))
+    if tokenizer(chat.text, add_special_tokens=True)["input_ids"] != chat.ids.tolist():
+        raise InputError("the chat rendering tokenised as a prompt differs from the template's ids (the "
+                         "tokenizer adds special tokens); --prompt-format chat cannot be used with this model")
+
+    def move(span: Span | None) -> Span | None:
+        return None if span is None else (span[0] + shift, span[1] + shift)
+
+    start = shift + len(content) - len(content.lstrip())
+    meta = {**ex.meta, "message": (start, start + len(shown))}
+    meta.pop("cue", None)
+    return EvalExample(id=ex.id, prompt=chat.text, target=ex.target, target_tokens=ex.target_tokens,
+                       support=move(ex.support), distractor=move(ex.distractor),
+                       gold=tuple(move(g) for g in ex.gold), meta=meta)
 
 
 # ----------------------------------------------------------------------------- JSONL

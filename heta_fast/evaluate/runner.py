@@ -16,12 +16,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import ConfigError, HetaError
+from ..errors import ConfigError, HetaError, InputError
 from ..files import FileLock, remove_stale_temporaries
-from ..request import tokenize_request, tokenize_target
+from ..request import tokenize_prompt, tokenize_request, tokenize_target
 from ..result import Attribution
+from .answer import contains_answer, greedy_answer, stop_ids
 from .baselines.heta_variants import VARIANTS
-from .data import EvalExample
+from .data import EvalExample, chat_example
 from .methods import resolve_methods, run_methods
 from .metrics import DEFAULT_FRACTIONS, dsa, f1_alignment, hard_faithfulness, soft_faithfulness
 from .results_file import ResultsFile
@@ -39,6 +40,11 @@ class EvalSettings:
     samples / seed: Soft-NS/NC Bernoulli masks; fractions / measure: hard comprehensiveness and
     sufficiency; ig_steps: integrated-gradient quadrature nodes; metrics: which of
     :data:`METRICS` to compute (the others are recorded as None; DSA and F1 cost no forward pass).
+    prompt_format: "plain" (the example's prompt as text) or "chat" (its prompt as the user
+    message of the model's chat template, :func:`heta_fast.evaluate.data.chat_example`);
+    target: "gold" (the example's target) or "greedy" (the first token of the model's own greedy
+    answer); max_new_tokens: the length limit of that answer (recorded for every target: every
+    record holds the answer and whether it contains the gold one).
     """
 
     samples: int = 10
@@ -47,17 +53,41 @@ class EvalSettings:
     measure: str = "prob"
     ig_steps: int = 32
     metrics: tuple[str, ...] = METRICS
+    prompt_format: str = "plain"
+    target: str = "gold"
+    max_new_tokens: int = 16
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ConfigError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
 
     def to_dict(self) -> dict:
+        """The settings that identify a results file. The answer settings appear only when they
+        differ from their defaults, so that files written before they existed still continue;
+        :func:`run_header` shows them in full under ``answer``."""
         d = asdict(self)
         d["fractions"] = list(self.fractions)
         d["metrics"] = list(self.metrics)
+        for key, default in _ANSWER_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
         return d
+
+    def answer_dict(self) -> dict:
+        return {key: getattr(self, key) for key in _ANSWER_DEFAULTS}
+
+
+PROMPT_FORMATS = ("plain", "chat")
+TARGETS = ("gold", "greedy")
+_ANSWER_DEFAULTS = {"prompt_format": "plain", "target": "gold", "max_new_tokens": 16}
 
 
 # ----------------------------------------------------------------------------- one example
@@ -71,24 +101,58 @@ class PreparedExample:
     support: list[int] | None
     distractor: list[int] | None
     gold: list[int] | None
+    message: list[int] | None = None
+    answer: dict | None = None
 
 
-def prepare_example(attributor, ex: EvalExample) -> PreparedExample:
-    """Tokenise the example as the engine does; map its character spans to token indices."""
+def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None = None) -> PreparedExample:
+    """Tokenise the example as the engine does; map its character spans to token indices.
+
+    With ``settings`` (a run's), the example is first put in the run's prompt format, the model's
+    greedy answer is generated, and the target is the run's (gold, or the answer's first token);
+    ``answer`` then holds the answer's text, whether it contains the gold answer, the attributed
+    token and its probability p(target | prompt). Without, the example is taken as it is.
+    """
     tok, vocab = attributor.tokenizer, attributor.adapter.vocab_size
+    if settings is not None and settings.prompt_format == "chat":
+        ex = chat_example(ex, tok)
     target = tokenize_target(tok, ex.target, vocab)
     if ex.target_tokens is not None:
         target = target[: ex.target_tokens]
+    answer = None
+    if settings is not None:
+        target, answer = _own_answer(attributor, ex, target, settings)
     req = tokenize_request(tok, ex.prompt, target, attributor.adapter.max_length, vocab)
-    support = distractor = gold = None
-    if ex.support or ex.distractor or ex.gold:
+    support = distractor = gold = message = None
+    if ex.support or ex.distractor or ex.gold or "message" in ex.meta:
         offsets = token_offsets(tok, ex.prompt, req.context_ids.tolist())
         if ex.support and ex.distractor:
             support = tokens_in(ex.prompt, offsets, [ex.support])
             distractor = tokens_in(ex.prompt, offsets, [ex.distractor])
         if ex.gold:
             gold = tokens_in(ex.prompt, offsets, ex.gold)
-    return PreparedExample(ex, req.context_ids, req.target_ids, support, distractor, gold)
+        if "message" in ex.meta:
+            message = tokens_in(ex.prompt, offsets, [ex.meta["message"]])
+    return PreparedExample(ex, req.context_ids, req.target_ids, support, distractor, gold, message, answer)
+
+
+def _own_answer(attributor, ex: EvalExample, gold_ids: torch.Tensor, settings: EvalSettings):
+    """(target ids [T], answer record): the model's greedy answer to ``ex.prompt``, and the run's target."""
+    tok, adapter = attributor.tokenizer, attributor.adapter
+    context = tokenize_prompt(tok, ex.prompt, adapter.vocab_size)
+    room = settings.max_new_tokens if adapter.max_length is None else adapter.max_length - context.numel()
+    if room < 1:
+        raise InputError(f"the prompt's {context.numel()} tokens leave no room for an answer "
+                         f"(the model's maximum is {adapter.max_length})")
+    own = greedy_answer(adapter, context, min(settings.max_new_tokens, room), stop_ids(attributor))
+    target = own.ids[:1] if settings.target == "greedy" else gold_ids
+    gold_answer = ex.meta.get("answer", ex.target)
+    text = tok.decode(own.ids.tolist(), skip_special_tokens=True)
+    return target, {
+        "text": text, "tokens": len(own.ids), "gold": str(gold_answer).strip(),
+        "contains_gold": contains_answer(text, gold_answer),
+        "target_token": tok.decode([int(target[0])]), "p_target": float(own.first_probs[int(target[0])]),
+    }
 
 
 def alignment(scores: torch.Tensor, prep: PreparedExample, exclude_first: bool = False) -> dict:
@@ -145,6 +209,8 @@ def score_attribution(attributor, prep: PreparedExample, res: Attribution, setti
         if prep.support is not None and total > 0:
             diag["support_mass"] = float(mag[prep.support].sum()) / total
             diag["distractor_mass"] = float(mag[prep.distractor].sum()) / total
+        if prep.message is not None and total > 0:  # a chat prompt: mass outside the user's message
+            diag["template_mass"] = 1.0 - float(mag[prep.message].sum()) / total
         excluded = alignment(row, prep, exclude_first=True) if n_ctx > 1 else {}
         rows.append({"metrics": metrics,
                      "first_excluded": {k: v for k, v in excluded.items() if k in wanted},
@@ -164,7 +230,7 @@ def _mean_dicts(dicts: list[dict]) -> dict:
 def run_header(attributor, settings: EvalSettings, data: str | None) -> dict:
     cfg = {k: v for k, v in attributor.config.to_dict().items() if k not in _NEUTRAL_CONFIG}
     return {"model": attributor.model_name, "model_dtype": str(attributor.adapter.dtype).removeprefix("torch."),
-            "settings": settings.to_dict(), "heta_config": cfg, "data": data}
+            "settings": settings.to_dict(), "answer": settings.answer_dict(), "heta_config": cfg, "data": data}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -213,7 +279,7 @@ def _run_examples(attributor, examples, methods, settings, store, progress, on_g
 
 def _evaluate_example(attributor, ex, pending, settings, store, on_group) -> None:
     try:
-        prep = prepare_example(attributor, ex)
+        prep = prepare_example(attributor, ex, settings)
     except HetaError as exc:
         store.add(_failure(ex, m, exc) for m in pending)
         return
@@ -221,7 +287,7 @@ def _evaluate_example(attributor, ex, pending, settings, store, on_group) -> Non
         if on_group is not None:
             on_group(ex.id, group)
         try:
-            results = run_methods(attributor, ex.prompt, prep.target_ids, group, ig_steps=settings.ig_steps)
+            results = run_methods(attributor, prep.example.prompt, prep.target_ids, group, ig_steps=settings.ig_steps)
         except HetaError as exc:
             store.add(_failure(ex, m, exc) for m in group)
             continue
@@ -230,7 +296,7 @@ def _evaluate_example(attributor, ex, pending, settings, store, on_group) -> Non
             res = results[m]
             records.append({
                 "example": ex.id, "method": m, "ok": True, "seconds": float(res.timings.get("total", 0.0)),
-                "n_context": len(res.context_tokens), "target_tokens": res.target_tokens,
+                "n_context": len(res.context_tokens), "target_tokens": res.target_tokens, "answer": prep.answer,
                 **score_attribution(attributor, prep, res, settings),
                 "context_tokens": res.context_tokens, "scores": res.scores.double().tolist(),
             })

@@ -61,6 +61,15 @@ def summarise(records: list[dict], exclude_first: bool = False) -> list[MethodSu
     return out
 
 
+def correct_records(records: list[dict]) -> list[dict] | None:
+    """The records of the examples the model answered correctly (its greedy answer contains the
+    gold answer, ``record["answer"]["contains_gold"]``); None when no record holds an answer
+    (files written before answers were recorded)."""
+    if not any(isinstance(r.get("answer"), dict) for r in records):
+        return None
+    return [r for r in records if (r.get("answer") or {}).get("contains_gold") is True]
+
+
 def paired_difference(records: list[dict], a: str, b: str, metric: str,
                       exclude_first: bool = False) -> tuple[float, float, float, int]:
     """Mean of (method a − method b) on ``metric`` over the examples both scored, with its 95%

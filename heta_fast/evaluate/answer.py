@@ -1,0 +1,77 @@
+"""The model's own answer: a greedy continuation of the prompt, and whether it holds the gold answer.
+
+``heta-fast eval --target greedy`` attributes the first token of this answer (the token the model
+actually produces) instead of the first token of the gold answer; every run records the answer,
+so that the metrics can also be reported on the correctly answered examples alone.
+
+Containment rule (:func:`contains_answer`): both texts are lower-cased, every run of characters
+that are not letters or digits becomes one space; the answer holds the
+gold answer when the normalised gold answer occurs in it as a run of whole words ("the leaves."
+holds "Leaves"; "leaves" does not hold "leaf", "cells" does not hold "cell").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from ..model.cache_kwargs import cache_kwargs
+from .forward import as_model
+
+_NON_ALNUM = re.compile(r"[\W_]+")  # anything but letters and digits (any script)
+
+
+@dataclass(frozen=True)
+class GreedyAnswer:
+    """ids [k] (1 <= k <= max_new_tokens; the stop token, when reached, is the last one);
+    first_probs [V]: float64 next-token distribution at the end of the context."""
+
+    ids: torch.Tensor
+    first_probs: torch.Tensor
+
+
+def stop_ids(attributor) -> set[int]:
+    """End-of-turn / end-of-sequence ids: the generation config's EOS id(s) and the tokenizer's."""
+    out = set()
+    config = getattr(as_model(attributor.adapter), "generation_config", None)
+    for eos in (getattr(config, "eos_token_id", None), attributor.tokenizer.eos_token_id):
+        if eos is not None:
+            out.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return out
+
+
+@torch.no_grad()
+def greedy_answer(model, context_ids: torch.Tensor, max_new_tokens: int, stop: set[int]) -> GreedyAnswer:
+    """Greedy decoding of context_ids [n]: argmax of the next-token logits (ties: lowest id), at
+    most ``max_new_tokens`` tokens, stopping after the first token in ``stop``.
+
+    Written out rather than ``model.generate`` so that no generation-config setting (repetition
+    penalty, sampling defaults) can make the answer differ from the model's argmax.
+    """
+    lm = as_model(model)
+    device = lm.get_input_embeddings().weight.device
+    cache = cache_kwargs(lm, DynamicCache())  # the model extends this cache in place
+    logits = lm(input_ids=context_ids[None].to(device), logits_to_keep=1, **cache).logits[0, -1]
+    first_probs = torch.softmax(logits.double(), dim=-1).cpu()
+    generated: list[int] = []
+    while True:
+        token = int(logits.argmax())
+        generated.append(token)
+        if token in stop or len(generated) >= max_new_tokens:
+            break
+        logits = lm(input_ids=torch.tensor([[token]], device=device), logits_to_keep=1, **cache).logits[0, -1]
+    return GreedyAnswer(torch.tensor(generated, dtype=torch.long), first_probs)
+
+
+def normalise(text: str) -> str:
+    """Lower case, every non-alphanumeric run -> one space, trimmed (the containment rule's form)."""
+    return _NON_ALNUM.sub(" ", str(text).lower()).strip()
+
+
+def contains_answer(answer: str, gold) -> bool:
+    """Whether ``answer`` holds ``gold`` as a run of whole words after :func:`normalise` (module docstring).
+    An empty normalised gold answer is held by nothing."""
+    g = normalise(gold)
+    return bool(g) and f" {g} " in f" {normalise(answer)} "

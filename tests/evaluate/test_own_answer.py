@@ -1,0 +1,190 @@
+"""The model's own answer in `heta-fast eval`: greedy targets, the contains-gold rule, chat-format
+prompts whose spans still cover the same words, unchanged defaults and the correct-subset tables."""
+import json
+
+import pytest
+import torch
+
+from heta_fast import HETAConfig, InputError
+from heta_fast.cli import main
+from heta_fast.engine import Attributor
+from heta_fast.evaluate.answer import contains_answer, greedy_answer
+from heta_fast.evaluate.data import EvalExample, chat_example, load_curated, load_jsonl
+from heta_fast.evaluate.runner import EvalSettings, prepare_example, run_evaluation
+from heta_fast.evaluate.summary import correct_records, summarise
+from tests.test_chat import chat_tokenizer
+from tests.tiny_models import text, tiny_model, tiny_tokenizer
+
+# A template that writes a system turn of its own before the user's (as SmolLM2's does), so that
+# the user's words move in the rendering: "[BOS] w1 w2 w3 [EOS] [BOS] w4 <content> [EOS] [BOS] w9".
+TEMPLATE = ("[BOS] w1 w2 w3 [EOS] {% for m in messages %}[BOS] w4 {{ m['content'] }} [EOS] {% endfor %}"
+            "{% if add_generation_prompt %}[BOS] w9{% endif %}")
+SETTINGS = dict(samples=2, fractions=(0.5,), metrics=("soft_nc", "dsa", "f1"))
+
+
+@pytest.fixture(scope="module")
+def attributor():
+    return Attributor(tiny_model("llama"), chat_tokenizer(TEMPLATE), HETAConfig(num_probes=1))
+
+
+@pytest.fixture
+def data(tmp_path):
+    recs = [{"id": "a", "prompt": text(5, 6, 7, 8, 9, 10, 11), "target": text(13), "distractor": text(5, 6),
+             "support": text(8, 9, 10), "gold": ["w9", "w10"]},
+            {"id": "b", "prompt": text(15, 16, 17, 18, 19), "target": text(21, 22), "distractor": [0, 7],
+             "support": text(17, 18), "gold": [[8, 11]]}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    return path
+
+
+def _argmax_answer(model, ids: torch.Tensor, steps: int) -> list[int]:
+    """Independent greedy decoding: a full forward of the growing sequence per step, no cache."""
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(input_ids=ids[None]).logits[0, -1].argmax())
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([token])])
+    return out
+
+
+def test_greedy_answer_is_the_models_argmax_and_stops(attributor):
+    context = torch.tensor([5, 9, 14, 20, 7])
+    expected = _argmax_answer(attributor.model, context, 6)
+    own = greedy_answer(attributor.adapter, context, 6, stop=set())
+    assert own.ids.tolist() == expected
+    probs = torch.softmax(attributor.model(input_ids=context[None]).logits[0, -1].double(), -1)
+    torch.testing.assert_close(own.first_probs, probs.detach())
+    stop_at = expected.index(expected[2]) + 1  # stops after the first occurrence of the stop token, kept
+    assert greedy_answer(attributor.adapter, context, 6, stop={expected[2]}).ids.tolist() == expected[:stop_at]
+
+
+@pytest.mark.parametrize("answer, gold, held", [
+    ("The leaves.", "leaves", True), ("LEAVES of the plant", "Leaves", True),
+    ("the  red\nblood cells", "Red blood cells", True),
+    ("red-blood cells", "red blood cells", True), ("a leaf", "leaves", False), ("the cells", "cell", False),
+    ("cellular", "cell", False), ("about 100 m", 100, True), ("1000", 100, False), ("anything", " ?! ", False),
+    ("Évaporation", "évaporation", True),
+])
+def test_contains_gold_rule(answer, gold, held):
+    assert contains_answer(answer, gold) is held
+
+
+def _words(prompt: str, spans) -> list[str]:
+    return [prompt[a:b] for a, b in spans]
+
+
+def test_chat_spans_cover_the_same_words_and_tokens(attributor, data):
+    tok = attributor.tokenizer
+    for ex in load_jsonl(data):
+        chat = chat_example(ex, tok)
+        assert chat.prompt == f"[BOS] w1 w2 w3 [EOS] [BOS] w4 {ex.prompt} [EOS] [BOS] w9"
+        for before, after in ((ex.support, chat.support), (ex.distractor, chat.distractor)):
+            assert chat.prompt[after[0]:after[1]] == ex.prompt[before[0]:before[1]]
+        assert _words(chat.prompt, chat.gold) == _words(ex.prompt, ex.gold)
+        prep = prepare_example(attributor, ex, EvalSettings(prompt_format="chat"))
+        names = tok.convert_ids_to_tokens(prep.context_ids.tolist())
+        # The user's words sit after the template's 7 tokens ([BOS] w1 w2 w3 [EOS] [BOS] w4).
+        plain = prepare_example(attributor, ex)
+        assert [names[i] for i in prep.gold] == [tok.convert_ids_to_tokens([int(plain.context_ids[i])])[0]
+                                                 for i in plain.gold]
+        assert prep.support == [i + 7 for i in plain.support] and prep.distractor == [i + 7 for i in plain.distractor]
+        assert prep.message == list(range(7, 7 + len(plain.context_ids)))
+
+
+def test_chat_drops_the_curated_answer_cue_and_follows_trimming_templates(tmp_path):
+    rec = {"input_text": text(5, 6, 7, 8, 9, 10), "narrative_segment": text(5, 6), "sciq_support_segment": text(8, 9),
+           "answer": "w9", "important_word_indices_in_sciq_support": [1]}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"examples": [rec]}))
+    ex = load_curated(path)[0]
+    chat = chat_example(ex, chat_tokenizer(TEMPLATE))
+    assert "Answer" not in chat.prompt and _words(chat.prompt, chat.gold) == ["w9"]
+    trimming = chat_tokenizer(TEMPLATE.replace("m['content']", "m['content'] | trim"))
+    padded = EvalExample("p", "  " + text(5, 6, 7), text(8), support=(5, 7), distractor=(2, 4), gold=((8, 10),))
+    moved = chat_example(padded, trimming)
+    assert _words(moved.prompt, [moved.support, moved.distractor, *moved.gold]) == ["w6", "w5", "w7"]
+    with pytest.raises(InputError, match="no chat template"):
+        chat_example(padded, tiny_tokenizer())
+
+
+def test_greedy_target_is_the_answers_first_token(attributor, data):
+    ex = load_jsonl(data)[0]
+    prep = prepare_example(attributor, ex, EvalSettings(prompt_format="chat", target="greedy", max_new_tokens=3))
+    chat_ids = prep.context_ids
+    first = _argmax_answer(attributor.model, chat_ids, 3)
+    assert prep.target_ids.tolist() == first[:1]
+    probs = torch.softmax(attributor.model(input_ids=chat_ids[None]).logits[0, -1].double(), -1)
+    assert prep.answer["p_target"] == pytest.approx(float(probs.max()))
+    answer = first[: first.index(3) + 1] if 3 in first else first  # 3: [EOS], the tiny models' stop token
+    assert prep.answer["tokens"] == len(answer) and prep.answer["gold"] == "w13"
+    words = attributor.tokenizer.decode(answer, skip_special_tokens=True).split()
+    assert prep.answer["text"].split() == words and prep.answer["contains_gold"] == ("w13" in words)
+    gold = prepare_example(attributor, ex, EvalSettings(prompt_format="chat"))
+    w13 = attributor.tokenizer.convert_tokens_to_ids("w13")
+    assert gold.target_ids.tolist() == [w13] and gold.answer["p_target"] == pytest.approx(float(probs[w13]))
+
+
+def test_defaults_are_plain_prompts_and_gold_targets(attributor, data, tmp_path):
+    examples = load_jsonl(data)
+    store = run_evaluation(attributor, examples, ["rollout"], tmp_path / "r.json", EvalSettings(**SETTINGS),
+                           progress=False)
+    header = json.loads((tmp_path / "r.json").read_text())["header"]
+    assert header["answer"] == {"prompt_format": "plain", "target": "gold", "max_new_tokens": 16}
+    assert "prompt_format" not in header["settings"]  # files written before these options continue
+    rec = {r["example"]: r for r in store.records}
+    assert rec["a"]["target_tokens"] == ["w13"] and rec["b"]["target_tokens"] == ["w21", "w22"]
+    assert rec["a"]["n_context"] == 7 and "template_mass" not in rec["a"]["diagnostics"]
+    assert set(rec["a"]["answer"]) == {"text", "tokens", "gold", "contains_gold", "target_token", "p_target"}
+    with pytest.raises(InputError, match="settings.prompt_format: None != 'chat'"):
+        run_evaluation(attributor, examples, ["rollout"], tmp_path / "r.json",
+                       EvalSettings(prompt_format="chat", **SETTINGS), progress=False)
+
+
+def test_chat_greedy_run_records_answers_and_template_mass(attributor, data, tmp_path):
+    settings = EvalSettings(prompt_format="chat", target="greedy", max_new_tokens=4, **SETTINGS)
+    store = run_evaluation(attributor, load_jsonl(data), ["saliency"], tmp_path / "r.json", settings, progress=False)
+    header = json.loads((tmp_path / "r.json").read_text())["header"]
+    assert header["settings"]["prompt_format"] == "chat" and header["settings"]["target"] == "greedy"
+    for r in store.records:
+        assert r["ok"] and r["n_context"] > 7 and len(r["target_tokens"]) == 1
+        assert r["target_tokens"][0] == r["answer"]["target_token"]
+        scores = torch.tensor(r["scores"][0]).abs()
+        assert r["diagnostics"]["template_mass"] == pytest.approx(float(scores[:7].sum() + scores[-3:].sum()
+                                                                         ) / float(scores.sum()))
+
+
+def _record(example, method, correct, dsa):
+    answer = None if correct is None else {"contains_gold": correct}
+    return {"example": example, "method": method, "ok": True, "seconds": 1.0, "answer": answer,
+            "metrics": {"dsa": dsa}, "diagnostics": {"first_mass": 0.5}}
+
+
+def test_correct_subset_counts():
+    records = [_record("x", "heta", True, 0.4), _record("x", "rollout", True, 0.1),
+               _record("y", "heta", False, 0.9), _record("y", "rollout", False, 0.9),
+               _record("z", "heta", True, 0.2), _record("z", "rollout", True, 0.3),
+               {"example": "w", "method": "heta", "ok": False}]
+    sub = correct_records(records)
+    assert {(r["example"], r["method"]) for r in sub} == {("x", "heta"), ("x", "rollout"), ("z", "heta"),
+                                                           ("z", "rollout")}
+    by = {s.method: s for s in summarise(sub)}
+    assert by["heta"].n == 2 and by["heta"].metrics["dsa"][0] == pytest.approx(0.3)
+    assert by["rollout"].n == 2 and by["rollout"].metrics["dsa"][0] == pytest.approx(0.2)
+    assert correct_records([dict(r, answer=None) for r in records]) is None  # files from before answers
+
+
+def test_cli_prints_both_tables_with_their_counts(tiny_model_dir, data, tmp_path, capsys):
+    out, md = tmp_path / "r.json", tmp_path / "t.md"
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout", "--metrics", "dsa",
+            "--max-new-tokens", "2", "--out", str(out), "--markdown", str(md), "--no-progress"]
+    assert main(args) == 0
+    records = json.loads(out.read_text())["records"]
+    n_correct = sum(r["answer"]["contains_gold"] for r in records)
+    printed = capsys.readouterr().out
+    assert "\n2 examples;" in printed
+    assert f"correctly answered (the greedy answer contains the gold answer): {n_correct} of 2 examples" in printed
+    assert md.read_text().startswith("| method | n |") and "correctly answered" in md.read_text()
+    assert main(args[:7] + ["--out", str(tmp_path / "x.json"), "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens must be >= 1" in capsys.readouterr().err
