@@ -23,7 +23,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="curated-format .json file or a .jsonl dataset (docs/evaluation.md)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, or 'all' (default): heta, saliency, input_x_gradient, "
-                        "integrated_gradients (ig), rollout, occlusion, heta_flow, heta_curvature, "
+                        "integrated_gradients (ig), rollout, occlusion, reagent, heta_flow, heta_curvature, "
                         "heta_information, heta_ungated")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--shard", default=None, metavar="I/N",

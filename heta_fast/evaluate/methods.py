@@ -1,7 +1,7 @@
 """The attribution methods ``heta-fast eval`` compares, by name.
 
 Names (CLI and results): heta, saliency, input_x_gradient, integrated_gradients, rollout,
-occlusion, and the HETA ablations heta_flow, heta_curvature, heta_information, heta_ungated.
+occlusion, reagent, and the HETA ablations heta_flow, heta_curvature, heta_information, heta_ungated.
 """
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from . import baselines
 from .baselines.heta_variants import VARIANTS
 
 METHODS = ("heta", "saliency", "input_x_gradient", "integrated_gradients", "rollout", "occlusion",
-           "heta_flow", "heta_curvature", "heta_information", "heta_ungated")
+           "reagent", "heta_flow", "heta_curvature", "heta_information", "heta_ungated")
 ALIASES = {
     "ig": "integrated_gradients", "gradient_x_input": "input_x_gradient", "ixg": "input_x_gradient",
     "grad": "saliency", "gradient": "saliency", "attention_rollout": "rollout",
     "loo": "occlusion", "leave_one_out": "occlusion",
 }
-# Signed methods: a negative score means the token works against the target.
+# Signed methods: a negative score means the token works against the target (ReAGent's
+# σ-normalised scores are non-negative: not signed).
 SIGNED = frozenset({"input_x_gradient", "integrated_gradients", "occlusion"})
 
 

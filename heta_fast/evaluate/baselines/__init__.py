@@ -8,8 +8,9 @@ from .gradients import input_x_gradient, saliency, target_gradients
 from .heta_variants import VARIANTS, heta_variants
 from .integrated_gradients import gauss_legendre, integrated_gradients, integrated_gradients_scores, path_quadrature
 from .occlusion import occlusion, occlusion_scores
+from .reagent import ReagentOptions, reagent
 from .rollout import rollout
 
-__all__ = ["saliency", "input_x_gradient", "integrated_gradients", "rollout", "occlusion", "heta_variants",
+__all__ = ["saliency", "input_x_gradient", "integrated_gradients", "rollout", "occlusion", "reagent", "heta_variants",
            "VARIANTS", "target_gradients", "integrated_gradients_scores", "occlusion_scores",
-           "gauss_legendre", "path_quadrature"]
+           "gauss_legendre", "path_quadrature", "ReagentOptions"]
