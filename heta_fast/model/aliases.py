@@ -28,18 +28,21 @@ class WheelModel:
 DEFAULT_MODEL = "smollm2-135m"
 
 # Gemma's turn format (<start_of_turn>role ... <end_of_turn>, the assistant's role named
-# "model"); it has no system turn, so a system message opens the first user turn. Contents are
-# written verbatim, which heta_fast.chat needs to mark every token with its message.
+# "model"). It has no system turn: a system message may only come first, and opens the first
+# user turn. Contents are written verbatim, which heta_fast.chat needs to mark every token with
+# its message; anything else is refused (raise_exception), not silently dropped.
 _GEMMA_CHAT_TEMPLATE = (
+    "{%- set no_system = 'Gemma has no system turn: a system message must come first, followed by a user message' -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- if not turns or turns[0]['role'] != 'user' -%}{{ raise_exception(no_system) }}{%- endif -%}"
+    "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
     "{{ bos_token }}"
-    "{%- set ns = namespace(system='') -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{%- set ns.system = message['content'] + '\n\n' -%}"
-    "{%- else -%}"
+    "{%- for message in turns -%}"
+    "{%- if message['role'] == 'system' -%}{{ raise_exception(no_system) }}{%- endif -%}"
     "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
-    "{%- if message['role'] == 'user' -%}{{ ns.system }}{%- set ns.system = '' -%}{%- endif -%}"
+    "{%- if loop.first -%}{{ system }}{%- endif -%}"
     "{{ message['content'] + '<end_of_turn>\n' }}"
-    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )

@@ -189,7 +189,10 @@ def ensure_converted(gguf_path: Path, spec: WheelModel | None = None, force: boo
         if spec is not None and spec.chat_template:  # the GGUF carries none: transformers reads this file
             (tmp / "chat_template.jinja").write_text(spec.chat_template, encoding="utf-8")
 
-    return ensure_entry(folder, build, "the model cache", _gguf_source(gguf_path), force=force)
+    source = _gguf_source(gguf_path)
+    if spec is not None and spec.chat_template:  # a changed template rebuilds the folder too
+        source["chat_template_sha256"] = hashlib.sha256(spec.chat_template.encode()).hexdigest()
+    return ensure_entry(folder, build, "the model cache", source, force=force)
 
 
 def _remove_other_conversions(gguf_path: Path, keep: Path) -> None:

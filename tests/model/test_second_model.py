@@ -12,7 +12,7 @@ import torch
 
 from heta_fast import Attributor, HETAConfig
 from heta_fast.chat import TEMPLATE, render_chat
-from heta_fast.errors import ModelLoadError
+from heta_fast.errors import InputError, ModelLoadError
 from heta_fast.model import cache_entry, gguf_cache
 from heta_fast.model.aliases import WHEEL_MODELS, WheelModel
 
@@ -97,6 +97,9 @@ def test_chat_template_is_gemmas_turn_format(gemma):
     words = {gemma.tokenizer.decode(chat.ids[chat.segments == m]) for m in range(4)}
     assert words == {"Be brief.", "Hi", "Hello", "Bye"}
     assert chat.segments[0] == TEMPLATE and chat.segments[-1] == TEMPLATE
+    for misplaced in ([messages[0]], [messages[1], messages[0]], [messages[0], messages[2]]):  # no system turn
+        with pytest.raises(InputError, match="no system turn"):
+            render_chat(gemma.tokenizer, misplaced)
 
 
 @pytest.mark.real_model
