@@ -24,7 +24,9 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, or 'all' (default): heta, saliency, input_x_gradient, "
                         "integrated_gradients (ig), rollout, occlusion, reagent, heta_flow, heta_curvature, "
-                        "heta_information, heta_ungated")
+                        "heta_information, heta_ungated; or 'grid': heta and its sink / term-scale variants "
+                        "(heta_nosink, heta_max, heta_simplex, heta_rank, heta_nosink_max, heta_nosink_simplex, "
+                        "heta_nosink_rank)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="evaluate only every N-th example from the I-th (0-based): N processes with shards "

@@ -15,7 +15,7 @@ from heta_fast.evaluate.baselines import (
     rollout,
     saliency,
 )
-from heta_fast.evaluate.methods import METHODS, resolve_methods, run_methods
+from heta_fast.evaluate.methods import ALL, GRID, METHODS, resolve_methods, run_methods
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 PROMPT = text(5, 9, 13, 20, 31, 7)
@@ -135,12 +135,14 @@ def test_heta_variants_equal_engine_runs_with_those_components():
 
 def test_method_names_aliases_and_run_methods():
     assert resolve_methods("heta, ig,IG,rollout,loo") == ["heta", "integrated_gradients", "rollout", "occlusion"]
-    assert resolve_methods("all") == list(METHODS)
+    assert resolve_methods("all") == list(ALL)
+    assert resolve_methods("grid,heta_flow") == list(GRID) + ["heta_flow"]
+    assert set(METHODS) == set(ALL) | set(GRID)
     with pytest.raises(ConfigError, match="unknown method 'magic'"):
         resolve_methods("saliency,magic")
     attr = Attributor(tiny_model("gpt2"), tiny_tokenizer(), HETAConfig(num_probes=1))
     out = run_methods(attr, PROMPT, text(40), "all", ig_steps=4)
-    assert list(out) == list(METHODS)
+    assert list(out) == list(ALL)
     for name, res in out.items():
         assert isinstance(res, Attribution) and res.method == name and res.scores.shape == (1, 6)
         assert torch.isfinite(res.scores).all()
