@@ -14,7 +14,9 @@ words' score magnitudes, original against rewritten support segment; noise, 1 âˆ
 total-variation change of the normalised |scores| at each scale (noise std = scale Ã— the row's RMS,
 seeded by ``--seed`` and the record id). The file is rewritten after every record and a rerun skips
 the (record, method) pairs it holds, so more ``--methods`` or a larger ``--limit`` extend it.
-``--table`` prints mean [95% bootstrap interval], median and 10th percentile per method (and scale).
+``--start A`` skips the first A of them, so that ``--start 0 --limit 10`` and ``--start 10 --limit 20``
+split a run over two processes (two files; ``--table`` pools them). ``--table`` prints mean [95%
+bootstrap interval], median and 10th percentile per method (and scale).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def run(args) -> None:
     rewrites = {i: p for p in load_paraphrases(args.paraphrases) for i in p.source_ids}
     if args.study == "paraphrase":
         examples = [ex for ex in examples if ex.id in rewrites]
-    examples = examples[: args.limit]
+    examples = examples[args.start: args.limit]
     header = {"study": args.study, "model": args.model, "heta_config": attributor.config.to_dict(),
               "data": Path(args.data).name, "threads": args.threads}
     header.update({"paraphrases": "data/paraphrase_curated.json"} if args.study == "paraphrase"
@@ -89,10 +91,13 @@ def _stats(values: list[float]) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}] | {statistics.median(values):.3f} | {p10(values):.3f}"
 
 
-def table(path: str) -> None:
-    """Print the markdown table of a results file."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    records = doc["records"].values()
+def table(paths: list[str]) -> None:
+    """Print the markdown table of results files of one study (written with the same settings), records pooled."""
+    docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    doc = docs[0]
+    if any({**d["header"], "threads": 0} != {**doc["header"], "threads": 0} for d in docs):
+        sys.exit("the results files were written with different settings")
+    records = [rec for d in docs for rec in d["records"].values()]
     methods = list(dict.fromkeys(m for rec in records for m in rec))
     if doc["header"]["study"] == "paraphrase":
         print("| method | records | Spearman of content words, original vs rewrite: mean [95% CI] | median | "
@@ -120,10 +125,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", choices=("paraphrase", "noise"))
     parser.add_argument("--methods", default=DEFAULT_METHODS)
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="records before this index (of those studied)")
+    parser.add_argument("--start", type=int, default=0, help="first record (to split a run over processes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="results file (JSON) to write or continue")
-    parser.add_argument("--table", metavar="FILE", help="print the markdown table of a results file and stop")
+    parser.add_argument("--table", metavar="FILE", nargs="+",
+                        help="print the markdown table of results files (of one study, their records pooled) and stop")
     parser.add_argument("--scales", default="0.01,0.1,0.5")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2-135m")
