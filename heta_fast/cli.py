@@ -156,7 +156,7 @@ def work_plan(attributor, prompt, target, messages=None) -> dict:
     cfg, model = attributor.config, attributor.model
     estimates = attributor.estimate(prompt, target, messages=messages)
     req = tokenize_request(attributor.tokenizer, prompt, target, attributor.adapter.max_length,
-                           attributor.adapter.vocab_size, messages)
+                           attributor.adapter.vocab_size, messages, attributor.sink_id(cfg))
     n_ctx, n_tgt = req.n_context, int(req.target_ids.numel())
     windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
     per_target = tuple(products_needed(cfg, w.size) for w in windows) if "curvature" in cfg.components else ()

@@ -76,6 +76,9 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
                    help="attention sinks in the flow gate: keep (the paper's gate) | exclude (no gate mass)")
     p.add_argument("--sink-threshold", type=float, default=_default("sink_threshold"),
                    help="received attention share (mean over layers) above which a position is a sink")
+    p.add_argument("--sink-token", default=_default("sink_token"),
+                   help="a sink token before the context: none | bos | eos (the tokenizer's; for models whose "
+                        "context starts with no special token)")
     p.add_argument("--template-tokens", default=_default("template_tokens"),
                    help="chat prompts: condition (default; template tokens are inputs only) | attribute")
     p.add_argument("--seed", type=int, default=_default("seed"),
@@ -91,7 +94,8 @@ def config_from_args(args):
                   information_estimator=args.information_estimator, information_rank=args.information_rank,
                   precision=args.precision,
                   seed=args.seed, template_tokens=args.template_tokens,
-                  term_scale=args.term_scale, sinks=args.sinks, sink_threshold=args.sink_threshold)
+                  term_scale=args.term_scale, sinks=args.sinks, sink_threshold=args.sink_threshold,
+                  sink_token=args.sink_token)
     if getattr(args, "components", None) is not None:
         fields["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
     return HETAConfig(**fields)

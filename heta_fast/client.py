@@ -29,7 +29,7 @@ LONG_WAIT = 30.0  # seconds one HTTP call asks the service to wait for a job (th
 OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
                  "sketch_rank", "seed", "mask_scheme", "information_estimator", "information_rank", "window_size",
                  "window_overlap", "layer_subset", "use_fisher", "template_tokens", "term_scale", "sinks",
-                 "sink_threshold", "precision")
+                 "sink_threshold", "sink_token", "precision")
 
 
 class Client:

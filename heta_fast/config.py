@@ -17,6 +17,7 @@ ESTIMATORS = ("exact", "probing", "sketch")
 INFORMATION_ESTIMATORS = ("exact", "fisher")
 TEMPLATE_TOKENS = ("condition", "attribute")
 SINK_MODES = ("keep", "exclude")
+SINK_TOKENS = ("none", "bos", "eos")
 # Upper bound of every count (probes, patterns, batch, window, layers): a tensor dimension.
 MAX_COUNT = 2**31 - 1
 # The curvature signal seeds torch generators with seed * 65537 + a stream constant, which
@@ -79,6 +80,10 @@ class HETAConfig:
     # they are still reported) or "exclude" (no gate mass; the rest renormalised).
     sinks: str = "keep"
     sink_threshold: float = 0.25
+    # A sink token put before the context (docs/method.md §1, heta_fast/request.py): "none", or
+    # the tokenizer's "bos" / "eos" token, for models whose tokenizer starts the context with no
+    # special token. It becomes context token 0 (special, so a sink); the model's input changes.
+    sink_token: str = "none"
 
     def __new__(cls, *args, **fields):
         # An unknown keyword is a ConfigError naming it (not the dataclass __init__'s TypeError).
@@ -137,6 +142,8 @@ class HETAConfig:
                f"max_batch must be an integer in [1, {MAX_COUNT}], got {_show(self.max_batch)}")
         _check(isinstance(self.sinks, str) and self.sinks in SINK_MODES,
                f"unknown sinks {_show(self.sinks)}; choose from {SINK_MODES}")
+        _check(isinstance(self.sink_token, str) and self.sink_token in SINK_TOKENS,
+               f"unknown sink_token {_show(self.sink_token)}; choose from {SINK_TOKENS}")
         _check(_is_number(self.sink_threshold) and 0.0 < self.sink_threshold <= 1.0,
                f"sink_threshold must be in (0, 1], got {_show(self.sink_threshold)}")
         _check(isinstance(self.term_scale, str) and self.term_scale in TERM_SCALES,

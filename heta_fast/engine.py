@@ -16,7 +16,7 @@ from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .precision import stage_precision
 from .progress import PhaseEstimate, PhaseReporter, Progress
-from .request import TokenizedRequest, tokenize_context, tokenize_request, with_target
+from .request import TokenizedRequest, sink_token_id, tokenize_context, tokenize_request, with_target
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
 
@@ -88,7 +88,7 @@ class Attributor:
         """
         config = self._call_config(config)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
-                                   self.adapter.vocab_size, messages)
+                                   self.adapter.vocab_size, messages, self.sink_id(config))
         return self._attribute(request, config, progress)
 
     def attribute_many(self, requests: Iterable, config: HETAConfig | None = None
@@ -122,7 +122,7 @@ class Attributor:
         before generating); generation arguments transformers refuses raise ``InputError``.
         """
         config = self._call_config(config)
-        context = tokenize_context(self.tokenizer, prompt, self.adapter.vocab_size, messages)
+        context = tokenize_context(self.tokenizer, prompt, self.adapter.vocab_size, messages, self.sink_id(config))
         max_new_tokens = check_max_new_tokens(max_new_tokens, context.n_context, self.adapter.max_length)
         ids = context.context_ids[None].to(self.adapter.device)
         user_kwargs = sorted(generation_kwargs)
@@ -151,13 +151,19 @@ class Attributor:
         """
         cfg = self._call_config(config)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
-                                   self.adapter.vocab_size, messages)
+                                   self.adapter.vocab_size, messages, self.sink_id(cfg))
         return [PhaseEstimate("forward", 1, "pass", passes=1)] + [
             SIGNALS[name].estimate(self.adapter, request, cfg) for name in cfg.components]
 
     def _call_config(self, config) -> HETAConfig:
         """This call's config (default: the Attributor's), checked against the model before any work."""
-        return as_config(config, self.config).check_for_model(len(self.adapter.layers))
+        cfg = as_config(config, self.config).check_for_model(len(self.adapter.layers))
+        self.sink_id(cfg)  # a sink token the tokenizer does not have is a ConfigError now
+        return cfg
+
+    def sink_id(self, config: HETAConfig) -> int | None:
+        """The token id ``config.sink_token`` puts before every context, or None (heta_fast/request.py)."""
+        return sink_token_id(self.tokenizer, config.sink_token)
 
     # ------------------------------------------------------------------ pipeline
     def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,

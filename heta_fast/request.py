@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .chat import check_messages, render_chat, special_mask
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .inputs import as_token_ids, check_text
 
 
@@ -87,9 +87,35 @@ def tokenize_target(tokenizer, target, vocab_size: int) -> torch.Tensor:
     return ids
 
 
-def tokenize_context(tokenizer, prompt, vocab_size: int, messages=None) -> TokenizedRequest:
+def sink_token_id(tokenizer, sink_token: str) -> int | None:
+    """The id of ``HETAConfig.sink_token`` ("none" -> None, "bos" / "eos" -> the tokenizer's token);
+    ``ConfigError`` when the tokenizer has no such token."""
+    if sink_token == "none":
+        return None
+    token_id = getattr(tokenizer, f"{sink_token}_token_id", None)
+    if token_id is None:
+        raise ConfigError(f"sink_token={sink_token!r} but the tokenizer has no {sink_token.upper()} token; "
+                          f"choose another sink_token")
+    return int(token_id)
+
+
+def with_sink_token(context: TokenizedRequest, sink_id: int | None) -> TokenizedRequest:
+    """``context`` with ``sink_id`` put before its tokens as a special (template) token, unless
+    it has no sink token to add (None) or already starts with a special token (a tokenizer's
+    own BOS, a chat template's first marker): that token is the sink already."""
+    special = context.special if context.special is not None else torch.zeros(context.n_context, dtype=torch.bool)
+    if sink_id is None or bool(special[0]):
+        return context
+    ids = torch.cat([torch.tensor([sink_id], dtype=context.context_ids.dtype), context.context_ids])
+    segments = None if context.segments is None else torch.cat([context.segments.new_tensor([-1]), context.segments])
+    return dataclasses.replace(context, context_ids=ids, special=torch.cat([special.new_ones(1), special]),
+                               segments=segments)
+
+
+def tokenize_context(tokenizer, prompt, vocab_size: int, messages=None, sink_id: int | None = None) -> TokenizedRequest:
     """The context half of a request: a prompt (text or ids) or chat ``messages``, exactly one of
-    them. Returns a request whose ``target_ids`` is empty (:func:`with_target` completes it)."""
+    them, after ``sink_id`` if given (:func:`with_sink_token`). Returns a request whose
+    ``target_ids`` is empty (:func:`with_target` completes it)."""
     if (prompt is None) == (messages is None):
         raise InputError("the prompt must be text or token ids, or chat messages given as messages=; got None"
                          if prompt is None else "give a prompt or chat messages, not both")
@@ -101,8 +127,9 @@ def tokenize_context(tokenizer, prompt, vocab_size: int, messages=None) -> Token
         chat = render_chat(tokenizer, messages)
         context, text, segments = chat.ids, chat.text, chat.segments
         _check_vocab(context, vocab_size, "chat prompt")
-    return TokenizedRequest(context_ids=context, target_ids=context[:0], prompt=text,
-                            special=special_mask(tokenizer, context), segments=segments, messages=messages)
+    request = TokenizedRequest(context_ids=context, target_ids=context[:0], prompt=text,
+                               special=special_mask(tokenizer, context), segments=segments, messages=messages)
+    return with_sink_token(request, sink_id)
 
 
 def with_target(context: TokenizedRequest, target_ids: torch.Tensor, max_length: int | None) -> TokenizedRequest:
@@ -114,10 +141,10 @@ def with_target(context: TokenizedRequest, target_ids: torch.Tensor, max_length:
 
 
 def tokenize_request(tokenizer, prompt, target, max_length: int | None, vocab_size: int,
-                     messages=None) -> TokenizedRequest:
+                     messages=None, sink_id: int | None = None) -> TokenizedRequest:
     """Both halves of a request (a prompt or chat ``messages``, and a target), checked against
-    the model's maximum length."""
-    context = tokenize_context(tokenizer, prompt, vocab_size, messages)
+    the model's maximum length; ``sink_id``: a sink token before the context (:func:`sink_token_id`)."""
+    context = tokenize_context(tokenizer, prompt, vocab_size, messages, sink_id)
     return with_target(context, tokenize_target(tokenizer, target, vocab_size), max_length)
 
 

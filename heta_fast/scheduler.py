@@ -79,7 +79,7 @@ class Scheduler:
         try:
             pending.config = att._call_config(job.config)
             pending.request = tokenize_request(att.tokenizer, job.prompt, job.target, att.adapter.max_length,
-                                               att.adapter.vocab_size, job.messages)
+                                               att.adapter.vocab_size, job.messages, att.sink_id(pending.config))
         except HetaError as exc:
             pending.result = _failed(order, job, exc)
         return pending

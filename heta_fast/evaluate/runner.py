@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError, HetaError, InputError
 from ..files import FileLock, remove_stale_temporaries
-from ..request import tokenize_prompt, tokenize_request, tokenize_target
+from ..request import tokenize_context, tokenize_request, tokenize_target
 from ..result import Attribution
 from .answer import contains_answer, greedy_answer, stop_ids
 from .baselines.heta_variants import VARIANTS
@@ -122,7 +122,8 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
     answer = None
     if settings is not None:
         target, answer = _own_answer(attributor, ex, target, settings)
-    req = tokenize_request(tok, ex.prompt, target, attributor.adapter.max_length, vocab)
+    req = tokenize_request(tok, ex.prompt, target, attributor.adapter.max_length, vocab,
+                           sink_id=attributor.sink_id(attributor.config))
     support = distractor = gold = message = None
     if ex.support or ex.distractor or ex.gold or "message" in ex.meta:
         offsets = token_offsets(tok, ex.prompt, req.context_ids.tolist())
@@ -139,7 +140,8 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
 def _own_answer(attributor, ex: EvalExample, gold_ids: torch.Tensor, settings: EvalSettings):
     """(target ids [T], answer record): the model's greedy answer to ``ex.prompt``, and the run's target."""
     tok, adapter = attributor.tokenizer, attributor.adapter
-    context = tokenize_prompt(tok, ex.prompt, adapter.vocab_size)
+    context = tokenize_context(tok, ex.prompt, adapter.vocab_size,
+                               sink_id=attributor.sink_id(attributor.config)).context_ids
     room = settings.max_new_tokens if adapter.max_length is None else adapter.max_length - context.numel()
     if room < 1:
         raise InputError(f"the prompt's {context.numel()} tokens leave no room for an answer "

@@ -16,16 +16,22 @@ Span = tuple[int, int]
 def token_offsets(tokenizer, prompt: str, expected_ids: Sequence[int] | None = None) -> list[Span]:
     """Character span [start, end) of every prompt token, tokenised as the engine does.
 
-    Special tokens the tokenizer adds (BOS) get the empty span (0, 0) and belong to no span.
-    Needs a fast (Rust) tokenizer; ``expected_ids`` guards against a tokenisation mismatch.
+    Special tokens the tokenizer adds (BOS) get the empty span (0, 0) and belong to no span, and
+    so does a sink token the engine put before the prompt (``HETAConfig.sink_token``: then
+    ``expected_ids`` is one special token longer). Needs a fast (Rust) tokenizer;
+    ``expected_ids`` guards against a tokenisation mismatch.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise InputError("segment and gold-word spans need a fast tokenizer (character offsets)")
     enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
-    if expected_ids is not None and list(enc["input_ids"]) != [int(i) for i in expected_ids]:
-        raise InputError("the tokenizer's offsets do not describe the attributed prompt tokens")
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     spans = []
+    if expected_ids is not None:
+        expected, ids = [int(i) for i in expected_ids], list(enc["input_ids"])
+        if len(expected) == len(ids) + 1 and expected[0] in special:
+            expected, spans = expected[1:], [(0, 0)]
+        if ids != expected:
+            raise InputError("the tokenizer's offsets do not describe the attributed prompt tokens")
     for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
         spans.append((0, 0) if tid in special and a == b else (int(a), int(b)))
     return spans

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..config import HETAConfig
 from ..errors import ConfigError, HetaError
 from ..inputs import check_max_new_tokens
-from ..request import tokenize_context, tokenize_request
+from ..request import sink_token_id, tokenize_context, tokenize_request
 from .schema import AttributionRequest
 from .settings import ServiceSettings
 
@@ -65,9 +65,9 @@ class Admission:
             try:
                 if body.generate is None:
                     tokenize_request(self.tokenizer, body.prompt, body.target, self.max_length, self.vocab_size,
-                                     messages)
+                                     messages, sink_token_id(self.tokenizer, config.sink_token))
                 else:
-                    self._check_generate(body.prompt, messages, body.generate)
+                    self._check_generate(body.prompt, messages, body.generate, config)
             except (HetaError, ValueError, TypeError, OverflowError, RuntimeError) as exc:  # all about the input
                 raise RequestError(422, f"{'messages' if messages else 'prompt/target'}: {exc}") from None
         return Admitted(body.prompt, body.target, body.generate, config, messages)
@@ -75,7 +75,9 @@ class Admission:
     def _config(self, body: AttributionRequest) -> HETAConfig:
         changes = body.options.changes() if body.options is not None else {}
         try:
-            return self.base.replace(**changes).check_for_model(self.n_layers)
+            config = self.base.replace(**changes).check_for_model(self.n_layers)
+            sink_token_id(self.tokenizer, config.sink_token)
+            return config
         except (ConfigError, TypeError, ValueError, OverflowError) as exc:
             raise RequestError(422, f"options: {exc}") from None
 
@@ -93,7 +95,8 @@ class Admission:
             raise RequestError(413, f"messages: {chars} characters; the limit is {self.settings.max_prompt_chars}")
         return [m.model_dump() for m in messages]
 
-    def _check_generate(self, prompt, messages, n: int) -> None:
+    def _check_generate(self, prompt, messages, n: int, config: HETAConfig) -> None:
         # The engine's own rule for generate_and_attribute's budget (heta_fast.inputs).
-        context = tokenize_context(self.tokenizer, prompt, self.vocab_size, messages)
+        context = tokenize_context(self.tokenizer, prompt, self.vocab_size, messages,
+                                   sink_token_id(self.tokenizer, config.sink_token))
         check_max_new_tokens(n, context.n_context, self.max_length)

@@ -40,6 +40,7 @@ class EngineOptions(BaseModel):
     term_scale: Optional[str] = None
     sinks: Optional[str] = None
     sink_threshold: Optional[float] = None
+    sink_token: Optional[str] = None
 
     def changes(self) -> dict:
         """The fields the request sets, for ``HETAConfig.replace``."""

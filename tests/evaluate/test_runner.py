@@ -78,6 +78,23 @@ def test_other_settings_are_refused(attributor, data, tmp_path):
         run_evaluation(attributor, examples, ["rollout"], tmp_path / "junk.json", SETTINGS, progress=False)
 
 
+def test_a_file_written_before_a_config_field_existed_continues_only_under_its_default(attributor, data, tmp_path):
+    out = tmp_path / "r.json"
+    examples = load_jsonl(data)
+    run_evaluation(attributor, examples[:1], ["rollout"], out, SETTINGS, progress=False)
+    payload = json.loads(out.read_text())
+    del payload["header"]["heta_config"]["sink_token"]  # as written before the field was added
+    out.write_text(json.dumps(payload))
+    run_evaluation(attributor, examples[:2], ["rollout"], out, SETTINGS, progress=False)
+    assert len(json.loads(out.read_text())["records"]) == 2
+    payload = json.loads(out.read_text())
+    del payload["header"]["heta_config"]["sink_token"]
+    out.write_text(json.dumps(payload))
+    other = Attributor(attributor.model, attributor.tokenizer, attributor.config.replace(sink_token="eos"))
+    with pytest.raises(InputError, match="heta_config.sink_token: 'none' != 'eos'"):
+        run_evaluation(other, examples, ["rollout"], out, SETTINGS, progress=False)
+
+
 def test_failed_examples_are_recorded_and_counted(attributor, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"id": "long", "prompt": " ".join(["w1"] * 80), "target": "w2"}) + "\n"

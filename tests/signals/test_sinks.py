@@ -9,7 +9,7 @@ from heta_fast.model.adapter import ModelAdapter
 from heta_fast.reference import flow_gate_reference, received_share_reference, value_norms_reference
 from heta_fast.signals import SIGNALS
 from heta_fast.signals.flow import sink_positions, stream_rollout, to_simplex
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 IDS = torch.arange(4, 14)
 POSITIONS, N_CTX = torch.tensor([7, 8, 9]), 8
@@ -76,3 +76,49 @@ def test_default_model_first_position_is_a_sink(default_attributor):
     gone = default_attributor.attribute(DEMO_PROMPT, DEMO_TARGET, config=config.replace(sinks="exclude"))
     assert gone.flow[0, 0] == 0 and gone.topk(1)[0][0] != 0
     assert torch.allclose(gone.flow[0, 1:], kept.flow[0, 1:] / kept.flow[0, 1:].sum(), rtol=1e-5)
+
+
+def test_a_sink_token_is_put_before_the_context_and_is_a_sink():
+    att = Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=1))
+    tok = att.tokenizer
+    prompt, target = text(5, 9, 13, 20), text(40)
+    with_bos = att.attribute(prompt, target, config=att.config.replace(sink_token="bos"))
+    assert with_bos.context_ids == [tok.bos_token_id] + tok(prompt)["input_ids"]
+    assert with_bos.special[0] and not any(with_bos.special[1:]) and with_bos.sinks[0]
+    # the same numbers as the ids given with the token in front
+    direct = att.attribute([tok.bos_token_id] + tok(prompt)["input_ids"], target)
+    torch.testing.assert_close(with_bos.scores, direct.scores)
+    with_eos = att.attribute(prompt, target, config=att.config.replace(sink_token="eos"))
+    assert with_eos.context_ids[0] == tok.eos_token_id
+    # a context that starts with a special token has its sink already: nothing is added
+    again = att.attribute([tok.bos_token_id] + tok(prompt)["input_ids"], target,
+                          config=att.config.replace(sink_token="eos"))
+    assert again.context_ids == direct.context_ids
+    assert att.attribute(prompt, target).context_ids == tok(prompt)["input_ids"]  # "none", the default
+
+
+def test_a_sink_token_the_tokenizer_lacks_is_a_config_error_before_any_work():
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tiny_tokenizer()
+    bare = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, pad_token="[PAD]", unk_token="[UNK]")
+    att = Attributor(tiny_model("llama"), bare, HETAConfig(num_probes=1))
+    with pytest.raises(ConfigError, match="sink_token='bos' but the tokenizer has no BOS token"):
+        att.attribute(text(5, 9), text(40), config=att.config.replace(sink_token="bos"))
+    with pytest.raises(ConfigError, match="sink_token"):
+        HETAConfig(sink_token="pad")
+
+
+def test_eval_spans_follow_the_sink_token():
+    from heta_fast.evaluate.data import EvalExample
+    from heta_fast.evaluate.runner import prepare_example
+
+    prompt = text(5, 6, 7, 8, 9, 10)
+    ex = EvalExample(id="a", prompt=prompt, target=text(13), support=(prompt.index("w8"), len(prompt)),
+                     distractor=(0, prompt.index("w7") + 2), gold=((prompt.index("w9"), prompt.index("w9") + 2),))
+    att = Attributor(tiny_model("llama"), tiny_tokenizer(), HETAConfig(num_probes=1))
+    plain = prepare_example(att, ex)
+    sunk = prepare_example(Attributor(att.model, att.tokenizer, att.config.replace(sink_token="bos")), ex)
+    assert sunk.context_ids.tolist() == [att.tokenizer.bos_token_id] + plain.context_ids.tolist()
+    assert plain.gold == [4] and sunk.gold == [5]
+    assert sunk.support == [i + 1 for i in plain.support] and sunk.distractor == [i + 1 for i in plain.distractor]

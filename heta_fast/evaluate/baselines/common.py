@@ -30,7 +30,7 @@ def prepare(attributor, prompt, target) -> Prepared:
     """Tokenise (prompt, target) exactly as the engine does and embed the model input."""
     adapter = attributor.adapter
     req = tokenize_request(attributor.tokenizer, prompt, target, adapter.max_length,
-                           adapter.vocab_size)
+                           adapter.vocab_size, sink_id=attributor.sink_id(attributor.config))
     embeds = adapter.embed(req.input_ids)
     return Prepared(request=req, embeds=embeds, positions=req.target_positions.to(adapter.device))
 
