@@ -16,7 +16,8 @@ seeded by ``--seed`` and the record id). The file is rewritten after every recor
 the (record, method) pairs it holds, so more ``--methods`` or a larger ``--limit`` extend it.
 ``--start A`` skips the first A of them, so that ``--start 0 --limit 10`` and ``--start 10 --limit 20``
 split a run over two processes (two files; ``--table`` pools them). ``--table`` prints mean [95%
-bootstrap interval], median and 10th percentile per method (and scale).
+bootstrap interval], median and the worst tenth's edge (10th percentile of the Spearman, 90th of
+the change) per method (and scale).
 """
 from __future__ import annotations
 
@@ -86,9 +87,21 @@ def _write(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _stats(values: list[float]) -> str:
+def _stats(values: list[float], worst_high: bool = False) -> str:
+    """mean [95% CI] | median | the worst tenth's edge: the 10th percentile, or the 90th when high is worse."""
     mean, lo, hi = paired(values)
-    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}] | {statistics.median(values):.3f} | {p10(values):.3f}"
+    edge = -p10([-v for v in values]) if worst_high else p10(values)
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}] | {statistics.median(values):.3f} | {edge:.3f}"
+
+
+def _versus_heta(records: list[dict], method: str, value) -> str:
+    """Paired mean difference (method − heta) of ``value(cell)`` over the records holding both, with its 95% CI."""
+    pairs = [(value(r[method]), value(r["heta"])) for r in records if method in r and "heta" in r]
+    diffs = [a - b for a, b in pairs if a is not None and b is not None]
+    if method == "heta" or not diffs:
+        return "—"
+    d, lo, hi = paired(diffs)
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def table(paths: list[str]) -> None:
@@ -101,24 +114,26 @@ def table(paths: list[str]) -> None:
     methods = list(dict.fromkeys(m for rec in records for m in rec))
     if doc["header"]["study"] == "paraphrase":
         print("| method | records | Spearman of content words, original vs rewrite: mean [95% CI] | median | "
-              "10th percentile | s / attribution |")
-        print("|---|---|---|---|---|---|")
+              "10th percentile | method − heta (paired) | s / attribution |")
+        print("|---|---|---|---|---|---|---|")
         for m in methods:
             rows = [rec[m] for rec in records if m in rec]
             rho = [r["spearman"] for r in rows if r["spearman"] is not None]
             secs = statistics.median(s for r in rows for s in r["seconds"])
-            print(f"| {m} | {len(rho)} | {_stats(rho)} | {secs:.2f} |")
+            versus = _versus_heta(records, m, lambda cell: cell["spearman"])
+            print(f"| {m} | {len(rho)} | {_stats(rho)} | {versus} | {secs:.2f} |")
         return
-    print("| method | noise scale | records | 1 − Spearman: mean [95% CI] | median | 10th percentile | "
-          "mass change (TV): mean | median |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | noise scale | records | 1 − Spearman: mean [95% CI] | median | 90th percentile | "
+          "method − heta (paired) | mass change (TV): mean | median |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in methods:
         for scale in doc["header"]["scales"]:
             cells = [rec[m][str(scale)] for rec in records if m in rec]
             change = [c["rank_change"] for c in cells if c["rank_change"] is not None]
             tv = [c["mass_change"] for c in cells if c["mass_change"] is not None]
-            print(f"| {m} | {scale} | {len(change)} | {_stats(change)} | {statistics.mean(tv):.3f} | "
-                  f"{statistics.median(tv):.3f} |")
+            versus = _versus_heta(records, m, lambda cell, key=str(scale): cell[key]["rank_change"])
+            print(f"| {m} | {scale} | {len(change)} | {_stats(change, worst_high=True)} | {versus} | "
+                  f"{statistics.mean(tv):.3f} | {statistics.median(tv):.3f} |")
 
 
 def main(argv=None) -> None:
