@@ -15,7 +15,8 @@ total-variation change of the normalised |scores| at each scale (noise std = sca
 seeded by ``--seed`` and the record id). The file is rewritten after every record and a rerun skips
 the (record, method) pairs it holds, so more ``--methods`` or a larger ``--limit`` extend it.
 ``--start A`` skips the first A of them, so that ``--start 0 --limit 10`` and ``--start 10 --limit 20``
-split a run over two processes (two files; ``--table`` pools them). ``--table`` prints mean [95%
+split a run over two processes (two files; ``--table`` pools them, ``--merge A B --out C`` writes
+them as one). ``--table`` prints mean [95%
 bootstrap interval], median and the worst tenth's edge (10th percentile of the Spearman, 90th of
 the change) per method (and scale).
 """
@@ -104,13 +105,19 @@ def _versus_heta(records: list[dict], method: str, value) -> str:
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def pooled(paths: list[str]) -> dict:
+    """Results files of one study written with the same settings -> one document, records by id (sorted)."""
+    docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    if any(d["header"] != docs[0]["header"] for d in docs):
+        sys.exit("the results files were written with different settings")
+    records = {k: v for d in docs for k, v in d["records"].items()}
+    return {"header": docs[0]["header"], "records": dict(sorted(records.items()))}
+
+
 def table(paths: list[str]) -> None:
     """Print the markdown table of results files of one study (written with the same settings), records pooled."""
-    docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
-    doc = docs[0]
-    if any({**d["header"], "threads": 0} != {**doc["header"], "threads": 0} for d in docs):
-        sys.exit("the results files were written with different settings")
-    records = [rec for d in docs for rec in d["records"].values()]
+    doc = pooled(paths)
+    records = list(doc["records"].values())
     methods = list(dict.fromkeys(m for rec in records for m in rec))
     if doc["header"]["study"] == "paraphrase":
         print("| method | records | Spearman of content words, original vs rewrite: mean [95% CI] | median | "
@@ -146,6 +153,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="results file (JSON) to write or continue")
     parser.add_argument("--table", metavar="FILE", nargs="+",
                         help="print the markdown table of results files (of one study, their records pooled) and stop")
+    parser.add_argument("--merge", metavar="FILE", nargs="+", help="pool these results files into --out and stop")
     parser.add_argument("--scales", default="0.01,0.1,0.5")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2-135m")
@@ -154,6 +162,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.table:
         table(args.table)
+    elif args.merge and args.out:
+        _write(Path(args.out), pooled(args.merge))
     elif args.study and args.out:
         run(args)
     else:
