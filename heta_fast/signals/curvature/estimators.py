@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 
 from .exact import exact_block_hutchinson, exact_by_suffix, suffix_group_size
+from .hvp import ProductPlan
 from .probes import rademacher_probes
-from .probing import sign_patterns, simultaneous_probing
-from .sketch import nystrom_block_hutchinson, sketch_matrix
+from .probing import probing_plan, sign_patterns
+from .sketch import nystrom_plan, sketch_matrix
 
 
 def _exact(factory, rows, n_context, config):
@@ -28,23 +29,37 @@ def _exact(factory, rows, n_context, config):
     return exact_block_hutchinson(operator, rows, probes, chunk)
 
 
-def _probing(factory, rows, n_context, config):
-    operator, chunk = factory(0)
+def _probing_plan(shape, rows, n_context, config) -> ProductPlan:
     repeats, patterns = config.probing_repeats, config.probing_patterns
-    probes = rademacher_probes(n_context, repeats, operator.shape[1], config.seed)[rows]
+    probes = rademacher_probes(n_context, repeats, shape[1], config.seed)[rows]
     signs = sign_patterns(len(rows), repeats, patterns, config.seed)
-    return simultaneous_probing(operator, rows, probes, signs, chunk)
+    return probing_plan(shape, rows, probes, signs)
 
 
-def _sketch(factory, rows, n_context, config):
-    operator, chunk = factory(0)
-    d = operator.shape[1]
+def _sketch_plan(shape, rows, n_context, config) -> ProductPlan:
+    d = shape[1]
     probes = rademacher_probes(n_context, config.num_probes, d, config.seed)[rows]
     omega = sketch_matrix(len(rows), d, config.sketch_rank, config.seed)
-    return nystrom_block_hutchinson(operator, rows, probes, omega, chunk)
+    return nystrom_plan(shape, rows, probes, omega)
 
 
-ESTIMATORS: dict[str, Callable] = {"exact": _exact, "probing": _probing, "sketch": _sketch}
+# Estimators whose products all run on the operator over the whole input: their plans can share
+# the passes of several operators (group.py). The exact estimator runs suffix operators instead.
+PLANS: dict[str, Callable] = {"probing": _probing_plan, "sketch": _sketch_plan}
+
+
+def product_plan(config, shape: tuple[int, int], rows: torch.Tensor, n_context: int) -> ProductPlan:
+    """The products ``config.estimator`` (one of :data:`PLANS`) needs for ``rows`` [R] of an
+    operator on vectors of ``shape`` (n, d); the plan's finish() returns S [R] (float64)."""
+    return PLANS[config.estimator](shape, rows, n_context, config)
+
+
+def _by_plan(factory, rows, n_context, config):
+    operator, chunk = factory(0)
+    return product_plan(config, operator.shape, rows, n_context).run(operator, chunk)
+
+
+ESTIMATORS: dict[str, Callable] = {"exact": _exact, "probing": _by_plan, "sketch": _by_plan}
 
 
 def estimate(factory, rows: torch.Tensor, n_context: int, config) -> torch.Tensor:

@@ -10,6 +10,9 @@ the default model on CPU and dropped; docs/method.md §2.)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch.func import grad, vjp, vmap
 
@@ -47,3 +50,24 @@ def apply_chunked(operator, vectors_of, count: int, chunk: int, consume) -> None
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)
         consume(start, stop, operator(vectors_of(start, stop)))
+
+
+@dataclass
+class ProductPlan:
+    """The curvature-vector products an estimator needs, apart from the operator that computes them.
+
+    count: vectors in all; vectors_of(start, stop) -> [stop - start, n, d] builds a batch of them;
+    consume(start, stop, C V [stop - start, n, d]) reads a batch's products; finish() -> the
+    estimate, once every batch was consumed. Separating the plan from the operator lets one
+    operator serve the plans of several requests at once (group.py).
+    """
+
+    count: int
+    vectors_of: Callable[[int, int], torch.Tensor]
+    consume: Callable[[int, int, torch.Tensor], None]
+    finish: Callable[[], torch.Tensor]
+
+    def run(self, operator, chunk: int) -> torch.Tensor:
+        """Apply ``operator`` to every vector in batches of at most ``chunk``; returns finish()."""
+        apply_chunked(operator, self.vectors_of, self.count, chunk, self.consume)
+        return self.finish()

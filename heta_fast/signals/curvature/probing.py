@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .hvp import apply_chunked
+from .hvp import ProductPlan
 
 # The sign patterns come from their own stream so that they never coincide with the probes.
 _SIGN_STREAM = 0x5167
@@ -34,7 +34,12 @@ def simultaneous_probing(operator, rows: torch.Tensor, probes: torch.Tensor, sig
 
     Returns S [R] (float64): mean over repeats of ‖(1/K) Σ_k s^(k)_i (C v^(k))_i‖₁.
     """
-    n, d = operator.shape
+    return probing_plan(operator.shape, rows, probes, signs).run(operator, chunk)
+
+
+def probing_plan(shape: tuple[int, int], rows: torch.Tensor, probes: torch.Tensor, signs: torch.Tensor) -> ProductPlan:
+    """The products of :func:`simultaneous_probing` for an operator on vectors of ``shape`` (n, d)."""
+    n, d = shape
     repeats, patterns, num_rows = signs.shape
     estimates = torch.zeros(repeats, num_rows, d, dtype=torch.float64)
     rep_of = torch.arange(repeats).repeat_interleave(patterns)   # flat vector q -> (repeat, pattern)
@@ -53,5 +58,7 @@ def simultaneous_probing(operator, rows: torch.Tensor, probes: torch.Tensor, sig
         weighted = signs[rep, pat][:, :, None] * blocks          # s_i (C v)_i
         estimates.index_add_(0, rep, weighted)
 
-    apply_chunked(operator, vectors_of, repeats * patterns, chunk, consume)
-    return (estimates / patterns).abs().sum(-1).mean(0)
+    def finish():
+        return (estimates / patterns).abs().sum(-1).mean(0)
+
+    return ProductPlan(repeats * patterns, vectors_of, consume, finish)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .hvp import apply_chunked
+from .hvp import ProductPlan
 
 _OMEGA_STREAM = 0x0E6A
 
@@ -34,7 +34,32 @@ def pinv_symmetric(w: torch.Tensor, rcond: float = 1e-6) -> torch.Tensor:
 
 def nystrom_sketch(operator, rows: torch.Tensor, omega: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Y_R = (C Ω)_R [k, R, d] and W⁺ [k, k] (float64) from k curvature-vector products."""
-    n, d = operator.shape
+    return sketch_plan(operator.shape, rows, omega, lambda y, w_pinv: (y, w_pinv)).run(operator, chunk)
+
+
+def nystrom_block_hutchinson(operator, rows: torch.Tensor, probes: torch.Tensor, omega: torch.Tensor,
+                             chunk: int) -> torch.Tensor:
+    """S_i = (1/m) Σ_k ‖Y_i W⁺ Y_iᵀ r_{i,k}‖₁ for every attributed token.
+
+    rows [R] long; probes [R, m, d]; omega [k, R, d]; returns [R] float64.
+    """
+    return nystrom_plan(operator.shape, rows, probes, omega).run(operator, chunk)
+
+
+def nystrom_plan(shape: tuple[int, int], rows: torch.Tensor, probes: torch.Tensor, omega: torch.Tensor) -> ProductPlan:
+    """The products of :func:`nystrom_block_hutchinson` for an operator on vectors of ``shape`` (n, d)."""
+
+    def read(y, w_pinv):
+        coeff = torch.einsum("krd,rmd->rmk", y, probes.double())        # Y_iᵀ r
+        approx = torch.einsum("rmk,kl,lrd->rmd", coeff, w_pinv, y)      # Y_i W⁺ Y_iᵀ r
+        return approx.abs().sum(-1).mean(-1)
+
+    return sketch_plan(shape, rows, omega, read)
+
+
+def sketch_plan(shape: tuple[int, int], rows: torch.Tensor, omega: torch.Tensor, read) -> ProductPlan:
+    """The k products Y = C Ω restricted to ``rows``; finish() returns read(Y_R [k, R, d], W⁺ [k, k])."""
+    n, d = shape
     rank = omega.shape[0]
     y = torch.zeros_like(omega)
 
@@ -46,18 +71,8 @@ def nystrom_sketch(operator, rows: torch.Tensor, omega: torch.Tensor, chunk: int
     def consume(start, stop, cv):
         y[start:stop] = cv[:, rows.to(cv.device)].double().cpu()
 
-    apply_chunked(operator, vectors_of, rank, chunk, consume)
-    w = torch.einsum("krd,lrd->kl", omega, y)
-    return y, pinv_symmetric(w)
+    def finish():
+        w = torch.einsum("krd,lrd->kl", omega, y)
+        return read(y, pinv_symmetric(w))
 
-
-def nystrom_block_hutchinson(operator, rows: torch.Tensor, probes: torch.Tensor, omega: torch.Tensor,
-                             chunk: int) -> torch.Tensor:
-    """S_i = (1/m) Σ_k ‖Y_i W⁺ Y_iᵀ r_{i,k}‖₁ for every attributed token.
-
-    rows [R] long; probes [R, m, d]; omega [k, R, d]; returns [R] float64.
-    """
-    y, w_pinv = nystrom_sketch(operator, rows, omega, chunk)
-    coeff = torch.einsum("krd,rmd->rmk", y, probes.double())        # Y_iᵀ r
-    approx = torch.einsum("rmk,kl,lrd->rmd", coeff, w_pinv, y)      # Y_i W⁺ Y_iᵀ r
-    return approx.abs().sum(-1).mean(-1)
+    return ProductPlan(rank, vectors_of, consume, finish)
