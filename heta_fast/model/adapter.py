@@ -28,6 +28,7 @@ from .architectures.base import text_config
 from .attention import EAGER, register
 from .cache_kwargs import cache_kwargs
 from .capture import Capture, CaptureRequest, MatrixCapture, capture_matrices, run_capture
+from .capture_group import run_capture_group
 from .logits import LogitTransform
 
 
@@ -180,6 +181,12 @@ class ModelAdapter:
     def capture(self, embeds: torch.Tensor, positions: torch.Tensor, request: CaptureRequest) -> Capture:
         """The engine's single forward pass of embeds [n, d] (see :func:`~.capture.run_capture`)."""
         return run_capture(self, embeds, positions, request)
+
+    def capture_group(self, embeds: list[torch.Tensor], positions: list[torch.Tensor],
+                      request: CaptureRequest) -> list[Capture]:
+        """The capture pass of B sequences embeds[b] [n_b, d] at once, targets positions[b] [T_b]
+        -> per sequence its :class:`~.capture.Capture` (see :func:`~.capture_group.run_capture_group`)."""
+        return run_capture_group(self, embeds, positions, request)
 
     def capture_matrices(self, embeds: torch.Tensor) -> MatrixCapture:
         """A materialised eager pass of embeds [n, d] (see :func:`~.capture.capture_matrices`)."""

@@ -4,6 +4,7 @@ Each signal declares what it needs from the pass as a :class:`CaptureRequest`; t
 merges the requests and runs one :func:`run_capture`. The pass runs the recording attention
 (:mod:`heta_fast.model.attention.recording`): fused kernels, no attention matrix, and per layer
 only what was asked for. The target positions' next-token log-probabilities are always captured.
+Several requests in one pass: :func:`~.capture_group.run_capture_group` (same Capture per sequence).
 
 :func:`capture_matrices` is the materialised counterpart (attention probabilities [H, n, n],
 values and per-head output projections) for the oracle and for checks of the module maps.
@@ -88,28 +89,37 @@ class Capture:
 def run_capture(adapter, embeds: torch.Tensor, positions: torch.Tensor, request: CaptureRequest) -> Capture:
     """One forward pass of embeds [n, d]; positions [T] are where log-probabilities are wanted
     (only those rows reach the LM head). See :class:`Capture`."""
-    attn_modules = [adapter.spec.attention(layer) for layer in adapter.layers]
-    n_layers = len(adapter.layers)
-    windows = [adapter.window(i) for i in range(n_layers)]
-    recorder = AttentionRecorder({id(a): i for i, a in enumerate(attn_modules)}, attention=request.attention,
-                                 reduce_values=request.reduce_values, windows=windows)
+    recorder = make_recorder(adapter, request, AttentionRecorder)
     model = adapter.model
     cache = DynamicCache() if request.key_values else None
     with attention_implementation(model, RECORDING), pass_state(recorder):
         logits = model(inputs_embeds=embeds[None], logits_to_keep=positions.to(embeds.device),
                        **cache_kwargs(model, cache)).logits[0]
+    check_every_layer_ran(adapter, recorder)
+    return Capture(
+        log_probs=torch.log_softmax(at_least_float32(logits), dim=-1),
+        layers=[recorder.records[i] for i in range(len(adapter.layers))] if recorder.keeps else [],
+        windows=recorder.windows,
+        kv=[(layer.keys, layer.values) for layer in cache.layers] if cache is not None else None,
+    )
+
+
+def make_recorder(adapter, request: CaptureRequest, kind: type[AttentionRecorder], **options) -> AttentionRecorder:
+    """A recorder of ``kind`` for ``adapter``'s attention modules, keeping what ``request`` asks for."""
+    layer_of = {id(adapter.spec.attention(layer)): i for i, layer in enumerate(adapter.layers)}
+    windows = [adapter.window(i) for i in range(len(adapter.layers))]
+    return kind(layer_of, attention=request.attention, reduce_values=request.reduce_values, windows=windows,
+                **options)
+
+
+def check_every_layer_ran(adapter, recorder: AttentionRecorder) -> None:
+    """Refuse a pass in which some layer's attention bypassed the recording attention."""
     missing = [i for i in range(len(adapter.layers)) if i not in recorder.seen]
     if missing:
         raise UnsupportedArchitectureError(
             f"{adapter.spec.name}: the attention of layers {missing} did not run through transformers' attention "
             f"interface, so heta-fast cannot record it; this transformers release computes that attention in "
             f"the model's own code")
-    return Capture(
-        log_probs=torch.log_softmax(at_least_float32(logits), dim=-1),
-        layers=[recorder.records[i] for i in range(n_layers)] if recorder.keeps else [],
-        windows=windows,
-        kv=[(layer.keys, layer.values) for layer in cache.layers] if cache is not None else None,
-    )
 
 
 @dataclass

@@ -125,7 +125,7 @@ def _attention_with_lse_tiled(query, key, value, mask, scale, causal, block: int
 # ----------------------------------------------------------------------------- recorder
 @dataclass
 class AttentionRecord:
-    """What one layer's attention leaves for the signals (batch 1).
+    """What one layer's attention leaves for the signals, for one sequence.
 
     q: [H, n, dh] post-rotary queries; k: [Hkv, n, dh] post-rotary keys; lse: [H, n] natural-log
     softmax normaliser per query row (as the model masked it); scale: the score scale
@@ -144,7 +144,8 @@ class AttentionRecord:
 
 
 class AttentionRecorder:
-    """Collects an :class:`AttentionRecord` per layer during one forward pass.
+    """Collects an :class:`AttentionRecord` per layer during one forward pass of one sequence
+    (batch 1; ``records[layer]``; :class:`GroupRecorder` records several).
 
     ``layer_of`` maps id(attention module) -> layer index (the architecture's module map);
     ``attention``: keep q, k and the LSE; ``reduce_values(layer, v [Hkv, n, dh])``, if given,
@@ -178,6 +179,11 @@ class AttentionRecorder:
                 f"layer {layer}: the attention module uses a sliding window of {sliding_window}, the "
                 f"architecture's module map says {self.windows[layer]}")
 
+    @property
+    def batch(self) -> int:
+        """How many sequences one pass runs (1 here; :class:`GroupRecorder`: its group)."""
+        return 1
+
     def attend(self, module, query, key, value, mask, scale: float, softcap: float | None = None):
         """Fused attention for ``module`` (shapes as :func:`attention_with_lse`), recorded.
 
@@ -186,19 +192,26 @@ class AttentionRecorder:
         layer = self.layer_of.get(id(module))
         if layer is None:
             raise RuntimeError("an attention module outside the architecture's module map ran during capture")
-        if query.shape[0] != 1:
-            raise ValueError("the capture records a single sequence (batch 1)")
+        if query.shape[0] != self.batch:
+            raise ValueError(f"the capture records {self.batch} sequence(s) per pass, this pass ran {query.shape[0]}")
         if mask is not None:
             mask = mask[..., : key.shape[-2]]
         out, lse = attention_with_lse(query, key, value, mask, scale, causal=self._is_causal(mask), softcap=softcap)
         self.seen.add(layer)
         if self.keeps:
-            values = None if self.reduce_values is None else self.reduce_values(layer, value[0].detach())
-            keep = self.attention
-            self.records[layer] = AttentionRecord(
-                q=query[0].detach().contiguous() if keep else None, k=key[0].detach().contiguous() if keep else None,
-                lse=lse[0].detach() if keep else None, scale=float(scale), values=values, softcap=softcap)
+            self._keep(layer, query.detach(), key.detach(), value.detach(), lse.detach(), float(scale), softcap)
         return out.to(value.dtype), None
+
+    def _keep(self, layer: int, query, key, value, lse, scale: float, softcap: float | None) -> None:
+        """Store layer ``layer``'s record from query [1, H, n, dh], key/value [1, Hkv, n, dh], lse [1, H, n]."""
+        self.records[layer] = self._record(layer, query[0], key[0], value[0], lse[0], scale, softcap)
+
+    def _record(self, layer: int, q, k, v, lse, scale: float, softcap: float | None) -> AttentionRecord:
+        """One sequence's record from q [H, n, dh], k/v [Hkv, n, dh], lse [H, n] (what was asked for only)."""
+        values = None if self.reduce_values is None else self.reduce_values(layer, v)
+        keep = self.attention
+        return AttentionRecord(q=q.contiguous() if keep else None, k=k.contiguous() if keep else None,
+                               lse=lse if keep else None, scale=scale, values=values, softcap=softcap)
 
     def _is_causal(self, mask) -> bool:
         if mask is None:
@@ -212,3 +225,29 @@ class AttentionRecorder:
         flag = is_plain_causal(mask)
         self._causal.append((root, flag))
         return flag
+
+
+class GroupRecorder(AttentionRecorder):
+    """An :class:`AttentionRecorder` for one pass of B right-padded sequences of ``lengths`` [B].
+
+    ``groups[b][layer]`` is sequence b's :class:`AttentionRecord`, cut to its own n_b rows and
+    keys: q [H, n_b, dh], k [Hkv, n_b, dh], lse [H, n_b], values reduced from v [Hkv, n_b, dh].
+    Under causal attention the padding after a sequence changes none of its rows, so the cut
+    record equals the one a pass of that sequence alone leaves (to float rounding).
+    ``records`` stays empty.
+    """
+
+    def __init__(self, layer_of: dict[int, int], lengths: list[int], **options):
+        super().__init__(layer_of, **options)
+        self.lengths = [int(n) for n in lengths]
+        self.groups: list[dict[int, AttentionRecord]] = [{} for _ in self.lengths]
+
+    @property
+    def batch(self) -> int:
+        return len(self.lengths)
+
+    def _keep(self, layer: int, query, key, value, lse, scale: float, softcap: float | None) -> None:
+        for b, n in enumerate(self.lengths):
+            # lse cloned (q, k: contiguous copies of strided slices): a view would keep the whole batch alive.
+            self.groups[b][layer] = self._record(layer, query[b, :, :n], key[b, :, :n], value[b, :, :n],
+                                                 lse[b, :, :n].clone(), scale, softcap)
