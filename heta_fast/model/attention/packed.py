@@ -1,13 +1,16 @@
 """The packed attention of the information term's masked passes, registered as ``heta_packed``.
 
-Several masked variants of one input are laid end to end in a single sequence; segment r holds
-the tokens of positions first_r .. first_r + length_r - 1 (the variant's own positions). Its
-queries see the cached unmasked keys of positions [0, first_r) followed by the segment's own
-keys: causal from the segment's first position, plus the layer's sliding window; segments
-never see each other. So a packed pass equals separate passes position for position, with no
-padding and no [Q, P + Q] mask. A layer with attention logit soft-capping attends each segment
-on the math path with the cap (SDPA cannot cap); any other attention option is refused, and a
-sliding window the module passes must be the layer's window. The segment geometry travels in the pass state
+Several masked variants are laid end to end in a single sequence; segment r holds the tokens of
+positions first_r .. first_r + length_r - 1 (the variant's own positions). Its queries see the
+cached unmasked keys of positions [0, first_r) of its own input, which start at cache_r in the
+pass's cache, followed by the segment's own keys: causal from the segment's first position, plus
+the layer's sliding window; segments never see each other. With one input (one request) its
+prefix is the whole cache (cache_r = 0); the variants of several requests share a pass over the
+concatenation of their prefixes (each segment reads its own request's region). So a packed pass
+equals separate passes position for position, with no padding and no [Q, P + Q] mask. A layer
+with attention logit soft-capping attends each segment on the math path with the cap (SDPA cannot
+cap); any other attention option is refused, and a sliding window the module passes must be the
+layer's window. The segment geometry travels in the pass state
 (:mod:`.pass_state`) as a :class:`PackedSegments`; the information term builds it
 (:mod:`heta_fast.signals.information.packing`).
 """
@@ -33,9 +36,11 @@ class PackedSegments:
     positions: [Q] long, the position of each packed token
     offsets:   [B] long, where each segment starts in the packed sequence
     lengths:   [B] long, its number of tokens
-    start:     the first segment's first position; segment r starts at position start + r
-    prefix:    P, the cached positions the pass continues
+    start:     the first segment's first position (one input: segment r starts at start + r)
+    prefix:    P, the cached positions the pass continues (the cache's length)
     windows:   per layer, the sliding window or None
+    firsts:    [B] long, each segment's first position = the cached keys it sees; None: start + r
+    cache_starts: [B] long, where each segment's cached keys [0, first) begin in the cache; None: 0
     """
 
     positions: torch.Tensor
@@ -44,18 +49,27 @@ class PackedSegments:
     start: int
     prefix: int
     windows: list = field(default_factory=list)
+    firsts: torch.Tensor | None = None
+    cache_starts: torch.Tensor | None = None
     _masks: dict = field(default_factory=dict)  # (segment, window) -> [L, first + L] bool
+
+    def __post_init__(self):
+        dev = self.offsets.device
+        if self.firsts is None:  # one input: consecutive variants start, start + 1, ...
+            self.firsts = self.start + torch.arange(self.rows, device=dev)
+        if self.cache_starts is None:  # one input: its prefix is the whole cache
+            self.cache_starts = torch.zeros(self.rows, dtype=torch.long, device=dev)
 
     @property
     def rows(self) -> int:
         return int(self.offsets.numel())
 
     def segment_mask(self, r: int, window: int | None) -> torch.Tensor:
-        """Segment r's visibility [L, a + r + L] (bool) over key positions 0 .. a + r + L - 1:
+        """Segment r's visibility [L, first_r + L] (bool) over key positions 0 .. first_r + L - 1:
         causal from the segment's first position, within the layer's window."""
         key = (r, window)
         if key not in self._masks:
-            first, length = self.start + r, int(self.lengths[r])
+            first, length = int(self.firsts[r]), int(self.lengths[r])
             q_pos = torch.arange(first, first + length, device=self.positions.device)[:, None]
             k_pos = torch.arange(first + length, device=self.positions.device)[None, :]
             visible = k_pos <= q_pos
@@ -66,7 +80,7 @@ class PackedSegments:
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [1, H, Q, dh]; key/value [1, Hkv, P + Q, dh] (cached prefix, then the packed tokens)
+    """query [1, H, Q, dh]; key/value [1, Hkv, P + Q, dh] (cached prefixes, then the packed tokens)
     -> (output [1, Q, H, dh], None), attending segment by segment."""
     softcap = check_options(module, NAME, kwargs)
     layout = current(PackedSegments, NAME)
@@ -79,9 +93,11 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     p = layout.prefix
     outs = []
     for r in range(layout.rows):
-        off, length, first = int(layout.offsets[r]), int(layout.lengths[r]), layout.start + r
-        k = torch.cat([key[:, :, :first], key[:, :, p + off : p + off + length]], dim=2)
-        v = torch.cat([value[:, :, :first], value[:, :, p + off : p + off + length]], dim=2)
+        off, length = int(layout.offsets[r]), int(layout.lengths[r])
+        c, first = int(layout.cache_starts[r]), int(layout.firsts[r])
+        # The segment's own input's cached keys [0, first), then its own keys.
+        k = torch.cat([key[:, :, c : c + first], key[:, :, p + off : p + off + length]], dim=2)
+        v = torch.cat([value[:, :, c : c + first], value[:, :, p + off : p + off + length]], dim=2)
         outs.append(attend(query[:, :, off : off + length], k, v, attn_mask=layout.segment_mask(r, window),
                            scale=scaling, enable_gqa=gqa))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None

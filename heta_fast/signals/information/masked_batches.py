@@ -16,6 +16,10 @@ variants i = a, a+1, ..., a+B-1 of one window. Two layouts:
 Rows are added while the memory model says the pass still fits the budget, up to ``max_rows``
 and, when ``tokens_per_pass`` is set, only until a pass has that many token-positions: on a CPU
 a pass of a few hundred positions already runs the matrix products at full speed.
+
+Across requests (:func:`plan_group`, packed layout, one window per request): the variants of
+several requests in order, a pass taking the variants of consecutive requests under the same
+caps, so that the short last pass of one request is filled by the next one's variants.
 """
 from __future__ import annotations
 
@@ -85,3 +89,60 @@ def plan_batches(spans: list[tuple[int, int, int]], max_rows: int, fits: Callabl
             batches.append(MaskedBatch(w, a, rows, total - a, packed))
             a += rows
     return batches
+
+
+@dataclass(frozen=True)
+class GroupPass:
+    """One packed pass over the variants of several requests: ``parts`` = (request index, its
+    packed :class:`MaskedBatch`) in order; each part attends to its own request's prefix."""
+
+    parts: tuple[tuple[int, MaskedBatch], ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(b.rows for _, b in self.parts)
+
+    @property
+    def positions(self) -> int:
+        """Token-positions the pass sends through the model."""
+        return sum(b.positions for _, b in self.parts)
+
+    @property
+    def prefix(self) -> int:
+        """Cached positions the pass continues: the parts' prefixes one after the other."""
+        return sum(b.prefix for _, b in self.parts)
+
+
+def plan_group(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[[GroupPass], bool],
+               tokens_per_pass: int | None = None) -> list[GroupPass]:
+    """Split the variants of several requests into packed passes, in request order.
+
+    spans: per request (first masked token, one past the last, N = input length to run to)
+    fits:  fits(pass) -> whether that pass fits the memory budget
+
+    A pass takes variants while it has at most ``max_rows`` of them, ``tokens_per_pass``
+    token-positions and fits; its first variant is always taken (the caller has checked that
+    every request's single variant fits, :func:`plan_batches`). For one request this gives
+    :func:`plan_batches`'s batches.
+    """
+    passes, parts = [], []
+    for item, (first, stop, total) in enumerate(spans):
+        for a in range(first, stop):
+            wider = _with_variant(parts, item, a, total)
+            full = GroupPass(tuple(wider))
+            if parts and (full.rows > max_rows or (tokens_per_pass is not None and full.positions > tokens_per_pass)
+                          or not fits(full)):
+                passes.append(GroupPass(tuple(parts)))
+                wider = _with_variant([], item, a, total)
+            parts = wider
+    if parts:
+        passes.append(GroupPass(tuple(parts)))
+    return passes
+
+
+def _with_variant(parts: list, item: int, a: int, total: int) -> list:
+    """parts plus request ``item``'s variant ``a`` (extending its batch if it is the last part)."""
+    if parts and parts[-1][0] == item:
+        last = parts[-1][1]
+        return parts[:-1] + [(item, MaskedBatch(0, last.start, last.rows + 1, last.length))]
+    return parts + [(item, MaskedBatch(0, a, 1, total - a))]

@@ -8,6 +8,10 @@ as one sequence; only attention is per segment: the model layer's ``heta_packed`
 positions [0, a + r) followed by the segment's own keys, which for the segment is exactly a
 continuation of the unmasked prefix. So the packed pass equals B separate passes position for
 position, with no padding and no [Q, P + Q] mask.
+
+Variants of several inputs (requests) share a pass by :meth:`PackedVariants.join`: the pass's
+cache is then the concatenation of each input's prefix (:func:`.prefix_cache.joined_cache`), and
+each segment reads its own input's region of it.
 """
 from __future__ import annotations
 
@@ -47,10 +51,29 @@ class PackedVariants(PackedSegments):
         return cls(positions=positions, offsets=offsets, lengths=lengths, start=start, prefix=start + rows - 1,
                    windows=list(windows or []), embeds=embeds)
 
+    @classmethod
+    def join(cls, parts: list["PackedVariants"]) -> "PackedVariants":
+        """One pass holding the segments of several inputs' packed variants, in order.
+
+        The pass's cache is the concatenation of the parts' prefixes (part j's cached positions
+        [0, parts[j].prefix) at cache offset Σ_{i<j} parts[i].prefix, as :func:`.prefix_cache.joined_cache`
+        lays them out); every segment keeps its own positions. The parts must share the per-layer windows.
+        """
+        dev = parts[0].offsets.device
+        sizes = torch.tensor([int(p.positions.numel()) for p in parts], device=dev)
+        cached = torch.tensor([p.prefix for p in parts], device=dev)
+        packed_at, cache_at = torch.cumsum(sizes, 0) - sizes, torch.cumsum(cached, 0) - cached  # [parts]
+        return cls(positions=torch.cat([p.positions for p in parts]),
+                   offsets=torch.cat([p.offsets + packed_at[j] for j, p in enumerate(parts)]),
+                   lengths=torch.cat([p.lengths for p in parts]), start=parts[0].start, prefix=int(cached.sum()),
+                   windows=parts[0].windows, firsts=torch.cat([p.firsts for p in parts]),
+                   cache_starts=torch.cat([p.cache_starts + cache_at[j] for j, p in enumerate(parts)]),
+                   embeds=torch.cat([p.embeds for p in parts]))
+
     def rows_at(self, target_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each (variant, target) is read: target_positions [T] -> (index [B, T] into the
         packed sequence, valid [B, T]: the target is at or after the variant's masked token)."""
-        masked = self.start + torch.arange(self.rows, device=self.offsets.device)  # [B]
+        masked = self.firsts  # [B]: a variant's first position is its masked token
         rel = target_positions[None, :] - masked[:, None]
         valid = rel >= 0
         return self.offsets[:, None] + rel.clamp(min=0), valid

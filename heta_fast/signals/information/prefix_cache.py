@@ -3,7 +3,8 @@
 Masking token i changes no hidden state before position i (causal attention), so a masked
 variant only needs to run positions i, i+1, ... attending to the unmasked keys and values of
 positions [0, i). :class:`PrefixCache` holds those keys and values for the first P positions and
-hands each batch of variants a transformers cache cut to its start and widened to its rows.
+hands each batch of variants a transformers cache cut to its start and widened to its rows;
+:func:`joined_cache` lays several requests' prefixes one after the other for a pass they share.
 """
 from __future__ import annotations
 
@@ -63,3 +64,23 @@ class PrefixCache:
             (k[:, :, :start].expand(rows, -1, -1, -1), v[:, :, :start].expand(rows, -1, -1, -1))
             for k, v in self.layers
         ])
+
+
+def joined_cache(parts: list[tuple[PrefixCache, int]]) -> DynamicCache:
+    """One cache for a pass shared by several inputs: parts = (prefix cache, length) per input, in
+    order; per layer the keys and values of each input's positions [0, length) one after the other
+    along the sequence axis ([1, Hkv, Σ length, dh]). The pass's packed segments say where their own
+    input's region starts (:meth:`.packing.PackedVariants.join`); the positions are the inputs' own
+    (the keys were rotated when they were computed), so the regions need no re-encoding."""
+    for cache, length in parts:
+        if length > cache.length:
+            raise ValueError(f"the prefix cache holds {cache.length} positions, {length} were asked for")
+    used = [(cache, length) for cache, length in parts if length > 0]
+    if not used:
+        return DynamicCache()
+    layers = zip(*[cache.layers for cache, _ in used])  # per layer, each input's (keys, values)
+    return DynamicCache(ddp_cache_data=[
+        (torch.cat([k[:, :, :n] for (k, _), (_, n) in zip(kv, used)], dim=2),
+         torch.cat([v[:, :, :n] for (_, v), (_, n) in zip(kv, used)], dim=2))
+        for kv in layers
+    ])
