@@ -27,7 +27,7 @@ class RayAttributor:
     """Ray Data callable class: loads the model once per actor; pandas batch -> Arrow table of output rows."""
 
     def __init__(self, model, config: dict, fields: Fields, generate, dtype: str, device: str, threads: int,
-                 config_hash: str):
+                 config_hash: str, batching: str = "auto"):
         import torch
 
         from .engine import Attributor
@@ -35,7 +35,7 @@ class RayAttributor:
         torch.set_num_threads(max(int(threads), 1))
         self.config = HETAConfig.from_dict(config)
         self.attributor = Attributor.from_pretrained(model, config=self.config, dtype=dtype, device=device)
-        self.fields, self.generate, self.config_hash = fields, generate, config_hash
+        self.fields, self.generate, self.config_hash, self.batching = fields, generate, config_hash, batching
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -49,7 +49,8 @@ class RayAttributor:
         return pa.Table.from_pylist(rows, schema=arrow_schema())
 
     def _attribute(self, records):
-        return attribute_records(self.attributor, records, self.fields, self.config, self.generate)
+        return attribute_records(self.attributor, records, self.fields, self.config, self.generate,
+                                 batching=self.batching)
 
     def _one(self, record):
         try:
@@ -85,12 +86,13 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                   device: str = "auto", concurrency: int = 2, gpus_per_worker: float = 0.0,
                   threads_per_worker: int = 1, batch_size: int = 1, fmt: str = "parquet",
                   rows_per_part: int = DEFAULT_ROWS_PER_PART, retry_failed: bool = False,
-                  progress: str | None = None, ray_address: str | None = None) -> RunProgress:
+                  progress: str | None = None, ray_address: str | None = None, batching: str = "auto") -> RunProgress:
     """Attribute ``dataset`` (a ray Dataset, a .jsonl/.parquet/.csv path, a DataFrame or dicts) into ``output``.
 
     ``concurrency`` actors, each with ``threads_per_worker`` CPUs (and torch threads) and
     ``gpus_per_worker`` GPUs, load ``model`` once. Ray is started locally unless it is running
-    or ``ray_address`` names a cluster ("auto": the one this node belongs to).
+    or ``ray_address`` names a cluster ("auto": the one this node belongs to). ``batching``: whether
+    an actor's call of ``batch_size`` records shares model passes (heta_fast/scheduler.py).
     """
     import ray
 
@@ -131,7 +133,7 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                     num_gpus=gpus_per_worker or None,
                     fn_constructor_kwargs=dict(model=model, config=cfg.to_dict(), fields=fields, generate=generate,
                                                dtype=dtype, device=device, threads=threads_per_worker,
-                                               config_hash=writer.config_hash))
+                                               config_hash=writer.config_hash, batching=batching))
                 for table in mapped.iter_batches(batch_format="pyarrow", batch_size=None):
                     for row in table.to_pylist():
                         writer.write(row)

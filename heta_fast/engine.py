@@ -167,25 +167,36 @@ class Attributor:
 
     # ------------------------------------------------------------------ pipeline
     def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,
-                        progress: list[Progress | None] | None = None) -> list[Attribution | FailedAttribution]:
-        """Attribute several tokenised requests under one config (the scheduler's unit of work), one
-        after another, each exactly as :meth:`attribute` would (bit for bit).
+                        progress: list[Progress | None] | None = None, *,
+                        batched: bool = False) -> list[Attribution | FailedAttribution]:
+        """Attribute several tokenised requests under one config (the scheduler's unit of work).
 
         Returns one result per request, in order; a request that fails (a typed error of its own:
         non-finite output, over the memory budget) yields a FailedAttribution and the others go on.
-        The model passes of several requests are not batched together: on the CPU every pass is
-        already compute-bound and sharing them would save ~4 % of a record at best
-        (benchmarks/bench_batching.py, BENCHMARKS.md "Pipeline").
+
+        batched=False: one after another, each exactly as :meth:`attribute` would (bit for bit).
+        batched=True: the model passes are shared between the requests (:meth:`_attribute_batched`:
+        one capture forward, each signal's :meth:`compute_group`), each request's numbers equal
+        to attributing it alone up to float rounding; its ``timings`` are the group's phase times
+        divided evenly among the group. On the CPU sharing passes saves ~4 % of a record at best
+        (every pass is compute-bound already; BENCHMARKS.md, "Pipeline"); it is for devices
+        that one request leaves idle. If the shared passes raise a typed error (one request over
+        the memory budget, say), the group is attributed one request at a time instead, so the
+        error stays that request's.
         """
         cfg = self._call_config(config)
         progress = progress or [None] * len(requests)
+        if batched and len(requests) > 1:
+            try:
+                return self._attribute_batched(requests, cfg, progress)
+            except HetaError:
+                pass  # one by one below: a request's own error becomes its own failure row
         out: list[Attribution | FailedAttribution] = []
         for index, (request, report) in enumerate(zip(requests, progress)):
             try:
                 out.append(self._attribute(request, cfg, report))
             except HetaError as exc:
-                out.append(FailedAttribution(index=index, prompt=request.prompt, target=None,
-                                             error_type=type(exc).__name__, message=str(exc)))
+                out.append(_failure(index, request, exc))
         return out
 
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
@@ -198,16 +209,61 @@ class Attributor:
             forward = PhaseReporter(progress, "forward", 1, "pass")
             capture = adapter.capture(embeds, positions, CaptureRequest.union(needs))
             forward.finish()
-            if not torch.isfinite(capture.log_probs).all():
-                raise NonFiniteError("the model produced non-finite log-probabilities for this input")
-        context = SignalContext(model=adapter, tokenizer=self.tokenizer, request=req, embeds=embeds,
-                                positions=positions, capture=capture, config=cfg, cache=self.signal_cache,
-                                progress=progress)
+            _check_finite(capture)
+        context = self._context(req, cfg, embeds, positions, capture, progress)
         parts = dict.fromkeys(SIGNALS)
         for i, signal in enumerate(signals):
             with _phase(signal.name, timings), stage_precision(cfg.precision, signal.precision_stage, adapter):
                 parts[signal.name] = signal.compute(context)
             capture.release(CaptureRequest.union(needs[i + 1:]))
+        return self._result(context, parts, timings)
+
+    def _attribute_batched(self, requests: list[TokenizedRequest], cfg: HETAConfig,
+                           progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
+        """The requests through shared passes: one capture forward of all of them (right-padded),
+        then each signal's ``compute_group`` over the requests whose capture is finite."""
+        adapter, timings = self.adapter, {}
+        signals = [SIGNALS[name] for name in cfg.components]
+        needs = [s.capture_request(adapter, cfg) for s in signals]
+        embeds = [adapter.embed(req.input_ids) for req in requests]
+        positions = [req.target_positions.to(adapter.device) for req in requests]
+        with _phase("forward", timings), stage_precision(cfg.precision, "forward", adapter):
+            reporters = [PhaseReporter(report, "forward", 1, "pass") for report in progress]
+            captures = adapter.capture_group(embeds, positions, CaptureRequest.union(needs))
+            for reporter in reporters:
+                reporter.finish()
+        out: list[Attribution | FailedAttribution | None] = [None] * len(requests)
+        contexts: dict[int, SignalContext] = {}
+        for i, capture in enumerate(captures):
+            try:
+                _check_finite(capture)
+                contexts[i] = self._context(requests[i], cfg, embeds[i], positions[i], capture, progress[i])
+            except HetaError as exc:
+                out[i] = _failure(i, requests[i], exc)
+        parts = {i: dict.fromkeys(SIGNALS) for i in contexts}
+        for k, signal in enumerate(signals):
+            with _phase(signal.name, timings), stage_precision(cfg.precision, signal.precision_stage, adapter):
+                values = signal.compute_group(list(contexts.values()))
+            for i, value in zip(contexts, values):
+                parts[i][signal.name] = value
+                contexts[i].capture.release(CaptureRequest.union(needs[k + 1:]))
+        share = {name: round(t / len(requests), 6) for name, t in timings.items()}
+        for i, context in contexts.items():
+            try:
+                out[i] = self._result(context, parts[i], dict(share))
+            except HetaError as exc:
+                out[i] = _failure(i, requests[i], exc)
+        return out
+
+    def _context(self, req: TokenizedRequest, cfg: HETAConfig, embeds: torch.Tensor, positions: torch.Tensor,
+                 capture, progress: Progress | None) -> SignalContext:
+        return SignalContext(model=self.adapter, tokenizer=self.tokenizer, request=req, embeds=embeds,
+                             positions=positions, capture=capture, config=cfg, cache=self.signal_cache,
+                             progress=progress)
+
+    def _result(self, context: SignalContext, parts: dict, timings: dict) -> Attribution:
+        """Combine one request's components into its Attribution (NonFiniteError if any is not finite)."""
+        req, cfg, adapter = context.request, context.config, self.adapter
         attributed = attributed_mask(req.segments, req.n_context, cfg.template_tokens)
         parts = {name: unattributed_to_zero(value, attributed) for name, value in parts.items()}
         scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma,
@@ -247,6 +303,16 @@ class Attributor:
                         messages=messages_field)
         for position, record, result in attribute_records(self, records, fields, config, generate):
             yield (record.get(id_field, position) if isinstance(record, dict) else position), result
+
+
+def _check_finite(capture) -> None:
+    if not torch.isfinite(capture.log_probs).all():
+        raise NonFiniteError("the model produced non-finite log-probabilities for this input")
+
+
+def _failure(index: int, request: TokenizedRequest, exc: HetaError) -> FailedAttribution:
+    return FailedAttribution(index=index, prompt=request.prompt, target=None, error_type=type(exc).__name__,
+                             message=str(exc))
 
 
 def _as_list(x: torch.Tensor | None) -> list | None:

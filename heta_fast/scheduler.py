@@ -2,27 +2,29 @@
 
 Requests are read ``lookahead`` at a time, tokenised and checked (a bad request becomes a
 :class:`~heta_fast.result.FailedAttribution` at once and never reaches the model), grouped by
-configuration and by length, and each group goes to :meth:`Attributor.attribute_group`, which
-attributes its requests **one after another**, each exactly as :meth:`Attributor.attribute`
-would (a failure is that request's row; the others go on). Results are yielded in input order,
-each as soon as every earlier one is done.
+configuration and by length, and each group goes to :meth:`Attributor.attribute_group`. Results
+are yielded in input order, each as soon as every earlier one is done.
 
-There is no cross-request batching of the model passes, by measurement: on the CPU (default
-model, curated prompts of ~57 tokens, one torch thread) sharing passes between requests would
-save at most ~4 % of a record's time (the capture forward, the curvature's first backward and
-the information term's last short pass), every pass being compute-bound already (BENCHMARKS.md,
-"Pipeline"), and padded batches would move the numbers by rounding. So a request's numbers are
-bit for bit those of attributing it alone, whatever shares its group (tests/test_scheduler.py).
-The groups (same config, lengths within ``LENGTH_RATIO``) are the unit a batched backend, e.g. on
-a GPU, would take.
+``batching`` says whether a group shares its model passes (one capture forward, the signals'
+``compute_group``: the curvature's probe passes of several requests in one batched pass, the
+information term's masked variants of several requests in one packed pass):
+
+- ``"on"``: shared passes; a request's numbers equal attributing it alone to float rounding,
+  whatever shares its group (tests/test_scheduler.py);
+- ``"off"``: one request after another, bit for bit :meth:`Attributor.attribute`;
+- ``"auto"`` (the default): on where one request leaves the device idle (CUDA), off on the CPU,
+  where every pass is compute-bound already and sharing them measured no faster (about 4 % of a
+  record at best; BENCHMARKS.md, "Pipeline").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+import torch
+
 from .config import HETAConfig
-from .errors import HetaError
+from .errors import ConfigError, HetaError
 from .progress import Progress
 from .request import TokenizedRequest, tokenize_request
 from .result import Attribution, FailedAttribution
@@ -32,6 +34,14 @@ DEFAULT_LOOKAHEAD = 32
 # Requests whose input lengths differ by at most this factor share a group (little padding, for a
 # backend that pads a group into one batch).
 LENGTH_RATIO = 1.5
+BATCHING = ("auto", "on", "off")
+
+
+def shares_passes(batching: str, device) -> bool:
+    """Whether groups share model passes under ``batching`` on ``device`` (see the module docstring)."""
+    if batching not in BATCHING:
+        raise ConfigError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+    return batching == "on" or (batching == "auto" and torch.device(device).type == "cuda")
 
 
 @dataclass
@@ -58,10 +68,11 @@ class _Pending:
 class Scheduler:
     """Groups the requests of an iterable and runs each group through one Attributor."""
 
-    def __init__(self, attributor, lookahead: int = DEFAULT_LOOKAHEAD, max_group: int = 8):
+    def __init__(self, attributor, lookahead: int = DEFAULT_LOOKAHEAD, max_group: int = 8, batching: str = "auto"):
         if lookahead < 1 or max_group < 1:
             raise ValueError("lookahead and max_group must be >= 1")
         self.attributor, self.lookahead, self.max_group = attributor, lookahead, max_group
+        self.batched = shares_passes(batching, attributor.adapter.device)
 
     def run(self, jobs: Iterable[Job]) -> Iterator[tuple[object, Attribution | FailedAttribution]]:
         """(key, result) for every job, in input order."""
@@ -87,7 +98,7 @@ class Scheduler:
     def _drain(self, window: list[_Pending]) -> Iterator[tuple[object, Attribution | FailedAttribution]]:
         for group in self._groups([p for p in window if p.result is None]):
             results = self.attributor.attribute_group([p.request for p in group], group[0].config,
-                                                      [p.job.progress for p in group])
+                                                      [p.job.progress for p in group], batched=self.batched)
             for pending, result in zip(group, results):
                 if isinstance(result, FailedAttribution):
                     result.index, result.prompt, result.target = pending.order, pending.job.prompt, pending.job.target

@@ -76,3 +76,112 @@ def test_a_failure_in_a_group_is_that_request_s_alone(attributor):
     alone = attributor.attribute(*short, config=cfg)
     for name in ("scores", "flow", "curvature", "information"):
         assert torch.equal(getattr(results[1], name), getattr(alone, name)), name
+
+
+# ----------------------------------------------------------------------------- shared passes
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("lookahead,max_group", [(6, 6), (3, 2), (6, 3)])
+def test_shared_passes_equal_each_request_alone_whatever_its_group(attributor, lookahead, max_group):
+    """batching="on": one capture forward and shared signal passes per group; every request's numbers
+    equal attributing it alone to float32 rounding, in every grouping (the tolerance of the suite's
+    float32 checks: relative to the largest entry)."""
+    jobs = [Job(key=i, prompt=p, target=t) for i, (p, t) in enumerate(REQUESTS)]
+    out = list(Scheduler(attributor, lookahead=lookahead, max_group=max_group, batching="on").run(jobs))
+    assert [key for key, _ in out] == list(range(len(REQUESTS)))
+    for (prompt, target), (_, result) in zip(REQUESTS, out):
+        if prompt == "" or target == "":
+            assert result.error_type == "InputError"
+            continue
+        alone = attributor.attribute(prompt, target)
+        for name in ("scores", "flow", "curvature", "information"):
+            assert _rel(getattr(result, name), getattr(alone, name)) < 1e-5, name
+
+
+def test_shared_passes_are_shared(attributor, monkeypatch):
+    """A group of three requests runs one capture forward for all three and one curvature operator."""
+    from heta_fast.signals.curvature import group as curvature_group
+
+    forwards, operators = [], []
+    capture_group = attributor.adapter.capture_group
+    monkeypatch.setattr(attributor.adapter, "capture",
+                        lambda *a, **k: pytest.fail("a group must not run a request's capture alone"))
+    monkeypatch.setattr(attributor.adapter, "capture_group",
+                        lambda embeds, *a, **k: forwards.append(len(embeds)) or capture_group(embeds, *a, **k))
+    init = curvature_group.GroupHessian.__init__
+
+    def counted(self, adapter, inputs, *args):
+        operators.append(len(inputs))
+        init(self, adapter, inputs, *args)
+
+    monkeypatch.setattr(curvature_group.GroupHessian, "__init__", counted)
+    import heta_fast.signals.information as information
+
+    stats = {}
+    shared = information.information_group
+    monkeypatch.setattr(information, "information_group",
+                        lambda adapter, items, cfg: shared(adapter, items, cfg, stats=stats))
+    requests = [_tokenized(attributor, p, t) for p, t in REQUESTS[:3]]
+    results = attributor.attribute_group(requests, batched=True)
+    assert all(r.ok for r in results)
+    assert forwards == [3]
+    # The three requests' masked variants (4 + 9 + 2 tokens) fit one packed pass.
+    assert stats["passes"] == 1 and stats["mixed_passes"] == 1
+    # One job per (request, target): 1 + 2 + 1 targets, all in one operator under the default budget.
+    assert operators == [4]
+
+
+def test_shared_passes_in_float64_equal_alone_to_1e10():
+    att = Attributor(tiny_model("llama", dtype=torch.float64), tiny_tokenizer(), HETAConfig(estimator="sketch",
+                                                                                            sketch_rank=8))
+    requests = [_tokenized(att, p, t) for p, t in REQUESTS if p and t]
+    for result, (prompt, target) in zip(att.attribute_group(requests, batched=True), [r for r in REQUESTS if all(r)]):
+        alone = att.attribute(prompt, target)
+        for name in ("scores", "flow", "curvature", "information"):
+            assert _rel(getattr(result, name), getattr(alone, name)) < 1e-10, name
+
+
+def test_a_failure_in_a_shared_group_is_that_request_s_alone(attributor):
+    """Shared passes that raise a typed error (one request over the budget) fall back to one request at
+    a time: the failing request is a failure row, the others equal their attribution alone."""
+    short, long = (text(4, 8), text(9)), (text(*range(10, 34)), text(40))
+    low, high = 1, 1 << 32
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _fits(attributor, *short, mid) else (mid + 1, high)
+    cfg = HETAConfig(memory_budget=low)
+    requests = [_tokenized(attributor, *pair) for pair in (long, short)]
+    results = attributor.attribute_group(requests, cfg, batched=True)
+    assert [type(r).__name__ for r in results] == ["FailedAttribution", "Attribution"]
+    assert results[0].error_type == "MemoryBudgetError"
+    alone = attributor.attribute(*short, config=cfg)
+    assert torch.equal(results[1].scores, alone.scores)
+
+
+def test_a_non_finite_capture_fails_only_its_request(attributor, monkeypatch):
+    requests = [_tokenized(attributor, p, t) for p, t in REQUESTS[:3]]
+    capture_group = attributor.adapter.capture_group
+
+    def poisoned(*args, **kwargs):
+        captures = capture_group(*args, **kwargs)
+        captures[1].log_probs[:] = float("nan")
+        return captures
+
+    monkeypatch.setattr(attributor.adapter, "capture_group", poisoned)
+    results = attributor.attribute_group(requests, batched=True)
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_type == "NonFiniteError"
+    alone = attributor.attribute(*REQUESTS[2])
+    assert _rel(results[2].scores, alone.scores) < 1e-5
+
+
+def test_batching_modes(attributor):
+    from heta_fast.errors import ConfigError
+    from heta_fast.scheduler import shares_passes
+
+    assert shares_passes("on", "cpu") and not shares_passes("off", "cuda")
+    assert shares_passes("auto", "cuda") and not shares_passes("auto", "cpu")
+    with pytest.raises(ConfigError, match="batching must be one of"):
+        Scheduler(attributor, batching="always")

@@ -40,13 +40,14 @@ def _context(record: dict, fields: Fields) -> tuple[object, object]:
 
 
 def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), config: HETAConfig | None = None,
-                      generate: int | None = None, lookahead: int = 32, max_group: int = 8
-                      ) -> Iterator[tuple[int, dict, Result]]:
+                      generate: int | None = None, lookahead: int = 32, max_group: int = 8,
+                      batching: str = "auto") -> Iterator[tuple[int, dict, Result]]:
     """(position, record, result) for every record, in input order.
 
     records: dicts (or a DataFrame / ``datasets.Dataset``) holding ``fields.prompt`` (or chat
     messages in ``fields.messages``) and ``fields.target``; with ``generate=N`` the target is the
     model's greedy continuation of up to N tokens. A bad record yields a FailedAttribution; the others go on.
+    batching: whether the scheduler's groups share model passes ("auto", "on", "off"; heta_fast/scheduler.py).
     """
     cfg = config or attributor.config
     if generate:
@@ -71,7 +72,7 @@ def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), 
                 prompt, messages = _context(record, fields)
                 yield Job((position, record, None), prompt, record[fields.target], cfg, messages=messages)
 
-    for (position, record, failed), result in Scheduler(attributor, lookahead, max_group).run(jobs()):
+    for (position, record, failed), result in Scheduler(attributor, lookahead, max_group, batching).run(jobs()):
         if failed is None and not result.ok:
             result.index = position
         yield position, record, failed or result
@@ -89,12 +90,14 @@ def run_settings(model: str, dtype: str, config: HETAConfig, fields: Fields, gen
 def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = Fields(),
                      config: HETAConfig | None = None, generate: int | None = None, shard: str | None = None,
                      fmt: str = "parquet", rows_per_part: int = DEFAULT_ROWS_PER_PART, retry_failed: bool = False,
-                     progress: str | None = None, lookahead: int = 32, max_group: int = 8) -> RunProgress:
+                     progress: str | None = None, lookahead: int = 32, max_group: int = 8,
+                     batching: str = "auto") -> RunProgress:
     """Attribute every record not yet in ``output`` and write one row per record; returns the counts.
 
     Raises ConfigError (duplicate or missing ids, other settings already in ``output``),
     OutputInUseError (another writer holds ``output``) or OSError before any work.
     progress: "bar", "log", "quiet" or None (bar on a terminal, log lines otherwise).
+    batching: whether groups of records share model passes ("auto", "on", "off"; heta_fast/scheduler.py).
     """
     cfg = config or attributor.config
     keyed = [(record_id(r, fields, i), r) for i, r in enumerate(iter_records(records))]
@@ -115,7 +118,8 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
         todo = [(key, r) for key, r in keyed if key not in done]
         counter = RunProgress(len(todo), skipped=len(keyed) - len(todo), mode=progress)
         try:
-            stream = attribute_records(attributor, (r for _, r in todo), fields, cfg, generate, lookahead, max_group)
+            stream = attribute_records(attributor, (r for _, r in todo), fields, cfg, generate, lookahead, max_group,
+                                       batching)
             for position, record, result in stream:
                 key = todo[position][0]
                 target = None if generate else record.get(fields.target)

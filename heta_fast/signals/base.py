@@ -4,6 +4,8 @@ A signal declares what it needs from the engine's single forward pass
 (:meth:`Signal.capture_request`) and computes its component for every target and context token
 from one :class:`SignalContext`. It reads nothing of another signal and keeps its state across
 calls only in ``context.cache`` (owned by the Attributor: CUDA graphs and the like).
+Several requests under one config go through :meth:`Signal.compute_group`, where a signal may
+share its model passes between them (cross-request batching; the scheduler's groups).
 """
 from __future__ import annotations
 
@@ -74,3 +76,13 @@ class Signal(Protocol):
     def compute(self, context: SignalContext) -> torch.Tensor:
         """The component for every target and context token: [T, n_context] on the CPU, float32
         (float64 for a float64 model). Reports its progress through ``context.phase``."""
+
+    def compute_group(self, contexts: list[SignalContext]) -> list[torch.Tensor]:
+        """The component of several requests under one config, sharing model passes between
+        them where the signal can: per context what :meth:`compute` gives, to float rounding.
+        A signal that shares nothing returns :func:`compute_each`."""
+
+
+def compute_each(signal: Signal, contexts: list[SignalContext]) -> list[torch.Tensor]:
+    """``compute_group`` of a signal that shares no work between requests."""
+    return [signal.compute(context) for context in contexts]

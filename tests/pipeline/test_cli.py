@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from heta_fast.cli import main
 from heta_fast.io import read_results
@@ -116,3 +117,29 @@ def test_killed_at_random_points_then_resumed_equals_an_uninterrupted_run(tiny_m
     assert len(table) == 12 and table.id.is_unique, seed
     assert not [p for p in os.listdir(out / "parts") if p.endswith(".tmp")]
     assert_same_results(read_results(out, form="attributions"), expected)
+
+
+def test_shared_passes_give_the_numbers_of_one_record_at_a_time(tiny_model_dir, tmp_path, capsys):
+    """--batch-requests on (groups share their model passes) against off (one record after another):
+    the same rows, the same failures, numbers equal to float32 rounding."""
+    data = write_jsonl(tmp_path / "in.jsonl", make_records(10, seed=2))
+    for mode in ("on", "off"):
+        code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / mode,
+                            "--batch-requests", mode)
+        assert (code, err) == (0, "")
+    got, want = (read_results(tmp_path / mode, form="attributions") for mode in ("on", "off"))
+    want = {k: v for k, v in want.items()}
+    for key, res in want.items():
+        if res.ok:
+            for name in ("scores", "flow", "curvature", "information"):
+                # The float32 KL's absolute floor (tests/ops/utils.py KL_TOL: 1e-6 per unit of logit)
+                # covers information terms near 0; everything else is judged against its largest entry.
+                scale = float(getattr(res, name).abs().max())
+                torch.testing.assert_close(getattr(got[key], name).double(), getattr(res, name).double(),
+                                           rtol=1e-5, atol=max(1e-5 * scale, 1e-6), msg=f"{key} {name}")
+        else:
+            assert (got[key].error_type, got[key].message) == (res.error_type, res.message)
+    assert sorted(got) == sorted(want)
+    code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / "x",
+                        "--batch-requests", "always")
+    assert code == 2 and "--batch-requests" in err and len(err.splitlines()) == 1

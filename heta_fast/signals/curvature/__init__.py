@@ -7,6 +7,7 @@
 - probes.py: the seeded Rademacher probes
 - exact.py / probing.py / sketch.py: the estimators; estimators.py picks one by config
 - cuda_graphs.py: CUDA-only capture and replay of the batched HVP
+- group.py: several requests' products in shared passes (cross-request batching)
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..base import SignalContext
 from .cuda_graphs import graphs_for
 from .estimators import ESTIMATORS, estimate, products_needed
 from .fisher import FisherOperator
+from .group import CurvatureItem, batchable, curvature_group
 from .hvp import HessianOperator
 from .signal import curvature, products_total
 from .target import TargetFunction
@@ -53,6 +55,20 @@ class CurvatureSignal:
         out = curvature(context.model, context.embeds, context.positions.cpu(), target_ids, context.n_context, cfg,
                         graphs, hvps.advance)
         hvps.finish()
+        return out
+
+    def compute_group(self, contexts: list[SignalContext]) -> list[torch.Tensor]:
+        """The requests' probe passes shared where the estimator allows (group.py)."""
+        cfg = contexts[0].config
+        if not batchable(cfg):
+            return [self.compute(context) for context in contexts]
+        reporters = [c.phase(self.name, products_total(c.n_context, len(c.request.target_ids), cfg), "HVPs")
+                     for c in contexts]
+        items = [CurvatureItem(c.embeds, c.positions.cpu(), c.request.target_ids, c.n_context, r.advance)
+                 for c, r in zip(contexts, reporters)]
+        out = curvature_group(contexts[0].model, items, cfg)
+        for reporter in reporters:
+            reporter.finish()
         return out
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
-from ..base import SignalContext
+from ..base import SignalContext, compute_each
 from .gate import FlowRollout, exclude_sinks, flow_gate, sink_positions, stream_rollout, to_simplex
 from .value_norms import value_norm_reducer
 
@@ -38,6 +38,10 @@ class FlowSignal:
         m = rollout.gate[:, :n_ctx].cpu()
         context.marks["sinks"] = sinks
         return exclude_sinks(m, sinks) if cfg.sinks == "exclude" else to_simplex(m)
+
+    def compute_group(self, contexts: list[SignalContext]) -> list[torch.Tensor]:
+        # No model pass to share: the rollout reads each request's own capture.
+        return compute_each(self, contexts)
 
 
 __all__ = ["FlowRollout", "FlowSignal", "exclude_sinks", "flow_gate", "sink_positions", "stream_rollout", "to_simplex",

@@ -5,6 +5,7 @@
 - prefix_cache.py: the unmasked input's keys and values, shared by every masked variant
 - masked_batches.py: which variants run together under the memory budget
 - packing.py: several variants laid end to end in one packed sequence
+- group.py: several requests' masked variants in shared packed passes
 - fisher.py: the opt-in second-order estimate (``information_estimator="fisher"``)
 """
 from __future__ import annotations
@@ -15,8 +16,9 @@ from ...memory import ModelShape, probes_per_pass
 from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ...windows import context_windows
-from ..base import SignalContext
+from ..base import SignalContext, compute_each
 from .fisher import fisher_information
+from .group import GroupItem, information_group
 from .masking import mask_vectors
 from .prefix_cache import PrefixCache
 from .signal import information, plan_passes
@@ -62,6 +64,24 @@ class InformationSignal:
         out = information(model, context.embeds, context.positions, n_ctx, masks, context.capture.log_probs, cfg,
                           prefix=prefix, on_variants=variants.advance).cpu()
         variants.finish()
+        return out
+
+    def compute_group(self, contexts: list[SignalContext]) -> list[torch.Tensor]:
+        """The requests' masked variants packed into shared passes (group.py)."""
+        cfg = contexts[0].config
+        if cfg.information_estimator == "fisher":
+            return compute_each(self, contexts)
+        items, reporters = [], []
+        for c in contexts:
+            n_ctx = c.n_context
+            masks = mask_vectors(cfg.mask_scheme, c.embeds[:n_ctx], c.model.model.get_input_embeddings(), c.tokenizer)
+            items.append(GroupItem(c.embeds, c.positions, n_ctx, masks, c.capture.log_probs,
+                                   PrefixCache.from_kv(c.capture.kv, n_ctx - 1)))
+            windows = context_windows(n_ctx, cfg.window_size, cfg.window_overlap)
+            reporters.append(c.phase(self.name, sum(w.size for w in windows), "masked variants"))
+        out = [value.cpu() for value in information_group(contexts[0].model, items, cfg)]
+        for reporter in reporters:  # shared passes mix requests: each request is done when the group is
+            reporter.finish()
         return out
 
 

@@ -1,0 +1,92 @@
+"""Several requests' curvature in shared passes (group.py) against each request alone."""
+import pytest
+import torch
+
+from heta_fast import Attributor, HETAConfig
+from heta_fast.memory import ModelShape
+from heta_fast.request import tokenize_request
+from heta_fast.signals.curvature import curvature
+from heta_fast.signals.curvature import group as G
+from tests.tiny_models import text, tiny_model, tiny_tokenizer
+
+PAIRS = [(text(10, 3, 44, 7), text(30)), (text(*range(5, 18)), text(14, 15, 16)), (text(4, 8), text(9)),
+         (text(*range(20, 31)), text(33))]
+
+
+@pytest.fixture(scope="module")
+def items():
+    att = Attributor(tiny_model("llama", dtype=torch.float64), tiny_tokenizer(), HETAConfig())
+    out = []
+    for prompt, target in PAIRS:
+        req = tokenize_request(att.tokenizer, prompt, target, att.adapter.max_length, att.adapter.vocab_size)
+        out.append(G.CurvatureItem(att.adapter.embed(req.input_ids), req.target_positions, req.target_ids,
+                                   req.n_context))
+    return att.adapter, out
+
+
+def _alone(adapter, item, cfg):
+    return curvature(adapter, item.embeds, item.positions, item.target_ids,
+                     item.n_context, cfg)
+
+
+@pytest.mark.parametrize("cfg", [HETAConfig(), HETAConfig(estimator="sketch", sketch_rank=12, seed=3),
+                                 HETAConfig(window_size=5, window_overlap=0.4),
+                                 HETAConfig(estimator="exact", num_probes=3), HETAConfig(layer_subset=1)],
+                         ids=["probing", "sketch", "windows", "exact-alone", "layer-subset-alone"])
+def test_each_request_equals_alone(items, cfg):
+    adapter, its = items
+    for item, got in zip(its, G.curvature_group(adapter, its, cfg)):
+        want = _alone(adapter, item, cfg)
+        assert got.shape == want.shape == (len(item.target_ids), item.n_context)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+
+
+def test_a_request_does_not_depend_on_its_companions(items):
+    adapter, its = items
+    cfg = HETAConfig(seed=7)
+    alone = G.curvature_group(adapter, its[1:2], cfg)[0]
+    for companions in (its, its[::-1], [its[3], its[1]]):
+        at = next(k for k, c in enumerate(companions) if c is its[1])
+        got = G.curvature_group(adapter, companions, cfg)[at]
+        torch.testing.assert_close(got, alone, rtol=1e-10, atol=1e-10 * float(alone.abs().max()))
+
+
+def test_groups_hold_what_the_budget_allows(items):
+    """Jobs share a group only while the group runs its products in no more passes than its longest
+    job alone; under a budget of exactly one job's pass every job runs in a group of its own."""
+    adapter, its = items
+    cfg = HETAConfig()
+    jobs, _ = G._jobs(its, cfg)
+    assert len(jobs) == 1 + 3 + 1 + 1
+    assert [len(g) for g in G._groups(adapter, jobs, cfg)] == [6]
+    shape, layers = ModelShape.of(adapter.model), len(adapter.layers)
+    longest = max(j.x.shape[0] for j in jobs)
+    tight = HETAConfig(memory_budget=jobs[0].plan.count * shape.probe_bytes(longest, layers))
+    groups = G._groups(adapter, jobs, tight)
+    assert all(len(g) == 1 for g in groups[:1]) and sum(len(g) for g in groups) == len(jobs)
+    for item, got in zip(its, G.curvature_group(adapter, its, tight)):
+        want = _alone(adapter, item, tight)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+
+
+def test_progress_counts_every_product(items):
+    adapter, its = items
+    cfg = HETAConfig()
+    counts = [[] for _ in its]
+    fed = [G.CurvatureItem(i.embeds, i.positions, i.target_ids, i.n_context, counts[k].append)
+           for k, i in enumerate(its)]
+    G.curvature_group(adapter, fed, cfg)
+    per_target = cfg.probing_repeats * cfg.probing_patterns
+    assert [sum(c) for c in counts] == [per_target * len(i.target_ids) for i in its]
+
+
+def test_group_operator_is_block_diagonal(items):
+    """A probe in job 0's rows leaves every other job's product exactly 0 (no cross blocks)."""
+    adapter, its = items
+    op = G.GroupHessian(adapter, [i.embeds[: int(i.positions[0]) + 1] for i in its[:3]],
+                        [int(i.positions[0]) for i in its[:3]], [int(i.target_ids[0]) for i in its[:3]])
+    jobs, length, d = op.shape
+    v = torch.zeros(1, jobs, length, d, dtype=torch.float64)
+    v[0, 0, 0] = 1.0
+    out = op(v)
+    assert out[0, 0].abs().sum() > 0 and out[0, 1:].abs().sum() == 0
