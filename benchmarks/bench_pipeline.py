@@ -2,7 +2,10 @@
 
 * ``loop-1thread`` / ``loop-2threads``: a Python loop of ``Attributor.attribute`` calls;
 * ``run``: the pipeline in one process (``run_to_directory``: the scheduler, part files), one
-  torch thread, so that it differs from ``loop-1thread`` only by what the scheduler does;
+  torch thread, so that it differs from ``loop-1thread`` only by what the scheduler does
+  (``batching="auto"``: on the CPU one record after another);
+* ``run-shared``: the same with ``batching="on"``: groups of up to 8 records of similar length
+  share the capture forward, the curvature's probe passes and the packed masked passes;
 * ``ray-2actors``: ``attribute_ray`` on a local 2-CPU Ray instance, 2 actors of one torch thread;
 * ``2-shards``: two ``heta-fast run --shard I/2`` processes of one thread each, into one directory.
 
@@ -27,7 +30,7 @@ import torch
 
 N_RECORDS = int(os.environ.get("HETA_BENCH_RECORDS", "32"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
-VARIANTS = ("loop-1thread", "run", "ray-2actors", "2-shards", "loop-2threads")
+VARIANTS = ("loop-1thread", "run", "run-shared", "ray-2actors", "2-shards", "loop-2threads")
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +52,13 @@ def _loop(attr, records, threads):
         torch.set_num_threads(saved)
 
 
-def _run(attr, records, out):
+def _run(attr, records, out, batching="auto"):
     from heta_fast.pipeline.run import run_to_directory
 
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return run_to_directory(attr, records, out, progress="quiet")
+        return run_to_directory(attr, records, out, progress="quiet", batching=batching)
     finally:
         torch.set_num_threads(saved)
 
@@ -95,6 +98,7 @@ def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp
         "loop-1thread": lambda: _loop(attr, records, 1),
         "loop-2threads": lambda: _loop(attr, records, 2),
         "run": lambda: _run(attr, records, tmp_path / "out"),
+        "run-shared": lambda: _run(attr, records, tmp_path / "out", batching="on"),
         "ray-2actors": lambda: _ray(records, tmp_path / "out", tmp_path),
         "2-shards": lambda: _shards(data, tmp_path / "out", tmp_path),
     }
@@ -105,7 +109,7 @@ def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp
     load_after = os.getloadavg()[0]
     if variant == "2-shards":
         assert out == [0, 0]
-    if variant in ("run", "ray-2actors", "2-shards"):
+    if variant in ("run", "run-shared", "ray-2actors", "2-shards"):
         from heta_fast.io import read_results
 
         table = read_results(tmp_path / "out", form="records")
