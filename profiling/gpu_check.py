@@ -178,6 +178,7 @@ def engine_rows(device: torch.device, prompt: str | None = None, target: str | N
         name = config.components[0]
         rows.append(compare(f"engine {label}", getattr(got, name), getattr(want, name), ENGINE_TOLERANCE, seconds,
                             peak))
+    rows += shared_pass_rows(cpu, gpu, prompt, target, device)
     if switch.flash_attn_installed():
         half = Attributor.from_pretrained("smollm2-135m", device=str(device), dtype="bfloat16")
         config = HETAConfig(components=("information",))
@@ -186,6 +187,29 @@ def engine_rows(device: torch.device, prompt: str | None = None, target: str | N
                             TOLERANCE[torch.bfloat16], seconds, peak))
     else:
         rows.append(Row("engine masked passes, FlashAttention-2", None, None, None, 0.0, None, "flash-attn missing"))
+    return rows
+
+
+def shared_pass_rows(cpu, gpu, prompt: str, target: str, device: torch.device, size: int = 8) -> list[Row]:
+    """A scheduler group of ``size`` requests (the prompt without its first k words) through shared
+    passes on the GPU against each one on the CPU; then the same group one request after another,
+    timed, so that the table shows what sharing passes buys on this GPU."""
+    from heta_fast.request import tokenize_request
+
+    words = prompt.split(" ")
+    size = max(1, min(size, len(words) - 1))  # every prompt keeps a word
+    prompts = [" ".join(words[k:]) for k in range(size)]
+    requests = [tokenize_request(gpu.tokenizer, p, target, gpu.adapter.max_length, gpu.adapter.vocab_size)
+                for p in prompts]
+    want = [cpu.attribute(p, target) for p in prompts]
+    gpu.attribute_group(requests, batched=True)  # warm-up
+    rows = []
+    for label, batched in (("shared passes", True), ("one after another", False)):
+        got, seconds, peak = _timed(lambda: gpu.attribute_group(requests, batched=batched), device)
+        errors = [worst_relative_error(g.scores, w.scores) for g, w in zip(got, want)]
+        worst = max(range(size), key=lambda i: errors[i])
+        rows.append(compare(f"engine group of {size}, {label}", got[worst].scores, want[worst].scores,
+                            ENGINE_TOLERANCE, seconds, peak))
     return rows
 
 

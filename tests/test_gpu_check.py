@@ -59,7 +59,8 @@ def test_engine_and_timing_checks_run_end_to_end_on_the_cpu(gpu_check):
     # On the CPU the "GPU" side is the CPU too, so the comparisons pass trivially; what this
     # checks is that every engine path the script drives exists and runs as the script calls it.
     rows = gpu_check.engine_rows(torch.device("cpu"), "The capital of France is", " Paris")
-    assert [r.ok for r in rows[:4]] == [True] * 4 and rows[4].ok in (None, True)
+    assert [r.ok for r in rows[:6]] == [True] * 6 and rows[6].ok in (None, True)
+    assert [r.check for r in rows[4:6]] == ["engine group of 4, shared passes", "engine group of 4, one after another"]
     timing = gpu_check.timing_rows(torch.device("cpu"), [6])
     assert [r.check for r in timing] == ["end to end n=6 float32", "end to end n=6 bfloat16"]
     assert all(r.ok for r in timing)
