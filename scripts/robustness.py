@@ -1,9 +1,11 @@
-"""Robustness of the attributions on the curated set (issue 17 §6): paraphrase and embedding noise.
+"""Robustness of the attributions on the curated set (issue 17 §6): paraphrase, embedding noise, decoding.
 
     python scripts/robustness.py --study paraphrase --methods heta,saliency,input_x_gradient,rollout \\
         --out docs/results/robustness_paraphrase.json [--limit N] [--threads 1]
     python scripts/robustness.py --study noise --limit 20 --scales 0.01,0.1,0.5 \\
         --out docs/results/robustness_noise.json
+    python scripts/robustness.py --study decoding --limit 10 --threads 1 \
+        --out docs/results/robustness_decoding.json [--grid "temperature=0.7;top_p=0.9" --seeds 0,1,2]
     python scripts/robustness.py --table docs/results/robustness_paraphrase.json   # markdown table
 
 Default model (float32, CPU, default HETA configuration). Records: the curated set
@@ -19,6 +21,16 @@ split a run over two processes (two files; ``--table`` pools them, ``--merge A B
 them as one). ``--table`` prints mean [95%
 bootstrap interval], median and the worst tenth's edge (10th percentile of the Spearman, 90th of
 the change) per method (and scale).
+
+Decoding (heta_fast/evaluate/robustness.py ``decoding_sensitivity``, sampler in
+heta_fast/evaluate/sampling.py): per record, the greedy answer's first token (the reference) and,
+for every ``--grid`` setting (``;``-separated, each ``name=value[,name=value]`` around the base
+temperature 1, top-p 1, top-k off, repetition penalty 1) × ``--seeds``, the first token of a
+sampled answer, each attributed with every method and scored with the six evaluation metrics
+(default evaluation settings); a (record, token, method) is computed once. ``--table`` prints, per
+method and metric, the greedy mean, the largest relative change |mean − mean_greedy| / |mean_greedy|
+over the grid with its 95% bootstrap interval, the largest per setting, the paired difference to
+heta, and how often each setting's first token differs from the greedy one.
 """
 from __future__ import annotations
 
@@ -43,7 +55,14 @@ def run(args) -> None:
     from heta_fast import Attributor
     from heta_fast.evaluate.data import load_curated
     from heta_fast.evaluate.methods import resolve_methods
-    from heta_fast.evaluate.robustness import load_paraphrases, noise_sensitivity, paraphrase_agreement
+    from heta_fast.evaluate.robustness import (
+        TokenCache,
+        decoding_sensitivity,
+        load_paraphrases,
+        noise_sensitivity,
+        paraphrase_agreement,
+    )
+    from heta_fast.evaluate.runner import EvalSettings
 
     methods = resolve_methods(args.methods)
     scales = [float(s) for s in args.scales.split(",")]
@@ -55,13 +74,23 @@ def run(args) -> None:
     examples = examples[args.start: args.limit]
     header = {"study": args.study, "model": args.model, "heta_config": attributor.config.to_dict(),
               "data": Path(args.data).name, "threads": args.threads}
-    header.update({"paraphrases": "data/paraphrase_curated.json"} if args.study == "paraphrase"
-                  else {"scales": scales, "seed": args.seed, "noise": "std = scale x RMS of each embedding row"})
+    settings = EvalSettings()
+    if args.study == "paraphrase":
+        header["paraphrases"] = "data/paraphrase_curated.json"
+    elif args.study == "noise":
+        header.update({"scales": scales, "seed": args.seed, "noise": "std = scale x RMS of each embedding row"})
+    else:
+        header.update({"grid": _grid(args.grid), "seeds": _seeds(args.seeds), "max_new_tokens": args.max_new_tokens,
+                       "prompt": "plain", "metric_settings": settings.to_dict(),
+                       "sampler": "heta_fast/evaluate/sampling.py (seed * 1000003 + crc32(record id))"})
     header = json.loads(json.dumps(header))  # as a rerun reads it back (tuples become lists)
     out = Path(args.out)
     doc = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {"header": header, "records": {}}
     if doc["header"] != header:
         sys.exit(f"{out} was written with other settings: {doc['header']}")
+    if args.study == "decoding":
+        return _run_decoding(attributor, examples, methods, settings, doc, out, args, TokenCache,
+                             decoding_sensitivity)
     for ex in examples:
         done = doc["records"].setdefault(ex.id, {})
         pending = [m for m in methods if m not in done]
@@ -73,6 +102,33 @@ def run(args) -> None:
             done.update(noise_sensitivity(attributor, ex, pending, scales, args.seed))
         _write(out, doc)
         print(ex.id, {m: _brief(done[m]) for m in pending}, flush=True)
+
+
+def _grid(spec: str) -> list[str]:
+    return [s.strip() for s in spec.split(";") if s.strip()]
+
+
+def _seeds(spec: str) -> list[int]:
+    return [int(s) for s in spec.split(",") if s.strip()]
+
+
+def _run_decoding(attributor, examples, methods, settings, doc, out, args, token_cache, sensitivity) -> None:
+    """Every record not yet done (its draws held and every method of every drawn token), then the file."""
+    grid, seeds = doc["header"]["grid"], doc["header"]["seeds"]
+    for ex in examples:
+        rec = doc["records"].get(ex.id)
+        if rec is not None and all(m in t["methods"] for t in rec["tokens"].values() for m in methods):
+            continue
+        cache = token_cache({ex.id: rec["tokens"]} if rec is not None else {})
+        result = sensitivity(attributor, ex, methods, grid, seeds, settings, args.max_new_tokens, cache)
+        result["tokens"] = cache.entries[ex.id]
+        result.pop("computed")
+        doc["records"][ex.id] = result
+        _write(out, doc)
+        changed = {s: sum(d["token"] != result["greedy"]["token"] for d in draws.values())
+                   for s, draws in result["draws"].items()}
+        print(ex.id, f"greedy {result['greedy']['text'][:30]!r}", f"distinct first tokens {result['distinct_tokens']}",
+              f"changed {changed}", f"computed {cache.computed}", flush=True)
 
 
 def _brief(row: dict):
@@ -117,6 +173,8 @@ def pooled(paths: list[str]) -> dict:
 def table(paths: list[str]) -> None:
     """Print the markdown table of results files of one study (written with the same settings), records pooled."""
     doc = pooled(paths)
+    if doc["header"]["study"] == "decoding":
+        return decoding_table(doc)
     records = list(doc["records"].values())
     methods = list(dict.fromkeys(m for rec in records for m in rec))
     if doc["header"]["study"] == "paraphrase":
@@ -143,9 +201,58 @@ def table(paths: list[str]) -> None:
                   f"{statistics.mean(tv):.3f} | {statistics.median(tv):.3f} |")
 
 
+def _fmt(x: float) -> str:
+    return "n/a" if x != x or x in (float("inf"), float("-inf")) else f"{100 * x:.1f}%"
+
+
+def decoding_table(doc: dict) -> None:
+    """The decoding study's tables (heta_fast.evaluate.robustness.decoding_summary) in markdown."""
+    from heta_fast.evaluate.robustness import decoding_summary
+    from heta_fast.evaluate.runner import METRICS
+
+    records, header = doc["records"], doc["header"]
+    grid, seeds = header["grid"], header["seeds"]
+    methods = list(dict.fromkeys(m for rec in records.values() for t in rec["tokens"].values() for m in t["methods"]))
+    methods = sorted(methods, key=lambda m: m != "heta")
+    summary = decoding_summary(records, methods, METRICS, grid, seeds)
+    print(f"{len(records)} records; seeds {', '.join(map(str, seeds))}; relative change = |mean − mean_greedy| / "
+          "|mean_greedy|, mean over records; max over every (setting, seed)")
+    print()
+    print("| method | metric | records | greedy mean | max relative change [95% CI] | at | "
+          + " | ".join(f"{s} (max over seeds)" for s in grid) + " | method − heta (paired) |")
+    print("|---|---|---|---|---|---|" + "---|" * len(grid) + "---|")
+    for m in methods:
+        for metric in METRICS:
+            row = summary["metrics"].get((m, metric))
+            if row is None:
+                continue
+            lo, hi = row["ci"]
+            per = [max(c["relative"] for c in row["cells"][s].values()) for s in grid]
+            versus = row.get("versus_heta")
+            vs = "—" if versus is None else (f"{100 * versus['diff']:+.1f} [{100 * versus['ci'][0]:+.1f}, "
+                                             f"{100 * versus['ci'][1]:+.1f}] pt")
+            print(f"| {m} | {metric} | {row['records']} | {row['greedy']:.4f} | {_fmt(row['max'])} "
+                  f"[{_fmt(lo)}, {_fmt(hi)}] | {row['argmax'][0]} s{row['argmax'][1]} | "
+                  + " | ".join(_fmt(x) for x in per) + f" | {vs} |")
+    print()
+    print("| setting | first token differs from greedy ((record, seed) share) | distinct first tokens per record |")
+    print("|---|---|---|")
+    for s in grid:
+        t = summary["tokens"][s]
+        print(f"| {s} | {t['changed']:.2f} | {t['distinct']:.2f} |")
+    distinct = [rec["distinct_tokens"] for rec in records.values()]
+    print()
+    print(f"distinct first tokens over the whole grid per record: mean {statistics.mean(distinct):.2f}, "
+          f"max {max(distinct)}; (record, token, method) attributions computed: "
+          f"{sum(len(t['methods']) for rec in records.values() for t in rec['tokens'].values())} for "
+          f"{len(records) * (1 + len(grid) * len(seeds)) * len(methods)} (record, draw, method) cells")
+
+
 def main(argv=None) -> None:
+    from heta_fast.evaluate.robustness import DECODING_GRID
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", choices=("paraphrase", "noise"))
+    parser.add_argument("--study", choices=("paraphrase", "noise", "decoding"))
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--limit", type=int, default=None, help="records before this index (of those studied)")
     parser.add_argument("--start", type=int, default=0, help="first record (to split a run over processes)")
@@ -156,6 +263,11 @@ def main(argv=None) -> None:
     parser.add_argument("--merge", metavar="FILE", nargs="+", help="pool these results files into --out and stop")
     parser.add_argument("--scales", default="0.01,0.1,0.5")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default=";".join(DECODING_GRID),
+                        help="decoding settings, ';'-separated, each name=value[,name=value] around the base "
+                             "(temperature 1, top_p 1, top_k off, repetition_penalty 1)")
+    parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of every decoding setting")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="length limit of every decoded answer")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--paraphrases", default=str(PARAPHRASES))
