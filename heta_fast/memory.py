@@ -117,6 +117,16 @@ def probes_per_pass(shape: ModelShape, n: int, layers: int, memory_budget: int, 
     return int(min(fits, max_batch))
 
 
+def packed_pass_bytes(shape: ModelShape, fixed: int, positions: int, prefix: int, reads: int, kl_chunk: int) -> int:
+    """Peak of one packed masked pass: ``fixed`` bytes alive throughout (prefix caches, reference
+    distributions), the packed inputs of ``positions`` tokens, one sequence of them attending to
+    ``prefix`` cached positions and itself, and the fused KL's ``reads`` rows. The same rule for
+    one request's pass (:class:`MaskedPassBudget`) and for a pass shared by several (its fixed
+    bytes and reads summed over the requests in it; signals/information/group.py)."""
+    inputs = positions * shape.d_model * shape.itemsize
+    return fixed + inputs + shape.pass_bytes(1, positions, prefix + positions) + shape.head_bytes(reads, kl_chunk)
+
+
 class MaskedPassBudget:
     """The information term's passes under one budget (bytes): which batches of masked variants
     fit, and how to chunk the unmasked prefix pass.
@@ -134,15 +144,13 @@ class MaskedPassBudget:
         self.fixed = shape.kv_bytes(1, prefix_length) + n_windows * n_targets * shape.vocab * 8
 
     def batch_bytes(self, batch) -> int:
-        s = self.shape
         if batch.packed:  # one sequence of all the rows' positions, attending to prefix + itself
-            tokens, rows, kv = batch.positions, 1, batch.prefix + batch.positions
-            length = tokens
-        else:
-            tokens, rows, kv = batch.positions, batch.rows, batch.start + batch.length
-            length = batch.length
+            return packed_pass_bytes(self.shape, self.fixed, batch.positions, batch.prefix,
+                                     batch.rows * self.n_targets, self.kl_chunk)
+        s = self.shape
+        tokens, rows, kv = batch.positions, batch.rows, batch.start + batch.length
         inputs = tokens * s.d_model * s.itemsize
-        return (self.fixed + inputs + s.pass_bytes(rows, length, kv)
+        return (self.fixed + inputs + s.pass_bytes(rows, batch.length, kv)
                 + s.head_bytes(batch.rows * self.n_targets, self.kl_chunk))
 
     def fits(self, batch) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ...dtypes import accumulation_dtype
-from ...memory import ModelShape
+from ...memory import ModelShape, packed_pass_bytes
 from ...model.adapter import ModelAdapter
 from ...model.attention import PACKED, attention_implementation
 from ...ops.vocab_kl import vocab_kl
@@ -104,14 +104,11 @@ def _plan(adapter: ModelAdapter, items: list[GroupItem], plans: list[PassPlan], 
     targets = [it.positions.numel() for it in items]
 
     def pass_bytes(p: GroupPass) -> int:
-        # MaskedPassBudget.batch_bytes of a packed pass, over several requests (equal for one):
-        # the requests' own fixed bytes (prefix cache, reference), the packed inputs, one
-        # sequence attending to the joined cache and itself, the fused KL's reads.
-        requests = {item for item, _ in p.parts}
-        fixed = sum(plans[i].budget.fixed for i in requests)
+        # The packed pass's memory rule with the fixed bytes (prefix cache, reference) of the
+        # requests in it and all their KL reads: for one request, MaskedPassBudget.batch_bytes.
+        fixed = sum(plans[i].budget.fixed for i in {item for item, _ in p.parts})
         reads = sum(b.rows * targets[i] for i, b in p.parts)
-        return (fixed + p.positions * shape.d_model * shape.itemsize
-                + shape.pass_bytes(1, p.positions, p.prefix + p.positions) + shape.head_bytes(reads, KL_CHUNK))
+        return packed_pass_bytes(shape, fixed, p.positions, p.prefix, reads, KL_CHUNK)
 
     spans = [(0, it.n_context, int(it.positions.max()) + 1) for it in items]
     tokens = CPU_TOKENS_PER_PASS if adapter.device.type == "cpu" else None
