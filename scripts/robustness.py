@@ -27,7 +27,8 @@ heta_fast/evaluate/sampling.py): per record, the greedy answer's first token (th
 for every ``--grid`` setting (``;``-separated, each ``name=value[,name=value]`` around the base
 temperature 1, top-p 1, top-k off, repetition penalty 1) × ``--seeds``, the first token of a
 sampled answer, each attributed with every method and scored with the six evaluation metrics
-(default evaluation settings); a (record, token, method) is computed once. ``--table`` prints, per
+(the evaluation's settings: 10 Soft-NS/NC samples, seed 0, top 10/20/30%, ``--measure log_prob``
+as in EVALUATION.md's main table); a (record, token, method) is computed once. ``--table`` prints, per
 method and metric, the greedy mean, the largest relative change |mean − mean_greedy| / |mean_greedy|
 over the grid with its 95% bootstrap interval, the largest per setting, the paired difference to
 heta, and how often each setting's first token differs from the greedy one.
@@ -74,7 +75,7 @@ def run(args) -> None:
     examples = examples[args.start: args.limit]
     header = {"study": args.study, "model": args.model, "heta_config": attributor.config.to_dict(),
               "data": Path(args.data).name, "threads": args.threads}
-    settings = EvalSettings()
+    settings = EvalSettings(measure=args.measure)  # the evaluation's (EVALUATION.md: log_prob)
     if args.study == "paraphrase":
         header["paraphrases"] = "data/paraphrase_curated.json"
     elif args.study == "noise":
@@ -268,6 +269,8 @@ def main(argv=None) -> None:
                              "(temperature 1, top_p 1, top_k off, repetition_penalty 1)")
     parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of every decoding setting")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="length limit of every decoded answer")
+    parser.add_argument("--measure", default="log_prob", choices=("prob", "log_prob", "kl"),
+                        help="decoding study: the hard comprehensiveness / sufficiency measure (as heta-fast eval)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--paraphrases", default=str(PARAPHRASES))

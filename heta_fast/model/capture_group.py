@@ -12,7 +12,6 @@ sequence's own length.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..dtypes import at_least_float32
@@ -83,12 +82,13 @@ def _target_log_probs(adapter, hidden: torch.Tensor, wanted: list[torch.Tensor])
     The rows are gathered before the LM head rather than passing the model ``logits_to_keep``:
     that takes one index set for the whole batch, so the union of all positions would reach the
     head for every sequence (B x |union| rows of V logits instead of sum T_b). The head and the
-    final-logit transform (scaling, soft-capping) are applied here as the model applies them,
-    in the model's dtype, as the information term already does.
+    final-logit transform (scaling, soft-capping) are applied here as the model applies them.
+    The head is called as the module itself, so that a bf16 precision stage keeps it in float32
+    exactly as in a request's own capture (heta_fast/precision.py).
     """
-    weight, bias, transform = adapter.unembedding(transforms=True)
+    head, transform = adapter.model.get_output_embeddings(), adapter.logit_transform()
     rows = torch.cat([hidden[b, p] for b, p in enumerate(wanted)])  # [sum T_b, d]
-    logits = transform(F.linear(rows, weight, bias))
+    logits = transform(head(rows))
     return [torch.log_softmax(at_least_float32(part), dim=-1) for part in logits.split([p.numel() for p in wanted])]
 
 
