@@ -91,26 +91,34 @@ class Attributor:
                                    self.adapter.vocab_size, messages, self.sink_id(config))
         return self._attribute(request, config, progress)
 
-    def attribute_many(self, requests: Iterable, config: HETAConfig | None = None
-                       ) -> Iterator[Attribution | FailedAttribution]:
+    def attribute_many(self, requests: Iterable, config: HETAConfig | None = None, *,
+                       batching: str = "auto") -> Iterator[Attribution | FailedAttribution]:
         """Requests -> results in order; a bad request yields a FailedAttribution, the rest go on.
 
         A request is a ``(prompt, target)`` pair or a mapping ``{"prompt": ..., "target": ...}``
         or ``{"messages": [...], "target": ...}`` (``heta_fast.inputs``); a bad config or a
         ``requests`` that is not an iterable of requests raises here, before any request is read.
+        The requests go through the cross-request scheduler (heta_fast/scheduler.py), which reads
+        a few dozen ahead to group similar ones; ``batching`` ("auto", "on", "off") says whether a
+        group shares its model passes (auto: on CUDA only).
         """
-        return self._many(request_items(requests), self._call_config(config))
+        from .scheduler import Scheduler
 
-    def _many(self, requests: Iterable, config: HETAConfig) -> Iterator[Attribution | FailedAttribution]:
+        cfg = self._call_config(config)
+        scheduler = Scheduler(self, batching=batching)  # refuses an unknown batching mode now
+        return (result for _, result in scheduler.run(self._jobs(request_items(requests), cfg)))
+
+    @staticmethod
+    def _jobs(requests: Iterable, config: HETAConfig):
+        from .scheduler import Job
+
         for index, item in enumerate(requests):
-            prompt = target = None
             try:
                 prompt, target, messages = request_fields(item)
-                result = self.attribute(prompt, target, config, messages=messages)
-            except HetaError as exc:
-                result = FailedAttribution(index=index, prompt=prompt, target=target,
-                                           error_type=type(exc).__name__, message=str(exc))
-            yield result
+            except HetaError as exc:  # a malformed item is its own failure row
+                yield Job(index, None, None, config, error=exc)
+                continue
+            yield Job(index, prompt, target, config, messages=messages)
 
     def generate_and_attribute(self, prompt=None, max_new_tokens: int = 8, config: HETAConfig | None = None,
                                progress: Progress | None = None, *, messages=None,

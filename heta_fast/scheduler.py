@@ -54,6 +54,7 @@ class Job:
     config: HETAConfig | None = None
     progress: Progress | None = None
     messages: object = None  # chat messages instead of a prompt (prompt is then None)
+    error: Exception | None = None  # the request could not be read: it fails at admission with this
 
 
 @dataclass
@@ -87,6 +88,9 @@ class Scheduler:
     def _admit(self, order: int, job: Job) -> _Pending:
         pending = _Pending(order, job)
         att = self.attributor
+        if job.error is not None:
+            pending.result = _failed(order, job, job.error)
+            return pending
         try:
             pending.config = att._call_config(job.config)
             pending.request = tokenize_request(att.tokenizer, job.prompt, job.target, att.adapter.max_length,
