@@ -51,6 +51,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-results", type=int_at_least(1), default=d.max_results, help="finished results kept at most")
     p.add_argument("--max-group", type=int_at_least(1), default=d.max_group,
                    help="queued jobs handed to the scheduler at once")
+    p.add_argument("--batch-requests", dest="batching", default=d.batching, choices=("auto", "on", "off"),
+                   help="whether such a group shares its model passes (auto: on CUDA only)")
     return p
 
 
@@ -66,7 +68,8 @@ def settings_from_args(args):
     return ServiceSettings(max_queue=args.max_queue, max_prompt_chars=args.max_prompt_chars,
                            max_body_bytes=args.max_body_bytes, max_generate=args.max_generate,
                            job_timeout=args.job_timeout, max_wait=args.max_wait, results_ttl=args.results_ttl,
-                           max_results=args.max_results, max_group=args.max_group, token=token,
+                           max_results=args.max_results, max_group=args.max_group, batching=args.batching,
+                           token=token,
                            cors_origins=tuple(args.cors_origin), results_dir=args.results_dir)
 
 

@@ -154,7 +154,10 @@ class JobManager:
 
     def _run_group(self, batch: list[JobRecord]) -> None:
         jobs = {job.id: job for job in batch}
-        scheduler = Scheduler(self.attributor, lookahead=len(batch), max_group=len(batch))
+        # Shared passes (settings.batching): a job cancelled or timed out mid-group stops the group,
+        # which the engine then redoes one job at a time, so only that job fails.
+        scheduler = Scheduler(self.attributor, lookahead=len(batch), max_group=len(batch),
+                              batching=self.settings.batching)
         work = [SchedulerJob(job.id, job.prompt, job.target, job.config, self._progress(job), job.messages)
                 for job in batch]
         for key, result in scheduler.run(work):

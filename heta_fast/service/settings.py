@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..scheduler import BATCHING
 
 TOKEN_ENV = "HETA_FAST_TOKEN"
 
@@ -15,7 +16,8 @@ class ServiceSettings:
     (-> 413); max_generate: largest ``generate``; job_timeout: seconds a job may run (from its first
     step) before it fails with ``JobTimeoutError``; max_wait: longest ``?wait=``; results_ttl /
     max_results: how long and how many finished jobs are kept; max_group: queued jobs the worker
-    hands the scheduler at once; token: bearer token (None: open); cors_origins: allowed origins
+    hands the scheduler at once; batching: whether such a group shares its model passes ("auto": on
+    CUDA only, "on", "off"; heta_fast/scheduler.py); token: bearer token (None: open); cors_origins: allowed origins
     (empty: no CORS headers); results_dir: folder each finished result is written to (None: nothing
     is written)."""
 
@@ -29,6 +31,7 @@ class ServiceSettings:
     results_ttl: float = 3600.0
     max_results: int = 1000
     max_group: int = 8
+    batching: str = "auto"
     token: str | None = None
     cors_origins: tuple[str, ...] = ()
     results_dir: str | None = None
@@ -43,6 +46,8 @@ class ServiceSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.batching not in BATCHING:
+            raise ConfigError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("the token must not be empty")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))

@@ -19,10 +19,13 @@ def test_serve_options_become_settings(monkeypatch, tmp_path):
     assert settings_from_args(args).token == "from-env"
     args.token = "flag"
     assert settings_from_args(args).token == "flag"
+    assert s.batching == "auto"
+    args = build_parser().parse_args(["serve", "--batch-requests", "on"])
+    assert settings_from_args(args).batching == "on"
 
 
 @pytest.mark.parametrize("argv", [["--port", "-1"], ["--max-queue", "0"], ["--job-timeout", "nan"],
-                                  ["--job-timeout", "-3"]])
+                                  ["--job-timeout", "-3"], ["--batch-requests", "always"]])
 def test_bad_serve_options_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["serve", *argv])
@@ -34,3 +37,10 @@ def test_results_dir_must_be_a_folder(tmp_path):
     args = build_parser().parse_args(["serve", "--results-dir", str(tmp_path / "missing")])
     with pytest.raises(ConfigError, match="--results-dir"):
         settings_from_args(args)
+
+
+def test_settings_refuse_an_unknown_batching_mode():
+    from heta_fast.service.settings import ServiceSettings
+
+    with pytest.raises(ConfigError, match="batching must be one of auto, on, off"):
+        ServiceSettings(batching="always")
