@@ -185,3 +185,19 @@ def test_batching_modes(attributor):
     assert shares_passes("auto", "cuda") and not shares_passes("auto", "cpu")
     with pytest.raises(ConfigError, match="batching must be one of"):
         Scheduler(attributor, batching="always")
+
+
+def test_a_request_stopped_by_its_progress_callback_fails_alone_in_a_shared_group(attributor):
+    """The service cancels a job by raising from its progress callback: in a shared group that stops
+    the group, which then runs one request at a time, so only the stopped request fails."""
+    from heta_fast.errors import JobCancelledError
+
+    def cancel(event):
+        raise JobCancelledError("cancelled by the client")
+
+    requests = [_tokenized(attributor, p, t) for p, t in REQUESTS[:3]]
+    results = attributor.attribute_group(requests, progress=[None, cancel, None], batched=True)
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_type == "JobCancelledError"
+    alone = attributor.attribute(*REQUESTS[2])
+    assert _rel(results[2].scores, alone.scores) < 1e-5
