@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -219,6 +220,19 @@ def decoding_table(doc: dict) -> None:
     print(f"{len(records)} records; seeds {', '.join(map(str, seeds))}; relative change = |mean − mean_greedy| / "
           "|mean_greedy|, mean over records; max over every (setting, seed)")
     print()
+    print("Largest relative change over the grid, per method and metric [95% bootstrap CI over records]:")
+    print()
+    print("| method | " + " | ".join(METRICS) + " |")
+    print("|---|" + "---|" * len(METRICS))
+    for m in methods:
+        cells = []
+        for metric in METRICS:
+            row = summary["metrics"].get((m, metric))
+            cells.append("—" if row is None else f"{_fmt(row['max'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}]")
+        print(f"| {m} | " + " | ".join(cells) + " |")
+    print()
+    print("In detail (the paired column: the method's largest relative change minus heta's, percentage points):")
+    print()
     print("| method | metric | records | greedy mean | max relative change [95% CI] | at | "
           + " | ".join(f"{s} (max over seeds)" for s in grid) + " | method − heta (paired) |")
     print("|---|---|---|---|---|---|" + "---|" * len(grid) + "---|")
@@ -230,10 +244,15 @@ def decoding_table(doc: dict) -> None:
             lo, hi = row["ci"]
             per = [max(c["relative"] for c in row["cells"][s].values()) for s in grid]
             versus = row.get("versus_heta")
-            vs = "—" if versus is None else (f"{100 * versus['diff']:+.1f} [{100 * versus['ci'][0]:+.1f}, "
-                                             f"{100 * versus['ci'][1]:+.1f}] pt")
+            if versus is None:
+                vs = "—"
+            elif not all(math.isfinite(x) for x in (versus["diff"], *versus["ci"])):
+                vs = "n/a"
+            else:
+                vs = f"{100 * versus['diff']:+.1f} [{100 * versus['ci'][0]:+.1f}, {100 * versus['ci'][1]:+.1f}] pt"
+            at = "—" if row["argmax"] is None else f"{row['argmax'][0]} s{row['argmax'][1]}"
             print(f"| {m} | {metric} | {row['records']} | {row['greedy']:.4f} | {_fmt(row['max'])} "
-                  f"[{_fmt(lo)}, {_fmt(hi)}] | {row['argmax'][0]} s{row['argmax'][1]} | "
+                  f"[{_fmt(lo)}, {_fmt(hi)}] | {at} | "
                   + " | ".join(_fmt(x) for x in per) + f" | {vs} |")
     print()
     print("| setting | first token differs from greedy ((record, seed) share) | distinct first tokens per record |")

@@ -331,7 +331,8 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
     Per method and metric, over the records holding every needed value: ``greedy`` (the mean of
     the greedy first token's metric over records), ``cells`` {setting: {seed: {"mean", "relative"}}}
     with relative = |mean − greedy| / |greedy|, ``max`` (the largest relative change over the grid:
-    the paper's number) with the (setting, seed) attaining it, ``ci`` (95% percentile bootstrap of
+    the paper's number; inf or nan when the greedy mean is 0) with the (setting, seed) attaining it
+(None then), ``ci`` (95% percentile bootstrap of
     that maximum, records resampled with replacement, ``resamples`` times, ``seed``), ``records``;
     ``versus_heta`` {method: {"diff": max_method − max_heta, "ci"}} on the records both hold (paired:
     the same resampled records for both). ``tokens``: per setting, the share of (record, seed) draws
@@ -353,9 +354,9 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
             g = torch.Generator().manual_seed(seed)
             idx = torch.randint(len(rows), (resamples, len(rows)), generator=g)
             boot = _max_relative(t[idx])[2]
-            arg = int(rel.argmax())
+            arg = cells[int(rel.argmax())] if bool(torch.isfinite(top)) else None  # greedy mean 0: undefined
             out["metrics"][m, metric] = {
-                "records": len(rows), "greedy": float(means[0]), "max": float(top), "argmax": cells[arg],
+                "records": len(rows), "greedy": float(means[0]), "max": float(top), "argmax": arg,
                 "ci": _interval(boot),
                 "cells": {s: {k: {"mean": float(means[1 + i]), "relative": float(rel[i])}
                               for i, (s2, k) in enumerate(cells) if s2 == s} for s in settings},
