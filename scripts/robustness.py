@@ -250,7 +250,7 @@ def decoding_table(doc: dict) -> None:
                 vs = "n/a"
             else:
                 vs = f"{100 * versus['diff']:+.1f} [{100 * versus['ci'][0]:+.1f}, {100 * versus['ci'][1]:+.1f}] pt"
-            at = "—" if row["argmax"] is None else f"{row['argmax'][0]} s{row['argmax'][1]}"
+            at = "—" if row["argmax"] is None or row["max"] < 1e-12 else f"{row['argmax'][0]} s{row['argmax'][1]}"
             print(f"| {m} | {metric} | {row['records']} | {row['greedy']:.4f} | {_fmt(row['max'])} "
                   f"[{_fmt(lo)}, {_fmt(hi)}] | {at} | "
                   + " | ".join(_fmt(x) for x in per) + f" | {vs} |")
