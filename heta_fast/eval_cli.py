@@ -52,9 +52,11 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--prompt-format", choices=("plain", "chat"), default="plain",
                    help="plain (default): the example's prompt as text; chat: its prompt (a curated record's "
                         "input_text) as the user message of the model's chat template")
-    p.add_argument("--target", choices=("gold", "greedy"), default="gold",
+    p.add_argument("--target", choices=("gold", "greedy", "answer_word"), default="gold",
                    help="gold (default): attribute the example's target (a curated record's first answer "
-                        "token); greedy: the first token of the model's own greedy answer")
+                        "token); greedy: the first token of the model's own greedy answer; answer_word: the "
+                        "token where the gold answer begins in that answer, its words before it as context "
+                        "(an answer without the gold answer fails that example)")
     p.add_argument("--max-new-tokens", type=int, default=16,
                    help="length limit of the model's greedy answer, recorded for every target with whether it "
                         "contains the gold answer (default 16; it also stops at end of turn)")

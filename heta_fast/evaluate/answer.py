@@ -1,8 +1,10 @@
 """The model's own answer: a greedy continuation of the prompt, and whether it holds the gold answer.
 
 ``heta-fast eval --target greedy`` attributes the first token of this answer (the token the model
-actually produces) instead of the first token of the gold answer; every run records the answer,
-so that the metrics can also be reported on the correctly answered examples alone.
+actually produces) instead of the first token of the gold answer; ``--target answer_word``
+attributes the token where the gold answer begins inside the model's answer, with the answer's
+words before it as context (:func:`answer_span`). Every run records the answer, so that the
+metrics can also be reported on the correctly answered examples alone.
 
 Containment rule (:func:`contains_answer`): both texts are lower-cased, every run of characters
 that are not letters or digits becomes one space; the answer holds the
@@ -26,10 +28,12 @@ _NON_ALNUM = re.compile(r"[\W_]+")  # anything but letters and digits (any scrip
 @dataclass(frozen=True)
 class GreedyAnswer:
     """ids [k] (1 <= k <= max_new_tokens; the stop token, when reached, is the last one);
-    first_probs [V]: float64 next-token distribution at the end of the context."""
+    first_probs [V]: float64 next-token distribution at the end of the context; token_probs [k]:
+    float64 probability of each generated token given everything before it."""
 
     ids: torch.Tensor
     first_probs: torch.Tensor
+    token_probs: torch.Tensor
 
 
 def stop_ids(attributor) -> set[int]:
@@ -56,13 +60,16 @@ def greedy_answer(model, context_ids: torch.Tensor, max_new_tokens: int, stop: s
     logits = lm(input_ids=context_ids[None].to(device), logits_to_keep=1, **cache).logits[0, -1]
     first_probs = torch.softmax(logits.double(), dim=-1).cpu()
     generated: list[int] = []
+    chosen: list[float] = []
     while True:
         token = int(logits.argmax())
         generated.append(token)
+        chosen.append(float(torch.softmax(logits.double(), dim=-1)[token]))
         if token in stop or len(generated) >= max_new_tokens:
             break
         logits = lm(input_ids=torch.tensor([[token]], device=device), logits_to_keep=1, **cache).logits[0, -1]
-    return GreedyAnswer(torch.tensor(generated, dtype=torch.long), first_probs)
+    return GreedyAnswer(torch.tensor(generated, dtype=torch.long), first_probs,
+                        torch.tensor(chosen, dtype=torch.float64))
 
 
 def normalise(text: str) -> str:
@@ -75,3 +82,32 @@ def contains_answer(answer: str, gold) -> bool:
     An empty normalised gold answer is held by nothing."""
     g = normalise(gold)
     return bool(g) and f" {g} " in f" {normalise(answer)} "
+
+
+def answer_span(tokenizer, ids, gold) -> tuple[int, int] | None:
+    """[start, end) token indices of the gold answer's first occurrence in the answer ids [k], or
+    None when the answer does not contain it (the rule of :func:`contains_answer`).
+
+    The occurrence is found in the decoded answer (the gold answer's words, any non-alphanumeric
+    run between them, no letter or digit on either side); start is the token holding its first
+    character (a word split into several tokens starts at its first piece), end the first token
+    boundary at or after its last character.
+    """
+    ids = [int(i) for i in ids]
+    words = normalise(gold).split()
+    if not words:
+        return None
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    pattern = r"(?<![^\W_])" + r"[\W_]+".join(re.escape(w) for w in words) + r"(?![^\W_])"
+    found = re.search(pattern, text, flags=re.IGNORECASE)
+    if found is None:
+        return None
+    # Character offset of each token boundary whose decoded prefix is a prefix of the whole text.
+    bounds = {}
+    for j in range(len(ids) + 1):
+        head = tokenizer.decode(ids[:j], skip_special_tokens=True)
+        if text.startswith(head):
+            bounds[j] = len(head)
+    start = max(j for j, c in bounds.items() if c <= found.start())
+    end = min(j for j, c in bounds.items() if c >= found.end())
+    return start, end

@@ -10,7 +10,7 @@ rather than mixed.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,7 +20,7 @@ from ..errors import ConfigError, HetaError, InputError
 from ..files import FileLock, remove_stale_temporaries
 from ..request import tokenize_context, tokenize_request, tokenize_target
 from ..result import Attribution
-from .answer import contains_answer, greedy_answer, stop_ids
+from .answer import answer_span, contains_answer, greedy_answer, stop_ids
 from .baselines.heta_variants import VARIANTS
 from .data import EvalExample, chat_example
 from .methods import resolve_methods, run_methods
@@ -42,9 +42,11 @@ class EvalSettings:
     :data:`METRICS` to compute (the others are recorded as None; DSA and F1 cost no forward pass).
     prompt_format: "plain" (the example's prompt as text) or "chat" (its prompt as the user
     message of the model's chat template, :func:`heta_fast.evaluate.data.chat_example`);
-    target: "gold" (the example's target) or "greedy" (the first token of the model's own greedy
-    answer); max_new_tokens: the length limit of that answer (recorded for every target: every
-    record holds the answer and whether it contains the gold one).
+    target: "gold" (the example's target), "greedy" (the first token of the model's own greedy
+    answer) or "answer_word" (the token where the gold answer begins in that answer, the answer's
+    tokens before it appended to the context; an answer without the gold answer is an
+    ``InputError`` for the example); max_new_tokens: the length limit of that answer (recorded for
+    every target: every record holds the answer and whether it contains the gold one).
     """
 
     samples: int = 10
@@ -86,7 +88,7 @@ class EvalSettings:
 
 
 PROMPT_FORMATS = ("plain", "chat")
-TARGETS = ("gold", "greedy")
+TARGETS = ("gold", "greedy", "answer_word")
 _ANSWER_DEFAULTS = {"prompt_format": "plain", "target": "gold", "max_new_tokens": 16}
 
 
@@ -121,7 +123,7 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
         target = target[: ex.target_tokens]
     answer = None
     if settings is not None:
-        target, answer = _own_answer(attributor, ex, target, settings)
+        ex, target, answer = _own_answer(attributor, ex, target, settings)
     req = tokenize_request(tok, ex.prompt, target, attributor.adapter.max_length, vocab,
                            sink_id=attributor.sink_id(attributor.config))
     support = distractor = gold = message = None
@@ -138,23 +140,51 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
 
 
 def _own_answer(attributor, ex: EvalExample, gold_ids: torch.Tensor, settings: EvalSettings):
-    """(target ids [T], answer record): the model's greedy answer to ``ex.prompt``, and the run's target."""
+    """(example, target ids [T], answer record): the model's greedy answer to ``ex.prompt`` and the
+    run's target; with ``answer_word`` the example's prompt gains the answer's words before it."""
     tok, adapter = attributor.tokenizer, attributor.adapter
-    context = tokenize_context(tok, ex.prompt, adapter.vocab_size,
-                               sink_id=attributor.sink_id(attributor.config)).context_ids
+
+    sink_id = attributor.sink_id(attributor.config)
+
+    def tokenize(prompt: str) -> torch.Tensor:
+        return tokenize_context(tok, prompt, adapter.vocab_size, sink_id=sink_id).context_ids
+
+    context = tokenize(ex.prompt)
     room = settings.max_new_tokens if adapter.max_length is None else adapter.max_length - context.numel()
     if room < 1:
         raise InputError(f"the prompt's {context.numel()} tokens leave no room for an answer "
                          f"(the model's maximum is {adapter.max_length})")
     own = greedy_answer(adapter, context, min(settings.max_new_tokens, room), stop_ids(attributor))
-    target = own.ids[:1] if settings.target == "greedy" else gold_ids
     gold_answer = ex.meta.get("answer", ex.target)
     text = tok.decode(own.ids.tolist(), skip_special_tokens=True)
-    return target, {
-        "text": text, "tokens": len(own.ids), "gold": str(gold_answer).strip(),
-        "contains_gold": contains_answer(text, gold_answer),
-        "target_token": tok.decode([int(target[0])]), "p_target": float(own.first_probs[int(target[0])]),
-    }
+    record = {"text": text, "tokens": len(own.ids), "gold": str(gold_answer).strip(),
+              "contains_gold": contains_answer(text, gold_answer)}
+    if settings.target == "answer_word":
+        ex, target, p_target, start = _answer_word(tok, tokenize, ex, context, own, gold_answer, text)
+        record["word_start"] = start
+    else:
+        target = own.ids[:1] if settings.target == "greedy" else gold_ids
+        p_target = float(own.first_probs[int(target[0])])
+    record.update(target_token=tok.decode([int(target[0])]), p_target=p_target)
+    return ex, target, record
+
+
+def _answer_word(tok, tokenize, ex: EvalExample, context: torch.Tensor, own, gold_answer, text: str):
+    """(example whose prompt ends with the answer's words before the gold answer, target ids [1],
+    the target's probability in the answer, its index in the answer)."""
+    span = answer_span(tok, own.ids, gold_answer)
+    if span is None:
+        raise InputError(f"example {ex.id}: the model's answer {text!r} does not contain the gold answer "
+                         f"{str(gold_answer).strip()!r}; --target answer_word has no word to attribute")
+    start = span[0]
+    # The words' text as they continue the prompt (a token's own decoding may lack the space before it).
+    head, full = tok.decode(context.tolist()), tok.decode(torch.cat([context, own.ids[:start]]).tolist())
+    prefix = full[len(head):] if full.startswith(head) else None
+    extended = replace(ex, prompt=ex.prompt + (prefix or ""))
+    if prefix is None or not torch.equal(tokenize(extended.prompt), torch.cat([context, own.ids[:start]])):
+        raise InputError(f"example {ex.id}: the prompt followed by the answer's first words {prefix!r} does not "
+                         "tokenise to the generated ids; the answer word cannot be attributed in context")
+    return extended, own.ids[start:start + 1], float(own.token_probs[start]), start
 
 
 def alignment(scores: torch.Tensor, prep: PreparedExample, exclude_first: bool = False) -> dict:

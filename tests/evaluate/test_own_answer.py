@@ -8,7 +8,8 @@ import torch
 from heta_fast import HETAConfig, InputError
 from heta_fast.cli import main
 from heta_fast.engine import Attributor
-from heta_fast.evaluate.answer import contains_answer, greedy_answer
+from heta_fast.evaluate import runner
+from heta_fast.evaluate.answer import GreedyAnswer, answer_span, contains_answer, greedy_answer, normalise
 from heta_fast.evaluate.data import EvalExample, chat_example, load_curated, load_jsonl
 from heta_fast.evaluate.runner import EvalSettings, prepare_example, run_evaluation
 from heta_fast.evaluate.summary import correct_records, summarise
@@ -58,6 +59,11 @@ def test_greedy_answer_is_the_models_argmax_and_stops(attributor):
     torch.testing.assert_close(own.first_probs, probs.detach())
     stop_at = expected.index(expected[2]) + 1  # stops after the first occurrence of the stop token, kept
     assert greedy_answer(attributor.adapter, context, 6, stop={expected[2]}).ids.tolist() == expected[:stop_at]
+    ids = context
+    for k, token in enumerate(expected):  # each token's probability given the context and the answer before it
+        p = torch.softmax(attributor.model(input_ids=ids[None]).logits[0, -1].double(), -1)[token]
+        assert float(own.token_probs[k]) == pytest.approx(float(p), rel=1e-5)
+        ids = torch.cat([ids, torch.tensor([token])])
 
 
 @pytest.mark.parametrize("answer, gold, held", [
@@ -69,6 +75,21 @@ def test_greedy_answer_is_the_models_argmax_and_stops(attributor):
 ])
 def test_contains_gold_rule(answer, gold, held):
     assert contains_answer(answer, gold) is held
+    chars = _Characters(answer)  # the answer word is found where and only where the rule holds
+    span = answer_span(chars, list(range(len(answer))), gold)
+    assert (span is not None) is held
+    if held:
+        assert normalise(answer[span[0]:span[1]]) == normalise(gold)
+
+
+class _Characters:
+    """A tokenizer whose token i is character i of one text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.text[i] for i in ids)
 
 
 def _words(prompt: str, spans) -> list[str]:
@@ -188,3 +209,62 @@ def test_cli_prints_both_tables_with_their_counts(tiny_model_dir, data, tmp_path
     assert md.read_text().startswith("| method | n |") and "correctly answered" in md.read_text()
     assert main(args[:7] + ["--out", str(tmp_path / "x.json"), "--max-new-tokens", "0"]) == 2
     assert "--max-new-tokens must be >= 1" in capsys.readouterr().err
+
+
+def _ids(tok, *words: int) -> list[int]:
+    return tok.convert_tokens_to_ids([f"w{w}" for w in words])
+
+
+@pytest.mark.parametrize("answer, gold, span", [
+    ((5, 13, 7), "w13", (1, 2)), ((5, 13, 7), "W13 w7", (1, 3)), ((13,), "w13", (0, 1)),
+    ((13, 5, 13), "w13", (0, 1)),  # the first occurrence
+    ((5, 7), "w13", None), ((5, 7), "w7 w5", None), ((5, 7), " ", None),
+])
+def test_answer_span_is_the_gold_answers_first_occurrence(answer, gold, span):
+    tok = tiny_tokenizer()
+    assert answer_span(tok, _ids(tok, *answer), gold) == span
+
+
+def test_answer_span_starts_a_split_word_at_its_first_piece():
+    class Pieces:  # "photos" + "ynthesis" decode to one word; the word starts at the first piece
+        pieces = {0: "The", 1: " photos", 2: "ynthesis", 3: "."}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.pieces[i] for i in ids)
+
+    assert answer_span(Pieces(), [0, 1, 2, 3], "photosynthesis") == (1, 3)
+    assert answer_span(Pieces(), [0, 1, 2, 3], "photos") is None
+
+
+def _scripted(tok, words, monkeypatch):
+    """Make the runner's greedy answer the given words followed by [EOS], with made-up probabilities."""
+    ids = torch.tensor(_ids(tok, *words) + [tok.eos_token_id])
+    probs = torch.linspace(0.9, 0.5, len(ids), dtype=torch.float64)
+    monkeypatch.setattr(runner, "greedy_answer", lambda *a, **k: GreedyAnswer(ids, torch.zeros(64), probs))
+    return ids, probs
+
+
+def test_answer_word_target_continues_the_prompt_with_the_answers_words(attributor, data, monkeypatch):
+    ex = load_jsonl(data)[0]  # gold answer w13
+    ids, probs = _scripted(attributor.tokenizer, (7, 8, 13, 9), monkeypatch)
+    gold = prepare_example(attributor, ex, EvalSettings(prompt_format="chat"))
+    prep = prepare_example(attributor, ex, EvalSettings(prompt_format="chat", target="answer_word"))
+    assert prep.context_ids.tolist() == gold.context_ids.tolist() + ids[:2].tolist()  # "w7 w8" before the word
+    assert prep.target_ids.tolist() == ids[2:3].tolist() and prep.answer["target_token"] == "w13"
+    assert prep.answer["word_start"] == 2 and prep.answer["p_target"] == pytest.approx(float(probs[2]))
+    assert prep.answer["contains_gold"] and prep.answer["text"] == "w7 w8 w13 w9"
+    # The segments are the same tokens as with the gold target; the answer's words are context too.
+    assert (prep.support, prep.distractor, prep.gold, prep.message) == \
+        (gold.support, gold.distractor, gold.gold, gold.message)
+    assert prep.example.prompt == gold.example.prompt + " w7 w8"
+
+
+def test_answer_word_target_fails_an_answer_without_the_gold_answer_alone(attributor, data, monkeypatch, tmp_path):
+    examples = load_jsonl(data)  # gold answers w13 and w21 w22
+    _scripted(attributor.tokenizer, (5, 21, 22), monkeypatch)
+    settings = EvalSettings(prompt_format="chat", target="answer_word", **SETTINGS)
+    store = run_evaluation(attributor, examples, ["saliency"], tmp_path / "r.json", settings, progress=False)
+    rec = {r["example"]: r for r in store.records}
+    assert not rec["a"]["ok"] and rec["a"]["error"].startswith("InputError: example a: the model's answer")
+    assert "does not contain the gold answer 'w13'" in rec["a"]["error"]
+    assert rec["b"]["ok"] and rec["b"]["target_tokens"] == ["w21"] and rec["b"]["answer"]["word_start"] == 1
