@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
@@ -139,7 +140,7 @@ def run_eval(args) -> int:
 
 def _evaluate(args, attributor, examples, methods, settings) -> int:
     from .evaluate.runner import run_evaluation
-    from .evaluate.summary import correct_records
+    from .evaluate.summary import correct_records, failed_examples
     from .files import atomic_write
     from .render import printable
 
@@ -157,6 +158,14 @@ def _evaluate(args, attributor, examples, methods, settings) -> int:
     if correct is not None:
         md += _report(args, correct, "correctly answered (the greedy answer contains the gold answer)",
                       of=len({r["example"] for r in records}))
+    failed = failed_examples(records)
+    if failed:  # the tables count only what was scored; say what was not, and why (by error type)
+        kinds = Counter(error.split(":", 1)[0] for error in failed.values())
+        line = (f"{len(failed)} of {len(ids)} examples have failed records ("
+                + ", ".join(f"{kind} ×{k}" for kind, k in kinds.most_common())
+                + f"; each record's 'error' in {args.out}), e.g. {next(iter(failed.values()))}")
+        print(printable("\n" + line))
+        md.append(line)
     if args.markdown:
         atomic_write(args.markdown, "\n\n".join(md) + "\n")
         print(printable(f"wrote {args.markdown}"))

@@ -70,6 +70,17 @@ def correct_records(records: list[dict]) -> list[dict] | None:
     return [r for r in records if (r.get("answer") or {}).get("contains_gold") is True]
 
 
+def failed_examples(records: list[dict]) -> dict[str, str]:
+    """Example id -> the error of its first failed record, for examples with any failed record
+    (a failure before any method ran, such as ``--target answer_word`` on an answer without the
+    gold answer, fails every method of the example with one message)."""
+    out: dict[str, str] = {}
+    for r in records:
+        if not r.get("ok", True):
+            out.setdefault(r["example"], str(r.get("error", "")))
+    return out
+
+
 def paired_difference(records: list[dict], a: str, b: str, metric: str,
                       exclude_first: bool = False) -> tuple[float, float, float, int]:
     """Mean of (method a − method b) on ``metric`` over the examples both scored, with its 95%

@@ -268,3 +268,16 @@ def test_answer_word_target_fails_an_answer_without_the_gold_answer_alone(attrib
     assert not rec["a"]["ok"] and rec["a"]["error"].startswith("InputError: example a: the model's answer")
     assert "does not contain the gold answer 'w13'" in rec["a"]["error"]
     assert rec["b"]["ok"] and rec["b"]["target_tokens"] == ["w21"] and rec["b"]["answer"]["word_start"] == 1
+
+
+def test_cli_says_which_examples_failed_and_why(tiny_model_dir, data, tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    _scripted(tok, (5, 21, 22), monkeypatch)  # holds example b's gold answer (w21 w22), not a's (w13)
+    out, md = tmp_path / "r.json", tmp_path / "t.md"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout,saliency",
+                 "--metrics", "dsa", "--target", "answer_word", "--out", str(out), "--markdown", str(md), "-q"]) == 0
+    printed = capsys.readouterr().out
+    line = "1 of 2 examples have failed records (InputError ×1; each record's 'error' in"
+    assert line in printed and line in md.read_text()
+    assert "e.g. InputError: example a: the model's answer" in printed
