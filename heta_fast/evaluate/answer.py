@@ -58,13 +58,15 @@ def greedy_answer(model, context_ids: torch.Tensor, max_new_tokens: int, stop: s
     device = lm.get_input_embeddings().weight.device
     cache = cache_kwargs(lm, DynamicCache())  # the model extends this cache in place
     logits = lm(input_ids=context_ids[None].to(device), logits_to_keep=1, **cache).logits[0, -1]
-    first_probs = torch.softmax(logits.double(), dim=-1).cpu()
     generated: list[int] = []
     chosen: list[float] = []
     while True:
-        token = int(logits.argmax())
+        probs = torch.softmax(logits.double(), dim=-1).cpu()
+        if not generated:
+            first_probs = probs
+        token = int(probs.argmax())  # the logits' argmax: softmax keeps order and ties
         generated.append(token)
-        chosen.append(float(torch.softmax(logits.double(), dim=-1)[token]))
+        chosen.append(float(probs[token]))
         if token in stop or len(generated) >= max_new_tokens:
             break
         logits = lm(input_ids=torch.tensor([[token]], device=device), logits_to_keep=1, **cache).logits[0, -1]
@@ -78,28 +80,34 @@ def normalise(text: str) -> str:
 
 
 def contains_answer(answer: str, gold) -> bool:
-    """Whether ``answer`` holds ``gold`` as a run of whole words after :func:`normalise` (module docstring).
+    """Whether ``answer`` holds ``gold`` as a run of whole words after :func:`normalise` (module
+    docstring; matched on the answer's own text by :func:`_find_gold`, the rule's one copy).
     An empty normalised gold answer is held by nothing."""
-    g = normalise(gold)
-    return bool(g) and f" {g} " in f" {normalise(answer)} "
+    return _find_gold(answer, gold) is not None
+
+
+def _find_gold(text: str, gold) -> re.Match | None:
+    """The first occurrence in ``text`` of the normalised gold answer's words as whole words: any
+    non-alphanumeric run between them, no letter or digit on either side, case ignored (the
+    containment rule, on the text itself so that the match has character offsets)."""
+    words = normalise(gold).split()
+    if not words:
+        return None
+    pattern = r"(?<![^\W_])" + r"[\W_]+".join(re.escape(w) for w in words) + r"(?![^\W_])"
+    return re.search(pattern, str(text), flags=re.IGNORECASE)
 
 
 def answer_span(tokenizer, ids, gold) -> tuple[int, int] | None:
     """[start, end) token indices of the gold answer's first occurrence in the answer ids [k], or
     None when the answer does not contain it (the rule of :func:`contains_answer`).
 
-    The occurrence is found in the decoded answer (the gold answer's words, any non-alphanumeric
-    run between them, no letter or digit on either side); start is the token holding its first
+    The occurrence is found in the decoded answer; start is the token holding its first
     character (a word split into several tokens starts at its first piece), end the first token
     boundary at or after its last character.
     """
     ids = [int(i) for i in ids]
-    words = normalise(gold).split()
-    if not words:
-        return None
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    pattern = r"(?<![^\W_])" + r"[\W_]+".join(re.escape(w) for w in words) + r"(?![^\W_])"
-    found = re.search(pattern, text, flags=re.IGNORECASE)
+    found = _find_gold(text, gold)
     if found is None:
         return None
     # Character offset of each token boundary whose decoded prefix is a prefix of the whole text.

@@ -143,7 +143,6 @@ def _own_answer(attributor, ex: EvalExample, gold_ids: torch.Tensor, settings: E
     """(example, target ids [T], answer record): the model's greedy answer to ``ex.prompt`` and the
     run's target; with ``answer_word`` the example's prompt gains the answer's words before it."""
     tok, adapter = attributor.tokenizer, attributor.adapter
-
     sink_id = attributor.sink_id(attributor.config)
 
     def tokenize(prompt: str) -> torch.Tensor:
@@ -177,11 +176,12 @@ def _answer_word(tok, tokenize, ex: EvalExample, context: torch.Tensor, own, gol
         raise InputError(f"example {ex.id}: the model's answer {text!r} does not contain the gold answer "
                          f"{str(gold_answer).strip()!r}; --target answer_word has no word to attribute")
     start = span[0]
+    continued = torch.cat([context, own.ids[:start]])
     # The words' text as they continue the prompt (a token's own decoding may lack the space before it).
-    head, full = tok.decode(context.tolist()), tok.decode(torch.cat([context, own.ids[:start]]).tolist())
+    head, full = tok.decode(context.tolist()), tok.decode(continued.tolist())
     prefix = full[len(head):] if full.startswith(head) else None
     extended = replace(ex, prompt=ex.prompt + (prefix or ""))
-    if prefix is None or not torch.equal(tokenize(extended.prompt), torch.cat([context, own.ids[:start]])):
+    if prefix is None or not torch.equal(tokenize(extended.prompt), continued):
         raise InputError(f"example {ex.id}: the prompt followed by the answer's first words {prefix!r} does not "
                          "tokenise to the generated ids; the answer word cannot be attributed in context")
     return extended, own.ids[start:start + 1], float(own.token_probs[start]), start
