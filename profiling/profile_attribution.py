@@ -2,6 +2,7 @@
 
     python profiling/profile_attribution.py [--model smollm2-135m] [--prompt P --target T] [--top 15]
     python profiling/profile_attribution.py --n 128 --threads 1   # the demo prompt repeated to 128 tokens
+    python profiling/profile_attribution.py --n 512 --threads 1 --precision auto
 
 Prints the engine's phases (labelled ``heta::<phase>`` with record_function) and the most
 expensive torch operators inside the whole attribution.
@@ -25,11 +26,12 @@ def main() -> None:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--n", type=int, default=0, help="instead of --prompt: the demo prompt's tokens repeated to N")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--precision", default="float32", help="HETAConfig.precision: float32, bfloat16 or auto")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    attr = Attributor.from_pretrained(args.model, config=HETAConfig())
+    attr = Attributor.from_pretrained(args.model, config=HETAConfig(precision=args.precision))
     prompt = args.prompt
     if args.n:
         ids = attr.tokenizer(args.prompt)["input_ids"]
