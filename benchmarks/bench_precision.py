@@ -7,7 +7,7 @@ float32 (issue 16, "Measured": float32 against ``"auto"`` at n = 128 and 512).
 The default model and config, n context tokens of the benchmarks' filler text and one target (the
 next filler token); for each n the precisions run one after another in one process, float32 first
 (the reference of the Spearman columns). Prints, per run, the wall seconds of each phase (one
-torch thread, so about the CPU seconds), the dtype each model stage ran in, and the Spearman
+torch thread, so about the CPU seconds), the mode each model stage ran in, and the Spearman
 correlation of the flow gate, I, S and the scores against the float32 run. No timing assertions.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from benchmarks.conftest import prompt_ids
 
 LENGTHS = (128, 512)
-PRECISIONS = ("float32", "auto", "bfloat16")
+PRECISIONS = ("float32", "auto", "bfloat16-split", "bfloat16")
 TERMS = ("flow", "information", "curvature", "scores")
 _reference: dict[int, object] = {}
 _rows: list[str] = []
@@ -31,7 +31,7 @@ _rows: list[str] = []
 def test_precision_end_to_end(benchmark, default_attributor, n, precision):
     from scipy.stats import spearmanr
 
-    from heta_fast.precision import MODEL_STAGES, stage_dtype
+    from heta_fast.precision import MODEL_STAGES, stage_mode
 
     torch.set_num_threads(1)
     att = default_attributor
@@ -41,8 +41,7 @@ def test_precision_end_to_end(benchmark, default_attributor, n, precision):
     result = benchmark.pedantic(att.attribute, args=(ids[:n], ids[n:]), kwargs={"config": config},
                                 rounds=1, iterations=1)
     total = time.perf_counter() - start
-    stages = {s: str(stage_dtype(precision, s, att.adapter.device, att.adapter.dtype)).removeprefix("torch.")
-              for s in MODEL_STAGES}
+    stages = {s: stage_mode(precision, s, att.adapter.device, att.adapter.dtype) or "float32" for s in MODEL_STAGES}
     if precision == "float32":
         _reference[n] = result
     ref = _reference.get(n)
@@ -53,6 +52,6 @@ def test_precision_end_to_end(benchmark, default_attributor, n, precision):
                  + " | ".join(f"{rho[t]:.4f}" for t in TERMS) + " |")
     benchmark.extra_info.update({"n": n, "precision": precision, "stages": stages, "spearman": rho,
                                  **{f"phase_{k}_s": v for k, v in result.timings.items()}})
-    print("\n| n | precision | forward / curvature dtype | total s | forward | flow | curvature | information | "
+    print("\n| n | precision | forward / curvature mode | total s | forward | flow | curvature | information | "
           "ρ flow | ρ I | ρ S | ρ scores |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(_rows))
     assert torch.isfinite(result.scores).all()

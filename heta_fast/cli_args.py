@@ -65,7 +65,8 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
                    help="overlap of consecutive windows, in [0, 1)")
     p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
     p.add_argument("--precision", default=_default("precision"),
-                   help="float32 | bfloat16 | auto: the model stages' matrix products (heta_fast/precision.py)")
+                   help="float32 | bfloat16 | bfloat16-split | auto: the model stages' matrix products "
+                        "(heta_fast/precision.py)")
     p.add_argument("--information-estimator", default=_default("information_estimator"),
                    help="exact (masked passes) | fisher (second-order estimate, cost linear in n; docs/method.md §3)")
     p.add_argument("--information-rank", type=int, default=_default("information_rank"),

@@ -50,8 +50,9 @@ class HETAConfig:
     probing_repeats: int = 2
     sketch_rank: int = 64
     # Which model stages run their matrix products in bf16 (heta_fast/precision.py): "float32",
-    # "bfloat16" or "auto" (bf16 only where the device has it natively and the stage's measured
-    # quality gate was met). Accumulations stay float32 whatever it says.
+    # "bfloat16" (autocast), "bfloat16-split" (the forward stage's linears as split-bf16 products,
+    # about float32's accuracy) or "auto" (bf16 only where the device has it natively and the
+    # stage's measured quality gate was met). Accumulations stay float32 whatever it says.
     precision: str = "float32"
     # Capture the batched HVP in CUDA graphs (CUDA only; ignored on the CPU).
     cuda_graphs: bool = True

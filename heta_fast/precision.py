@@ -1,11 +1,19 @@
 """Which stages run their matrix products in bfloat16 (``HETAConfig.precision``; docs/method.md §0).
 
-Distinct from the dtype the weights are stored in: a float32 model runs a bf16 stage under
-``torch.autocast`` (matrix products and attention in bf16, softmax and normalisation statistics
-in float32, as autocast's policy has them). Whatever the stage, these stay float32 (the dtype
-policy of :mod:`heta_fast.dtypes`): the LM head and the log-softmax of the capture, the fused
-vocabulary KL (its head product included), the flow gate's rollout and sums, the curvature
-norms. Models stored in float64 or half precision run as stored.
+Distinct from the dtype the weights are stored in. Two ways to run a float32 model's stage on
+bf16 products (:func:`stage_mode`):
+
+- ``"bfloat16"``: under ``torch.autocast`` (matrix products and attention in bf16, softmax and
+  normalisation statistics in float32, as autocast's policy has them);
+- ``"bfloat16-split"``: every linear layer but the LM head through the split-bf16 product of
+  :mod:`heta_fast.ops.split_bf16` (each activation as two bf16 halves, bf16 weights, float32
+  accumulation and output; attention, norms and everything else in float32). About float32's
+  accuracy at two bf16 products per linear; no backward, so only for stages without autograd.
+
+Whatever the stage, these stay float32 (the dtype policy of :mod:`heta_fast.dtypes`): the LM head
+and the log-softmax of the capture, the fused vocabulary KL (its head product included), the
+flow gate's rollout and sums, the curvature norms. Models stored in float64 or half precision run
+as stored.
 
 The model stages: ``"forward"`` (the capture forward and the information term's masked passes:
 one precision, since the masked passes continue the capture's keys and values and P_orig and
@@ -13,27 +21,31 @@ P_masked should carry the same rounding) and ``"curvature"`` (its HVPs). A signa
 in ``precision_stage`` (None: it runs no model pass).
 
 - ``"float32"``: every stage in float32 (the default).
-- ``"bfloat16"``: every model stage in bf16, wherever asked, even where bf16 is emulated and slow.
+- ``"bfloat16"``: every model stage under autocast, wherever asked, even where bf16 is emulated.
+- ``"bfloat16-split"``: the forward stage split-bf16; the curvature in float32 (it needs a
+  backward the split product does not have).
 - ``"auto"``: bf16 for a stage only where the device runs bf16 natively (CUDA with bf16; a CPU
   reporting AMX or AVX512-BF16) **and** the stage met the quality gate measured on the curated
-  set (:data:`GATED`); float32 everywhere else.
+  set in that mode (:data:`GATED`); float32 everywhere else.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from pathlib import Path
 
 import torch
 
-PRECISIONS = ("float32", "bfloat16", "auto")
+PRECISIONS = ("float32", "bfloat16", "bfloat16-split", "auto")
+MODES = ("float32", "bfloat16", "bfloat16-split")
 MODEL_STAGES = ("forward", "curvature")
-# Stages whose bf16 results met the quality gate (median Spearman >= 0.99 and 10th percentile
-# >= 0.97 against float32 on their term; EVALUATION.md, "bf16 against float32"). Only these go
-# bf16 under "auto". Measured on the curated set: curvature 0.9993 / 0.9985 (30 records); the
-# forward stage's I 0.981 / 0.957 (100 records: not met; its flow gate 0.9997 / 0.9994).
-# Again with native bf16 (AMX): curvature 0.9992 / 0.9974, I 0.979 / 0.946 (not met).
-GATED: tuple[str, ...] = ("curvature",)
+# The mode in which each stage met the quality gate (median Spearman >= 0.99 and 10th percentile
+# >= 0.97 of its term against float32 on the curated set; EVALUATION.md, "bf16 against float32").
+# Under "auto" a stage runs in its gated mode where the device has native bf16, float32 elsewhere.
+# Measured: the curvature under autocast 0.9993 / 0.9985 (30 records; with AMX 0.9992 / 0.9974);
+# the forward stage under autocast fails on I (0.981 / 0.957; with AMX 0.979 / 0.946).
+GATED: dict[str, str] = {"curvature": "bfloat16"}
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -58,35 +70,112 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def stage_dtype(precision: str, stage: str | None, device: torch.device, model_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of ``stage``'s matrix products under ``precision`` on ``device`` (None: no model pass)."""
+def split_available(device: torch.device) -> bool:
+    """Whether the split-bf16 product has its fast path on ``device`` (a CPU whose torch exports
+    MKL's bf16 → float32 GEMM)."""
+    from .ops import split_bf16
+
+    return device.type == "cpu" and split_bf16.available()
+
+
+def stage_mode(precision: str, stage: str | None, device: torch.device, model_dtype: torch.dtype) -> str | None:
+    """How ``stage``'s matrix products run under ``precision`` on ``device``: ``"bfloat16"``
+    (autocast), ``"bfloat16-split"``, or None (as the model is stored: float32 for a float32 model;
+    also for ``stage=None``, a signal that runs no model pass)."""
     if model_dtype != torch.float32 or stage not in MODEL_STAGES or precision == "float32":
-        return model_dtype
-    if precision == "bfloat16" or (stage in GATED and native_bf16(device)):
-        return torch.bfloat16
-    return torch.float32
+        return None
+    if precision == "auto":
+        mode = GATED.get(stage)
+        if mode is None or not native_bf16(device):
+            return None
+        return None if mode == "bfloat16-split" and not split_available(device) else mode
+    if precision == "bfloat16-split":
+        return precision if stage == "forward" else None  # the split product has no backward
+    return precision
 
 
 @contextlib.contextmanager
 def stage_precision(precision: str, stage: str | None, adapter):
-    """Run the enclosed stage of ``adapter``'s model in the precision :func:`stage_dtype` picks.
+    """Run the enclosed stage of ``adapter``'s model in the mode :func:`stage_mode` picks.
 
-    In a bf16 stage the model's LM head runs outside autocast (float32 logits)."""
-    device = adapter.device
-    if stage_dtype(precision, stage, device, adapter.dtype) == adapter.dtype:  # runs as stored
+    Under autocast the model's LM head runs outside it (float32 logits); the split mode leaves the
+    head alone and replaces, for the stage, the forward of every other ``nn.Linear``."""
+    mode = stage_mode(precision, stage, adapter.device, adapter.dtype)
+    if mode is None:
         yield
         return
     head = adapter.model.get_output_embeddings()
+    if mode == "bfloat16-split":
+        with _split_linears(adapter.model, head):
+            yield
+        return
     handles = []
     if head is not None:
         handles.append(head.register_forward_pre_hook(_head_in_float32))
         handles.append(head.register_forward_hook(_head_done))
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(adapter.device.type, dtype=torch.bfloat16):
             yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+# nn.Linear -> (the weight it was made from, that weight's version, its bf16 copy): one rounding
+# per weight for the model's lifetime, redone if the weight is replaced or changed in place.
+_BF16_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _bf16_weight(layer: torch.nn.Linear) -> torch.Tensor:
+    weight = layer.weight
+    entry = _BF16_WEIGHTS.get(layer)
+    if entry is None or entry[0] is not weight or entry[1] != weight._version:
+        entry = (weight, weight._version, weight.detach().to(torch.bfloat16).contiguous())
+        _BF16_WEIGHTS[layer] = entry
+    return entry[2]
+
+
+class _SharedHalves:
+    """The last input's bf16 halves: the q/k/v (and gate/up) projections read one tensor, so it is
+    split once. Holds that input alive, so its identity cannot be reused by another tensor."""
+
+    def __init__(self):
+        self.x, self.version, self.halves = None, None, None
+
+    def of(self, x: torch.Tensor):
+        from .ops.split_bf16 import split_halves
+
+        if self.x is not x or self.version != x._version:
+            self.x, self.version, self.halves = x, x._version, split_halves(x)
+        return self.halves
+
+
+@contextlib.contextmanager
+def _split_linears(model: torch.nn.Module, head):
+    from .ops.split_bf16 import split_bf16_linear
+
+    shared = _SharedHalves()
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+              and m.weight.dtype == torch.float32]
+
+    def split_forward(layer, original, x):
+        if x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
+            return original(x)  # a pass that needs a backward keeps float32
+        return split_bf16_linear(x, _bf16_weight(layer), layer.bias, shared.of(x))
+
+    saved = []
+    try:
+        for layer in layers:
+            saved.append((layer, layer.__dict__.get("forward")))
+            layer.forward = functools.partial(split_forward, layer, layer.forward)
+        yield
+    finally:
+        for layer, own in saved:
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+        shared.x = shared.halves = None
 
 
 def _head_in_float32(module, args):

@@ -1,11 +1,12 @@
 """bf16 against float32, per stage, on the curated set (issue 16 §1: the quality gate of "auto").
 
-    python scripts/precision_quality.py run OUT.json [--start A --stop B] [--curvature-below C]
+    python scripts/precision_quality.py run OUT.json [--start A --stop B] [--curvature-below C] [--precision P]
     python scripts/precision_quality.py table docs/results/precision_quality_*.json
 
 ``run``: default model (float32 weights), one torch thread, curated records A..B (prompt
 ``input_text + "\\nAnswer:"``, target the first token of ``" " + answer``), each attributed with
-``precision="float32"`` and ``precision="bfloat16"``; records with index below C (default 30)
+``precision="float32"`` and ``precision=P`` (default ``"bfloat16"``; ``"bfloat16-split"`` runs
+only the forward stage split, so its curvature equals float32's); records with index below C (default 30)
 with every component, the others without the curvature. Per record: the Spearman of the flow
 gate (the forward stage's attentions), of I (the forward stage: capture and masked passes), of S
 (the curvature stage) and of the final scores, bf16 against float32; the relative error of I on
@@ -44,9 +45,10 @@ def run(args) -> None:
         components = ("flow", "curvature", "information") if k < args.curvature_below else ("flow", "information")
         results = {p: attributor.attribute(ex["input_text"] + "\nAnswer:", target,
                                            config=HETAConfig(components=components, precision=p))
-                   for p in ("float32", "bfloat16")}
-        full, half = results["float32"], results["bfloat16"]
-        row = {"n": int(full.scores.shape[1]), "timings": {p: r.timings for p, r in results.items()}}
+                   for p in ("float32", args.precision)}
+        full, half = results["float32"], results[args.precision]
+        row = {"n": int(full.scores.shape[1]), "precision": args.precision,
+               "timings": {p: r.timings for p, r in results.items()}}
         for term in TERMS:
             a, b = getattr(full, term), getattr(half, term)
             if a is not None and (term != "scores" or "curvature" in components):
@@ -78,13 +80,14 @@ def table(paths) -> None:
     print(f"\nI's largest tenth, median relative error bf16 vs float32: {statistics.median(errors):.4f} "
           f"(median over records of each record's median)")
     for phase in ("forward", "curvature", "information"):
-        ratio = [r["timings"]["bfloat16"][phase] / r["timings"]["float32"][phase] for r in values
+        ratio = [r["timings"][r.get("precision", "bfloat16")][phase] / r["timings"]["float32"][phase] for r in values
                  if phase in r["timings"]["float32"]]
         print(f"{phase}: bf16 / float32 seconds, median {statistics.median(ratio):.2f} ({len(ratio)} records)")
 
 
 def _run_args(parser) -> None:
     parser.add_argument("--curvature-below", type=int, default=30)
+    parser.add_argument("--precision", default="bfloat16", choices=("bfloat16", "bfloat16-split"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The precision option: which stage runs in bf16, the float32 head inside a bf16 stage, and
 bf16 results close to float32 ones."""
+import copy
+
 import pytest
 import torch
 
@@ -7,28 +9,33 @@ import heta_fast.precision as precision
 from heta_fast import Attributor, HETAConfig
 from heta_fast.errors import ConfigError
 from heta_fast.model.adapter import ModelAdapter
-from heta_fast.precision import stage_dtype, stage_precision
+from heta_fast.precision import stage_mode, stage_precision
 from tests.tiny_models import tiny_model
 
 CPU = torch.device("cpu")
 F32, BF16 = torch.float32, torch.bfloat16
 
 
-def test_stage_dtype_table(monkeypatch):
+def test_stage_mode_table(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
-    assert stage_dtype("float32", "forward", CPU, F32) == F32
-    assert stage_dtype("bfloat16", "forward", CPU, F32) == BF16
-    assert stage_dtype("bfloat16", "curvature", CPU, F32) == BF16
-    assert stage_dtype("bfloat16", None, CPU, F32) == F32  # no model pass (the flow gate)
-    assert stage_dtype("bfloat16", "forward", CPU, torch.float64) == torch.float64  # runs as stored
-    assert stage_dtype("auto", "forward", CPU, F32) == F32  # no native bf16
+    assert stage_mode("float32", "forward", CPU, F32) is None
+    assert stage_mode("bfloat16", "forward", CPU, F32) == "bfloat16"
+    assert stage_mode("bfloat16", "curvature", CPU, F32) == "bfloat16"
+    assert stage_mode("bfloat16", None, CPU, F32) is None  # no model pass (the flow gate)
+    assert stage_mode("bfloat16", "forward", CPU, torch.float64) is None  # runs as stored
+    assert stage_mode("bfloat16-split", "forward", CPU, F32) == "bfloat16-split"
+    assert stage_mode("bfloat16-split", "curvature", CPU, F32) is None  # no backward: float32
+    assert stage_mode("auto", "forward", CPU, F32) is None  # no native bf16
+    assert stage_mode("auto", "curvature", CPU, F32) is None
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    # The measured decision (EVALUATION.md): the curvature met the gate, the forward stage did not.
-    assert stage_dtype("auto", "curvature", CPU, F32) == BF16
-    assert stage_dtype("auto", "forward", CPU, F32) == F32
-    monkeypatch.setattr(precision, "GATED", ("forward",))
-    assert stage_dtype("auto", "forward", CPU, F32) == BF16
-    assert stage_dtype("auto", "curvature", CPU, F32) == F32  # native, but not past its gate
+    # The measured decision (EVALUATION.md): the curvature met the gate under autocast.
+    assert stage_mode("auto", "curvature", CPU, F32) == "bfloat16"
+    monkeypatch.setattr(precision, "GATED", {"forward": "bfloat16-split"})
+    monkeypatch.setattr(precision, "split_available", lambda device: True)
+    assert stage_mode("auto", "forward", CPU, F32) == "bfloat16-split"
+    assert stage_mode("auto", "curvature", CPU, F32) is None  # native, but not past its gate
+    monkeypatch.setattr(precision, "split_available", lambda device: False)
+    assert stage_mode("auto", "forward", CPU, F32) is None  # gated mode without its fast path
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
@@ -83,3 +90,52 @@ def test_a_half_model_runs_as_stored_whatever_the_precision():
     with stage_precision("bfloat16", "forward", adapter):
         assert not torch.is_autocast_enabled("cpu")
         assert adapter.logits(x[None]).dtype == BF16
+
+
+def test_the_split_stage_is_the_float32_model_with_bf16_weights():
+    adapter = ModelAdapter(tiny_model("llama", dtype=F32))
+    x = adapter.embed(torch.tensor([3, 9, 14, 2, 7, 11, 5]))[None] * 4
+    rounded = ModelAdapter(copy.deepcopy(adapter.model))
+    head = rounded.model.get_output_embeddings()
+    with torch.no_grad():
+        for m in rounded.model.modules():
+            if isinstance(m, torch.nn.Linear) and m is not head:
+                m.weight.copy_(m.weight.to(BF16).float())
+        want = rounded.logits(x)
+        with stage_precision("bfloat16-split", "forward", adapter):
+            split = adapter.logits(x)
+        with stage_precision("bfloat16", "forward", adapter):
+            half = adapter.logits(x)
+    split_err, half_err = float((split - want).abs().max()), float((half - want).abs().max())
+    # Only the weights are rounded: the activations keep ~16 bits, the outputs stay float32.
+    assert split_err < 1e-4 * float(want.abs().max()) and split_err * 50 < half_err, (split_err, half_err)
+
+
+def test_the_split_mode_in_the_engine(tiny_model_dir):
+    attributor = Attributor.from_pretrained(str(tiny_model_dir))
+    prompt, target = [5, 9, 12, 7, 30, 8, 17, 21, 3, 14], [11]
+    full = attributor.attribute(prompt, target)
+    split = attributor.attribute(prompt, target, config=HETAConfig(precision="bfloat16-split"))
+    assert split.config["precision"] == "bfloat16-split" and split.information.dtype == F32
+    # The curvature needs a backward, which the split product lacks: it ran in float32.
+    assert torch.equal(split.curvature, full.curvature)
+    for name in ("flow", "information", "scores"):
+        a, b = getattr(full, name), getattr(split, name)
+        assert not torch.equal(a, b)  # the split ran (its bf16 weights move the result a little)
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2 * float(a.abs().max()))
+    leaked = [m for m in attributor.model.modules() if "forward" in m.__dict__]
+    assert leaked == []  # every linear's own forward is back
+
+
+def test_a_pass_that_needs_a_backward_keeps_float32_inside_the_split_stage():
+    adapter = ModelAdapter(tiny_model("llama", dtype=F32))
+    layer = next(m for m in adapter.model.modules() if isinstance(m, torch.nn.Linear))
+    x = torch.randn(3, layer.in_features, requires_grad=True)
+    with stage_precision("bfloat16-split", "forward", adapter):
+        graded = layer(x)
+        with torch.no_grad():
+            split = layer(x.detach())
+    assert graded.grad_fn is not None
+    torch.testing.assert_close(graded.detach(), torch.nn.functional.linear(x.detach(), layer.weight, layer.bias))
+    assert not torch.equal(split, graded.detach())
+    assert "forward" not in layer.__dict__

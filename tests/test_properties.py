@@ -202,7 +202,7 @@ GOOD = {
     "term_scale": st.sampled_from(["raw", "max", "simplex", "rank"]),
     "sinks": st.sampled_from(["keep", "exclude"]), "sink_threshold": st.floats(0.01, 1),
     "sink_token": st.sampled_from(["none", "bos", "eos"]),
-    "precision": st.sampled_from(["float32", "bfloat16", "auto"]),
+    "precision": st.sampled_from(["float32", "bfloat16", "bfloat16-split", "auto"]),
     "information_estimator": st.sampled_from(["exact", "fisher"]), "information_rank": st.integers(1, 8),
 }
 assert set(GOOD) == set(FIELDS)
