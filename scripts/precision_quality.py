@@ -82,7 +82,8 @@ def table(paths) -> None:
     for phase in ("forward", "curvature", "information"):
         ratio = [r["timings"][r.get("precision", "bfloat16")][phase] / r["timings"]["float32"][phase] for r in values
                  if phase in r["timings"]["float32"]]
-        print(f"{phase}: bf16 / float32 seconds, median {statistics.median(ratio):.2f} ({len(ratio)} records)")
+        if ratio:
+            print(f"{phase}: bf16 / float32 seconds, median {statistics.median(ratio):.2f} ({len(ratio)} records)")
 
 
 def _run_args(parser) -> None:

@@ -28,14 +28,16 @@ def test_stage_mode_table(monkeypatch):
     assert stage_mode("auto", "forward", CPU, F32) is None  # no native bf16
     assert stage_mode("auto", "curvature", CPU, F32) is None
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    # The measured decision (EVALUATION.md): the curvature met the gate under autocast.
-    assert stage_mode("auto", "curvature", CPU, F32) == "bfloat16"
-    monkeypatch.setattr(precision, "GATED", {"forward": "bfloat16-split"})
     monkeypatch.setattr(precision, "split_available", lambda device: True)
+    # The measured decisions (EVALUATION.md): the curvature met the gate under autocast, the
+    # forward stage only split.
+    assert stage_mode("auto", "curvature", CPU, F32) == "bfloat16"
     assert stage_mode("auto", "forward", CPU, F32) == "bfloat16-split"
-    assert stage_mode("auto", "curvature", CPU, F32) is None  # native, but not past its gate
     monkeypatch.setattr(precision, "split_available", lambda device: False)
-    assert stage_mode("auto", "forward", CPU, F32) is None  # gated mode without its fast path
+    assert stage_mode("auto", "forward", CPU, F32) is None  # its gated mode without its fast path
+    monkeypatch.setattr(precision, "GATED", {"forward": "bfloat16"})
+    assert stage_mode("auto", "forward", CPU, F32) == "bfloat16"
+    assert stage_mode("auto", "curvature", CPU, F32) is None  # native, but not past its gate
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
