@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import weakref
 from pathlib import Path
 
@@ -153,13 +154,21 @@ class _SharedHalves:
 
 @contextlib.contextmanager
 def _split_linears(model: torch.nn.Module, head):
+    # The model's linear layers get a split forward for the stage's duration (autocast, being
+    # thread-local, needs no such patch). Calls from other threads run the layers' own forward;
+    # two split stages on one model at once from two threads are not supported (the service runs
+    # one attribution at a time on its worker thread).
     from .ops.split_bf16 import split_bf16_linear
 
     shared = _SharedHalves()
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
               and m.weight.dtype == torch.float32]
 
+    owner = threading.get_ident()
+
     def split_forward(layer, original, x):
+        if threading.get_ident() != owner:  # another thread's pass on the same model: not this stage's
+            return original(x)
         if x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
             return original(x)  # a pass that needs a backward keeps float32
         return split_bf16_linear(x, _bf16_weight(layer), layer.bias, shared.of(x))

@@ -141,3 +141,20 @@ def test_a_pass_that_needs_a_backward_keeps_float32_inside_the_split_stage():
     torch.testing.assert_close(graded.detach(), torch.nn.functional.linear(x.detach(), layer.weight, layer.bias))
     assert not torch.equal(split, graded.detach())
     assert "forward" not in layer.__dict__
+
+
+def test_another_thread_sees_the_layers_own_forward_during_a_split_stage():
+    import threading
+
+    adapter = ModelAdapter(tiny_model("llama", dtype=F32))
+    layer = next(m for m in adapter.model.modules() if isinstance(m, torch.nn.Linear))
+    x = torch.randn(5, layer.in_features)
+    out = {}
+    with torch.no_grad(), stage_precision("bfloat16-split", "forward", adapter):
+        out["here"] = layer(x)
+        worker = threading.Thread(target=lambda: out.update(there=layer(x)))
+        worker.start()
+        worker.join()
+    with torch.no_grad():
+        plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert torch.equal(out["there"], plain) and not torch.equal(out["here"], plain)
