@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("float32", "bfloat16", "bfloat16-split", "auto")
-MODES = ("float32", "bfloat16", "bfloat16-split")
 MODEL_STAGES = ("forward", "curvature")
 # The mode in which each stage met the quality gate (median Spearman >= 0.99 and 10th percentile
 # >= 0.97 of its term against float32 on the curated set; EVALUATION.md, "bf16 against float32").
