@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from .ops import split_bf16
+
 PRECISIONS = ("float32", "bfloat16", "bfloat16-split", "auto")
 MODEL_STAGES = ("forward", "curvature")
 # The mode in which each stage met the quality gate (median Spearman >= 0.99 and 10th percentile
@@ -74,8 +76,6 @@ def native_bf16(device: torch.device) -> bool:
 def split_available(device: torch.device) -> bool:
     """Whether the split-bf16 product has its fast path on ``device`` (a CPU whose torch exports
     MKL's bf16 → float32 GEMM)."""
-    from .ops import split_bf16
-
     return device.type == "cpu" and split_bf16.available()
 
 
@@ -144,10 +144,8 @@ class _SharedHalves:
         self.x, self.version, self.halves = None, None, None
 
     def of(self, x: torch.Tensor):
-        from .ops.split_bf16 import split_halves
-
         if self.x is not x or self.version != x._version:
-            self.x, self.version, self.halves = x, x._version, split_halves(x)
+            self.x, self.version, self.halves = x, x._version, split_bf16.split_halves(x)
         return self.halves
 
 
@@ -157,8 +155,6 @@ def _split_linears(model: torch.nn.Module, head):
     # thread-local, needs no such patch). Calls from other threads run the layers' own forward;
     # two split stages on one model at once from two threads are not supported (the service runs
     # one attribution at a time on its worker thread).
-    from .ops.split_bf16 import split_bf16_linear
-
     shared = _SharedHalves()
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
               and m.weight.dtype == torch.float32]
@@ -170,7 +166,7 @@ def _split_linears(model: torch.nn.Module, head):
             return original(x)
         if x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
             return original(x)  # a pass that needs a backward keeps float32
-        return split_bf16_linear(x, _bf16_weight(layer), layer.bias, shared.of(x))
+        return split_bf16.split_bf16_linear(x, _bf16_weight(layer), layer.bias, shared.of(x))
 
     saved = []
     try:

@@ -16,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from heta_fast import Attributor, HETAConfig
 from heta_fast.cli import DEMO_PROMPT, DEMO_TARGET
+from heta_fast.precision import PRECISIONS
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--n", type=int, default=0, help="instead of --prompt: the demo prompt's tokens repeated to N")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--precision", default="float32", help="HETAConfig.precision: float32, bfloat16 or auto")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS, help="HETAConfig.precision")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
