@@ -149,38 +149,80 @@ class _SharedHalves:
         return self.halves
 
 
-@contextlib.contextmanager
-def _split_linears(model: torch.nn.Module, head):
-    # The model's linear layers get a split forward for the stage's duration (autocast, being
-    # thread-local, needs no such patch). Calls from other threads run the layers' own forward;
-    # two split stages on one model at once from two threads are not supported (the service runs
-    # one attribution at a time on its worker thread).
-    shared = _SharedHalves()
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
-              and m.weight.dtype == torch.float32]
+# Split stages active on this thread: id(model) -> [depth, the thread's _SharedHalves].
+_THREAD_STAGES = threading.local()
+# Models whose linears carry the split forward: id(model) -> [stages open on any thread, saved
+# forwards]. The patch is installed by the first stage to open on a model and removed by the last
+# to close, under the lock; whether a call splits is decided by the calling thread's own stages,
+# so threads with and without a split stage can share one model at any time.
+_PATCHED: dict[int, list] = {}
+_PATCH_LOCK = threading.Lock()
 
-    owner = threading.get_ident()
 
-    def split_forward(layer, original, x):
-        if threading.get_ident() != owner:  # another thread's pass on the same model: not this stage's
-            return original(x)
-        if x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
-            return original(x)  # a pass that needs a backward keeps float32
-        return split_bf16.split_bf16_linear(x, _bf16_weight(layer), layer.bias, shared.of(x))
+def _thread_stages() -> dict[int, list]:
+    stages = getattr(_THREAD_STAGES, "stages", None)
+    if stages is None:
+        stages = _THREAD_STAGES.stages = {}
+    return stages
 
-    saved = []
-    try:
-        for layer in layers:
-            saved.append((layer, layer.__dict__.get("forward")))
-            layer.forward = functools.partial(split_forward, layer, layer.forward)
-        yield
-    finally:
-        for layer, own in saved:
+
+def _split_forward(key: int, layer: torch.nn.Linear, original, x: torch.Tensor) -> torch.Tensor:
+    stage = _thread_stages().get(key)
+    if stage is None:  # no split stage of this model on this thread: the layer's own forward
+        return original(x)
+    if x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
+        return original(x)  # a pass that needs a backward keeps float32
+    return split_bf16.split_bf16_linear(x, _bf16_weight(layer), layer.bias, stage[1].of(x))
+
+
+def _install(model: torch.nn.Module, head) -> None:
+    key = id(model)
+    with _PATCH_LOCK:
+        entry = _PATCHED.get(key)
+        if entry is None:
+            saved = []
+            for layer in model.modules():
+                if isinstance(layer, torch.nn.Linear) and layer is not head and layer.weight.dtype == torch.float32:
+                    saved.append((layer, layer.__dict__.get("forward")))
+                    layer.forward = functools.partial(_split_forward, key, layer, layer.forward)
+            entry = _PATCHED[key] = [0, saved]
+        entry[0] += 1
+
+
+def _uninstall(model: torch.nn.Module) -> None:
+    key = id(model)
+    with _PATCH_LOCK:
+        entry = _PATCHED[key]
+        entry[0] -= 1
+        if entry[0]:
+            return
+        del _PATCHED[key]
+        for layer, own in entry[1]:
             if own is None:
                 del layer.forward
             else:
                 layer.forward = own
-        shared.x = shared.halves = None
+
+
+@contextlib.contextmanager
+def _split_linears(model: torch.nn.Module, head):
+    # The model's linear layers (not the head) get the split forward while any thread has a split
+    # stage open on the model (autocast, being thread-local, needs no such patch); the patched
+    # forward splits only for the threads inside such a stage.
+    stages, key = _thread_stages(), id(model)
+    stage = stages.get(key)
+    if stage is not None:  # nested in this thread's own stage on the model: already split
+        stage[0] += 1
+    else:
+        _install(model, head)
+        stage = stages[key] = [1, _SharedHalves()]
+    try:
+        yield
+    finally:
+        stage[0] -= 1
+        if not stage[0]:
+            del stages[key]
+            _uninstall(model)
 
 
 def _head_in_float32(module, args):

@@ -158,3 +158,79 @@ def test_another_thread_sees_the_layers_own_forward_during_a_split_stage():
     with torch.no_grad():
         plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert torch.equal(out["there"], plain) and not torch.equal(out["here"], plain)
+
+
+def test_split_stages_on_one_model_from_two_threads_may_overlap():
+    import threading
+
+    adapter = ModelAdapter(tiny_model("llama", dtype=F32))
+    x = adapter.embed(torch.tensor([3, 9, 14, 2, 7, 11, 5]))[None] * 4
+    with torch.no_grad():
+        plain = adapter.logits(x)
+        with stage_precision("bfloat16-split", "forward", adapter):
+            want = adapter.logits(x)
+    assert (want - plain).abs().max() > 1e-4 * plain.abs().max()  # the two are told apart below
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+    out, errors = {}, []
+
+    def guarded(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # reported in the main thread
+                errors.append(exc)
+                a_open.set(), b_open.set(), a_closed.set()
+        return run
+
+    @guarded
+    def first():
+        with torch.no_grad(), stage_precision("bfloat16-split", "forward", adapter):
+            a_open.set()
+            b_open.wait(10)
+            out["first"] = adapter.logits(x)
+        a_closed.set()
+
+    @guarded
+    def second():
+        with torch.no_grad(), stage_precision("bfloat16-split", "forward", adapter):
+            b_open.set()
+            a_open.wait(10)
+            out["bystander"] = _run_in_thread(lambda: adapter.logits(x))  # a thread with no stage
+            a_closed.wait(10)  # the first thread's stage closed while this one is still open
+            out["second"] = adapter.logits(x)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    for name in ("first", "second"):
+        torch.testing.assert_close(out[name], want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+    torch.testing.assert_close(out["bystander"], plain, rtol=1e-6, atol=1e-6 * float(plain.abs().max()))
+    assert [m for m in adapter.model.modules() if "forward" in m.__dict__] == []
+
+
+def test_a_split_stage_nested_in_its_own_thread_stays_split_until_the_outer_one_closes():
+    adapter = ModelAdapter(tiny_model("llama", dtype=F32))
+    layer = next(m for m in adapter.model.modules() if isinstance(m, torch.nn.Linear))
+    x = torch.randn(4, layer.in_features)
+    with torch.no_grad():
+        plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        with stage_precision("bfloat16-split", "forward", adapter):
+            with stage_precision("bfloat16-split", "forward", adapter):
+                inner = layer(x)
+            after_inner = layer(x)
+        after_outer = layer(x)
+    assert not torch.equal(inner, plain) and torch.equal(after_inner, inner)
+    assert torch.equal(after_outer, plain) and "forward" not in layer.__dict__
+
+
+def _run_in_thread(fn):
+    import threading
+
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(value=fn()))
+    worker.start()
+    worker.join(30)
+    return box["value"]
