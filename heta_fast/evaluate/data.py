@@ -123,9 +123,10 @@ def chat_example(ex: EvalExample, tokenizer) -> EvalExample:
     becomes the template's rendering with the generation prompt (:func:`heta_fast.chat.render_chat`),
     and every span moves by the message's offset in that rendering, so it covers the same words.
 
-    ``meta["message"]`` is the message's [start, end) span in the new prompt. The rendering must
-    tokenise, as a plain prompt, to the template's own ids (true when the tokenizer adds no special
-    tokens of its own to a text); otherwise ``InputError``.
+    ``meta["message"]`` is the message's [start, end) span in the new prompt. The new prompt must
+    tokenise, as a plain prompt, to the template's own ids: the rendering does when the tokenizer
+    adds no special tokens of its own, the rendering without its leading BOS text does when the
+    template writes the BOS the tokenizer adds (:func:`_as_plain_prompt`); otherwise ``InputError``.
     """
     cue = ex.meta.get("cue")
     content = ex.prompt[: -len(cue)] if cue and ex.prompt.endswith(cue) else ex.prompt
@@ -138,9 +139,8 @@ def chat_example(ex: EvalExample, tokenizer) -> EvalExample:
         raise InputError(f"example {ex.id}: the message occurs {chat.text.count(shown)} times in the chat "
                          "rendering; its spans cannot be moved")
     shift = chat.text.index(shown) - (len(content) - len(content.lstrip()))
-    if tokenizer(chat.text, add_special_tokens=True)["input_ids"] != chat.ids.tolist():
-        raise InputError("the chat rendering tokenised as a prompt differs from the template's ids (the "
-                         "tokenizer adds special tokens); --prompt-format chat cannot be used with this model")
+    prompt = _as_plain_prompt(tokenizer, chat)
+    shift -= len(chat.text) - len(prompt)
 
     def move(span: Span | None) -> Span | None:
         return None if span is None else (span[0] + shift, span[1] + shift)
@@ -148,9 +148,26 @@ def chat_example(ex: EvalExample, tokenizer) -> EvalExample:
     start = shift + len(content) - len(content.lstrip())
     meta = {**ex.meta, "message": (start, start + len(shown))}
     meta.pop("cue", None)
-    return EvalExample(id=ex.id, prompt=chat.text, target=ex.target, target_tokens=ex.target_tokens,
+    return EvalExample(id=ex.id, prompt=prompt, target=ex.target, target_tokens=ex.target_tokens,
                        support=move(ex.support), distractor=move(ex.distractor),
                        gold=tuple(move(g) for g in ex.gold), meta=meta)
+
+
+def _as_plain_prompt(tokenizer, chat) -> str:
+    """The text that, tokenised as a plain prompt (with the tokenizer's own special tokens), gives
+    exactly the template's ids: the rendering itself, or, for a template that writes the BOS the
+    tokenizer adds anyway (Gemma's), the rendering without that leading BOS text. Anything else
+    is an ``InputError``."""
+    ids = chat.ids.tolist()
+    if tokenizer(chat.text, add_special_tokens=True)["input_ids"] == ids:
+        return chat.text
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and chat.text.startswith(bos):
+        rest = chat.text[len(bos):]
+        if tokenizer(rest, add_special_tokens=True)["input_ids"] == ids:
+            return rest
+    raise InputError("the chat rendering tokenised as a prompt differs from the template's ids (the "
+                     "tokenizer adds special tokens); --prompt-format chat cannot be used with this model")
 
 
 # ----------------------------------------------------------------------------- JSONL

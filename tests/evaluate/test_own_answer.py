@@ -281,3 +281,37 @@ def test_cli_says_which_examples_failed_and_why(tiny_model_dir, data, tmp_path, 
     line = "1 of 2 examples have failed records (InputError ×1; each record's 'error' in"
     assert line in printed and line in md.read_text()
     assert "e.g. InputError: example a: the model's answer" in printed
+
+
+def _bos_adding_tokenizer(template: str):
+    """The tiny tokenizer with a chat template, adding [BOS] before every text it tokenises with
+    special tokens (as Gemma's does)."""
+    from tokenizers import processors
+
+    tok = chat_tokenizer(template)
+    bos = tok.convert_tokens_to_ids("[BOS]")
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", bos)])
+    assert tok("w5")["input_ids"] == [bos, tok.convert_tokens_to_ids("w5")]
+    return tok
+
+
+def test_chat_with_a_template_that_writes_the_bos_the_tokenizer_adds(data):
+    from heta_fast.chat import render_chat
+
+    tok = _bos_adding_tokenizer("[BOS] {% for m in messages %}w4 {{ m['content'] }} [EOS] {% endfor %}"
+                                "{% if add_generation_prompt %}w9{% endif %}")
+    attributor = Attributor(tiny_model("llama"), tok, HETAConfig(num_probes=1))
+    for ex in load_jsonl(data):
+        chat = chat_example(ex, tok)
+        # The prompt leaves the BOS to the tokenizer, so a plain tokenisation gives the template's ids.
+        assert chat.prompt == f" w4 {ex.prompt} [EOS] w9"
+        template_ids = render_chat(tok, [{"role": "user", "content": ex.prompt}]).ids
+        prep = prepare_example(attributor, ex, EvalSettings(prompt_format="chat"))
+        assert torch.equal(prep.context_ids, template_ids)
+        plain = prepare_example(attributor, ex)  # [BOS] and the words; in the chat: [BOS] w4 and the words
+        assert prep.support == [i + 1 for i in plain.support] and prep.distractor == [i + 1 for i in plain.distractor]
+        assert _words(chat.prompt, chat.gold) == _words(ex.prompt, ex.gold)
+    # A template without the BOS the tokenizer adds: the plain tokenisation has one token more.
+    no_bos = _bos_adding_tokenizer("{% for m in messages %}w4 {{ m['content'] }} [EOS] {% endfor %}")
+    with pytest.raises(InputError, match="differs from the template's ids"):
+        chat_example(load_jsonl(data)[0], no_bos)
