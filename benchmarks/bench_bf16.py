@@ -11,34 +11,15 @@ so only the masked passes differ). No timing assertions.
 from __future__ import annotations
 
 import copy
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks.conftest import prompt_ids
+from benchmarks.conftest import best_time, prompt_ids
+from heta_fast.precision import cpu_bf16_features
 
 N_CONTEXT = 128
 REPEATS = 2
-
-
-def cpu_bf16_flags() -> list[str]:
-    """The bf16 features the CPU reports (Linux); empty where it reports none."""
-    info = Path("/proc/cpuinfo")
-    if not info.exists():
-        return []
-    flags = set(next((line for line in info.read_text().splitlines() if line.startswith("flags")), "").split())
-    return sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
-
-
-def _best(fn) -> float:
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def test_bf16_against_float32(default_attributor, benchmark):
@@ -50,10 +31,10 @@ def test_bf16_against_float32(default_attributor, benchmark):
 
     torch.set_num_threads(1)
     att = default_attributor
-    print(f"\nthreads {torch.get_num_threads()}, CPU bf16 features: {cpu_bf16_flags() or 'none'}")
+    print(f"\nthreads {torch.get_num_threads()}, CPU bf16 features: {cpu_bf16_features() or 'none'}")
     x, w = torch.randn(1024, 576), torch.randn(1536, 576)  # 1024 token rows through an MLP projection
-    times = {dt: _best(lambda dt=dt: [x.to(dt) @ w.to(dt).t() for _ in range(10)]) for dt in (torch.float32,
-                                                                                            torch.bfloat16)}
+    times = {dt: best_time(lambda dt=dt: [x.to(dt) @ w.to(dt).t() for _ in range(10)], REPEATS)
+             for dt in (torch.float32, torch.bfloat16)}
     print(f"matmul 1024x576 @ 576x1536 (x10): float32 {times[torch.float32]:.3f} s, bfloat16 "
           f"{times[torch.bfloat16]:.3f} s, bf16 / fp32 time {times[torch.bfloat16] / times[torch.float32]:.2f}")
 
@@ -75,7 +56,7 @@ def test_bf16_against_float32(default_attributor, benchmark):
         out["bf16"] = information(shadow, embeds.bfloat16(), pos, n, masks.bfloat16(), cap.log_probs, cfg,
                                   prefix=PrefixCache.from_kv(kv16, n - 1))
 
-    t32, t16 = _best(run32), _best(run16)
+    t32, t16 = best_time(run32, REPEATS), best_time(run16, REPEATS)
     benchmark.pedantic(lambda: None, rounds=1)
     a, b = out["fp32"][0].double(), out["bf16"][0].double()
     top = a >= a.quantile(0.9)

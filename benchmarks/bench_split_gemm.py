@@ -13,11 +13,10 @@ assertions.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
+from benchmarks.conftest import best_time
 from heta_fast.ops import split_bf16
 from heta_fast.precision import native_bf16
 
@@ -26,16 +25,6 @@ ROWS = 4096
 SHAPES = (("q", 576, 576), ("k, v", 576, 192), ("o", 576, 576), ("gate, up", 576, 1536), ("down", 1536, 576))
 REPEATS = 5
 _rows: list[str] = []
-
-
-def _best(fn) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @pytest.mark.skipif(not (native_bf16(torch.device("cpu")) and split_bf16.available()),
@@ -50,11 +39,11 @@ def test_split_linear_against_float32(benchmark, name, k, n):
     w_bf16 = w.to(torch.bfloat16)
     halves = split_bf16.split_halves(x)
     times = {
-        "float32": _best(lambda: x @ w.t()),
-        "split": _best(lambda: split_bf16.split_bf16_linear(x, w_bf16)),
-        "halves": _best(lambda: split_bf16.split_halves(x)),
-        "gemms": _best(lambda: mkl.split_linear(x.shape, w_bf16, None, halves)),
-        "torch bf16": _best(lambda: halves[0] @ w_bf16.t()),
+        "float32": best_time(lambda: x @ w.t(), REPEATS),
+        "split": best_time(lambda: split_bf16.split_bf16_linear(x, w_bf16), REPEATS),
+        "halves": best_time(lambda: split_bf16.split_halves(x), REPEATS),
+        "gemms": best_time(lambda: mkl.split_linear(x.shape, w_bf16, None, halves), REPEATS),
+        "torch bf16": best_time(lambda: halves[0] @ w_bf16.t(), REPEATS),
     }
     benchmark.pedantic(split_bf16.split_bf16_linear, args=(x, w_bf16), rounds=1, iterations=1)
     flops = 2 * ROWS * k * n

@@ -3,6 +3,8 @@
 Run: python -m pytest benchmarks -q --benchmark-columns=median,min,rounds
 Benchmarks compare implementations side by side in one run; they assert nothing about time.
 """
+import time
+
 import pytest
 
 FILLER = ("Photosynthesis primarily occurs in the leaves of the plant, where chloroplasts capture light. "
@@ -39,3 +41,13 @@ def information_case(attributor, n: int):
     capture = adapter.capture(x, positions, CaptureRequest(key_values=True))
     return (adapter, x, positions, torch.zeros(n, x.shape[-1]), capture.log_probs,
             PrefixCache.from_kv(capture.kv, n - 1))
+
+
+def best_time(fn, repeats: int) -> float:
+    """The shortest wall time of ``repeats`` calls of ``fn`` (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -64,6 +64,12 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_bf16_features() -> list[str]:
+    """The bf16 features this CPU reports (of amx_bf16, amx_tile, avx512_bf16), sorted; empty where it
+    reports none or the flags cannot be read."""
+    return sorted(_cpu_flags() & {"amx_bf16", "amx_tile", "avx512_bf16"})
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 matrix products natively (so faster than float32)."""
     if device.type == "cuda":
