@@ -23,7 +23,7 @@ from heta_fast.precision import native_bf16
 ROWS = 4096
 # (name, K, N): the q, k/v, o, gate/up and down projections.
 SHAPES = (("q", 576, 576), ("k, v", 576, 192), ("o", 576, 576), ("gate, up", 576, 1536), ("down", 1536, 576))
-REPEATS = 5
+REPEATS = 20
 _rows: list[str] = []
 
 
