@@ -40,6 +40,9 @@ class Attributor:
     A model given to the Attributor is switched to heta's eager attention, put in eval mode and
     its parameters stop requiring gradients (docs/method.md, "The model layer"); :meth:`close`,
     or leaving a ``with Attributor(...) as attr:`` block, gives it back as it was.
+
+    Threads may share an Attributor: its attributions take the model's lock and run one at a
+    time on it, each with its own numbers (heta_fast/model/exclusive.py).
     """
 
     def __init__(self, model, tokenizer, config: HETAConfig | None = None, model_name: str | None = None):
@@ -136,7 +139,7 @@ class Attributor:
         user_kwargs = sorted(generation_kwargs)
         generation_kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with torch.no_grad():
+        with torch.no_grad(), self.adapter.lock:
             try:
                 out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                           pad_token_id=pad, **generation_kwargs)
@@ -208,6 +211,10 @@ class Attributor:
         return out
 
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
+        with self.adapter.lock:  # one attribution at a time on this model (heta_fast/model/exclusive.py)
+            return self._attribute_locked(req, cfg, progress)
+
+    def _attribute_locked(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None) -> Attribution:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]
@@ -230,6 +237,11 @@ class Attributor:
                            progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
         """The requests through shared passes: one capture forward of all of them (right-padded),
         then each signal's ``compute_group`` over the requests whose capture is finite."""
+        with self.adapter.lock:
+            return self._attribute_batched_locked(requests, cfg, progress)
+
+    def _attribute_batched_locked(self, requests: list[TokenizedRequest], cfg: HETAConfig,
+                                  progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]

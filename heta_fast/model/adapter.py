@@ -29,6 +29,7 @@ from .attention import EAGER, register
 from .cache_kwargs import cache_kwargs
 from .capture import Capture, CaptureRequest, MatrixCapture, capture_matrices, run_capture
 from .capture_group import run_capture_group
+from .exclusive import model_lock
 from .logits import LogitTransform
 
 
@@ -37,6 +38,8 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module, spec: ArchitectureSpec | None = None):
         self.model = model
+        # Held by the engine for each attribution: a pass switches state on the model (exclusive.py).
+        self.lock = model_lock(model)
         self.layout = head_layout_from_config(model.config)
         self._saved = (model.config._attn_implementation, model.training,
                        [p.requires_grad for p in model.parameters()])
