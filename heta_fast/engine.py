@@ -70,8 +70,10 @@ class Attributor:
         return cls(model, tokenizer, config, model_name=name)
 
     def close(self) -> None:
-        """Give the model back as it was given (attention implementation, mode, requires_grad)."""
-        self.adapter.restore()
+        """Give the model back as it was given (attention implementation, mode, requires_grad); waits
+        for an attribution another thread is running on it."""
+        with self.adapter.lock:
+            self.adapter.restore()
 
     def __enter__(self) -> "Attributor":
         return self

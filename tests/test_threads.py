@@ -44,3 +44,20 @@ def test_one_lock_per_model_whatever_the_adapter():
     model = tiny_model("llama", dtype=torch.float32)
     assert ModelAdapter(model).lock is model_lock(model) is ModelAdapter(model).lock
     assert model_lock(tiny_model("llama", dtype=torch.float32)) is not model_lock(model)
+
+
+def test_close_waits_for_an_attribution_in_flight():
+    model = tiny_model("llama", dtype=torch.float32)
+    attributor = Attributor(model, tiny_tokenizer(), HETAConfig(num_probes=1))
+    started, out = threading.Event(), {}
+
+    def report(event):
+        started.set()
+
+    worker = threading.Thread(target=lambda: out.update(res=attributor.attribute(*REQUESTS[0], progress=report)))
+    worker.start()
+    assert started.wait(60)
+    attributor.close()  # blocks until the attribution is done, then restores the model
+    worker.join(60)
+    assert torch.isfinite(out["res"].scores).all()
+    assert model.config._attn_implementation != "heta_eager"
