@@ -1,6 +1,7 @@
 """The Attributor: request -> model layer (one captured forward) -> signals -> combine -> result."""
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
@@ -29,6 +30,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return parse_device(name)
+
+
+def _holding_the_model(method):
+    """Run an Attributor method under its model's lock: one attribution at a time on a model
+    (heta_fast/model/exclusive.py)."""
+    @functools.wraps(method)
+    def held(self, *args, **kwargs):
+        with self.adapter.lock:
+            return method(self, *args, **kwargs)
+    return held
 
 
 class Attributor:
@@ -212,11 +223,8 @@ class Attributor:
                 out.append(_failure(index, request, exc))
         return out
 
+    @_holding_the_model
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
-        with self.adapter.lock:  # one attribution at a time on this model (heta_fast/model/exclusive.py)
-            return self._attribute_locked(req, cfg, progress)
-
-    def _attribute_locked(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None) -> Attribution:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]
@@ -235,15 +243,11 @@ class Attributor:
             capture.release(CaptureRequest.union(needs[i + 1:]))
         return self._result(context, parts, timings)
 
+    @_holding_the_model
     def _attribute_batched(self, requests: list[TokenizedRequest], cfg: HETAConfig,
                            progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
         """The requests through shared passes: one capture forward of all of them (right-padded),
         then each signal's ``compute_group`` over the requests whose capture is finite."""
-        with self.adapter.lock:
-            return self._attribute_batched_locked(requests, cfg, progress)
-
-    def _attribute_batched_locked(self, requests: list[TokenizedRequest], cfg: HETAConfig,
-                                  progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]

@@ -49,7 +49,7 @@ MODEL_STAGES = ("forward", "curvature")
 # the forward stage under autocast fails on I (0.981 / 0.957; with AMX 0.979 / 0.946) and passes
 # split (I 0.9996 / 0.9992, its flow gate 0.9999 / 0.9998; 100 records, AMX).
 GATED: dict[str, str] = {"curvature": "bfloat16", "forward": "bfloat16-split"}
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")   # either means native bf16 products
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,9 +65,9 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def cpu_bf16_features() -> list[str]:
-    """The bf16 features this CPU reports (of amx_bf16, amx_tile, avx512_bf16), sorted; empty where it
-    reports none or the flags cannot be read."""
-    return sorted(_cpu_flags() & {"amx_bf16", "amx_tile", "avx512_bf16"})
+    """The bf16 features this CPU reports (:data:`CPU_BF16_FLAGS` and AMX's tile unit), sorted; empty
+    where it reports none or the flags cannot be read."""
+    return sorted(_cpu_flags() & {*CPU_BF16_FLAGS, "amx_tile"})
 
 
 def native_bf16(device: torch.device) -> bool:

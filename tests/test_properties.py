@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from heta_fast import Attribution, Attributor, HETAConfig
 from heta_fast.errors import ConfigError, HetaError, InputError, ResultFormatError
+from heta_fast.precision import PRECISIONS
 from heta_fast.result import FailedAttribution
 from tests.tiny_models import VOCAB, WORDS, tiny_model, tiny_tokenizer
 
@@ -202,7 +203,7 @@ GOOD = {
     "term_scale": st.sampled_from(["raw", "max", "simplex", "rank"]),
     "sinks": st.sampled_from(["keep", "exclude"]), "sink_threshold": st.floats(0.01, 1),
     "sink_token": st.sampled_from(["none", "bos", "eos"]),
-    "precision": st.sampled_from(["float32", "bfloat16", "bfloat16-split", "auto"]),
+    "precision": st.sampled_from(PRECISIONS),
     "information_estimator": st.sampled_from(["exact", "fisher"]), "information_rank": st.integers(1, 8),
 }
 assert set(GOOD) == set(FIELDS)
