@@ -1,7 +1,6 @@
 """The Attributor: request -> model layer (one captured forward) -> signals -> combine -> result."""
 from __future__ import annotations
 
-import functools
 import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
@@ -15,6 +14,7 @@ from .errors import HetaError, InputError, NonFiniteError
 from .inputs import check_max_new_tokens, request_fields, request_items
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
+from .model.exclusive import holding_the_model
 from .precision import stage_precision
 from .progress import PhaseEstimate, PhaseReporter, Progress
 from .request import TokenizedRequest, sink_token_id, tokenize_context, tokenize_request, with_target
@@ -30,16 +30,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return parse_device(name)
-
-
-def _holding_the_model(method):
-    """Run an Attributor method under its model's lock: one attribution at a time on a model
-    (heta_fast/model/exclusive.py)."""
-    @functools.wraps(method)
-    def held(self, *args, **kwargs):
-        with self.adapter.lock:
-            return method(self, *args, **kwargs)
-    return held
 
 
 class Attributor:
@@ -223,7 +213,7 @@ class Attributor:
                 out.append(_failure(index, request, exc))
         return out
 
-    @_holding_the_model
+    @holding_the_model
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
@@ -243,7 +233,7 @@ class Attributor:
             capture.release(CaptureRequest.union(needs[i + 1:]))
         return self._result(context, parts, timings)
 
-    @_holding_the_model
+    @holding_the_model
     def _attribute_batched(self, requests: list[TokenizedRequest], cfg: HETAConfig,
                            progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
         """The requests through shared passes: one capture forward of all of them (right-padded),

@@ -16,9 +16,11 @@ words' score magnitudes, original against rewritten support segment; noise, 1 âˆ
 total-variation change of the normalised |scores| at each scale (noise std = scale Ã— the row's RMS,
 seeded by ``--seed`` and the record id). The file is rewritten after every record and a rerun skips
 the (record, method) pairs it holds, so more ``--methods`` or a larger ``--limit`` extend it.
-``--start A`` skips the first A of them, so that ``--start 0 --limit 10`` and ``--start 10 --limit 20``
-split a run over two processes (two files; ``--table`` pools them, ``--merge A B --out C`` writes
-them as one). ``--table`` prints mean [95%
+``--prompt-format chat`` asks each record's question as the user message of the model's chat template
+(``heta_fast.evaluate.data.chat_example``, as ``heta-fast eval --prompt-format chat``), so that the
+decoding study attributes the model's own answers. ``--start A`` skips the first A of them, so that
+``--start 0 --limit 10`` and ``--start 10 --limit 20`` split a run over two processes (two files;
+``--table`` pools them, ``--merge A B --out C`` writes them as one). ``--table`` prints mean [95%
 bootstrap interval], median and the worst tenth's edge (10th percentile of the Spearman, 90th of
 the change) per method (and scale).
 
@@ -69,13 +71,11 @@ def run(args) -> None:
     methods = resolve_methods(args.methods)
     scales = [float(s) for s in args.scales.split(",")]
     attributor = Attributor.from_pretrained(args.model, device="cpu")
-    examples = load_curated(args.data)
     rewrites = {i: p for p in load_paraphrases(args.paraphrases) for i in p.source_ids}
-    if args.study == "paraphrase":
-        examples = [ex for ex in examples if ex.id in rewrites]
-    examples = examples[args.start: args.limit]
+    examples = study_examples(load_curated(args.data), args.study, rewrites, attributor.tokenizer,
+                              args.prompt_format, args.start, args.limit)
     header = {"study": args.study, "model": args.model, "heta_config": attributor.config.to_dict(),
-              "data": Path(args.data).name, "threads": args.threads}
+              "data": Path(args.data).name, "threads": args.threads, "prompt": args.prompt_format}
     settings = EvalSettings(measure=args.measure)  # the evaluation's (EVALUATION.md: log_prob)
     if args.study == "paraphrase":
         header["paraphrases"] = "data/paraphrase_curated.json"
@@ -83,11 +83,12 @@ def run(args) -> None:
         header.update({"scales": scales, "seed": args.seed, "noise": "std = scale x RMS of each embedding row"})
     else:
         header.update({"grid": _grid(args.grid), "seeds": _seeds(args.seeds), "max_new_tokens": args.max_new_tokens,
-                       "prompt": "plain", "metric_settings": settings.to_dict(),
+                       "metric_settings": settings.to_dict(),
                        "sampler": "heta_fast/evaluate/sampling.py (seed * 1000003 + crc32(record id))"})
     header = json.loads(json.dumps(header))  # as a rerun reads it back (tuples become lists)
     out = Path(args.out)
     doc = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {"header": header, "records": {}}
+    doc["header"].setdefault("prompt", "plain")  # files written before --prompt-format were plain
     if doc["header"] != header:
         sys.exit(f"{out} was written with other settings: {doc['header']}")
     if args.study == "decoding":
@@ -104,6 +105,21 @@ def run(args) -> None:
             done.update(noise_sensitivity(attributor, ex, pending, scales, args.seed))
         _write(out, doc)
         print(ex.id, {m: _brief(done[m]) for m in pending}, flush=True)
+
+
+def study_examples(examples, study: str, rewrites: dict, tokenizer, prompt_format: str = "plain",
+                   start: int = 0, limit: int | None = None) -> list:
+    """The records a study runs: the paraphrase study's are those ``rewrites`` (id -> Paraphrase) rewrite;
+    then ``[start:limit]`` of them; with ``prompt_format="chat"`` each asked as the user message of the
+    model's chat template (its spans moved with it, so the paraphrase's support still matches)."""
+    from heta_fast.evaluate.data import chat_example
+
+    if study == "paraphrase":
+        examples = [ex for ex in examples if ex.id in rewrites]
+    examples = examples[start: limit]
+    if prompt_format == "chat":
+        examples = [chat_example(ex, tokenizer) for ex in examples]
+    return examples
 
 
 def _grid(spec: str) -> list[str]:
@@ -290,6 +306,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="length limit of every decoded answer")
     parser.add_argument("--measure", default="log_prob", choices=("prob", "log_prob", "kl"),
                         help="decoding study: the hard comprehensiveness / sufficiency measure (as heta-fast eval)")
+    parser.add_argument("--prompt-format", default="plain", choices=("plain", "chat"),
+                        help="plain: the record's prompt as text (ending in the answer cue); chat: its question as "
+                             "the user message of the model's chat template (as heta-fast eval --prompt-format)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--paraphrases", default=str(PARAPHRASES))

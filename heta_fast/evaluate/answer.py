@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from ..model.cache_kwargs import cache_kwargs
+from ..model.exclusive import holding_the_model
 from .forward import as_model
 
 _NON_ALNUM = re.compile(r"[\W_]+")  # anything but letters and digits (any script)
@@ -46,6 +47,7 @@ def stop_ids(attributor) -> set[int]:
     return out
 
 
+@holding_the_model
 @torch.no_grad()
 def greedy_answer(model, context_ids: torch.Tensor, max_new_tokens: int, stop: set[int]) -> GreedyAnswer:
     """Greedy decoding of context_ids [n]: argmax of the next-token logits (ties: lowest id), at

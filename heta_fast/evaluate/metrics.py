@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from ..divergence import kl_divergence
+from ..model.exclusive import holding_the_model
 from .forward import embed, next_token_probs
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3)
@@ -88,6 +89,7 @@ class SoftFaithfulness:
     s0: float                 # S₀ = 1 − D(p, p_∅), sufficiency of the all-erased prompt
 
 
+@holding_the_model
 @torch.no_grad()
 def soft_faithfulness(model, input_ids: torch.Tensor, target: int | None, scores: torch.Tensor, *,
                       samples: int = 10, seed: int = 0, max_batch: int = 32) -> SoftFaithfulness:
@@ -162,6 +164,7 @@ class HardFaithfulness:
     per_fraction: dict
 
 
+@holding_the_model
 @torch.no_grad()
 def hard_faithfulness(model, input_ids: torch.Tensor, target: int, scores: torch.Tensor, *,
                       fractions: Sequence[float] = DEFAULT_FRACTIONS, measure: str = "prob",

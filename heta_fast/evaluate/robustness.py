@@ -17,8 +17,9 @@ leaving the block. The change is reported as 1 − Spearman between the clean an
 the total-variation distance between their normalised magnitudes (½ Σ_i |p_i − q_i|,
 p = |s| / Σ|s|; 0 = the same mass distribution, 1 = disjoint).
 
-Decoding hyperparameters: the record's plain prompt is answered greedily (the reference) and, for
-every decoding setting × seed, by sampling (:mod:`heta_fast.evaluate.sampling`); the FIRST token of
+Decoding hyperparameters: the record's prompt (plain, or through the chat template when the caller
+passes :func:`heta_fast.evaluate.data.chat_example`'s rewrite) is answered greedily (the reference)
+and, for every decoding setting × seed, by sampling (:mod:`heta_fast.evaluate.sampling`); the FIRST token of
 each answer is attributed with every method and scored with the six metrics of
 :mod:`heta_fast.evaluate.metrics` (:func:`heta_fast.evaluate.runner.score_attribution`, the evaluation's
 default settings). With the prompt fixed, an attribution and its metrics depend only on (record,
@@ -36,6 +37,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..errors import InputError
+from ..model.exclusive import lock_of
 from ..request import tokenize_target
 from .data import EvalExample, _read_json, _word_occurrences
 from .methods import run_methods
@@ -195,18 +197,21 @@ def embedding_noise(embeds: torch.Tensor, scale: float, seed: int, key: str = ""
 @contextmanager
 def perturbed_embeddings(model, noise: torch.Tensor) -> Iterator[None]:
     """Inside the block, the input-embedding module of ``model`` returns embedding + noise [n, d]
-    for every lookup of n tokens (outputs [..., n, d]); the hook is removed on leaving."""
+    for every lookup of n tokens (outputs [..., n, d]); the hook is removed on leaving. The block
+    holds the model's lock (heta_fast/model/exclusive.py), so that no other thread's pass runs
+    with the noise."""
 
     def add_noise(module, args, output):
         if output.shape[-2:] == noise.shape:
             return output + noise.to(device=output.device, dtype=output.dtype)
         return output
 
-    handle = model.get_input_embeddings().register_forward_hook(add_noise)
-    try:
-        yield
-    finally:
-        handle.remove()
+    with lock_of(model):
+        handle = model.get_input_embeddings().register_forward_hook(add_noise)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def noise_sensitivity(attributor, ex: EvalExample, methods: Sequence[str], scales: Sequence[float] = NOISE_SCALES,

@@ -35,6 +35,7 @@ from transformers import DynamicCache
 
 from ..errors import ConfigError
 from ..model.cache_kwargs import cache_kwargs
+from ..model.exclusive import holding_the_model
 from .forward import as_model
 
 _FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
@@ -151,6 +152,7 @@ class SampledAnswer:
     first_sampling_probs: torch.Tensor
 
 
+@holding_the_model
 @torch.no_grad()
 def sampled_answer(model, context_ids: torch.Tensor, max_new_tokens: int, stop: set[int], *,
                    temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
@@ -167,6 +169,7 @@ def sampled_answer(model, context_ids: torch.Tensor, max_new_tokens: int, stop: 
     return decode(model, context_ids, max_new_tokens, stop, decoding, generator_for(seed, key))
 
 
+@holding_the_model
 @torch.no_grad()
 def decode(model, context_ids: torch.Tensor, max_new_tokens: int, stop: set[int], decoding: Decoding,
            generator: torch.Generator | None) -> SampledAnswer:

@@ -8,9 +8,14 @@ point of the engine that runs the model takes the model's lock for the whole att
 threads sharing an :class:`~heta_fast.engine.Attributor` (a web back end's worker pool, say)
 run one attribution at a time on it, each with exactly its own numbers. Different models run in
 parallel. Re-entrant, so an entry point may call another on the same thread.
+
+:func:`holding_the_model` is that rule as a decorator: the engine's entry points and every
+function of the evaluation that runs the model (baselines, faithfulness metrics, decoding, the
+embedding-noise hook) hold the lock of the model their first argument names.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 
@@ -27,3 +32,24 @@ def model_lock(model: nn.Module) -> threading.RLock:
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+def lock_of(owner) -> threading.RLock:
+    """The model lock of ``owner``: a model (``nn.Module``), a ModelAdapter (``.lock``) or anything
+    holding one as ``.adapter`` (an Attributor)."""
+    if isinstance(owner, nn.Module):
+        return model_lock(owner)
+    adapter = getattr(owner, "adapter", owner)
+    lock = getattr(adapter, "lock", None)
+    if lock is None:
+        raise TypeError(f"{type(owner).__name__} names no model: expected a model, a ModelAdapter or an Attributor")
+    return lock
+
+
+def holding_the_model(fn):
+    """Run ``fn(owner, ...)`` under :func:`lock_of` ``owner``: one pass sequence at a time on a model."""
+    @functools.wraps(fn)
+    def held(owner, *args, **kwargs):
+        with lock_of(owner):
+            return fn(owner, *args, **kwargs)
+    return held

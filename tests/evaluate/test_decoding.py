@@ -183,6 +183,40 @@ def test_a_token_is_attributed_once_per_record_and_method(attributor, monkeypatc
     assert sorted(calls) == sorted((t, ("occlusion",)) for t in tokens)
 
 
+def test_chat_study_samples_after_the_template_and_scores_the_same_words():
+    """``--prompt-format chat``: the study's records are the chat rewrites (segments on the same
+    words), and every draw continues the template's ids, generation prompt included."""
+    from heta_fast.chat import render_chat
+    from tests.test_chat import chat_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import robustness as script
+    finally:
+        sys.path.pop(0)
+    tok = chat_tokenizer()
+    attributor = Attributor(tiny_model("llama"), tok, HETAConfig(num_probes=1, max_batch=8))
+    prompt = text(5, 9, 13, 20, 31, 7)
+    records = [EvalExample(i, prompt, text(40), support=(prompt.index("w13"), len(prompt)),
+                           distractor=(0, prompt.index(" w13")), meta={"answer": "w40"}) for i in ("a", "b", "c")]
+    plain = script.study_examples(records, "decoding", {}, tok, "plain", 1, 3)
+    assert [ex.id for ex in plain] == ["b", "c"] and plain[0] is records[1]
+    chat = script.study_examples(records, "decoding", {}, tok, "chat", 1, 3)
+    ex = chat[0]
+    rendered = render_chat(tok, [{"role": "user", "content": prompt}])
+    assert ex.prompt == rendered.text and ex.prompt[slice(*ex.support)] == prompt[slice(*records[1].support)]
+    assert ex.prompt[slice(*ex.distractor)] == prompt[slice(*records[1].distractor)]
+    cache = TokenCache()
+    out = decoding_sensitivity(attributor, ex, ["saliency"], ["temperature=1.3"], [0, 1], max_new_tokens=3,
+                               cache=cache)
+    expected = greedy_answer(attributor.adapter, rendered.ids, 3, set())
+    assert out["greedy"]["token"] == int(expected.ids[0])
+    # the segments were found in the chat prompt, so the segment metrics are defined for every token
+    assert all(t["methods"]["saliency"]["metrics"]["dsa"] is not None for t in cache.entries["b"].values())
+    paraphrase = script.study_examples(records, "paraphrase", {"c": object()}, tok, "chat")
+    assert [r.id for r in paraphrase] == ["c"]
+
+
 # ----------------------------------------------------------------------------- the table arithmetic
 def _cell(value):
     return {"metrics": {"dsa": value, "f1": None}, "first_mass": 0.1, "seconds": 0.0}

@@ -12,10 +12,12 @@ import time
 import torch
 
 from ...model.attention import attention_implementation
+from ...model.exclusive import holding_the_model
 from ...result import Attribution
 from .common import gather_target_log_probs, make_result, prepare
 
 
+@holding_the_model
 def target_gradients(adapter, embeds: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
                      max_batch: int = 32) -> torch.Tensor:
     """∇_X f_t for every target t: embeds [n, d] -> [T, n, d] (float32 at least)."""
@@ -32,6 +34,7 @@ def target_gradients(adapter, embeds: torch.Tensor, positions: torch.Tensor, tar
     return torch.cat(out)
 
 
+@holding_the_model
 def saliency(attributor, prompt, target) -> Attribution:
     """Saliency (Simonyan et al. 2014) per token: score_{t,i} = ‖∂f_t/∂x_i‖₂."""
     clock = time.perf_counter()
@@ -42,6 +45,7 @@ def saliency(attributor, prompt, target) -> Attribution:
     return make_result(attributor, prep, scores, "saliency", time.perf_counter() - clock)
 
 
+@holding_the_model
 def input_x_gradient(attributor, prompt, target) -> Attribution:
     """Gradient × input (Shrikumar et al. 2016) per token: score_{t,i} = Σ_e x_{i,e} ∂f_t/∂x_{i,e} (signed)."""
     clock = time.perf_counter()

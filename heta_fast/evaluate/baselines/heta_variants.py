@@ -29,6 +29,7 @@ import torch
 
 from ...combine import combine
 from ...components import COMPONENTS
+from ...model.exclusive import holding_the_model
 from ...result import Attribution
 from ...signals.flow import exclude_sinks
 
@@ -54,6 +55,7 @@ VARIANTS = {
 }
 
 
+@holding_the_model
 def heta_variants(attributor, prompt, target, names: Iterable[str]) -> dict[str, Attribution]:
     """Run the engine once with the components the variants ``names`` need; derive each variant."""
     names = list(names)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...model.attention import attention_implementation
+from ...model.exclusive import holding_the_model
 from ...result import Attribution
 from .common import gather_target_log_probs, make_result, prepare
 
@@ -42,6 +43,7 @@ def path_quadrature(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return u * u, 2.0 * u * w
 
 
+@holding_the_model
 def integrated_gradients_scores(adapter, embeds: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
                                 n_context: int, steps: int = DEFAULT_STEPS, max_batch: int = 32) -> torch.Tensor:
     """embeds [n, d] -> IG scores [T, n_context] (float64)."""
@@ -66,6 +68,7 @@ def integrated_gradients_scores(adapter, embeds: torch.Tensor, positions: torch.
     return (avg_grad * delta[:n_context].double().cpu()[None]).sum(-1)
 
 
+@holding_the_model
 @torch.no_grad()
 def path_endpoints_difference(adapter, embeds: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
                               n_context: int) -> torch.Tensor:
@@ -78,6 +81,7 @@ def path_endpoints_difference(adapter, embeds: torch.Tensor, positions: torch.Te
     return (logp[0] - logp[1]).double().cpu()
 
 
+@holding_the_model
 def integrated_gradients(attributor, prompt, target, steps: int = DEFAULT_STEPS) -> Attribution:
     """Integrated gradients per token (signed); see the module docstring.
 

@@ -12,11 +12,13 @@ import time
 
 import torch
 
+from ...model.exclusive import holding_the_model
 from ...result import Attribution
 from ...signals.information.masking import mask_vectors
 from .common import make_result, prepare
 
 
+@holding_the_model
 @torch.no_grad()
 def occlusion_scores(adapter, embeds: torch.Tensor, positions: torch.Tensor, target_ids: torch.Tensor,
                      n_context: int, masks: torch.Tensor, max_batch: int = 32) -> torch.Tensor:
@@ -35,6 +37,7 @@ def occlusion_scores(adapter, embeds: torch.Tensor, positions: torch.Tensor, tar
     return out
 
 
+@holding_the_model
 def occlusion(attributor, prompt, target) -> Attribution:
     """Leave-one-out probability drop per token (signed); see the module docstring."""
     clock = time.perf_counter()

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ...errors import ConfigError
+from ...model.exclusive import holding_the_model
 from ...result import Attribution
 from ..forward import as_model, embed, next_token_probs
 from .common import make_result, prepare
@@ -148,6 +149,7 @@ def _normalised(z: torch.Tensor) -> torch.Tensor:
     return s / s.sum()
 
 
+@holding_the_model
 def reagent(attributor, prompt, target, seed: int | None = None, options: ReagentOptions | None = None) -> Attribution:
     """ReAGent scores per token (non-negative, each row sums to 1); see the module docstring.
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 
+from ...model.exclusive import holding_the_model
 from ...result import Attribution
 from ...signals import SIGNALS
 from ...signals.flow import stream_rollout
 from .common import make_result, prepare
 
 
+@holding_the_model
 def rollout(attributor, prompt, target) -> Attribution:
     """Attention rollout per token (non-negative; a single-token target's row sums to 1)."""
     clock = time.perf_counter()
