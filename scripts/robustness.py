@@ -11,7 +11,7 @@
 Default model (float32, CPU, default HETA configuration). Records: the curated set
 (``../shared/data/curated_qa_100.json``) in file order; ``--study paraphrase`` takes the records
 ``data/paraphrase_curated.json`` rewrites (its source ids), ``--limit N`` the first N of them.
-Per record and method (heta_fast/evaluate/robustness.py): paraphrase, the Spearman of the content
+Per record and method (heta_fast/evaluate/robustness/): paraphrase, the Spearman of the content
 words' score magnitudes, original against rewritten support segment; noise, 1 − Spearman and the
 total-variation change of the normalised |scores| at each scale (noise std = scale × the row's RMS,
 seeded by ``--seed`` and the record id). The file is rewritten after every record and a rerun skips
@@ -24,7 +24,7 @@ decoding study attributes the model's own answers. ``--start A`` skips the first
 bootstrap interval], median and the worst tenth's edge (10th percentile of the Spearman, 90th of
 the change) per method (and scale).
 
-Decoding (heta_fast/evaluate/robustness.py ``decoding_sensitivity``, sampler in
+Decoding (heta_fast/evaluate/robustness/decoding.py ``decoding_sensitivity``, sampler in
 heta_fast/evaluate/sampling.py): per record, the greedy answer's first token (the reference) and,
 for every ``--grid`` setting (``;``-separated, each ``name=value[,name=value]`` around the base
 temperature 1, top-p 1, top-k off, repetition penalty 1) × ``--seeds``, the first token of a

@@ -107,6 +107,13 @@ class PreparedExample:
     answer: dict | None = None
 
 
+def example_target(attributor, ex: EvalExample) -> torch.Tensor:
+    """The example's gold target as token ids [T]: ``ex.target`` tokenised as the engine tokenises a
+    target, its first ``ex.target_tokens`` when that is set."""
+    ids = tokenize_target(attributor.tokenizer, ex.target, attributor.adapter.vocab_size)
+    return ids if ex.target_tokens is None else ids[: ex.target_tokens]
+
+
 def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None = None) -> PreparedExample:
     """Tokenise the example as the engine does; map its character spans to token indices.
 
@@ -118,9 +125,7 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
     tok, vocab = attributor.tokenizer, attributor.adapter.vocab_size
     if settings is not None and settings.prompt_format == "chat":
         ex = chat_example(ex, tok)
-    target = tokenize_target(tok, ex.target, vocab)
-    if ex.target_tokens is not None:
-        target = target[: ex.target_tokens]
+    target = example_target(attributor, ex)
     answer = None
     if settings is not None:
         ex, target, answer = _own_answer(attributor, ex, target, settings)

@@ -11,10 +11,10 @@ import torch
 from heta_fast import HETAConfig
 from heta_fast.engine import Attributor
 from heta_fast.errors import ConfigError
-from heta_fast.evaluate import robustness
 from heta_fast.evaluate.answer import greedy_answer
 from heta_fast.evaluate.data import EvalExample
 from heta_fast.evaluate.robustness import TokenCache, decoding_sensitivity, decoding_summary
+from heta_fast.evaluate.robustness import decoding as decoding_study
 from heta_fast.evaluate.sampling import (
     Decoding,
     generator_for,
@@ -148,13 +148,13 @@ def test_sampled_answers_on_a_tiny_model(attributor):
 # ----------------------------------------------------------------------------- the study and its cache
 def test_a_token_is_attributed_once_per_record_and_method(attributor, monkeypatch):
     calls = []
-    real = robustness.run_methods
+    real = decoding_study.run_methods
 
     def counting(attr, prompt, target, methods, ig_steps=32):
         calls.append((int(target[0]), tuple(methods)))
         return real(attr, prompt, target, methods, ig_steps=ig_steps)
 
-    monkeypatch.setattr(robustness, "run_methods", counting)
+    monkeypatch.setattr(decoding_study, "run_methods", counting)
     ex = EvalExample("r", text(5, 9, 13, 20, 31, 7), text(40), target_tokens=1)
     cache = TokenCache()
     # greedy, top-k 1 and temperature 0 all draw the greedy token: one attribution per method in all

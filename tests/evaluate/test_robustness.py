@@ -1,4 +1,4 @@
-"""Robustness studies (heta_fast/evaluate/robustness.py): the paraphrase data, rank statistics,
+"""Robustness studies (heta_fast/evaluate/robustness/): the paraphrase data, rank statistics,
 word alignment, and the embedding-noise hook, against hand-computed cases on tiny models."""
 import json
 from pathlib import Path
