@@ -219,6 +219,10 @@ def table(paths: list[str]) -> None:
                   f"{statistics.mean(tv):.3f} | {statistics.median(tv):.3f} |")
 
 
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def _fmt(x: float) -> str:
     return "n/a" if x != x or x in (float("inf"), float("-inf")) else f"{100 * x:.1f}%"
 
@@ -233,7 +237,8 @@ def decoding_table(doc: dict) -> None:
     methods = list(dict.fromkeys(m for rec in records.values() for t in rec["tokens"].values() for m in t["methods"]))
     methods = sorted(methods, key=lambda m: m != "heta")
     summary = decoding_summary(records, methods, METRICS, grid, seeds)
-    print(f"{len(records)} records; seeds {', '.join(map(str, seeds))}; relative change = |mean − mean_greedy| / "
+    print(f"{header.get('model', 'smollm2-135m')}, {header.get('prompt', 'plain')} prompts, {len(records)} records; "
+          f"seeds {', '.join(map(str, seeds))}; relative change = |mean − mean_greedy| / "
           "|mean_greedy|, mean over records; max over every (setting, seed)")
     print()
     print("Largest relative change over the grid, per method and metric [95% bootstrap CI over records]:")
@@ -271,11 +276,13 @@ def decoding_table(doc: dict) -> None:
                   f"[{_fmt(lo)}, {_fmt(hi)}] | {at} | "
                   + " | ".join(_fmt(x) for x in per) + f" | {vs} |")
     print()
-    print("| setting | first token differs from greedy ((record, seed) share) | distinct first tokens per record |")
-    print("|---|---|---|")
+    print("| setting | first token differs from greedy ((record, seed) share) | distinct first tokens per record "
+          "| answer contains the gold answer ((record, seed) share) |")
+    print("|---|---|---|---|")
+    print(f"| greedy | — | 1.00 | {_share(summary['greedy_contains_gold'])} |")
     for s in grid:
         t = summary["tokens"][s]
-        print(f"| {s} | {t['changed']:.2f} | {t['distinct']:.2f} |")
+        print(f"| {s} | {t['changed']:.2f} | {t['distinct']:.2f} | {_share(t['contains_gold'])} |")
     distinct = [rec["distinct_tokens"] for rec in records.values()]
     print()
     print(f"distinct first tokens over the whole grid per record: mean {statistics.mean(distinct):.2f}, "

@@ -222,9 +222,11 @@ def _cell(value):
     return {"metrics": {"dsa": value, "f1": None}, "first_mass": 0.1, "seconds": 0.0}
 
 
-def _record(greedy, s0, s1, values):
-    """values: token -> (heta dsa, saliency dsa)."""
-    return {"greedy": {"token": greedy}, "draws": {"a": {"0": {"token": s0}, "1": {"token": s1}}},
+def _record(greedy, s0, s1, values, gold=(True, True, False)):
+    """values: token -> (heta dsa, saliency dsa); gold: whether the greedy, seed-0 and seed-1 answers hold it."""
+    return {"greedy": {"token": greedy, "contains_gold": gold[0]},
+            "draws": {"a": {"0": {"token": s0, "contains_gold": gold[1]},
+                            "1": {"token": s1, "contains_gold": gold[2]}}},
             "distinct_tokens": len(values),
             "tokens": {str(t): {"text": "x", "methods": {"heta": _cell(h), "saliency": _cell(s)}}
                        for t, (h, s) in values.items()}}
@@ -233,7 +235,7 @@ def _record(greedy, s0, s1, values):
 RECORDS = {
     # r1: greedy 1, seed 0 draws 1, seed 1 draws 2; r2: greedy 3, seed 0 draws 4, seed 1 draws 3
     "r1": _record(1, 1, 2, {1: (0.5, 0.2), 2: (0.6, 0.4)}),
-    "r2": _record(3, 4, 3, {3: (0.3, 0.2), 4: (0.3, 0.6)}),
+    "r2": _record(3, 4, 3, {3: (0.3, 0.2), 4: (0.3, 0.6)}, gold=(False, False, False)),
 }
 
 
@@ -252,7 +254,9 @@ def test_decoding_summary_by_hand():
     assert 0.0 <= lo <= hi and math.isfinite(hi)
     assert ("heta", "f1") not in s["metrics"]  # None everywhere: no records, no row
     # r1 seed 1 and r2 seed 0 changed: half; two distinct first tokens in each record
-    assert s["tokens"]["a"] == pytest.approx({"changed": 0.5, "distinct": 2.0})
+    # answers holding the gold answer: r1's seed 0 of the four draws; r1's greedy answer of two
+    assert s["tokens"]["a"] == pytest.approx({"changed": 0.5, "distinct": 2.0, "contains_gold": 0.25})
+    assert s["greedy_contains_gold"] == pytest.approx(0.5)
     # a record missing a method's value is left out of that method only
     partial = json.loads(json.dumps(RECORDS))
     del partial["r2"]["tokens"]["4"]["methods"]["saliency"]
@@ -272,4 +276,4 @@ def test_decoding_table_prints(tmp_path, capsys):
     script.table([str(path)])
     out = capsys.readouterr().out
     assert "| heta | dsa | 2 | 0.4000 | 12.5% [" in out and "| saliency | dsa | 2 | 0.2000 | 100.0% [" in out
-    assert "+87.5 [" in out and "| a | 0.50 | 2.00 |" in out
+    assert "+87.5 [" in out and "| a | 0.50 | 2.00 | 0.25 |" in out and "| greedy | — | 1.00 | 0.50 |" in out

@@ -174,9 +174,16 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
                    for rec in records.values() for k in seeds]
         distinct = [len({rec["greedy"]["token"]} | {rec["draws"][s][str(k)]["token"] for k in seeds})
                     for rec in records.values()]
-        out["tokens"][s] = {"changed": sum(changed) / len(changed) if changed else None,
-                            "distinct": sum(distinct) / len(distinct) if distinct else None}
+        gold = [rec["draws"][s][str(k)].get("contains_gold") for rec in records.values() for k in seeds]
+        out["tokens"][s] = {"changed": _share(changed), "distinct": sum(distinct) / len(distinct) if distinct else None,
+                            "contains_gold": _share(gold)}
+    out["greedy_contains_gold"] = _share([rec["greedy"].get("contains_gold") for rec in records.values()])
     return out
+
+
+def _share(flags: list) -> float | None:
+    """The share of true flags, or None when there are none or any is unknown."""
+    return None if not flags or any(f is None for f in flags) else sum(map(bool, flags)) / len(flags)
 
 
 def _interval(boot: torch.Tensor) -> tuple[float, float]:
