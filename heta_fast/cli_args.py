@@ -1,14 +1,25 @@
 """Command-line arguments shared by every command that loads a model or attributes.
 
-Defaults are read from :class:`~heta_fast.config.HETAConfig`, so the CLI and the API cannot
-disagree. Building these arguments imports nothing heavy.
+Defaults, and the names each option accepts, are read from :mod:`heta_fast.config`, so the CLI
+and the API cannot disagree.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
+from .combine import TERM_SCALES
 from .components import COMPONENTS
+from .config import (
+    ESTIMATORS,
+    INFORMATION_ESTIMATORS,
+    MASK_SCHEMES,
+    SINK_MODES,
+    SINK_TOKENS,
+    TEMPLATE_TOKENS,
+    HETAConfig,
+)
+from .precision import PRECISIONS
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,9 +47,17 @@ def int_at_least(minimum: int):
 
 
 def _default(name: str):
-    from .config import HETAConfig
-
     return {f.name: f.default for f in dataclasses.fields(HETAConfig)}[name]
+
+
+def one_of(names, notes: dict | None = None) -> str:
+    """``names`` as help text, ``a | b (note) | c``; a note must name one of them (so that a name
+    added to the configuration shows up in the help, and a removed one cannot linger)."""
+    notes = notes or {}
+    stray = sorted(set(notes) - set(names))
+    if stray:
+        raise ValueError(f"help notes for unknown names {stray}; the names are {list(names)}")
+    return " | ".join(f"{n} ({notes[n]})" if n in notes else n for n in names)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -56,40 +75,39 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
         p.add_argument("--components", default=",".join(COMPONENTS),
                        help=f"comma-separated subset of {','.join(COMPONENTS)}")
     p.add_argument("--estimator", default=_default("estimator"),
-                   help="curvature estimator: probing (default) | exact | sketch")
+                   help="curvature estimator: " + one_of(ESTIMATORS))
     p.add_argument("--num-probes", type=int, default=_default("num_probes"),
                    help="Hutchinson probes per token of the exact estimator")
     p.add_argument("--window-size", type=int, default=_default("window_size"),
                    help="context tokens per window for long inputs (0: no windows)")
     p.add_argument("--window-overlap", type=float, default=_default("window_overlap"),
                    help="overlap of consecutive windows, in [0, 1)")
-    p.add_argument("--mask-scheme", default=_default("mask_scheme"), help="zero | mean | pad | unk")
+    p.add_argument("--mask-scheme", default=_default("mask_scheme"), help=one_of(MASK_SCHEMES))
     p.add_argument("--precision", default=_default("precision"),
-                   help="float32 | bfloat16 | bfloat16-split | auto: the model stages' matrix products "
-                        "(heta_fast/precision.py)")
+                   help=one_of(PRECISIONS) + ": the model stages' matrix products (heta_fast/precision.py)")
     p.add_argument("--information-estimator", default=_default("information_estimator"),
-                   help="exact (masked passes) | fisher (second-order estimate, cost linear in n; docs/method.md §3)")
+                   help=one_of(INFORMATION_ESTIMATORS, {"exact": "masked passes", "fisher": "second-order estimate, "
+                                                        "cost linear in n; docs/method.md §3"}))
     p.add_argument("--information-rank", type=int, default=_default("information_rank"),
                    help="eigenpairs kept by --information-estimator fisher (backward passes per target)")
     p.add_argument("--term-scale", default=_default("term_scale"),
-                   help="how S and I meet before beta/gamma: raw (the paper's sum) | max | simplex | rank")
+                   help="how S and I meet before beta/gamma: " + one_of(TERM_SCALES, {"raw": "the paper's sum"}))
     p.add_argument("--sinks", default=_default("sinks"),
-                   help="attention sinks in the flow gate: keep (the paper's gate) | exclude (no gate mass)")
+                   help="attention sinks in the flow gate: "
+                        + one_of(SINK_MODES, {"keep": "the paper's gate", "exclude": "no gate mass"}))
     p.add_argument("--sink-threshold", type=float, default=_default("sink_threshold"),
                    help="received attention share (mean over layers) above which a position is a sink")
     p.add_argument("--sink-token", default=_default("sink_token"),
-                   help="a sink token before the context: none | bos | eos (the tokenizer's; for models whose "
-                        "context starts with no special token)")
+                   help="a sink token before the context: " + one_of(SINK_TOKENS) + " (the tokenizer's; for models "
+                        "whose context starts with no special token)")
     p.add_argument("--template-tokens", default=_default("template_tokens"),
-                   help="chat prompts: condition (default; template tokens are inputs only) | attribute")
+                   help="chat prompts: " + one_of(TEMPLATE_TOKENS, {"condition": "template tokens are inputs only"}))
     p.add_argument("--seed", type=int, default=_default("seed"),
                    help="seed of every random draw (the curvature probes; eval: also the Soft-NS/NC masks)")
 
 
 def config_from_args(args):
     """The :class:`~heta_fast.config.HETAConfig` the parsed arguments ask for (validated)."""
-    from .config import HETAConfig
-
     fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
                   window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
                   information_estimator=args.information_estimator, information_rank=args.information_rank,

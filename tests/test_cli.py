@@ -1,4 +1,5 @@
 """The heta-fast command line: output, files, and one-line errors without tracebacks."""
+import re
 import subprocess
 import sys
 
@@ -84,6 +85,27 @@ def test_every_attributing_command_takes_the_engine_options(command):
     cfg = config_from_args(args)
     assert (cfg.estimator, cfg.num_probes, cfg.window_size, cfg.window_overlap, cfg.seed) == ("exact", 3, 8, 0.25, 4)
     assert load_args(args) == {"dtype": "float64", "device": "cpu"}
+
+
+def test_every_choice_of_the_configuration_is_in_the_help():
+    """The option help is built from the configuration's names: each option lists exactly them."""
+    from heta_fast import config
+    from heta_fast.cli import build_parser
+    from heta_fast.cli_args import one_of
+    from heta_fast.combine import TERM_SCALES
+    from heta_fast.precision import PRECISIONS
+
+    helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices["attribute"]._actions}
+    names = {"estimator": config.ESTIMATORS, "mask_scheme": config.MASK_SCHEMES, "precision": PRECISIONS,
+             "information_estimator": config.INFORMATION_ESTIMATORS, "term_scale": TERM_SCALES,
+             "sinks": config.SINK_MODES, "sink_token": config.SINK_TOKENS, "template_tokens": config.TEMPLATE_TOKENS}
+    for dest, choices in names.items():
+        parts = helps[dest].split(" | ")  # "intro: a (note) | b | c (note): outro"
+        listed = [re.sub(r" \([^()]*\)$", "", parts[0]).split()[-1]] + [q.split()[0].rstrip(":") for q in parts[1:]]
+        assert listed == list(choices), (dest, listed)
+    assert one_of(("a", "b"), {"b": "why"}) == "a | b (why)"
+    with pytest.raises(ValueError, match="unknown names"):
+        one_of(("a", "b"), {"c": "gone"})
 
 
 def test_cli_defaults_are_the_configs():
