@@ -244,12 +244,16 @@ def test_decoding_summary_by_hand():
     heta, sal = s["metrics"]["heta", "dsa"], s["metrics"]["saliency", "dsa"]
     # heta: greedy (0.5 + 0.3)/2 = 0.4; seed 0 (0.5 + 0.3)/2 = 0.4 -> 0; seed 1 (0.6 + 0.3)/2 = 0.45 -> 0.125
     assert heta["greedy"] == pytest.approx(0.4) and heta["records"] == 2
-    assert heta["cells"]["a"]["0"] == pytest.approx({"mean": 0.4, "relative": 0.0})
-    assert heta["cells"]["a"]["1"] == pytest.approx({"mean": 0.45, "relative": 0.125})
+    assert heta["cells"]["a"]["0"] == pytest.approx({"mean": 0.4, "relative": 0.0, "absolute": 0.0})
+    assert heta["cells"]["a"]["1"] == pytest.approx({"mean": 0.45, "relative": 0.125, "absolute": 0.05})
     assert heta["max"] == pytest.approx(0.125) and heta["argmax"] == ("a", "1")
-    # saliency: greedy 0.2; seed 0 (0.2 + 0.6)/2 = 0.4 -> 1.0; seed 1 (0.4 + 0.2)/2 = 0.3 -> 0.5
-    assert sal["max"] == pytest.approx(1.0) and sal["argmax"] == ("a", "0")
+    assert heta["max_abs"] == pytest.approx(0.05)
+    # saliency: greedy 0.2; seed 0 (0.2 + 0.6)/2 = 0.4 -> 1.0 (0.2); seed 1 (0.4 + 0.2)/2 = 0.3 -> 0.5 (0.1)
+    assert sal["max"] == pytest.approx(1.0) and sal["argmax"] == ("a", "0") and sal["max_abs"] == pytest.approx(0.2)
     assert sal["versus_heta"]["diff"] == pytest.approx(0.875) and sal["versus_heta"]["records"] == 2
+    assert sal["versus_heta"]["abs_diff"] == pytest.approx(0.15)
+    lo, hi = sal["abs_ci"]
+    assert 0.0 <= lo <= 0.2 <= hi  # resampling r1 alone: 0.2; r2 alone: 0.4
     lo, hi = heta["ci"]
     assert 0.0 <= lo <= hi and math.isfinite(hi)
     assert ("heta", "f1") not in s["metrics"]  # None everywhere: no records, no row
@@ -276,4 +280,5 @@ def test_decoding_table_prints(tmp_path, capsys):
     script.table([str(path)])
     out = capsys.readouterr().out
     assert "| heta | dsa | 2 | 0.4000 | 12.5% [" in out and "| saliency | dsa | 2 | 0.2000 | 100.0% [" in out
+    assert "| 0.2000 [" in out and "; +0.1500 [" in out  # the absolute table (saliency), paired with heta
     assert "+87.5 [" in out and "| a | 0.50 | 2.00 | 0.25 |" in out and "| greedy | — | 1.00 | 0.50 |" in out

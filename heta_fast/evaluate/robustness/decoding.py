@@ -110,13 +110,16 @@ def _decoding_values(record: dict, method: str, metric: str, cells: list[tuple[s
     return out
 
 
-def _max_relative(values: torch.Tensor) -> torch.Tensor:
-    """values [..., R, 1 + C] (greedy first) -> (means [..., 1 + C], relative changes [..., C], their max [...]).
+def _changes(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """values [..., R, 1 + C] (greedy first) -> (means [..., 1 + C], relative changes [..., C],
+    absolute changes [..., C]).
 
-    relative change = |mean_cell − mean_greedy| / |mean_greedy| (inf when the greedy mean is 0)."""
+    absolute change = |mean_cell − mean_greedy|; relative change = that / |mean_greedy| (inf when
+    the greedy mean is 0, and meaningless when it is near 0: the absolute change is then the number
+    to read)."""
     means = values.mean(-2)
-    rel = (means[..., 1:] - means[..., :1]).abs() / means[..., :1].abs()
-    return means, rel, rel.amax(-1)
+    delta = (means[..., 1:] - means[..., :1]).abs()
+    return means, delta / means[..., :1].abs(), delta
 
 
 def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[str], settings: Sequence[str],
@@ -125,13 +128,14 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
     :func:`decoding_sensitivity` plus its ``tokens`` cache entry).
 
     Per method and metric, over the records holding every needed value: ``greedy`` (the mean of
-    the greedy first token's metric over records), ``cells`` {setting: {seed: {"mean", "relative"}}}
-    with relative = |mean − greedy| / |greedy|, ``max`` (the largest relative change over the grid:
+    the greedy first token's metric over records), ``cells`` {setting: {seed: {"mean", "relative",
+    "absolute"}}} with absolute = |mean − greedy| and relative = absolute / |greedy|, ``max`` (the largest relative change over the grid:
     the paper's number; inf or nan when the greedy mean is 0) with the (setting, seed) attaining it
-(None then), ``ci`` (95% percentile bootstrap of
-    that maximum, records resampled with replacement, ``resamples`` times, ``seed``), ``records``;
-    ``versus_heta`` {method: {"diff": max_method − max_heta, "ci"}} on the records both hold (paired:
-    the same resampled records for both). ``tokens``: per setting, the share of (record, seed) draws
+    (None then), ``ci`` (95% percentile bootstrap of that maximum, records resampled with
+    replacement, ``resamples`` times, ``seed``), ``max_abs`` and ``abs_ci`` (the same for the
+    absolute change |mean − greedy|, defined whatever the greedy mean), ``records``;
+    ``versus_heta`` {"diff": max_method − max_heta, "ci", "abs_diff", "abs_ci"} on the records both
+    hold (paired: the same resampled records for both). ``tokens``: per setting, the share of (record, seed) draws
     whose first token differs from the greedy one and the mean number of distinct first tokens per
     record (greedy included).
     """
@@ -146,15 +150,17 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
             if not rows:
                 continue
             t = torch.tensor(list(rows.values()), dtype=torch.float64)  # [R, 1 + C]
-            means, rel, top = _max_relative(t)
+            means, rel, delta = _changes(t)
+            top = rel.amax(-1)
             g = torch.Generator().manual_seed(seed)
             idx = torch.randint(len(rows), (resamples, len(rows)), generator=g)
-            boot = _max_relative(t[idx])[2]
+            _, boot_rel, boot_delta = _changes(t[idx])
             arg = cells[int(rel.argmax())] if bool(torch.isfinite(top)) else None  # greedy mean 0: undefined
             out["metrics"][m, metric] = {
                 "records": len(rows), "greedy": float(means[0]), "max": float(top), "argmax": arg,
-                "ci": _interval(boot),
-                "cells": {s: {k: {"mean": float(means[1 + i]), "relative": float(rel[i])}
+                "ci": _interval(boot_rel.amax(-1)),
+                "max_abs": float(delta.amax(-1)), "abs_ci": _interval(boot_delta.amax(-1)),
+                "cells": {s: {k: {"mean": float(means[1 + i]), "relative": float(rel[i]), "absolute": float(delta[i])}
                               for i, (s2, k) in enumerate(cells) if s2 == s} for s in settings},
             }
     for (m, metric), rows in values.items():
@@ -163,12 +169,15 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
         if m == "heta" or not common:
             continue
         pair = torch.tensor([[rows[r], base[r]] for r in common], dtype=torch.float64).transpose(0, 1)  # [2, R, 1+C]
-        diff = _max_relative(pair)[2]
+        _, rel, delta = _changes(pair)
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(len(common), (resamples, len(common)), generator=g)
-        boot = _max_relative(pair[:, idx])[2]  # [2, B]
+        _, boot_rel, boot_delta = _changes(pair[:, idx])  # [2, B, C]
+        top, boot_top = rel.amax(-1), boot_rel.amax(-1)
+        top_abs, boot_abs = delta.amax(-1), boot_delta.amax(-1)
         out["metrics"][m, metric]["versus_heta"] = {
-            "diff": float(diff[0] - diff[1]), "ci": _interval(boot[0] - boot[1]), "records": len(common)}
+            "diff": float(top[0] - top[1]), "ci": _interval(boot_top[0] - boot_top[1]), "records": len(common),
+            "abs_diff": float(top_abs[0] - top_abs[1]), "abs_ci": _interval(boot_abs[0] - boot_abs[1])}
     for s in settings:
         changed = [rec["draws"][s][str(k)]["token"] != rec["greedy"]["token"]
                    for rec in records.values() for k in seeds]
