@@ -227,6 +227,27 @@ def _fmt(x: float) -> str:
     return "n/a" if x != x or x in (float("inf"), float("-inf")) else f"{100 * x:.1f}%"
 
 
+def _metric_table(summary: dict, methods: list[str], cell) -> None:
+    """A method × metric markdown table of ``cell(row)`` over the decoding summary's rows ("—" where none)."""
+    from heta_fast.evaluate.runner import METRICS
+
+    print()
+    print("| method | " + " | ".join(METRICS) + " |")
+    print("|---|" + "---|" * len(METRICS))
+    for m in methods:
+        rows = [summary["metrics"].get((m, metric)) for metric in METRICS]
+        print(f"| {m} | " + " | ".join("—" if row is None else cell(row) for row in rows) + " |")
+    print()
+
+
+def _absolute_cell(row: dict) -> str:
+    out = f"{row['max_abs']:.4f} [{row['abs_ci'][0]:.4f}, {row['abs_ci'][1]:.4f}]"
+    versus = row.get("versus_heta")
+    if versus is not None:
+        out += f"; {versus['abs_diff']:+.4f} [{versus['abs_ci'][0]:+.4f}, {versus['abs_ci'][1]:+.4f}]"
+    return out
+
+
 def decoding_table(doc: dict) -> None:
     """The decoding study's tables (heta_fast.evaluate.robustness.decoding_summary) in markdown."""
     from heta_fast.evaluate.robustness import decoding_summary
@@ -242,35 +263,10 @@ def decoding_table(doc: dict) -> None:
           "|mean_greedy|, mean over records; max over every (setting, seed)")
     print()
     print("Largest relative change over the grid, per method and metric [95% bootstrap CI over records]:")
-    print()
-    print("| method | " + " | ".join(METRICS) + " |")
-    print("|---|" + "---|" * len(METRICS))
-    for m in methods:
-        cells = []
-        for metric in METRICS:
-            row = summary["metrics"].get((m, metric))
-            cells.append("—" if row is None else f"{_fmt(row['max'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}]")
-        print(f"| {m} | " + " | ".join(cells) + " |")
-    print()
+    _metric_table(summary, methods, lambda row: f"{_fmt(row['max'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}]")
     print("Largest absolute change |mean − mean_greedy| over the grid, in the metric's units [95% bootstrap CI]; "
           "paired: the method's minus heta's:")
-    print()
-    print("| method | " + " | ".join(METRICS) + " |")
-    print("|---|" + "---|" * len(METRICS))
-    for m in methods:
-        cells = []
-        for metric in METRICS:
-            row = summary["metrics"].get((m, metric))
-            if row is None:
-                cells.append("—")
-                continue
-            cell = f"{row['max_abs']:.4f} [{row['abs_ci'][0]:.4f}, {row['abs_ci'][1]:.4f}]"
-            versus = row.get("versus_heta")
-            if versus is not None:
-                cell += f"; {versus['abs_diff']:+.4f} [{versus['abs_ci'][0]:+.4f}, {versus['abs_ci'][1]:+.4f}]"
-            cells.append(cell)
-        print(f"| {m} | " + " | ".join(cells) + " |")
-    print()
+    _metric_table(summary, methods, _absolute_cell)
     print("In detail (the paired column: the method's largest relative change minus heta's, percentage points):")
     print()
     print("| method | metric | records | greedy mean | max relative change [95% CI] | at | "
