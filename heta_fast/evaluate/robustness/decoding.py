@@ -129,15 +129,16 @@ def decoding_summary(records: dict, methods: Sequence[str], metrics: Sequence[st
 
     Per method and metric, over the records holding every needed value: ``greedy`` (the mean of
     the greedy first token's metric over records), ``cells`` {setting: {seed: {"mean", "relative",
-    "absolute"}}} with absolute = |mean − greedy| and relative = absolute / |greedy|, ``max`` (the largest relative change over the grid:
-    the paper's number; inf or nan when the greedy mean is 0) with the (setting, seed) attaining it
-    (None then), ``ci`` (95% percentile bootstrap of that maximum, records resampled with
-    replacement, ``resamples`` times, ``seed``), ``max_abs`` and ``abs_ci`` (the same for the
-    absolute change |mean − greedy|, defined whatever the greedy mean), ``records``;
+    "absolute"}}} with absolute = |mean − greedy| and relative = absolute / |greedy|, ``max`` (the
+    largest relative change over the grid: the paper's number; inf or nan when the greedy mean is
+    0) with the (setting, seed) attaining it (None then), ``ci`` (95% percentile bootstrap of that
+    maximum, records resampled with replacement, ``resamples`` times, ``seed``), ``max_abs`` and
+    ``abs_ci`` (the same for the absolute change, defined whatever the greedy mean), ``records``;
     ``versus_heta`` {"diff": max_method − max_heta, "ci", "abs_diff", "abs_ci"} on the records both
-    hold (paired: the same resampled records for both). ``tokens``: per setting, the share of (record, seed) draws
-    whose first token differs from the greedy one and the mean number of distinct first tokens per
-    record (greedy included).
+    hold (paired: the same resampled records for both). ``tokens``: per setting, the share of
+    (record, seed) draws whose first token differs from the greedy one, the mean number of distinct
+    first tokens per record (greedy included) and the share of draws whose answer contains the gold
+    answer (``greedy_contains_gold``: the same for the greedy answers).
     """
     cells = [(s, str(k)) for s in settings for k in seeds]
     out: dict = {"metrics": {}, "tokens": {}}
