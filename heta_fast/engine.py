@@ -70,11 +70,11 @@ class Attributor:
         model, tokenizer = load_model_and_tokenizer(name, dtype=dtype, device=device)
         return cls(model, tokenizer, config, model_name=name)
 
+    @holding_the_model
     def close(self) -> None:
         """Give the model back as it was given (attention implementation, mode, requires_grad); waits
         for an attribution another thread is running on it."""
-        with self.adapter.lock:
-            self.adapter.restore()
+        self.adapter.restore()
 
     def __enter__(self) -> "Attributor":
         return self

@@ -219,7 +219,7 @@ def table(paths: list[str]) -> None:
                   f"{statistics.mean(tv):.3f} | {statistics.median(tv):.3f} |")
 
 
-def _share(x: float | None) -> str:
+def _fmt_share(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
@@ -294,10 +294,10 @@ def decoding_table(doc: dict) -> None:
     print("| setting | first token differs from greedy ((record, seed) share) | distinct first tokens per record "
           "| answer contains the gold answer ((record, seed) share) |")
     print("|---|---|---|---|")
-    print(f"| greedy | — | 1.00 | {_share(summary['greedy_contains_gold'])} |")
+    print(f"| greedy | — | 1.00 | {_fmt_share(summary['greedy_contains_gold'])} |")
     for s in grid:
         t = summary["tokens"][s]
-        print(f"| {s} | {t['changed']:.2f} | {t['distinct']:.2f} | {_share(t['contains_gold'])} |")
+        print(f"| {s} | {t['changed']:.2f} | {t['distinct']:.2f} | {_fmt_share(t['contains_gold'])} |")
     distinct = [rec["distinct_tokens"] for rec in records.values()]
     print()
     print(f"distinct first tokens over the whole grid per record: mean {statistics.mean(distinct):.2f}, "

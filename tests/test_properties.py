@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from heta_fast import Attribution, Attributor, HETAConfig
+from heta_fast.combine import TERM_SCALES
+from heta_fast.config import INFORMATION_ESTIMATORS, SINK_MODES, SINK_TOKENS
 from heta_fast.errors import ConfigError, HetaError, InputError, ResultFormatError
 from heta_fast.precision import PRECISIONS
 from heta_fast.result import FailedAttribution
@@ -200,11 +202,11 @@ GOOD = {
     "window_size": st.integers(0, 12), "window_overlap": st.floats(0, 0.9), "layer_subset": st.integers(0, 2),
     "use_fisher": st.booleans(), "memory_budget": st.integers(1, 2**40), "max_batch": st.integers(1, 64),
     "template_tokens": st.sampled_from(["condition", "attribute"]),
-    "term_scale": st.sampled_from(["raw", "max", "simplex", "rank"]),
-    "sinks": st.sampled_from(["keep", "exclude"]), "sink_threshold": st.floats(0.01, 1),
-    "sink_token": st.sampled_from(["none", "bos", "eos"]),
+    "term_scale": st.sampled_from(TERM_SCALES),
+    "sinks": st.sampled_from(SINK_MODES), "sink_threshold": st.floats(0.01, 1),
+    "sink_token": st.sampled_from(SINK_TOKENS),
     "precision": st.sampled_from(PRECISIONS),
-    "information_estimator": st.sampled_from(["exact", "fisher"]), "information_rank": st.integers(1, 8),
+    "information_estimator": st.sampled_from(INFORMATION_ESTIMATORS), "information_rank": st.integers(1, 8),
 }
 assert set(GOOD) == set(FIELDS)
 good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap(

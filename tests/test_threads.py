@@ -14,26 +14,33 @@ REQUESTS = [([5, 9, 12, 7, 30, 8, 17, 21, 3, 14], [11]), ([6, 19, 22, 17, 40, 18
             ([7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [20])]
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16-split"])
-def test_threads_sharing_an_attributor_get_their_own_numbers(precision):
-    attributor = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(),
-                            HETAConfig(num_probes=2, precision=precision))
-    alone = [attributor.attribute(p, t) for p, t in REQUESTS]
-    start, out, errors = threading.Barrier(len(REQUESTS)), {}, []
+def _run_in_threads(jobs: dict) -> dict:
+    """Start every job at once (one thread each) and return {name: result}, raising the first error."""
+    start, out, errors = threading.Barrier(len(jobs)), {}, []
 
-    def work(i):
+    def work(name):
         try:
             start.wait(30)
-            out[i] = [attributor.attribute(*REQUESTS[i]) for _ in range(2)]
+            out[name] = jobs[name]()
         except BaseException as exc:  # reported below
-            errors.append(exc)
+            errors.append((name, exc))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(REQUESTS))]
+    threads = [threading.Thread(target=work, args=(name,)) for name in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert not errors, errors
+    return out
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16-split"])
+def test_threads_sharing_an_attributor_get_their_own_numbers(precision):
+    attributor = Attributor(tiny_model("llama", dtype=torch.float32), tiny_tokenizer(),
+                            HETAConfig(num_probes=2, precision=precision))
+    alone = [attributor.attribute(p, t) for p, t in REQUESTS]
+    out = _run_in_threads({i: lambda i=i: [attributor.attribute(*REQUESTS[i]) for _ in range(2)]
+                           for i in range(len(REQUESTS))})
     for i, want in enumerate(alone):
         for got in out[i]:
             for name in ("flow", "curvature", "information", "scores"):
@@ -61,26 +68,6 @@ def test_close_waits_for_an_attribution_in_flight():
     worker.join(60)
     assert torch.isfinite(out["res"].scores).all()
     assert model.config._attn_implementation != "heta_eager"
-
-
-def _run_in_threads(jobs: dict) -> dict:
-    """Start every job at once (one thread each) and return {name: result}, raising the first error."""
-    start, out, errors = threading.Barrier(len(jobs)), {}, []
-
-    def work(name):
-        try:
-            start.wait(30)
-            out[name] = jobs[name]()
-        except BaseException as exc:  # reported below
-            errors.append((name, exc))
-
-    threads = [threading.Thread(target=work, args=(name,)) for name in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    return out
 
 
 def test_evaluation_beside_attributions_gets_its_own_numbers():
