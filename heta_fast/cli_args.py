@@ -87,9 +87,13 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
                    help=one_of(PRECISIONS) + ": the model stages' matrix products (heta_fast/precision.py)")
     p.add_argument("--information-estimator", default=_default("information_estimator"),
                    help=one_of(INFORMATION_ESTIMATORS, {"exact": "masked passes", "fisher": "second-order estimate, "
-                                                        "cost linear in n; docs/method.md §3"}))
+                                                        "cost linear in n", "span": "masked passes recomputing "
+                                                        "--information-span positions; docs/method.md §3"}))
     p.add_argument("--information-rank", type=int, default=_default("information_rank"),
                    help="eigenpairs kept by --information-estimator fisher (backward passes per target)")
+    p.add_argument("--information-span", type=int, default=_default("information_span"),
+                   help="positions after the masked token and before the first target that "
+                        "--information-estimator span recomputes")
     p.add_argument("--term-scale", default=_default("term_scale"),
                    help="how S and I meet before beta/gamma: " + one_of(TERM_SCALES, {"raw": "the paper's sum"}))
     p.add_argument("--sinks", default=_default("sinks"),
@@ -111,7 +115,7 @@ def config_from_args(args):
     fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
                   window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
                   information_estimator=args.information_estimator, information_rank=args.information_rank,
-                  precision=args.precision,
+                  information_span=args.information_span, precision=args.precision,
                   seed=args.seed, template_tokens=args.template_tokens,
                   term_scale=args.term_scale, sinks=args.sinks, sink_threshold=args.sink_threshold,
                   sink_token=args.sink_token)

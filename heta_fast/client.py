@@ -27,9 +27,9 @@ LONG_WAIT = 30.0  # seconds one HTTP call asks the service to wait for a job (th
 # Fields of HETAConfig a request may set (the service's ``options``); memory_budget, max_batch and
 # cuda_graphs belong to the server (they change how the work is chunked, not the numbers).
 OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "probing_patterns", "probing_repeats",
-                 "sketch_rank", "seed", "mask_scheme", "information_estimator", "information_rank", "window_size",
-                 "window_overlap", "layer_subset", "use_fisher", "template_tokens", "term_scale", "sinks",
-                 "sink_threshold", "sink_token", "precision")
+                 "sketch_rank", "seed", "mask_scheme", "information_estimator", "information_rank",
+                 "information_span", "window_size", "window_overlap", "layer_subset", "use_fisher", "template_tokens",
+                 "term_scale", "sinks", "sink_threshold", "sink_token", "precision")
 
 
 class Client:

@@ -14,7 +14,7 @@ from .precision import PRECISIONS
 
 MASK_SCHEMES = ("zero", "mean", "pad", "unk")
 ESTIMATORS = ("exact", "probing", "sketch")
-INFORMATION_ESTIMATORS = ("exact", "fisher")
+INFORMATION_ESTIMATORS = ("exact", "fisher", "span")
 TEMPLATE_TOKENS = ("condition", "attribute")
 SINK_MODES = ("keep", "exclude")
 SINK_TOKENS = ("none", "bos", "eos")
@@ -24,7 +24,8 @@ MAX_COUNT = 2**31 - 1
 # must stay below 2**64.
 MAX_SEED = 2**47 - 1
 _INT_FIELDS = ("num_probes", "probing_patterns", "probing_repeats", "sketch_rank", "seed", "window_size",
-               "layer_subset", "memory_budget", "max_batch", "information_rank")
+               "layer_subset", "memory_budget", "max_batch", "information_rank",
+               "information_span")
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,14 @@ class HETAConfig:
     seed: int = 0
     mask_scheme: str = "zero"
     # Information estimator (docs/method.md §3): "exact" (the masked passes, n(n+1)/2
-    # token-positions) or "fisher" (the KL's second-order expansion: information_rank backward
-    # passes per target whatever n is; an approximation, measured in EVALUATION.md).
+    # token-positions), "fisher" (the KL's second-order expansion: information_rank backward
+    # passes per target whatever n is) or "span" (masked passes that recompute only the
+    # information_span positions after the masked token and before the first target, the rest
+    # read unmasked: about n * (2 * information_span + 1) token-positions). Both approximations
+    # are measured in EVALUATION.md.
     information_estimator: str = "exact"
     information_rank: int = 8
+    information_span: int = 8
     window_size: int = 0
     window_overlap: float = 0.5
     layer_subset: int = 0
@@ -130,6 +135,8 @@ class HETAConfig:
                f"choose from {INFORMATION_ESTIMATORS}")
         _check(_is_int(self.information_rank) and 1 <= self.information_rank <= MAX_COUNT,
                f"information_rank must be an integer in [1, {MAX_COUNT}], got {_show(self.information_rank)}")
+        _check(_is_int(self.information_span) and 1 <= self.information_span <= MAX_COUNT,
+               f"information_span must be an integer in [1, {MAX_COUNT}], got {_show(self.information_span)}")
         _check(_is_int(self.window_size) and 0 <= self.window_size <= MAX_COUNT,
                f"window_size must be an integer in [0, {MAX_COUNT}] (0 = no windowing), got {_show(self.window_size)}")
         _check(_is_number(self.window_overlap) and 0.0 <= self.window_overlap < 1.0,

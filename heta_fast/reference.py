@@ -161,6 +161,50 @@ def information_reference(adapter: ModelAdapter, embeds: torch.Tensor, target_po
     return torch.stack(cols, dim=1)
 
 
+def information_span_reference(adapter: ModelAdapter, embeds: torch.Tensor, target_positions: torch.Tensor,
+                               n_context: int, mask_vectors: torch.Tensor, span: int) -> torch.Tensor:
+    """The span estimate of I by its definition (docs/method.md §3): one full forward per masked
+    token i in which every decoder layer's input rows outside R_i = [i, i + span) ∪ [p_1 - span, n)
+    (p_1 the first target position) are replaced by the unmasked pass's rows, so only the rows of
+    R_i see the mask. Forward pre-hooks on the layers, not the engine's packed attention.
+
+    embeds: [n, d]; target_positions: [T]; mask_vectors: [n_context, d]; returns [T, n_context]
+    """
+    n = embeds.shape[0]
+    clean: dict[int, torch.Tensor] = {}
+    frozen: list[torch.Tensor | None] = [None]  # [n] bool: rows read unmasked, or None (record)
+
+    def hook(index):
+        def replace(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if frozen[0] is None:
+                clean[index] = hidden.detach().clone()
+                return None
+            hidden = torch.where(frozen[0][None, :, None], clean[index], hidden)
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+        return replace
+
+    handles = [layer.register_forward_pre_hook(hook(j), with_kwargs=True) for j, layer in enumerate(adapter.layers)]
+    resume = max(int(target_positions.min()) - span, 0)
+    try:
+        with torch.no_grad():
+            orig = adapter.log_probs(embeds[None], target_positions)[0]  # records every layer's clean input
+            cols = []
+            for i in range(n_context):
+                rows = torch.arange(n)
+                frozen[0] = (rows >= i + span) & (rows < resume)
+                masked = embeds.clone()
+                masked[i] = mask_vectors[i].to(embeds.dtype)
+                logq = adapter.log_probs(masked[None], target_positions)[0]
+                cols.append(torch.where(target_positions >= i, kl_divergence(orig, logq), 0.0))
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(cols, dim=1)
+
+
 # ----------------------------------------------------------------------------- combination
 def combine(flow: torch.Tensor | None, curvature: torch.Tensor | None, information: torch.Tensor | None,
             beta: float, gamma: float) -> torch.Tensor:

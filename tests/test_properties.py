@@ -207,6 +207,7 @@ GOOD = {
     "sink_token": st.sampled_from(SINK_TOKENS),
     "precision": st.sampled_from(PRECISIONS),
     "information_estimator": st.sampled_from(INFORMATION_ESTIMATORS), "information_rank": st.integers(1, 8),
+    "information_span": st.integers(1, 64),
 }
 assert set(GOOD) == set(FIELDS)
 good_kwargs = st.lists(st.sampled_from(FIELDS), unique=True, max_size=4).flatmap(

@@ -31,6 +31,7 @@ class EngineOptions(BaseModel):
     mask_scheme: Optional[str] = None
     information_estimator: Optional[str] = None
     information_rank: Optional[int] = None
+    information_span: Optional[int] = None
     precision: Optional[str] = None
     window_size: Optional[int] = None
     window_overlap: Optional[float] = None

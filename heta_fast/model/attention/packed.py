@@ -7,11 +7,18 @@ pass's cache, followed by the segment's own keys: causal from the segment's firs
 the layer's sliding window; segments never see each other. With one input (one request) its
 prefix is the whole cache (cache_r = 0); the variants of several requests share a pass over the
 concatenation of their prefixes (each segment reads its own request's region). So a packed pass
-equals separate passes position for position, with no padding and no [Q, P + Q] mask. A layer
-with attention logit soft-capping attends each segment on the math path with the cap (SDPA cannot
-cap); any other attention option is refused, and a sliding window the module passes must be the
-layer's window. The segment geometry travels in the pass state
-(:mod:`.pass_state`) as a :class:`PackedSegments`; the information term builds it
+equals separate passes position for position, with no padding and no [Q, P + Q] mask.
+
+A segment may *jump* (the span estimate of the information term, docs/method.md §3): its first
+run_r tokens hold positions first_r .. first_r + run_r - 1 and the rest resume at position
+resume_r, the positions in between being read from the cache. Its keys, in position order, are
+then cached [0, first_r), its run, cached [first_r + run_r, resume_r) and its remaining tokens:
+every position 0 .. its last once.
+
+A layer with attention logit soft-capping attends each segment on the math path with the cap
+(SDPA cannot cap); any other attention option is refused, and a sliding window the module passes
+must be the layer's window. The segment geometry travels in the pass state (:mod:`.pass_state`)
+as a :class:`PackedSegments`; the information term builds it
 (:mod:`heta_fast.signals.information.packing`).
 """
 from __future__ import annotations
@@ -41,6 +48,8 @@ class PackedSegments:
     windows:   per layer, the sliding window or None
     firsts:    [B] long, each segment's first position = the cached keys it sees; None: start + r
     cache_starts: [B] long, where each segment's cached keys [0, first) begin in the cache; None: 0
+    runs:      [B] long, the segment's tokens before its jump; None: its length (no jump)
+    resumes:   [B] long, the position its remaining tokens start at; None: first + length (no jump)
     """
 
     positions: torch.Tensor
@@ -51,6 +60,8 @@ class PackedSegments:
     windows: list = field(default_factory=list)
     firsts: torch.Tensor | None = None
     cache_starts: torch.Tensor | None = None
+    runs: torch.Tensor | None = None
+    resumes: torch.Tensor | None = None
     _masks: dict = field(default_factory=dict)  # (segment, window) -> [L, first + L] bool
 
     def __post_init__(self):
@@ -59,19 +70,23 @@ class PackedSegments:
             self.firsts = self.start + torch.arange(self.rows, device=dev)
         if self.cache_starts is None:  # one input: its prefix is the whole cache
             self.cache_starts = torch.zeros(self.rows, dtype=torch.long, device=dev)
+        if self.runs is None:  # no segment jumps
+            self.runs = self.lengths.clone()
+        if self.resumes is None:
+            self.resumes = self.firsts + self.lengths
 
     @property
     def rows(self) -> int:
         return int(self.offsets.numel())
 
     def segment_mask(self, r: int, window: int | None) -> torch.Tensor:
-        """Segment r's visibility [L, first_r + L] (bool) over key positions 0 .. first_r + L - 1:
-        causal from the segment's first position, within the layer's window."""
+        """Segment r's visibility [L, last_r + 1] (bool) over key positions 0 .. last_r (its last
+        token's position): causal, within the layer's window."""
         key = (r, window)
         if key not in self._masks:
-            first, length = int(self.firsts[r]), int(self.lengths[r])
-            q_pos = torch.arange(first, first + length, device=self.positions.device)[:, None]
-            k_pos = torch.arange(first + length, device=self.positions.device)[None, :]
+            off, length = int(self.offsets[r]), int(self.lengths[r])
+            q_pos = self.positions[off : off + length, None]
+            k_pos = torch.arange(int(q_pos[-1]) + 1, device=self.positions.device)[None, :]
             visible = k_pos <= q_pos
             if window is not None:
                 visible &= (q_pos - k_pos) < window
@@ -95,9 +110,14 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     for r in range(layout.rows):
         off, length = int(layout.offsets[r]), int(layout.lengths[r])
         c, first = int(layout.cache_starts[r]), int(layout.firsts[r])
-        # The segment's own input's cached keys [0, first), then its own keys.
-        k = torch.cat([key[:, :, c : c + first], key[:, :, p + off : p + off + length]], dim=2)
-        v = torch.cat([value[:, :, c : c + first], value[:, :, p + off : p + off + length]], dim=2)
+        run, resume = int(layout.runs[r]), int(layout.resumes[r])
+        # In position order: the segment's own input's cached keys [0, first), its run, the cached
+        # keys it jumps over [first + run, resume) and its remaining keys (the last two empty
+        # unless it jumps).
+        parts = ((c, c + first), (p + off, p + off + run), (c + first + run, c + resume),
+                 (p + off + run, p + off + length))
+        k = torch.cat([key[:, :, a:b] for a, b in parts], dim=2)
+        v = torch.cat([value[:, :, a:b] for a, b in parts], dim=2)
         outs.append(attend(query[:, :, off : off + length], k, v, attn_mask=layout.segment_mask(r, window),
                            scale=scaling, enable_gqa=gqa))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None

@@ -54,8 +54,8 @@ def information_group(adapter: ModelAdapter, items: list[GroupItem], config, on_
 
     The items whose variants can share packed passes run together; these run alone, through
     :func:`.signal.information`:
-    - every item when ``config.information_estimator == "fisher"`` (its contract is the masked KL
-      of :func:`information`, whose single-request path it then keeps);
+    - every item when ``config.information_estimator`` is not "exact" (the group's contract is
+      the exact masked KL of :func:`information`; the estimates keep its single-request path);
     - every item when the model's attention cannot run packed (``can_pack(adapter)`` is False) or
       the no-grad attention is FlashAttention-2 (rectangular layout);
     - an item whose context spans more than one window under ``config.window_size``.
@@ -95,7 +95,7 @@ def information_group(adapter: ModelAdapter, items: list[GroupItem], config, on_
 
 def _can_share(plan: PassPlan, config) -> bool:
     """Whether an item's variants can run in shared packed passes (see :func:`information_group`)."""
-    return config.information_estimator != "fisher" and plan.layout == "packed" and len(plan.windows) == 1
+    return config.information_estimator == "exact" and plan.layout == "packed" and len(plan.windows) == 1
 
 
 def _plan(adapter: ModelAdapter, items: list[GroupItem], plans: list[PassPlan], config) -> list[GroupPass]:

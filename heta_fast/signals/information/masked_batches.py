@@ -34,17 +34,38 @@ LAYOUTS = ("packed", "rectangular")
 @dataclass(frozen=True)
 class MaskedBatch:
     """Rows masking tokens ``start, start+1, ...`` of window ``window``; the first row runs
-    ``length`` positions (start .. start+length-1), row r runs ``length - r`` when packed."""
+    ``length`` positions (start .. start+length-1), row r runs ``length - r`` when packed.
+
+    span / resume: the span estimate's shorter rows (packed only; docs/method.md §3): row r runs
+    positions start+r .. start+r+span-1 and resume .. start+length-1 when these leave a gap,
+    else all of start+r .. start+length-1. span None: the exact rows.
+    """
 
     window: int
     start: int
     rows: int
     length: int
     packed: bool = True
+    span: int | None = None
+    resume: int = 0
+
+    def row_length(self, r: int) -> int:
+        """Token-positions row r runs (packed)."""
+        full = self.length - r
+        if self.span is not None and self.start + r + self.span < self.resume:
+            return self.span + self.start + self.length - self.resume
+        return full
+
+    @property
+    def jumps(self) -> bool:
+        """Whether some row jumps over cached positions (then the pass's cache reaches ``resume``)."""
+        return self.span is not None and self.start + self.span < self.resume
 
     @property
     def positions(self) -> int:
         """Token-positions this batch sends through the model."""
+        if self.jumps:
+            return sum(self.row_length(r) for r in range(self.rows))
         if self.packed:
             return self.rows * self.length - self.rows * (self.rows - 1) // 2
         return self.rows * self.length
@@ -52,12 +73,15 @@ class MaskedBatch:
     @property
     def prefix(self) -> int:
         """Cached unmasked positions [0, prefix) the pass attends to."""
-        return self.start + self.rows - 1 if self.packed else self.start
+        if not self.packed:
+            return self.start
+        return max(self.start + self.rows - 1, self.resume) if self.jumps else self.start + self.rows - 1
 
 
 def plan_batches(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[[MaskedBatch], bool],
                  describe: Callable[[MaskedBatch], str], tokens_per_pass: int | None = None,
-                 layout: str = "packed") -> list[MaskedBatch]:
+                 layout: str = "packed", span: int | None = None,
+                 resumes: list[int] | None = None) -> list[MaskedBatch]:
     """Split every window's variants into batches.
 
     spans:    per window (first masked token, one past the last, N = input length to run to)
@@ -65,28 +89,36 @@ def plan_batches(spans: list[tuple[int, int, int]], max_rows: int, fits: Callabl
     describe: describe(batch) -> the error message when a single-variant batch does not fit
     tokens_per_pass: stop adding rows once a pass has this many token-positions (None: no limit)
     layout:   "packed" or "rectangular" (see the module docstring)
+    span, resumes: the span estimate's rows (see :class:`MaskedBatch`; packed only), resumes per window
 
     Raises MemoryBudgetError (before any work) if even a single variant does not fit.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     packed = layout == "packed"
+    if span is not None and not packed:
+        raise ValueError("the span estimate's rows need the packed layout")
     batches = []
     for w, (first, stop, total) in enumerate(spans):
+        resume = resumes[w] if span is not None else 0
+
+        def batch(a: int, rows: int) -> MaskedBatch:
+            return MaskedBatch(w, a, rows, total - a, packed, span, resume)
+
         if first < stop:
             # The first variant is the longest of its window: if it fits alone, every one does.
-            single = MaskedBatch(w, first, 1, total - first, packed)
+            single = batch(first, 1)
             if not fits(single):
                 raise MemoryBudgetError(describe(single))
         a = first
         while a < stop:
             rows = 1
             while rows < min(max_rows, stop - a):
-                wider = MaskedBatch(w, a, rows + 1, total - a, packed)
+                wider = batch(a, rows + 1)
                 if (tokens_per_pass is not None and wider.positions > tokens_per_pass) or not fits(wider):
                     break
                 rows += 1
-            batches.append(MaskedBatch(w, a, rows, total - a, packed))
+            batches.append(batch(a, rows))
             a += rows
     return batches
 

@@ -9,6 +9,11 @@ positions [0, a + r) followed by the segment's own keys, which for the segment i
 continuation of the unmasked prefix. So the packed pass equals B separate passes position for
 position, with no padding and no [Q, P + Q] mask.
 
+The span estimate (``information_estimator="span"``, docs/method.md §3) packs shorter variants:
+variant i runs positions i .. i+s-1 and the last positions from ``resume`` on (s before the first
+target, and the targets' own), jumping over the positions in between, whose keys and values it
+reads unmasked from the cache.
+
 Variants of several inputs (requests) share a pass by :meth:`PackedVariants.join`: the pass's
 cache is then the concatenation of each input's prefix (:func:`.prefix_cache.joined_cache`), and
 each segment reads its own input's region of it.
@@ -38,18 +43,34 @@ class PackedVariants(PackedSegments):
 
     @classmethod
     def build(cls, seq: torch.Tensor, start: int, rows: int, total: int, mask_rows: torch.Tensor,
-              windows: list | None = None) -> "PackedVariants":
+              windows: list | None = None, span: int | None = None, resume: int = 0) -> "PackedVariants":
         """seq [N', d] the input (N' >= total); variants start .. start+rows-1 run up to ``total``;
-        mask_rows [rows, d] the vectors replacing each variant's masked token; windows: per layer."""
+        mask_rows [rows, d] the vectors replacing each variant's masked token; windows: per layer.
+
+        span: None for the exact variants; else (the span estimate, docs/method.md §3) variant i
+        runs positions i .. i+span-1 and then resume .. total-1 only, when these leave a gap
+        (i + span < resume), reading the positions in between from the cache.
+        """
         dev = seq.device
-        lengths = total - start - torch.arange(rows, device=dev)  # [B]
+        firsts = start + torch.arange(rows, device=dev)  # [B]
+        lengths = total - firsts
+        runs = lengths.clone()
+        if span is not None:
+            jumps = firsts + span < resume
+            runs = torch.where(jumps, torch.full_like(runs, span), runs)
+            lengths = torch.where(jumps, span + total - resume, lengths)
         segment = torch.repeat_interleave(torch.arange(rows, device=dev), lengths)
         offsets = torch.cumsum(lengths, 0) - lengths
-        positions = start + segment + (torch.arange(segment.numel(), device=dev) - offsets[segment])
+        within = torch.arange(segment.numel(), device=dev) - offsets[segment]  # a token's index in its segment
+        # Tokens before the jump sit at first + index; the rest resume at `resume`.
+        positions = torch.where(within < runs[segment], firsts[segment] + within, resume + within - runs[segment])
         embeds = seq[positions].clone()
         embeds[offsets] = mask_rows.to(embeds.dtype)
-        return cls(positions=positions, offsets=offsets, lengths=lengths, start=start, prefix=start + rows - 1,
-                   windows=list(windows or []), embeds=embeds)
+        jumped = bool((runs < lengths).any())
+        prefix = max(start + rows - 1, resume) if jumped else start + rows - 1
+        resumes = torch.where(runs < lengths, resume, firsts + lengths)
+        return cls(positions=positions, offsets=offsets, lengths=lengths, start=start, prefix=prefix,
+                   windows=list(windows or []), runs=runs, resumes=resumes, embeds=embeds)
 
     @classmethod
     def join(cls, parts: list["PackedVariants"]) -> "PackedVariants":
@@ -68,6 +89,7 @@ class PackedVariants(PackedSegments):
                    lengths=torch.cat([p.lengths for p in parts]), start=parts[0].start, prefix=int(cached.sum()),
                    windows=parts[0].windows, firsts=torch.cat([p.firsts for p in parts]),
                    cache_starts=torch.cat([p.cache_starts + cache_at[j] for j, p in enumerate(parts)]),
+                   runs=torch.cat([p.runs for p in parts]), resumes=torch.cat([p.resumes for p in parts]),
                    embeds=torch.cat([p.embeds for p in parts]))
 
     def rows_at(self, target_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +98,9 @@ class PackedVariants(PackedSegments):
         masked = self.firsts  # [B]: a variant's first position is its masked token
         rel = target_positions[None, :] - masked[:, None]
         valid = rel >= 0
+        # After a jump, the target's index in its segment is counted from the resume position.
+        after = target_positions[None, :] >= (masked + self.runs)[:, None]
+        rel = torch.where(after, self.runs[:, None] + target_positions[None, :] - self.resumes[:, None], rel)
         return self.offsets[:, None] + rel.clamp(min=0), valid
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ...dtypes import accumulation_dtype
+from ...errors import ConfigError
 from ...memory import MaskedPassBudget, ModelShape
 from ...model.adapter import ModelAdapter
 from ...model.attention import FLASH, PACKED, attention_implementation, choose_no_grad_attention
@@ -66,7 +67,11 @@ def plan_passes(adapter: ModelAdapter, n_context: int, positions: torch.Tensor, 
                 attention: str | None = "auto", layout: str = "auto") -> PassPlan:
     """Plan the masked passes for targets predicted at ``positions`` [T] (see :func:`information`).
 
-    Raises MemoryBudgetError if a single variant does not fit ``config.memory_budget``.
+    Under ``config.information_estimator == "span"`` the variants are the span estimate's shorter
+    rows (masked_batches.py), which need the packed layout.
+
+    Raises MemoryBudgetError if a single variant does not fit ``config.memory_budget``; ConfigError
+    if the span estimate is asked for where the layout cannot be packed.
     """
     windows = context_windows(n_context, config.window_size, config.window_overlap)
     if len(windows) > 1 and int(positions.min()) < n_context - 1:
@@ -76,12 +81,19 @@ def plan_passes(adapter: ModelAdapter, n_context: int, positions: torch.Tensor, 
         layout = "packed" if can_pack(adapter) and implementation != FLASH else "rectangular"
     elif layout == "packed" and not can_pack(adapter):
         raise ValueError(f"{adapter.spec.name}: the packed layout needs a model whose attention can be switched")
+    span = config.information_span if config.information_estimator == "span" else None
+    if span is not None and layout != "packed":
+        raise ConfigError(f"information_estimator='span' needs the packed masked passes, which "
+                          f"{adapter.spec.name} cannot run here (attention {implementation!r}); use 'exact'")
     window_pos = [window_positions(positions, n_context, w) for w in windows]
     spans = [(w.start, w.stop, int(p.max()) + 1) for w, p in zip(windows, window_pos)]
+    # The span estimate recomputes every position from `span` before a window's first target on.
+    resumes = [max(int(p.min()) - span, 0) for p in window_pos] if span is not None else None
     budget = MaskedPassBudget(ModelShape.of(adapter.model), config.memory_budget, positions.numel(), n_context - 1,
                               n_windows=len(windows), kl_chunk=KL_CHUNK, build_prefix=not prefix_given)
     tokens = CPU_TOKENS_PER_PASS if adapter.device.type == "cpu" else None
-    batches = plan_batches(spans, config.max_batch, budget.fits, budget.describe, tokens_per_pass=tokens, layout=layout)
+    batches = plan_batches(spans, config.max_batch, budget.fits, budget.describe, tokens_per_pass=tokens, layout=layout,
+                           span=span, resumes=resumes)
     return PassPlan(windows, window_pos, batches, budget, implementation, layout)
 
 
@@ -168,7 +180,8 @@ def _packed_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, ba
     """One packed pass of ``batch.rows`` masked variants; seq [N, d] is the window's input. Returns [rows, T]."""
     a, rows = batch.start, batch.rows
     windows = [adapter.window(i) for i in range(len(adapter.layers))]
-    packed = PackedVariants.build(seq, a, rows, a + batch.length, mask_vectors[a : a + rows], windows)
+    packed = PackedVariants.build(seq, a, rows, a + batch.length, mask_vectors[a : a + rows], windows,
+                                  span=batch.span, resume=batch.resume)
     hidden = run_packed(adapter, packed, prefix.for_batch(batch.prefix, 1))  # [Q, d]
     index, valid = packed.rows_at(positions)  # [rows, T]
     target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
