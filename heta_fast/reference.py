@@ -188,12 +188,12 @@ def information_span_reference(adapter: ModelAdapter, embeds: torch.Tensor, targ
 
     handles = [layer.register_forward_pre_hook(hook(j), with_kwargs=True) for j, layer in enumerate(adapter.layers)]
     resume = max(int(target_positions.min()) - span, 0)
+    rows = torch.arange(n)
     try:
         with torch.no_grad():
             orig = adapter.log_probs(embeds[None], target_positions)[0]  # records every layer's clean input
             cols = []
             for i in range(n_context):
-                rows = torch.arange(n)
                 frozen[0] = (rows >= i + span) & (rows < resume)
                 masked = embeds.clone()
                 masked[i] = mask_vectors[i].to(embeds.dtype)

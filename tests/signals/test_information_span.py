@@ -74,7 +74,7 @@ def test_a_batch_counts_its_rows_as_the_packing_lays_them_out():
     # MaskedBatch's arithmetic (which the memory model and the planner use) against the rows
     # themselves; rows from the gap's end on do not jump.
     batch = MaskedBatch(0, 2, 6, 14, span=3, resume=9)
-    lengths = [batch.row_length(r) for r in range(6)]
+    lengths = [batch.row(r)[1] for r in range(6)]
     assert lengths == [3 + 16 - 9, 3 + 16 - 9, 3 + 16 - 9, 3 + 16 - 9, 16 - 6, 16 - 7]
     assert batch.positions == sum(lengths) and batch.jumps and batch.prefix == 9
     assert not MaskedBatch(0, 7, 2, 9, span=3, resume=9).jumps

@@ -133,8 +133,7 @@ def _run(adapter: ModelAdapter, items: list[GroupItem], passes: list[GroupPass],
             packed_at = 0
             for i, b in group_pass.parts:
                 it, a = items[i], b.start
-                part = PackedVariants.build(it.embeds, a, b.rows, a + b.length, it.mask_vectors[a : a + b.rows],
-                                            windows)
+                part = PackedVariants.build(it.embeds, b, it.mask_vectors[a : a + b.rows], windows)
                 index, ok = part.rows_at(positions[i])  # [rows, T_i] into the part
                 parts.append(part)
                 reads.append((index + packed_at).reshape(-1))

@@ -49,23 +49,26 @@ class MaskedBatch:
     span: int | None = None
     resume: int = 0
 
-    def row_length(self, r: int) -> int:
-        """Token-positions row r runs (packed)."""
+    def row(self, r: int) -> tuple[int, int]:
+        """Row r's (run, length) when packed: it runs positions start+r .. start+r+run-1 and then
+        the length - run positions from ``resume`` on; run == length when it does not jump. The
+        one rule of a row's geometry (the packing lays rows out by it)."""
         full = self.length - r
         if self.span is not None and self.start + r + self.span < self.resume:
-            return self.span + self.start + self.length - self.resume
-        return full
+            return self.span, self.span + self.start + self.length - self.resume
+        return full, full
 
     @property
     def jumps(self) -> bool:
         """Whether some row jumps over cached positions (then the pass's cache reaches ``resume``)."""
-        return self.span is not None and self.start + self.span < self.resume
+        run, length = self.row(0)
+        return run < length
 
     @property
     def positions(self) -> int:
         """Token-positions this batch sends through the model."""
         if self.jumps:
-            return sum(self.row_length(r) for r in range(self.rows))
+            return sum(self.row(r)[1] for r in range(self.rows))
         if self.packed:
             return self.rows * self.length - self.rows * (self.rows - 1) // 2
         return self.rows * self.length

@@ -28,6 +28,7 @@ from ...model.adapter import ModelAdapter
 from ...model.attention import can_switch
 from ...model.attention.packed import PackedSegments
 from ...model.attention.pass_state import pass_state
+from .masked_batches import MaskedBatch
 
 
 @dataclass
@@ -42,34 +43,25 @@ class PackedVariants(PackedSegments):
     embeds: torch.Tensor = None
 
     @classmethod
-    def build(cls, seq: torch.Tensor, start: int, rows: int, total: int, mask_rows: torch.Tensor,
-              windows: list | None = None, span: int | None = None, resume: int = 0) -> "PackedVariants":
-        """seq [N', d] the input (N' >= total); variants start .. start+rows-1 run up to ``total``;
-        mask_rows [rows, d] the vectors replacing each variant's masked token; windows: per layer.
-
-        span: None for the exact variants; else (the span estimate, docs/method.md §3) variant i
-        runs positions i .. i+span-1 and then resume .. total-1 only, when these leave a gap
-        (i + span < resume), reading the positions in between from the cache.
-        """
+    def build(cls, seq: torch.Tensor, batch: MaskedBatch, mask_rows: torch.Tensor,
+              windows: list | None = None) -> "PackedVariants":
+        """seq [N', d] the input (N' >= batch.start + batch.length); the batch's packed variants,
+        laid out by :meth:`MaskedBatch.row` (the span estimate's rows jump over cached positions);
+        mask_rows [rows, d] the vectors replacing each variant's masked token; windows: per layer."""
         dev = seq.device
-        firsts = start + torch.arange(rows, device=dev)  # [B]
-        lengths = total - firsts
-        runs = lengths.clone()
-        if span is not None:
-            jumps = firsts + span < resume
-            runs = torch.where(jumps, torch.full_like(runs, span), runs)
-            lengths = torch.where(jumps, span + total - resume, lengths)
-        segment = torch.repeat_interleave(torch.arange(rows, device=dev), lengths)
+        geometry = torch.tensor([batch.row(r) for r in range(batch.rows)], dtype=torch.long, device=dev)
+        runs, lengths = geometry[:, 0], geometry[:, 1]  # [B]
+        firsts = batch.start + torch.arange(batch.rows, device=dev)
+        segment = torch.repeat_interleave(torch.arange(batch.rows, device=dev), lengths)
         offsets = torch.cumsum(lengths, 0) - lengths
         within = torch.arange(segment.numel(), device=dev) - offsets[segment]  # a token's index in its segment
-        # Tokens before the jump sit at first + index; the rest resume at `resume`.
-        positions = torch.where(within < runs[segment], firsts[segment] + within, resume + within - runs[segment])
+        # Tokens before the jump sit at first + index; the rest resume at batch.resume.
+        positions = torch.where(within < runs[segment], firsts[segment] + within,
+                                batch.resume + within - runs[segment])
         embeds = seq[positions].clone()
         embeds[offsets] = mask_rows.to(embeds.dtype)
-        jumped = bool((runs < lengths).any())
-        prefix = max(start + rows - 1, resume) if jumped else start + rows - 1
-        resumes = torch.where(runs < lengths, resume, firsts + lengths)
-        return cls(positions=positions, offsets=offsets, lengths=lengths, start=start, prefix=prefix,
+        resumes = torch.where(runs < lengths, batch.resume, firsts + lengths)
+        return cls(positions=positions, offsets=offsets, lengths=lengths, start=batch.start, prefix=batch.prefix,
                    windows=list(windows or []), runs=runs, resumes=resumes, embeds=embeds)
 
     @classmethod

@@ -180,8 +180,7 @@ def _packed_kl(adapter: ModelAdapter, prefix: PrefixCache, seq: torch.Tensor, ba
     """One packed pass of ``batch.rows`` masked variants; seq [N, d] is the window's input. Returns [rows, T]."""
     a, rows = batch.start, batch.rows
     windows = [adapter.window(i) for i in range(len(adapter.layers))]
-    packed = PackedVariants.build(seq, a, rows, a + batch.length, mask_vectors[a : a + rows], windows,
-                                  span=batch.span, resume=batch.resume)
+    packed = PackedVariants.build(seq, batch, mask_vectors[a : a + rows], windows)
     hidden = run_packed(adapter, packed, prefix.for_batch(batch.prefix, 1))  # [Q, d]
     index, valid = packed.rows_at(positions)  # [rows, T]
     target_index = torch.arange(positions.numel(), device=seq.device).repeat(rows)
