@@ -180,11 +180,25 @@ def _versus_heta(records: list[dict], method: str, value) -> str:
 
 
 def pooled(paths: list[str]) -> dict:
-    """Results files of one study written with the same settings -> one document, records by id (sorted)."""
+    """Results files of one study written with the same settings -> one document, records by id (sorted).
+
+    Paraphrase and noise records are {method: cell}: files holding other methods of one record (a
+    method run later, in another process) pool into one record; a (record, method) held twice must
+    be the same cell. A decoding record is whole: it may appear in one file only."""
     docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     if any(d["header"] != docs[0]["header"] for d in docs):
         sys.exit("the results files were written with different settings")
-    records = {k: v for d in docs for k, v in d["records"].items()}
+    whole = docs[0]["header"]["study"] == "decoding"
+    records: dict = {}
+    for d in docs:
+        for k, v in d["records"].items():
+            if whole and k in records:
+                sys.exit(f"decoding record {k} is in more than one file")
+            cells = records.setdefault(k, {})
+            clash = [m for m in v if m in cells and cells[m] != v[m]]
+            if clash:
+                sys.exit(f"record {k}: the files hold different results for {', '.join(clash)}")
+            cells.update(v)
     return {"header": docs[0]["header"], "records": dict(sorted(records.items()))}
 
 

@@ -19,7 +19,7 @@ def _is_adapter(obj) -> bool:
 
 
 def embed(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """input_ids [n] -> input embeddings [n, d] (detached, on the model's device)."""
+    """input_ids [..., n] -> input embeddings [..., n, d] (detached, on the model's device)."""
     lm = as_model(model)
     table = lm.get_input_embeddings()
     return table(input_ids.to(table.weight.device)).detach()

@@ -164,3 +164,58 @@ def test_zero_noise_changes_nothing_and_noise_changes_every_method(attributor):
         assert out[m]["0.0"]["mass_change"] == pytest.approx(0.0, abs=1e-12), m
         assert out[m]["1.0"]["mass_change"] > 1e-4, m
     assert not attributor.model.get_input_embeddings()._forward_hooks
+
+
+def test_reagent_probes_see_the_noise(attributor):
+    """ReAGent's batched probe sequences go through the hooked embedding as [B, L] lookups, so each
+    probe gets the noise: its probabilities are those of the perturbed embeddings, not the clean ones."""
+    from heta_fast.evaluate.baselines.reagent import _probs
+    from heta_fast.evaluate.forward import next_token_probs
+
+    ids = torch.tensor(tiny_tokenizer()(text(5, 9, 13, 20, 31, 7))["input_ids"])
+    batch = torch.stack([ids, ids.flip(0), ids.roll(2)])  # [3, L]
+    x = attributor.adapter.embed(batch)  # [3, L, d]
+    noise = embedding_noise(x[0], 1.0, seed=0, key="k")  # [L, d]
+    with perturbed_embeddings(attributor.model, noise):
+        noisy = _probs(attributor.adapter, batch, max_batch=2)
+    torch.testing.assert_close(noisy, next_token_probs(attributor.adapter, x + noise, 2))
+    assert (noisy - next_token_probs(attributor.adapter, x, 2)).abs().max() > 1e-6
+
+
+def test_reagent_changes_under_noise_and_not_without(attributor):
+    ex = EvalExample("r", text(5, 9, 13, 20, 31, 7, 11, 17), text(40), target_tokens=1)
+    out = noise_sensitivity(attributor, ex, ["reagent"], scales=(0.0, 1.0), seed=0)
+    assert out["reagent"]["0.0"]["mass_change"] == pytest.approx(0.0, abs=1e-12)
+    assert out["reagent"]["1.0"]["mass_change"] > 1e-4
+
+
+def _script():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import robustness
+    finally:
+        sys.path.pop(0)
+    return robustness
+
+
+def test_pooling_joins_methods_run_in_other_files_and_refuses_clashes(tmp_path):
+    script = _script()
+    header = {"study": "noise", "scales": [0.1]}
+    files = {
+        "a": {"r1": {"heta": {"x": 1}}, "r2": {"heta": {"x": 2}}},
+        "b": {"r1": {"reagent": {"x": 3}}, "r2": {"heta": {"x": 2}}},
+    }
+    for name, records in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"header": header, "records": records}))
+    doc = script.pooled([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert doc["records"] == {"r1": {"heta": {"x": 1}, "reagent": {"x": 3}}, "r2": {"heta": {"x": 2}}}
+    (tmp_path / "c.json").write_text(json.dumps({"header": header, "records": {"r2": {"heta": {"x": 5}}}}))
+    with pytest.raises(SystemExit, match="different results for heta"):
+        script.pooled([str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+    decoding = {"header": {"study": "decoding"}, "records": {"r1": {"tokens": {}}}}
+    for name in ("d", "e"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(decoding))
+    with pytest.raises(SystemExit, match="more than one file"):
+        script.pooled([str(tmp_path / "d.json"), str(tmp_path / "e.json")])

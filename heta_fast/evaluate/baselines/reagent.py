@@ -107,8 +107,11 @@ def replace(input_ids: torch.Tensor, replaced: torch.Tensor, aux_ids: torch.Tens
 
 
 def _probs(model, ids: torch.Tensor, max_batch: int) -> torch.Tensor:
-    """ids [B, L] -> next-token probabilities at the last position [B, V] (float64)."""
-    return next_token_probs(model, embed(model, ids.reshape(-1)).reshape(*ids.shape, -1), max_batch)
+    """ids [B, L] -> next-token probabilities at the last position [B, V] (float64).
+
+    The lookup keeps the [B, L] shape (not one flat [B·L] lookup), so that a hook on the
+    input-embedding module sees each sequence's [L, d] rows, as the robustness study's noise does."""
+    return next_token_probs(model, embed(model, ids), max_batch)
 
 
 def reagent_row(model, input_ids: torch.Tensor, n_attr: int, target: int, aux_ids: torch.Tensor,
