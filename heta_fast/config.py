@@ -186,6 +186,15 @@ class HETAConfig:
         return d
 
     @classmethod
+    def completed(cls, d: Mapping) -> dict:
+        """A config mapping an earlier heta-fast recorded (a results file, a run's manifest), in
+        today's fields: a field it does not name was added after it was written, and a field is
+        only ever added with the earlier behaviour as its default, so it counts as that default.
+        Names this version does not know are kept (so they compare unequal to any config of today).
+        The one rule for "was this output written with these settings" across versions."""
+        return {**cls().to_dict(), **d}
+
+    @classmethod
     def from_dict(cls, d: dict) -> "HETAConfig":
         """The config of ``to_dict()``'s mapping; unknown fields and bad values raise ``ConfigError``."""
         if not isinstance(d, Mapping):

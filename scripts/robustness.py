@@ -88,8 +88,7 @@ def run(args) -> None:
     header = json.loads(json.dumps(header))  # as a rerun reads it back (tuples become lists)
     out = Path(args.out)
     doc = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {"header": header, "records": {}}
-    doc["header"].setdefault("prompt", "plain")  # files written before --prompt-format were plain
-    if doc["header"] != header:
+    if _today(doc["header"]) != header:
         sys.exit(f"{out} was written with other settings: {doc['header']}")
     if args.study == "decoding":
         return _run_decoding(attributor, examples, methods, settings, doc, out, args, TokenCache,
@@ -105,6 +104,17 @@ def run(args) -> None:
             done.update(noise_sensitivity(attributor, ex, pending, scales, args.seed))
         _write(out, doc)
         print(ex.id, {m: _brief(done[m]) for m in pending}, flush=True)
+
+
+def _today(header: dict) -> dict:
+    """A results file's header in today's fields: HETAConfig fields it does not name (added
+    since) count as their defaults (``HETAConfig.completed``), files without a prompt format were plain."""
+    from heta_fast import HETAConfig
+
+    header = {"prompt": "plain", **header}
+    if isinstance(header.get("heta_config"), dict):
+        header["heta_config"] = HETAConfig.completed(header["heta_config"])
+    return header
 
 
 def study_examples(examples, study: str, rewrites: dict, tokenizer, prompt_format: str = "plain",
@@ -186,7 +196,7 @@ def pooled(paths: list[str]) -> dict:
     method run later, in another process) pool into one record; a (record, method) held twice must
     be the same cell. A decoding record is whole: it may appear in one file only."""
     docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
-    if any(d["header"] != docs[0]["header"] for d in docs):
+    if any(_today(d["header"]) != _today(docs[0]["header"]) for d in docs):
         sys.exit("the results files were written with different settings")
     whole = docs[0]["header"]["study"] == "decoding"
     records: dict = {}

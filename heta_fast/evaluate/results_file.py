@@ -105,18 +105,15 @@ def _one_line(exc: Exception) -> str:
 
 
 def _differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """(key, old, new) for every identity field (model, metric settings, HETA config) that differs.
-
-    A HETAConfig field the old file does not name was added after it was written: it counts as
-    its default, which is what every run did before the field existed (a field is only ever
-    added with the old behaviour as its default)."""
+    """(key, old, new) for every identity field (model, metric settings, HETA config) that differs;
+    a HETAConfig field the old file does not name counts as its default (``HETAConfig.completed``)."""
     out = []
     old = _upgrade_header(old)
     for section in ("model", "model_dtype", "settings", "heta_config"):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             if section == "heta_config":
-                a = {**{k: v for k, v in HETAConfig().to_dict().items() if k in b}, **a}
+                a = {k: v for k, v in HETAConfig.completed(a).items() if k in a or k in b}  # b omits cost fields
             out += [(f"{section}.{k}", a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
             out.append((section, a, b))

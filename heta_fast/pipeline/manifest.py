@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import HETAConfig
 from ..errors import ConfigError, InputError, OutputInUseError
 from ..files import atomic_write
 from .schema import SCHEMA_VERSION
@@ -80,12 +81,33 @@ def manifests(directory: Path) -> list[Manifest]:
     return [Manifest.load(p) for p in paths]
 
 
-def check_settings(directory: Path, config_hash: str) -> None:
-    """Refuse an output directory holding results of other settings (one line, ConfigError)."""
-    for m in manifests(directory):
-        if m.config_hash != config_hash:
+def same_settings(recorded: dict, settings: dict) -> bool:
+    """Whether a manifest's recorded settings are ``settings``, read across versions: the HETA
+    config fields it does not name count as their defaults (``HETAConfig.completed``), so a
+    directory written before a field was added resumes under a run that leaves the field alone."""
+
+    def today(s: dict) -> dict:
+        s = json.loads(json.dumps(s, default=str))  # as a manifest stores it (tuples are lists)
+        if isinstance(s.get("config"), dict):
+            s["config"] = HETAConfig.completed(s["config"])
+        return s
+
+    return today(recorded) == today(settings)
+
+
+def directory_settings(directory: Path, settings: dict) -> tuple[str, dict]:
+    """The (hash, settings) the rows written to ``directory`` carry: the directory's own when it
+    already holds results of these settings (as :func:`same_settings` reads them; its hash stays
+    the directory's, so one output never mixes two hashes), this run's when it holds none.
+
+    Raises ConfigError (one line) when it holds results of other settings."""
+    config_hash = settings_hash(settings)
+    found = manifests(directory)
+    for m in found:
+        if m.config_hash != config_hash and not same_settings(m.settings, settings):
             raise ConfigError(f"{directory} holds results of another configuration (settings hash {m.config_hash}, "
                               f"this run {config_hash}); rerun with the same settings or choose a new --output")
+    return (found[0].config_hash, found[0].settings) if found else (config_hash, settings)
 
 
 class DirectoryLock:

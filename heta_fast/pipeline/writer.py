@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from .manifest import DirectoryLock, Manifest, check_settings, manifest_path, manifests, settings_hash, slot_name
+from .manifest import DirectoryLock, Manifest, directory_settings, manifest_path, manifests, settings_hash, slot_name
 from .parts import EXTENSIONS, read_part, write_part
 from .schema import arrow_schema
 
@@ -20,8 +20,9 @@ DEFAULT_ROWS_PER_PART = 64
 class ResultWriter:
     """Writes one writer slot (unsharded, or one shard) of an output directory.
 
-    settings: what the results depend on (model, dtype, config dict, fields, generate); its
-    hash must equal that of every manifest already in the directory (else ConfigError).
+    settings: what the results depend on (model, dtype, config dict, fields, generate); they must
+    be those of every manifest already in the directory (else ConfigError), read across versions
+    (``manifest.same_settings``); ``config_hash`` is then the directory's hash, set on ``open``.
     fmt: "parquet" (default) or "jsonl"; rows_per_part: rows buffered before a part file is written.
     """
 
@@ -50,7 +51,7 @@ class ResultWriter:
             raise ConfigError(f"output {self.directory} is not a directory")
         self._lock.acquire()
         try:
-            check_settings(self.directory, self.config_hash)
+            self.config_hash, self.settings = directory_settings(self.directory, self.settings)
             path = manifest_path(self.directory, self.slot)
             self.manifest = Manifest.load(path) if path.exists() else Manifest(path, self.config_hash, self.settings)
             self._remove_orphans()

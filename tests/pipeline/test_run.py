@@ -65,6 +65,27 @@ def test_other_settings_refuse_the_directory(attributor, records, tmp_path):
     run(attributor, records[:2], tmp_path / "new", config=HETAConfig(beta=2.0))
 
 
+def test_a_directory_from_before_a_config_field_resumes_at_its_default(attributor, records, tmp_path):
+    """A manifest written before ``information_span`` existed does not name it: a rerun that leaves
+    it at its default resumes the directory (its hash kept), one that sets it is refused."""
+    import json
+
+    out = tmp_path / "out"
+    run(attributor, records[:3], out)
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["settings"]["config"]["information_span"]
+    manifest["config_hash"] = "0123456789abcdef"  # the hash an older version computed without the field
+    path.write_text(json.dumps(manifest))
+    assert run(attributor, records, out).skipped == 3
+    table = read_results(out, form="records")
+    assert len(table) == 12
+    assert json.loads(path.read_text())["config_hash"] == "0123456789abcdef"
+    assert (table[table.id.isin([r["id"] for r in records[3:]])]["config_hash"] == "0123456789abcdef").all()
+    with pytest.raises(ConfigError, match="another configuration"):
+        run(attributor, records, out, config=HETAConfig(information_span=4))
+
+
 def test_retry_failed_recomputes_failures_only(attributor, records, tmp_path):
     out = tmp_path / "out"
     run(attributor, records, out)
