@@ -1,26 +1,9 @@
 """Root pytest configuration (tests/ and benchmarks/).
 
-The repository's top-level ``kernels/`` folder is installed as ``heta_fast.kernels``. Run from
-the repository root (``python -m pytest`` puts it first on ``sys.path``), the folder would also
-be importable as ``kernels`` and shadow the PyPI package of that name, which transformers
-(>= 5.25) imports at start-up. Importing the installed package once, with the root left out of
-the path, makes every later ``import kernels`` find it.
+``python -m pytest`` from the repository root puts the root first on ``sys.path``, where the
+top-level ``kernels/`` folder would shadow the PyPI package transformers imports; importing
+heta_fast settles it once (``heta_fast.shadowing.prefer_installed_kernels``).
 """
-import os
-import sys
+from heta_fast.shadowing import prefer_installed_kernels
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def _import_installed_kernels() -> None:
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
-    try:
-        import kernels  # noqa: F401  (the PyPI package, cached in sys.modules)
-    except ImportError:
-        pass  # transformers releases that do not need it
-    finally:
-        sys.path[:] = saved
-
-
-_import_installed_kernels()
+prefer_installed_kernels()

@@ -24,6 +24,9 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .result import Attribution, FailedAttribution
+from .shadowing import prefer_installed_kernels
+
+prefer_installed_kernels()  # before anything imports transformers (heta_fast/shadowing.py)
 
 __version__ = "0.1.0"
 

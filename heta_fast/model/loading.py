@@ -106,13 +106,24 @@ def _load(source: str, torch_dtype, **kwargs):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except ImportError as exc:
+        raise EnvironmentLoadError(f"the tokenizer of {source!r} could not be loaded: an import failed in this "
+                                   f"Python environment: {one_line(exc)}") from exc
     except Exception as exc:  # transformers raises many types for files it cannot use
         raise ModelLoadError(f"the tokenizer of {source!r} could not be loaded: {one_line(exc)}") from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager", **kwargs)
+    except ImportError as exc:
+        raise EnvironmentLoadError(f"the model {source!r} could not be loaded: an import failed in this "
+                                   f"Python environment: {one_line(exc)}") from exc
     except Exception as exc:
         raise ModelLoadError(f"the model {source!r} could not be loaded: {one_line(exc)}") from exc
     return model, tokenizer
+
+
+class EnvironmentLoadError(ModelLoadError):
+    """A load that failed on an import (a missing or shadowed package), not on the model's files:
+    rebuilding a converted cache would not help, so it is reported as it is."""
 
 
 def _check_folder(path: Path) -> None:
@@ -179,6 +190,8 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "c
         folder = ensure_converted(gguf, spec)
         try:
             model, tokenizer = _load(str(folder), torch_dtype)
+        except EnvironmentLoadError:
+            raise
         except ModelLoadError as exc:  # intact files the loader cannot use (e.g. another transformers): rebuild once
             print(f"[heta-fast] the model cache {folder} does not load ({exc}); rebuilding it",
                   file=sys.stderr, flush=True)

@@ -63,3 +63,27 @@ def test_damaged_cache_is_rebuilt_with_a_message(default_attributor, tmp_path, m
     ref = default_attributor.model.model.layers[0].self_attn.q_proj.weight
     assert (model.model.layers[0].self_attn.q_proj.weight == ref).all()
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no second copy, no temporary folder
+
+
+def test_an_import_failure_is_reported_without_rebuilding_the_cache(tmp_path, monkeypatch):
+    """A load that fails on an import (e.g. a package shadowed by a folder on sys.path) is the
+    environment's fault: one ModelLoadError naming it, and the intact cache is not rebuilt."""
+    import transformers
+
+    from heta_fast.model import loading
+
+    calls = []
+
+    def converted(gguf, spec, force=False):
+        calls.append(force)
+        return tmp_path
+
+    def broken(*args, **kwargs):
+        raise ImportError("cannot import name 'CUDAProperties' from 'kernels'")
+
+    monkeypatch.setattr(loading, "_gguf_for", lambda name: (tmp_path / "m.gguf", None))
+    monkeypatch.setattr(loading, "ensure_converted", converted)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken)
+    with pytest.raises(ModelLoadError, match="an import failed in this Python environment: cannot import name"):
+        load_model_and_tokenizer("m")
+    assert calls == [False]
