@@ -104,21 +104,22 @@ def _load(source: str, torch_dtype, **kwargs):
     """(model, tokenizer) from a folder or hub id; each failure is a one-line ModelLoadError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except ImportError as exc:
-        raise EnvironmentLoadError(f"the tokenizer of {source!r} could not be loaded: an import failed in this "
-                                   f"Python environment: {one_line(exc)}") from exc
-    except Exception as exc:  # transformers raises many types for files it cannot use
-        raise ModelLoadError(f"the tokenizer of {source!r} could not be loaded: {one_line(exc)}") from exc
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager", **kwargs)
-    except ImportError as exc:
-        raise EnvironmentLoadError(f"the model {source!r} could not be loaded: an import failed in this "
-                                   f"Python environment: {one_line(exc)}") from exc
-    except Exception as exc:
-        raise ModelLoadError(f"the model {source!r} could not be loaded: {one_line(exc)}") from exc
+    tokenizer = _attempt(f"the tokenizer of {source!r}", lambda: AutoTokenizer.from_pretrained(source, **kwargs))
+    model = _attempt(f"the model {source!r}", lambda: AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch_dtype, attn_implementation="eager", **kwargs))
     return model, tokenizer
+
+
+def _attempt(what: str, load):
+    """``load()``, its failure as one line: EnvironmentLoadError for an import that failed, else
+    ModelLoadError (transformers raises many types for files it cannot use)."""
+    try:
+        return load()
+    except ImportError as exc:
+        raise EnvironmentLoadError(f"{what} could not be loaded: an import failed in this Python environment: "
+                                   f"{one_line(exc)}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{what} could not be loaded: {one_line(exc)}") from exc
 
 
 class EnvironmentLoadError(ModelLoadError):
