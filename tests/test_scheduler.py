@@ -143,6 +143,26 @@ def test_shared_passes_in_float64_equal_alone_to_1e10():
             assert _rel(getattr(result, name), getattr(alone, name)) < 1e-10, name
 
 
+def test_span_estimate_requests_share_passes_and_equal_alone():
+    """The span estimate's requests share the masked passes too (each with its own jump), and each
+    request's result equals attributing it alone (float64: to 1e-10)."""
+    import heta_fast.signals.information as information
+
+    config = HETAConfig(information_estimator="span", information_span=1, estimator="sketch", sketch_rank=8)
+    att = Attributor(tiny_model("llama", dtype=torch.float64), tiny_tokenizer(), config)
+    stats, shared = {}, information.information_group
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(information, "information_group",
+                      lambda adapter, items, cfg: shared(adapter, items, cfg, stats=stats))
+        pairs = [r for r in REQUESTS if all(r)]
+        results = att.attribute_group([_tokenized(att, p, t) for p, t in pairs], batched=True)
+    assert stats["alone"] == [] and stats["mixed_passes"] > 0
+    for result, (prompt, target) in zip(results, pairs):
+        alone = att.attribute(prompt, target)
+        for name in ("scores", "information"):
+            assert _rel(getattr(result, name), getattr(alone, name)) < 1e-10, name
+
+
 def test_a_failure_in_a_shared_group_is_that_request_s_alone(attributor):
     """Shared passes that raise a typed error (one request over the budget) fall back to one request at
     a time: the failing request is a failure row, the others equal their attribution alone."""

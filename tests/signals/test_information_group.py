@@ -119,6 +119,44 @@ def test_windowed_items_fall_back_and_equal_alone():
         torch.testing.assert_close(scores, _alone(adapter, item, config), **TIGHT)
 
 
+@pytest.mark.parametrize("span", [1, 2, 6])
+@pytest.mark.parametrize("max_batch", [3, 32])
+def test_span_estimate_shares_passes_and_equals_alone(span, max_batch):
+    # The span estimate's rows jump over cached positions at each request's own resume position;
+    # shared passes must read every segment's jump from its own request's cache region. Span 6
+    # covers the short contexts whole (their rows do not jump) but not the 11-token one.
+    adapter, items = _items("gemma2", requests=REQUESTS + [(9, 2)])
+    config = HETAConfig(max_batch=max_batch, information_estimator="span", information_span=span)
+    stats = {}
+    got = information_group(adapter, items, config, stats=stats)
+    assert stats["alone"] == [] and stats["mixed_passes"] > 0
+    assert stats["passes"] < stats["passes_alone"]
+    for item, scores in zip(items, got):
+        torch.testing.assert_close(scores, _alone(adapter, item, config), **TIGHT)
+
+
+def test_span_estimate_in_a_group_is_its_definition():
+    # Against the oracle, not only against the engine alone: a shared pass could repeat an error of
+    # the single-request path.
+    from heta_fast.reference import information_span_reference
+
+    adapter, items = _items()
+    config = HETAConfig(max_batch=4, information_estimator="span", information_span=2)
+    for item, scores in zip(items, information_group(adapter, items, config)):
+        expected = information_span_reference(adapter, item.embeds, item.positions, item.n_context,
+                                              item.mask_vectors, span=2)
+        torch.testing.assert_close(scores, expected, **TIGHT)
+
+
+def test_span_rows_pack_fewer_positions_than_exact_rows():
+    adapter, items = _items()
+    exact, span = {}, {}
+    information_group(adapter, items, HETAConfig(max_batch=4), stats=exact)
+    information_group(adapter, items, HETAConfig(max_batch=4, information_estimator="span", information_span=1),
+                      stats=span)
+    assert span["masked_positions"] < exact["masked_positions"]
+
+
 def test_fisher_estimator_falls_back_and_equals_alone():
     adapter, items = _items()
     config = HETAConfig(max_batch=4, information_estimator="fisher")

@@ -54,8 +54,8 @@ def information_group(adapter: ModelAdapter, items: list[GroupItem], config, on_
 
     The items whose variants can share packed passes run together; these run alone, through
     :func:`.signal.information`:
-    - every item when ``config.information_estimator`` is not "exact" (the group's contract is
-      the exact masked KL of :func:`information`; the estimates keep its single-request path);
+    - every item when ``config.information_estimator`` is "fisher" (no masked passes); the
+      "exact" and "span" estimates share passes, each request's rows as :func:`information` lays them out;
     - every item when the model's attention cannot run packed (``can_pack(adapter)`` is False) or
       the no-grad attention is FlashAttention-2 (rectangular layout);
     - an item whose context spans more than one window under ``config.window_size``.
@@ -95,7 +95,7 @@ def information_group(adapter: ModelAdapter, items: list[GroupItem], config, on_
 
 def _can_share(plan: PassPlan, config) -> bool:
     """Whether an item's variants can run in shared packed passes (see :func:`information_group`)."""
-    return config.information_estimator == "exact" and plan.layout == "packed" and len(plan.windows) == 1
+    return config.information_estimator in ("exact", "span") and plan.layout == "packed" and len(plan.windows) == 1
 
 
 def _plan(adapter: ModelAdapter, items: list[GroupItem], plans: list[PassPlan], config) -> list[GroupPass]:
@@ -112,7 +112,11 @@ def _plan(adapter: ModelAdapter, items: list[GroupItem], plans: list[PassPlan], 
 
     spans = [(0, it.n_context, int(it.positions.max()) + 1) for it in items]
     tokens = CPU_TOKENS_PER_PASS if adapter.device.type == "cpu" else None
-    return plan_group(spans, config.max_batch, lambda p: pass_bytes(p) <= config.memory_budget, tokens)
+    # The span estimate's rows: a request's resume is its single-request plan's (one window each).
+    span = config.information_span if config.information_estimator == "span" else None
+    resumes = [plan.batches[0].resume if plan.batches else 0 for plan in plans] if span is not None else None
+    return plan_group(spans, config.max_batch, lambda p: pass_bytes(p) <= config.memory_budget, tokens,
+                      span=span, resumes=resumes)
 
 
 def _run(adapter: ModelAdapter, items: list[GroupItem], passes: list[GroupPass], on_variants) -> list[torch.Tensor]:

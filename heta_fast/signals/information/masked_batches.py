@@ -19,7 +19,8 @@ a pass of a few hundred positions already runs the matrix products at full speed
 
 Across requests (:func:`plan_group`, packed layout, one window per request): the variants of
 several requests in order, a pass taking the variants of consecutive requests under the same
-caps, so that the short last pass of one request is filled by the next one's variants.
+caps, so that the short last pass of one request is filled by the next one's variants. The span
+estimate's shorter rows share passes the same way, each request with its own resume position.
 """
 from __future__ import annotations
 
@@ -149,11 +150,13 @@ class GroupPass:
 
 
 def plan_group(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[[GroupPass], bool],
-               tokens_per_pass: int | None = None) -> list[GroupPass]:
+               tokens_per_pass: int | None = None, span: int | None = None,
+               resumes: list[int] | None = None) -> list[GroupPass]:
     """Split the variants of several requests into packed passes, in request order.
 
     spans: per request (first masked token, one past the last, N = input length to run to)
     fits:  fits(pass) -> whether that pass fits the memory budget
+    span, resumes: the span estimate's rows (:class:`MaskedBatch`), resumes per request
 
     A pass takes variants while it has at most ``max_rows`` of them, ``tokens_per_pass``
     token-positions and fits; its first variant is always taken (the caller has checked that
@@ -162,22 +165,27 @@ def plan_group(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[
     """
     passes, parts = [], []
     for item, (first, stop, total) in enumerate(spans):
+        def variant(batch: MaskedBatch | None, a: int) -> MaskedBatch:
+            """The request's batch from ``a`` (a new one when batch is None), or batch plus one row."""
+            if batch is not None:
+                return MaskedBatch(0, batch.start, batch.rows + 1, batch.length, True, batch.span, batch.resume)
+            return MaskedBatch(0, a, 1, total - a, True, span, resumes[item] if span is not None else 0)
+
         for a in range(first, stop):
-            wider = _with_variant(parts, item, a, total)
+            wider = _with_variant(parts, item, a, variant)
             full = GroupPass(tuple(wider))
             if parts and (full.rows > max_rows or (tokens_per_pass is not None and full.positions > tokens_per_pass)
                           or not fits(full)):
                 passes.append(GroupPass(tuple(parts)))
-                wider = _with_variant([], item, a, total)
+                wider = _with_variant([], item, a, variant)
             parts = wider
     if parts:
         passes.append(GroupPass(tuple(parts)))
     return passes
 
 
-def _with_variant(parts: list, item: int, a: int, total: int) -> list:
+def _with_variant(parts: list, item: int, a: int, variant: Callable) -> list:
     """parts plus request ``item``'s variant ``a`` (extending its batch if it is the last part)."""
     if parts and parts[-1][0] == item:
-        last = parts[-1][1]
-        return parts[:-1] + [(item, MaskedBatch(0, last.start, last.rows + 1, last.length))]
-    return parts + [(item, MaskedBatch(0, a, 1, total - a))]
+        return parts[:-1] + [(item, variant(parts[-1][1], a))]
+    return parts + [(item, variant(None, a))]
