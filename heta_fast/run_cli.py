@@ -89,7 +89,8 @@ def run_pipeline(args) -> int:
     try:
         if args.ray:
             return _run_ray(args, config, fields, progress)
-        records = list(read_dataset(args.dataset, args.split) if args.dataset is not None else read_file(args.input))
+        # Read again from the start when the run needs it, never whole (pipeline/readers.py).
+        records = read_dataset(args.dataset, args.split) if args.dataset is not None else read_file(args.input)
         from .engine import Attributor
         from .pipeline.run import run_to_directory
 

@@ -1,7 +1,12 @@
 """Reading records: JSONL, Parquet and CSV files, ``datasets`` data sets, DataFrames, iterables of dicts.
 
-Every reader yields plain dicts. :class:`Fields` names the record fields the pipeline reads;
-:func:`to_jobs` turns records into keyed (id, prompt, target) items, checking the ids first.
+Every reader yields plain dicts. :class:`Fields` names the record fields the pipeline reads.
+
+A run checks every id before any work and then attributes the records a few at a time, so it
+reads its input twice: the ids, then the records. Files (:class:`FileRecords`), data sets and
+DataFrames are read again from their start each time, one batch of rows at a time, and a run over
+them holds its ids and the records in flight, not the whole input: a file larger than memory can
+be attributed. A one-shot iterator (a generator) is read into a list first (:func:`reiterable`).
 """
 from __future__ import annotations
 
@@ -42,22 +47,65 @@ def input_format(path: str | Path) -> str:
     return fmt
 
 
-def read_file(path: str | Path) -> Iterator[dict]:
-    """The records of a JSONL (one JSON object per line), Parquet or CSV file, in file order."""
-    path = Path(path).expanduser()
-    fmt = input_format(path)
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist")
-    if fmt == "jsonl":
-        return _read_jsonl(path)
-    if fmt == "parquet":
+# Rows per batch when a Parquet or CSV file, a data set or a DataFrame is read.
+READ_BATCH = 1024
+
+
+class FileRecords:
+    """The records of a JSONL (one JSON object per line), Parquet or CSV file, in file order.
+
+    Iterating reads the file from its start, one batch of rows at a time (JSONL: a line at a
+    time), so it can be iterated again and never holds the whole file. ``columns(names)``
+    iterates records holding only those of ``names`` the file has (Parquet and CSV read no other
+    column; JSONL records are read whole and cut)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self.format = input_format(self.path)
+        if not self.path.is_file():
+            raise InputError(f"input file {self.path} does not exist")
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.columns(None)
+
+    def columns(self, names: list[str] | None) -> Iterator[dict]:
+        if self.format == "jsonl":
+            records = _read_jsonl(self.path)
+            return records if names is None else ({k: r[k] for k in names if k in r} for r in records)
+        if self.format == "parquet":
+            return self._parquet(names)
+        return self._csv(names)
+
+    def _parquet(self, names: list[str] | None) -> Iterator[dict]:
         import pyarrow.parquet as pq
 
-        return iter(pq.read_table(path).to_pylist())
-    import pandas as pd
+        file = pq.ParquetFile(self.path)
+        if names is not None:
+            names = [n for n in names if n in file.schema_arrow.names]
+        for batch in file.iter_batches(batch_size=READ_BATCH, columns=names):
+            if batch.num_columns == 0:  # none of the names: one empty record per row
+                yield from ({} for _ in range(batch.num_rows))
+            else:
+                yield from batch.to_pylist()
 
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return iter(frame.to_dict("records"))
+    def _csv(self, names: list[str] | None) -> Iterator[dict]:
+        import pandas as pd
+
+        if names is not None:
+            header = pd.read_csv(self.path, dtype=str, keep_default_na=False, nrows=0).columns
+            names = [n for n in names if n in header]
+        if names == []:
+            rows = sum(len(chunk) for chunk in pd.read_csv(self.path, dtype=str, usecols=[0], chunksize=READ_BATCH))
+            yield from ({} for _ in range(rows))
+            return
+        for chunk in pd.read_csv(self.path, dtype=str, keep_default_na=False, usecols=names, chunksize=READ_BATCH):
+            yield from chunk.to_dict("records")
+
+
+def read_file(path: str | Path) -> FileRecords:
+    """The records of a JSONL, Parquet or CSV file (:class:`FileRecords`); raises ConfigError for
+    a name without a known suffix and InputError for a missing file, before reading anything."""
+    return FileRecords(path)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
@@ -93,14 +141,40 @@ def read_dataset(name_or_path: str, split: str | None = None) -> Iterator[dict]:
         if split not in data:
             raise ConfigError(f"the data set has no split {split!r}; it has {sorted(data)}")
         data = data[split]
-    return iter(data)
+    return data
+
+
+def _is_frame(source) -> bool:
+    return hasattr(source, "to_dict") and hasattr(source, "columns") and hasattr(source, "iloc")  # pandas.DataFrame
 
 
 def iter_records(source) -> Iterator[dict]:
-    """Dicts from a pandas DataFrame, a ``datasets.Dataset``, or any iterable of dicts."""
-    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas.DataFrame
-        return iter(source.to_dict("records"))
+    """Dicts from a pandas DataFrame (a batch of rows at a time), a ``datasets.Dataset``, or any iterable of dicts."""
+    if _is_frame(source):
+        return (row for start in range(0, len(source), READ_BATCH)
+                for row in source.iloc[start : start + READ_BATCH].to_dict("records"))
     return iter(source)
+
+
+def reiterable(source):
+    """``source`` itself when iterating it starts again from the beginning (a list, a DataFrame,
+    a ``datasets.Dataset``, :class:`FileRecords`); a one-shot iterator, read into a list."""
+    if _is_frame(source) or iter(source) is not source:
+        return source
+    return list(source)
+
+
+def id_records(source, fields: Fields) -> Iterator[dict]:
+    """The records of ``source`` holding at least the id field: only that column where the source
+    is columnar (a file, a data set, a DataFrame), so that reading the ids reads little else."""
+    if isinstance(source, FileRecords):
+        return source.columns([fields.id])
+    if _is_frame(source) and fields.id in source.columns:
+        return iter_records(source[[fields.id]])
+    names = getattr(source, "column_names", None)
+    if isinstance(names, list) and fields.id in names and hasattr(source, "select_columns"):  # datasets.Dataset
+        return iter(source.select_columns([fields.id]))
+    return iter_records(source)  # whole records (an input without the id column fails on its first)
 
 
 def record_id(record: dict, fields: Fields, position: int) -> str:

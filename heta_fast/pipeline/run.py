@@ -2,10 +2,13 @@
 
 :func:`attribute_records` is the computation (``Attributor.attribute_dataset`` calls it);
 :func:`run_to_directory` adds what a production run needs: ids checked before any work, the
-ids already written skipped, results written as atomic part files, progress and a summary.
+ids already written skipped, results written as atomic part files, progress and a summary. It
+reads its input twice, the ids and then the records as the scheduler asks for them, and so holds
+the ids and the records in flight, not the input (readers.py).
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Iterable, Iterator
 
 from ..config import HETAConfig
@@ -13,7 +16,7 @@ from ..errors import ConfigError, HetaError
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job, Scheduler
 from .progress import RunProgress
-from .readers import Fields, check_unique, iter_records, parse_shard, record_id
+from .readers import Fields, check_unique, id_records, iter_records, parse_shard, record_id, reiterable
 from .schema import result_to_row
 from .writer import DEFAULT_ROWS_PER_PART, ResultWriter
 
@@ -100,28 +103,31 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
     batching: whether groups of records share model passes ("auto", "on", "off"; heta_fast/scheduler.py).
     """
     cfg = config or attributor.config
-    keyed = [(record_id(r, fields, i), r) for i, r in enumerate(iter_records(records))]
-    check_unique(key for key, _ in keyed)
-    shard_spec = parse_shard(shard) if shard else None
-    if shard_spec:
-        keyed = keyed[shard_spec[0]::shard_spec[1]]
-    if keyed and not generate and fields.target not in keyed[0][1]:
+    # The ids first (only the id column of a columnar input), then the records a few at a time.
+    source = reiterable(records)
+    keys = [record_id(r, fields, i) for i, r in enumerate(id_records(source, fields))]
+    check_unique(keys)
+    index, count = parse_shard(shard) if shard else (0, 1)
+    selected = range(index, len(keys), count)
+    first = next(islice(iter_records(source), index, None), None) if selected else None
+    if first is not None and not generate and fields.target not in first:
         raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
                           "or generate targets with --generate N")
-    if keyed and fields.context not in keyed[0][1]:
+    if first is not None and fields.context not in first:
         flag = "--messages-field" if fields.messages is not None else "--prompt-field"
         raise ConfigError(f"the input has no {fields.context!r} field; name it with {flag}")
     settings = run_settings(attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch."), cfg, fields,
                             generate)
-    with ResultWriter(output, settings, shard=shard_spec, fmt=fmt, rows_per_part=rows_per_part) as writer:
+    with ResultWriter(output, settings, shard=(index, count) if shard else None, fmt=fmt,
+                      rows_per_part=rows_per_part) as writer:
         done = writer.completed_ids(retry_failed)
-        todo = [(key, r) for key, r in keyed if key not in done]
-        counter = RunProgress(len(todo), skipped=len(keyed) - len(todo), mode=progress)
+        todo = [i for i in selected if keys[i] not in done]  # positions in the input
+        counter = RunProgress(len(todo), skipped=len(selected) - len(todo), mode=progress)
         try:
-            stream = attribute_records(attributor, (r for _, r in todo), fields, cfg, generate, lookahead, max_group,
-                                       batching)
+            stream = attribute_records(attributor, _pending(source, fields, keys, todo), fields, cfg, generate,
+                                       lookahead, max_group, batching)
             for position, record, result in stream:
-                key = todo[position][0]
+                key = keys[todo[position]]
                 target = None if generate else record.get(fields.target)
                 writer.write(result_to_row(key, result, writer.config_hash, model=attributor.model_name,
                                            target=target))
@@ -129,3 +135,18 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
         finally:
             counter.close(str(output))
     return counter
+
+
+def _pending(source, fields: Fields, keys: list[str], todo: list[int]) -> Iterator[dict]:
+    """The records at positions ``todo`` (ascending) of a second reading of ``source``, each
+    checked against the id read first: an input that changed in between stops the run."""
+    wanted = iter(todo)
+    next_position = next(wanted, None)
+    for position, record in enumerate(iter_records(source)):
+        if next_position is None:
+            return
+        if position == next_position:
+            if record_id(record, fields, position) != keys[position]:
+                raise ConfigError(f"the input changed while it was read: record {position} now has another id")
+            yield record
+            next_position = next(wanted, None)
