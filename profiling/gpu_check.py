@@ -192,8 +192,9 @@ def engine_rows(device: torch.device, prompt: str | None = None, target: str | N
 
 def shared_pass_rows(cpu, gpu, prompt: str, target: str, device: torch.device, size: int = 8) -> list[Row]:
     """A scheduler group of ``size`` requests (the prompt without its first k words) through shared
-    passes on the GPU against each one on the CPU; then the same group one request after another,
-    timed, so that the table shows what sharing passes buys on this GPU."""
+    passes on the GPU against each one on the CPU (the curvature's group passes replayed from CUDA
+    graphs, then eager); then the same group one request after another, timed, so that the table
+    shows what sharing passes and the group graphs buy on this GPU."""
     from heta_fast.request import tokenize_request
 
     words = prompt.split(" ")
@@ -202,10 +203,13 @@ def shared_pass_rows(cpu, gpu, prompt: str, target: str, device: torch.device, s
     requests = [tokenize_request(gpu.tokenizer, p, target, gpu.adapter.max_length, gpu.adapter.vocab_size)
                 for p in prompts]
     want = [cpu.attribute(p, target) for p in prompts]
-    gpu.attribute_group(requests, batched=True)  # warm-up
+    eager = gpu.config.replace(cuda_graphs=False)
+    graphed = gpu.config.replace(cuda_graphs=True)
+    gpu.attribute_group(requests, graphed, batched=True)  # warm-up (the group graphs' capture)
     rows = []
-    for label, batched in (("shared passes", True), ("one after another", False)):
-        got, seconds, peak = _timed(lambda: gpu.attribute_group(requests, batched=batched), device)
+    for label, config, batched in (("shared passes, CUDA graphs", graphed, True), ("shared passes, eager", eager, True),
+                                   ("one after another", graphed, False)):
+        got, seconds, peak = _timed(lambda: gpu.attribute_group(requests, config, batched=batched), device)
         errors = [worst_relative_error(g.scores, w.scores) for g, w in zip(got, want)]
         worst = max(range(size), key=lambda i: errors[i])
         rows.append(compare(f"engine group of {size}, {label}", got[worst].scores, want[worst].scores,

@@ -59,8 +59,10 @@ def test_engine_and_timing_checks_run_end_to_end_on_the_cpu(gpu_check):
     # On the CPU the "GPU" side is the CPU too, so the comparisons pass trivially; what this
     # checks is that every engine path the script drives exists and runs as the script calls it.
     rows = gpu_check.engine_rows(torch.device("cpu"), "The capital of France is", " Paris")
-    assert [r.ok for r in rows[:6]] == [True] * 6 and rows[6].ok in (None, True)
-    assert [r.check for r in rows[4:6]] == ["engine group of 4, shared passes", "engine group of 4, one after another"]
+    assert [r.ok for r in rows[:7]] == [True] * 7 and rows[7].ok in (None, True)
+    assert [r.check for r in rows[4:7]] == ["engine group of 4, shared passes, CUDA graphs",
+                                            "engine group of 4, shared passes, eager",
+                                            "engine group of 4, one after another"]
     timing = gpu_check.timing_rows(torch.device("cpu"), [6])
     assert [r.check for r in timing] == ["end to end n=6 float32", "end to end n=6 bfloat16"]
     assert all(r.ok for r in timing)

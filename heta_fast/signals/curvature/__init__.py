@@ -6,7 +6,8 @@
 - operators.py: which operator a config asks for, with probes per pass under the memory budget
 - probes.py: the seeded Rademacher probes
 - exact.py / probing.py / sketch.py: the estimators; estimators.py picks one by config
-- cuda_graphs.py: CUDA-only capture and replay of the batched HVP
+- cuda_graphs.py: CUDA-only capture and replay of the batched HVP and of the group operator
+- group_hessian.py: the group operator of several requests' Hessians (block-diagonal)
 - group.py: several requests' products in shared passes (cross-request batching)
 """
 from __future__ import annotations
@@ -66,7 +67,8 @@ class CurvatureSignal:
                      for c in contexts]
         items = [CurvatureItem(c.embeds, c.positions.cpu(), c.request.target_ids, c.n_context, r.advance)
                  for c, r in zip(contexts, reporters)]
-        out = curvature_group(contexts[0].model, items, cfg)
+        out = curvature_group(contexts[0].model, items, cfg, graphs_for(contexts[0].model, cfg,
+                                                                      contexts[0].cache_for(self.name)))
         for reporter in reporters:
             reporter.finish()
         return out

@@ -1,4 +1,5 @@
-"""CUDA graphs for the batched HVP: capture once per (length bucket, batch), replay per request.
+"""CUDA graphs for the batched HVP: capture once per (length bucket, batch), replay per request;
+and for the group operator of several requests (group.py): once per (job bucket, length bucket, batch).
 
 A request of n tokens runs in the smallest bucket ≥ n (powers of two from 32, capped at the
 model's maximum length), padded with zero rows *after* the target position: by causality the
@@ -10,6 +11,12 @@ of varying length reuses a few graphs.
 contents, with no host synchronisation (no ``.item()``, no branch on data). It runs eagerly on
 any device (the CPU tests check it against :class:`~.hvp.HessianOperator`); :class:`GraphCache`
 captures it into a ``torch.cuda.CUDAGraph`` on CUDA and is never built on the CPU.
+
+A group of J jobs of up to L rows runs in the graph of (job_bucket(J), length_bucket(L)): its
+inputs are padded with copies of each job's last row and the spare job slots with the first
+job's rows, and those get zero probes, so by the block-diagonal structure (group_hessian.py)
+their products are zero and change no job's. :class:`StaticGroupHVP` is that computation from
+static buffers, checked on the CPU against the eager :class:`~.group_hessian.GroupHessian`.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import torch
 from torch.func import grad, vjp, vmap
 
 from ...model.adapter import ModelAdapter
+from .group_hessian import GroupHessian, padded_stack
 from .target import TargetFunction
 
 MIN_BUCKET = 32
@@ -29,6 +37,14 @@ def length_bucket(n: int, max_length: int | None = None) -> int:
         bucket *= 2
     if max_length is not None:
         bucket = max(min(bucket, max_length), n)
+    return bucket
+
+
+def job_bucket(jobs: int) -> int:
+    """The padded job count of a group pass: the next power of two ≥ jobs."""
+    bucket = 1
+    while bucket < jobs:
+        bucket *= 2
     return bucket
 
 
@@ -64,6 +80,32 @@ class StaticHVP:
         return out
 
 
+class StaticGroupHVP:
+    """The group operator for up to ``jobs`` jobs of up to ``length`` rows and ``batch`` probe sets,
+    in static buffers: h0 [jobs, length, d], positions [jobs] long, tokens [jobs] long, vectors
+    [batch, jobs, length, d]; :meth:`run` returns (H_j vectors_j)_j [batch, jobs, length, d]."""
+
+    def __init__(self, adapter: ModelAdapter, jobs: int, length: int, batch: int):
+        d = adapter.text_config.hidden_size
+        dev, dt = adapter.device, adapter.dtype
+        self.adapter, self.jobs, self.length, self.batch = adapter, jobs, length, batch
+        self.h0 = torch.zeros(jobs, length, d, device=dev, dtype=dt)
+        self.positions = torch.zeros(jobs, dtype=torch.long, device=dev)
+        self.tokens = torch.zeros(jobs, dtype=torch.long, device=dev)
+        self.vectors = torch.zeros(batch, jobs, length, d, device=dev, dtype=dt)
+
+    def load(self, inputs: list[torch.Tensor], positions: list[int], tokens: list[int]) -> None:
+        """Copy a group in (per job x_j [n_j, d] with n_j ≤ length, at most ``jobs`` jobs); spare
+        slots repeat the first job (their probes are zero)."""
+        spare = self.jobs - len(inputs)
+        self.h0.copy_(padded_stack(inputs, self.length, self.jobs))
+        self.positions.copy_(torch.tensor(list(positions) + [positions[0]] * spare))
+        self.tokens.copy_(torch.tensor(list(tokens) + [tokens[0]] * spare))
+
+    def run(self) -> torch.Tensor:
+        return GroupHessian.of_padded(self.adapter, self.h0, self.positions, self.tokens)(self.vectors)
+
+
 class GraphedOperator:
     """The curvature-operator interface over a captured graph, for one loaded input of n tokens."""
 
@@ -85,6 +127,30 @@ class GraphedOperator:
         return self.output[:b, : self.n].clone()
 
 
+class GraphedGroupOperator:
+    """The group operator's interface over a captured graph, for one loaded group of ``jobs`` jobs
+    of up to ``length`` rows; ``batch``: the probe sets the graph takes per call."""
+
+    def __init__(self, graph: "torch.cuda.CUDAGraph", static: StaticGroupHVP, output: torch.Tensor, jobs: int,
+                 length: int):
+        self.graph, self.static, self.output = graph, static, output
+        self.jobs, self.length, self.batch = jobs, length, static.batch
+        self.applied = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.jobs, self.length, self.static.h0.shape[2]
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        """vectors [k, J, L, d], k ≤ batch -> [k, J, L, d] (a copy)."""
+        k = vectors.shape[0]
+        self.applied += k * self.jobs
+        self.static.vectors.zero_()
+        self.static.vectors[:k, : self.jobs, : self.length].copy_(vectors)
+        self.graph.replay()
+        return self.output[:k, : self.jobs, : self.length].clone()
+
+
 class GraphCache:
     """One captured graph per (length bucket, batch); built lazily, reused across requests (CUDA only)."""
 
@@ -93,7 +159,7 @@ class GraphCache:
             raise RuntimeError("CUDA graphs need the model on a CUDA device")
         self.adapter, self.layers, self.warmup = adapter, layers, warmup
         self.pool = torch.cuda.graph_pool_handle()
-        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.graphs: dict[tuple, tuple] = {}
 
     def operator(self, embeds: torch.Tensor, position: torch.Tensor, token: torch.Tensor,
                  batch: int) -> GraphedOperator:
@@ -108,7 +174,26 @@ class GraphCache:
         static.load(embeds, position, token)
         return GraphedOperator(graph, static, output, n)
 
-    def _capture(self, static: StaticHVP):
+    def group_shape(self, jobs: int, length: int) -> tuple[int, int]:
+        """The padded (jobs, rows) a group of ``jobs`` jobs of up to ``length`` rows runs at."""
+        return job_bucket(jobs), length_bucket(length, self.adapter.max_length)
+
+    def group_operator(self, inputs: list[torch.Tensor], positions: list[int], tokens: list[int],
+                       batch: int) -> GraphedGroupOperator:
+        """Load a group (per job x_j [n_j, d]) into the graph of its padded shape and ``batch``
+        probe sets, capturing it on first use (the layer_subset of this cache must be 0: groups
+        run on the embeddings)."""
+        length = max(x.shape[0] for x in inputs)
+        key = ("group", *self.group_shape(len(inputs), length), batch)
+        if key not in self.graphs:
+            static = StaticGroupHVP(self.adapter, key[1], key[2], batch)
+            static.load(inputs, positions, tokens)
+            self.graphs[key] = self._capture(static)
+        graph, static, output = self.graphs[key]
+        static.load(inputs, positions, tokens)
+        return GraphedGroupOperator(graph, static, output, len(inputs), length)
+
+    def _capture(self, static: StaticHVP | StaticGroupHVP):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph (allocator, lazy inits)

@@ -13,7 +13,12 @@ not depend on its companions beyond float rounding (tests/signals/test_groups.py
 
 Batched: the estimators whose products run on the whole-input Hessian ("probing", "sketch").
 The exact estimator (suffix operators), the Fisher surrogate and ``layer_subset`` run each
-request alone (:func:`~.signal.curvature`), as do CUDA graphs: a group pass runs eager.
+request alone (:func:`~.signal.curvature`).
+
+The operator (group_hessian.py) runs eagerly, or on CUDA replayed from a graph captured per
+(job bucket, length bucket, probe sets) (cuda_graphs.py): the group padded to a power of two of
+jobs and of rows, the probes per pass then sized for the padded group under the memory budget
+(a group whose padded pass does not fit runs eagerly).
 """
 from __future__ import annotations
 
@@ -21,14 +26,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.func import grad, vjp, vmap
 
-from ...dtypes import accumulation_dtype, at_least_float32
+from ...dtypes import accumulation_dtype
 from ...errors import MemoryBudgetError
 from ...memory import ModelShape, probes_per_pass
 from ...model.adapter import ModelAdapter
 from ...windows import average_over_windows, context_windows, window_input, window_positions
+from .cuda_graphs import GraphCache
 from .estimators import PLANS, product_plan
+from .group_hessian import GroupHessian
 from .hvp import ProductPlan
 from .signal import curvature
 
@@ -61,14 +67,18 @@ def batchable(config) -> bool:
     return config.estimator in PLANS and not config.use_fisher and not config.layer_subset
 
 
-def curvature_group(adapter: ModelAdapter, items: list[CurvatureItem], config) -> list[torch.Tensor]:
-    """Per item, S [T, n_context] as :func:`~.signal.curvature` gives it alone, to float rounding."""
+def curvature_group(adapter: ModelAdapter, items: list[CurvatureItem], config,
+                    graphs: GraphCache | None = None) -> list[torch.Tensor]:
+    """Per item, S [T, n_context] as :func:`~.signal.curvature` gives it alone, to float rounding.
+
+    graphs: a CUDA :class:`~.cuda_graphs.GraphCache` (``graphs_for``) to replay the group passes
+    and, for requests run alone, their batched HVP; None: eager."""
     if not batchable(config):
-        return [curvature(adapter, it.embeds, it.positions.cpu(), it.target_ids, it.n_context, config, None,
+        return [curvature(adapter, it.embeds, it.positions.cpu(), it.target_ids, it.n_context, config, graphs,
                           it.on_products) for it in items]
     jobs, windows = _jobs(items, config)
     for group in _groups(adapter, jobs, config):
-        _run(adapter, group, config, items)
+        _run(adapter, group, config, items, graphs)
     out = []
     for i, item in enumerate(items):
         per_window = [torch.stack([job.plan.finish() for job in jobs if job.item == i and job.window == w])
@@ -118,12 +128,19 @@ def _groups(adapter: ModelAdapter, jobs: list[_Job], config) -> list[list[_Job]]
     return groups
 
 
-def _run(adapter: ModelAdapter, group: list[_Job], config, items: list[CurvatureItem]) -> None:
+def _run(adapter: ModelAdapter, group: list[_Job], config, items: list[CurvatureItem],
+         graphs: GraphCache | None = None) -> None:
     """Every plan of ``group`` through one group operator, in passes under the memory budget."""
-    operator = GroupHessian(adapter, [j.x for j in group], [j.position for j in group], [j.token for j in group])
-    count, (jobs, length, _) = group[0].plan.count, operator.shape
-    per_pass = probes_per_pass(ModelShape.of(adapter.model), jobs * length, len(adapter.layers),
-                               config.memory_budget, config.max_batch)
+    inputs, positions, tokens = [j.x for j in group], [j.position for j in group], [j.token for j in group]
+    operator = _graphed(adapter, graphs, inputs, positions, tokens, config) if graphs is not None else None
+    if operator is None:
+        operator = GroupHessian(adapter, inputs, positions, tokens)
+        jobs, length, _ = operator.shape
+        per_pass = probes_per_pass(ModelShape.of(adapter.model), jobs * length, len(adapter.layers),
+                                   config.memory_budget, config.max_batch)
+    else:
+        per_pass = operator.batch
+    count, length = group[0].plan.count, operator.shape[1]
     for start in range(0, count, per_pass):
         stop = min(start + per_pass, count)
         vectors = torch.stack([_padded(j.plan.vectors_of(start, stop), length) for j in group], dim=1)
@@ -134,45 +151,19 @@ def _run(adapter: ModelAdapter, group: list[_Job], config, items: list[Curvature
                 items[job.item].on_products(stop - start)
 
 
+def _graphed(adapter: ModelAdapter, graphs: GraphCache, inputs: list[torch.Tensor], positions: list[int],
+             tokens: list[int], config):
+    """The group's operator replayed from the graph of its padded shape, or None when the padded
+    pass does not fit the memory budget (the group then runs eagerly)."""
+    jobs, length = graphs.group_shape(len(inputs), max(x.shape[0] for x in inputs))
+    try:
+        batch = probes_per_pass(ModelShape.of(adapter.model), jobs * length, len(adapter.layers),
+                                config.memory_budget, config.max_batch)
+    except MemoryBudgetError:
+        return None
+    return graphs.group_operator(inputs, positions, tokens, batch)
+
+
 def _padded(vectors: torch.Tensor, length: int) -> torch.Tensor:
     """[k, n, d] -> [k, length, d] with zero rows after n (padding rows get no probe)."""
     return torch.nn.functional.pad(vectors, (0, 0, 0, length - vectors.shape[1]))
-
-
-class GroupHessian:
-    """V [k, J, L, d] -> (H_j V_j)_j for the jobs' Hessians, one batched pass per call.
-
-    inputs: per job x_j [n_j, d] (right-padded to L with copies of its last row, which keeps the
-    padding's norms those of real rows; the padding cannot reach f_j); positions: per job the row
-    predicting its target (n_j - 1); tokens: per job the target id.
-    """
-
-    def __init__(self, adapter: ModelAdapter, inputs: list[torch.Tensor], positions: list[int], tokens: list[int]):
-        self.adapter = adapter
-        length = max(x.shape[0] for x in inputs)
-        self.h0 = torch.stack([torch.cat([x, x[-1:].expand(length - x.shape[0], -1)]) for x in inputs]).detach()
-        self.rows = torch.arange(len(inputs), device=self.h0.device)
-        self.positions = torch.tensor(positions, device=self.h0.device)
-        self.tokens = torch.tensor(tokens, device=self.h0.device)
-        self.head = adapter.model.get_output_embeddings()
-        self.transform = adapter.logit_transform()
-        self.applied = 0
-        _, self._vjp = vjp(grad(self.log_prob), self.h0)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(J, L, d): the operator acts on vectors shaped like the padded inputs."""
-        return tuple(self.h0.shape)
-
-    def log_prob(self, h: torch.Tensor) -> torch.Tensor:
-        """h [J, L, d] -> Σ_j log p(token_j | h_j[: position_j + 1]), a scalar."""
-        hidden = self.adapter.final_hidden(h)[self.rows, self.positions]  # [J, d]
-        # The LM head module itself, so a bf16 stage keeps it in float32 as alone (precision.py).
-        logits = at_least_float32(self.transform(self.head(hidden)))
-        return torch.log_softmax(logits, dim=-1).gather(1, self.tokens[:, None]).sum()
-
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
-        """vectors [k, J, L, d] -> [k, J, L, d] (one batched pass)."""
-        self.applied += vectors.shape[0] * vectors.shape[1]
-        (out,) = vmap(self._vjp)(vectors.to(self.h0))
-        return out

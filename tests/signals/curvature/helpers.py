@@ -4,13 +4,19 @@ from __future__ import annotations
 import torch
 from torch.func import hessian
 
+from heta_fast import Attributor, HETAConfig
 from heta_fast.model.adapter import ModelAdapter
 from heta_fast.reference import target_log_prob
+from heta_fast.request import tokenize_request
 from heta_fast.signals.curvature import HessianOperator, TargetFunction
-from tests.tiny_models import tiny_model
+from heta_fast.signals.curvature.group import CurvatureItem
+from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 IDS = [5, 9, 2, 30, 11, 7]
 TOKEN = 7
+# Requests of a curvature group: different lengths, one with 3 targets.
+PAIRS = [(text(10, 3, 44, 7), text(30)), (text(*range(5, 18)), text(14, 15, 16)), (text(4, 8), text(9)),
+         (text(*range(20, 31)), text(33))]
 
 
 def setup(arch: str = "gpt2", ids=IDS, **overrides):
@@ -52,3 +58,14 @@ class MatrixOperator:
     def __call__(self, v):
         self.applied += v.shape[0]
         return torch.einsum("ndme,bme->bnd", self.matrix, v.to(self.matrix))
+
+
+def group_items(pairs=PAIRS) -> tuple[ModelAdapter, list[CurvatureItem]]:
+    """(adapter of a float64 tiny Llama, one CurvatureItem per (prompt, target) pair)."""
+    att = Attributor(tiny_model("llama", dtype=torch.float64), tiny_tokenizer(), HETAConfig())
+    items = []
+    for prompt, target_text in pairs:
+        req = tokenize_request(att.tokenizer, prompt, target_text, att.adapter.max_length, att.adapter.vocab_size)
+        items.append(CurvatureItem(att.adapter.embed(req.input_ids), req.target_positions, req.target_ids,
+                                   req.n_context))
+    return att.adapter, items

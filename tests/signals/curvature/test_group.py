@@ -2,26 +2,16 @@
 import pytest
 import torch
 
-from heta_fast import Attributor, HETAConfig
+from heta_fast import HETAConfig
 from heta_fast.memory import ModelShape
-from heta_fast.request import tokenize_request
 from heta_fast.signals.curvature import curvature
 from heta_fast.signals.curvature import group as G
-from tests.tiny_models import text, tiny_model, tiny_tokenizer
-
-PAIRS = [(text(10, 3, 44, 7), text(30)), (text(*range(5, 18)), text(14, 15, 16)), (text(4, 8), text(9)),
-         (text(*range(20, 31)), text(33))]
+from tests.signals.curvature.helpers import group_items
 
 
 @pytest.fixture(scope="module")
 def items():
-    att = Attributor(tiny_model("llama", dtype=torch.float64), tiny_tokenizer(), HETAConfig())
-    out = []
-    for prompt, target in PAIRS:
-        req = tokenize_request(att.tokenizer, prompt, target, att.adapter.max_length, att.adapter.vocab_size)
-        out.append(G.CurvatureItem(att.adapter.embed(req.input_ids), req.target_positions, req.target_ids,
-                                   req.n_context))
-    return att.adapter, out
+    return group_items()
 
 
 def _alone(adapter, item, cfg):
