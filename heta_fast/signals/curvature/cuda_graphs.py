@@ -152,7 +152,8 @@ class GraphedGroupOperator:
 
 
 class GraphCache:
-    """One captured graph per (length bucket, batch); built lazily, reused across requests (CUDA only)."""
+    """One captured graph per (length bucket, batch), and per ("group", job bucket, length bucket,
+    batch) for the group operator; built lazily, reused across requests (CUDA only)."""
 
     def __init__(self, adapter: ModelAdapter, layers: int = 0, warmup: int = 3):
         if adapter.device.type != "cuda":

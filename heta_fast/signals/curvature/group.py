@@ -136,8 +136,7 @@ def _run(adapter: ModelAdapter, group: list[_Job], config, items: list[Curvature
     if operator is None:
         operator = GroupHessian(adapter, inputs, positions, tokens)
         jobs, length, _ = operator.shape
-        per_pass = probes_per_pass(ModelShape.of(adapter.model), jobs * length, len(adapter.layers),
-                                   config.memory_budget, config.max_batch)
+        per_pass = _per_pass(adapter, config, jobs * length)
     else:
         per_pass = operator.batch
     count, length = group[0].plan.count, operator.shape[1]
@@ -157,11 +156,16 @@ def _graphed(adapter: ModelAdapter, graphs: GraphCache, inputs: list[torch.Tenso
     pass does not fit the memory budget (the group then runs eagerly)."""
     jobs, length = graphs.group_shape(len(inputs), max(x.shape[0] for x in inputs))
     try:
-        batch = probes_per_pass(ModelShape.of(adapter.model), jobs * length, len(adapter.layers),
-                                config.memory_budget, config.max_batch)
+        batch = _per_pass(adapter, config, jobs * length)
     except MemoryBudgetError:
         return None
     return graphs.group_operator(inputs, positions, tokens, batch)
+
+
+def _per_pass(adapter: ModelAdapter, config, rows: int) -> int:
+    """Probe sets per pass of a group operator over ``rows`` stacked rows (jobs × padded length)."""
+    return probes_per_pass(ModelShape.of(adapter.model), rows, len(adapter.layers), config.memory_budget,
+                           config.max_batch)
 
 
 def _padded(vectors: torch.Tensor, length: int) -> torch.Tensor:
