@@ -1,6 +1,7 @@
 """Attributing a data set on Ray Data (``pip install "heta-fast[ray]"``; docs/pipeline.md).
 
-The input is read as a Ray dataset; ``map_batches`` runs :class:`RayAttributor`, a callable
+The input is read on the driver (a file, a DataFrame, dicts) and handed to Ray as a block per
+batch, or given as a Ray dataset; ``map_batches`` runs :class:`RayAttributor`, a callable
 class that loads the model once per actor (on a GPU when ``gpus_per_worker`` > 0) and turns
 each batch of records into output rows (errors caught per row). The driver writes the rows
 with the same :class:`~heta_fast.pipeline.writer.ResultWriter` as a local run: same schema,
@@ -8,16 +9,21 @@ same output directory rules (lock, settings hash, ids already written skipped).
 """
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import HETAConfig
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .pipeline.progress import RunProgress
-from .pipeline.readers import Fields, check_unique, input_format
+from .pipeline.readers import READ_BATCH, Fields, check_unique, is_frame, read_file
 from .pipeline.run import attribute_records, run_settings
 from .pipeline.schema import arrow_schema, result_to_row
 from .pipeline.writer import DEFAULT_ROWS_PER_PART, ResultWriter
 from .result import FailedAttribution
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Reading and filtering are I/O: they must not wait for the CPUs the model actors hold.
 IO_CPUS = 0
@@ -64,21 +70,63 @@ class RayAttributor:
                              model=self.attributor.model_name, target=target)
 
 
-def _as_ray_dataset(source):
+def driver_table(source):
+    """The input as one Arrow table read by the driver, or None for a Ray Dataset (read by Ray).
+
+    A file path is read here, on the driver (pipeline/readers.py: JSONL and CSV as the local run
+    reads them, CSV as text; Parquet as stored), so the cluster's nodes never need the file and
+    the ids, the skipped records and the blocks are all decided without a Ray task. Dicts (a
+    JSONL file, a list) make one column per field any record has, null where a record lacks it.
+    Raises ConfigError / InputError (a file's name or existence, mixed types in one field).
+    """
+    import pyarrow as pa
     import ray.data
 
     if isinstance(source, ray.data.Dataset):
-        return source
-    if isinstance(source, (str, Path)):
-        path = str(Path(source).expanduser())
-        if not Path(path).is_file():
-            raise ConfigError(f"input file {path} does not exist")
-        reader = {"jsonl": ray.data.read_json, "parquet": ray.data.read_parquet,
-                  "csv": ray.data.read_csv}[input_format(path)]
-        return reader(path, num_cpus=IO_CPUS)
-    if hasattr(source, "columns") and hasattr(source, "to_dict"):
-        return ray.data.from_pandas(source)
-    return ray.data.from_items(list(source))
+        return None
+    try:
+        if isinstance(source, (str, Path)):
+            records = read_file(source)
+            if records.format == "parquet":
+                import pyarrow.parquet as pq
+
+                return pq.read_table(records.path)
+            return _table_of_dicts(iter(records))
+        if is_frame(source):
+            return pa.Table.from_pandas(source, preserve_index=False)
+        return _table_of_dicts(iter(source))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"the input cannot be read as one table: {' '.join(str(exc).split())}") from None
+
+
+def _table_of_dicts(records) -> pa.Table:
+    """Dicts -> an Arrow table with a column per field of any record (a batch at a time, then joined)."""
+    import pyarrow as pa
+
+    tables = []
+    while batch := list(islice(records, READ_BATCH)):
+        if not all(isinstance(r, dict) for r in batch):
+            raise InputError("every record must be a mapping of fields")
+        tables.append(pa.Table.from_struct_array(pa.array(batch)))
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def table_ids(table, id_field: str) -> list[str]:
+    """Every id of the table as text, checked (present, unique) before any work."""
+    if id_field not in table.column_names:
+        raise ConfigError(f"the input has no {id_field!r} field; name the id field with --id-field")
+    return _checked_ids(table.column(id_field).to_pylist(), id_field)
+
+
+def table_blocks(table, batch_size: int):
+    """A Ray dataset of ``table`` with a block per ``batch_size`` rows (an actor gets a block at a
+    time, so a block per batch keeps every actor busy; see :func:`split_for_actors`)."""
+    import ray.data
+
+    slices = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
+    return ray.data.from_arrow(slices)
 
 
 def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConfig | None = None,
@@ -109,23 +157,31 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
-    ds = _as_ray_dataset(dataset).materialize()  # read once: the ids, the schema and the work share it
-    ids = _ids(ds, fields.id)
-    if ids and not generate and fields.target not in ds.schema().names:
+    table = driver_table(dataset)  # a file, a DataFrame or dicts: read here; a Ray Dataset: by Ray
+    if table is None:
+        ds = dataset.materialize()  # read once: the ids, the schema and the work share it
+        ids, names = _ids(ds, fields.id), ds.schema().names
+    else:
+        ids, names = table_ids(table, fields.id), table.column_names
+    if ids and not generate and fields.target not in names:
         raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
                           "or generate targets with --generate N")
     settings = run_settings(model, dtype, cfg, fields, generate)
     with ResultWriter(output, settings, fmt=fmt, rows_per_part=rows_per_part) as writer:
         done = writer.completed_ids(retry_failed)
         todo = sum(1 for key in ids if key not in done)
-        if done:
+        if done and table is None:
             id_field = fields.id
             ds = ds.filter(lambda row: str(row[id_field]) not in done, num_cpus=IO_CPUS)
+        elif done:
+            import pyarrow as pa
+
+            table = table.filter(pa.array([key not in done for key in ids]))
         counter = RunProgress(todo, skipped=len(ids) - todo, mode=progress)
         try:
             if todo:
                 device = "cuda" if gpus_per_worker > 0 and device == "auto" else device
-                ds = split_for_actors(ds, todo, batch_size)
+                ds = split_for_actors(ds, todo, batch_size) if table is None else table_blocks(table, batch_size)
                 pool = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
                 mapped = ds.map_batches(
                     RayAttributor, batch_size=batch_size, batch_format="pandas",
@@ -158,7 +214,11 @@ def _ids(ds, id_field: str) -> list[str]:
     """Every id of the dataset as text, checked (present, unique) before any work."""
     if id_field not in ds.schema().names:
         raise ConfigError(f"the input has no {id_field!r} field; name the id field with --id-field")
-    values = ds.select_columns([id_field]).to_pandas()[id_field].tolist()
+    return _checked_ids(ds.select_columns([id_field]).to_pandas()[id_field].tolist(), id_field)
+
+
+def _checked_ids(values: list, id_field: str) -> list[str]:
+    """Ids as text; a missing or empty one, or a duplicate, is a ConfigError."""
     for position, value in enumerate(values):
         if value is None or value != value or str(value) == "":
             raise ConfigError(f"record {position} has no {id_field!r} field; name the id field with --id-field")

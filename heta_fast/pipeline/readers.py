@@ -144,13 +144,13 @@ def read_dataset(name_or_path: str, split: str | None = None) -> Iterator[dict]:
     return data
 
 
-def _is_frame(source) -> bool:
+def is_frame(source) -> bool:
     return hasattr(source, "to_dict") and hasattr(source, "columns") and hasattr(source, "iloc")  # pandas.DataFrame
 
 
 def iter_records(source) -> Iterator[dict]:
     """Dicts from a pandas DataFrame (a batch of rows at a time), a ``datasets.Dataset``, or any iterable of dicts."""
-    if _is_frame(source):
+    if is_frame(source):
         return (row for start in range(0, len(source), READ_BATCH)
                 for row in source.iloc[start : start + READ_BATCH].to_dict("records"))
     return iter(source)
@@ -159,7 +159,7 @@ def iter_records(source) -> Iterator[dict]:
 def reiterable(source):
     """``source`` itself when iterating it starts again from the beginning (a list, a DataFrame,
     a ``datasets.Dataset``, :class:`FileRecords`); a one-shot iterator, read into a list."""
-    if _is_frame(source) or iter(source) is not source:
+    if is_frame(source) or iter(source) is not source:
         return source
     return list(source)
 
@@ -169,7 +169,7 @@ def id_records(source, fields: Fields) -> Iterator[dict]:
     is columnar (a file, a data set, a DataFrame), so that reading the ids reads little else."""
     if isinstance(source, FileRecords):
         return source.columns([fields.id])
-    if _is_frame(source) and fields.id in source.columns:
+    if is_frame(source) and fields.id in source.columns:
         return iter_records(source[[fields.id]])
     names = getattr(source, "column_names", None)
     if isinstance(names, list) and fields.id in names and hasattr(source, "select_columns"):  # datasets.Dataset

@@ -60,3 +60,31 @@ def test_a_one_block_input_is_split_into_a_block_per_batch(local_ray):
     split = split_for_actors(ds, 7, batch_size=2)
     assert split.num_blocks() == 4
     assert sorted(r["id"] for r in split.take_all()) == [str(i) for i in range(7)]
+
+
+def test_the_driver_reads_files_as_the_local_run_does(tmp_path):
+    # A field that the first record lacks is still a column (null there); CSV stays text, so an id
+    # "007" is "007" as in a local run; mixed types in one field are one typed line, not a crash.
+    import pandas as pd
+
+    from heta_fast import InputError
+    from heta_fast.distributed import driver_table, table_ids
+
+    records = [{"id": "a", "prompt": "w1"}, {"id": "b", "prompt": "w2", "target": "w3"}]
+    table = driver_table(write_jsonl(tmp_path / "r.jsonl", records))
+    assert table.column_names == ["id", "prompt", "target"] and table.column("target").to_pylist() == [None, "w3"]
+    pd.DataFrame({"id": ["007", "8"], "prompt": ["w1", "w2"], "target": ["w3", "w4"]}).to_csv(tmp_path / "r.csv",
+                                                                                                index=False)
+    assert table_ids(driver_table(str(tmp_path / "r.csv")), "id") == ["007", "8"]
+    with pytest.raises(InputError, match="cannot be read as one table"):
+        driver_table([{"id": "a", "target": "w1"}, {"id": "b", "target": [1, 2]}])
+    with pytest.raises(InputError, match="mapping"):
+        driver_table([{"id": "a"}, "not a record"])
+
+
+def test_a_table_becomes_a_block_per_batch(local_ray):
+    from heta_fast.distributed import driver_table, table_blocks
+
+    ds = table_blocks(driver_table([{"id": str(i)} for i in range(7)]), batch_size=2)
+    assert ds.num_blocks() == 4
+    assert sorted(r["id"] for r in ds.take_all()) == [str(i) for i in range(7)]
