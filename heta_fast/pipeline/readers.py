@@ -122,8 +122,9 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
             yield record
 
 
-def read_dataset(name_or_path: str, split: str | None = None) -> Iterator[dict]:
-    """A ``datasets`` data set saved with ``save_to_disk`` (or a hub name where the hub is reachable)."""
+def read_dataset(name_or_path: str, split: str | None = None):
+    """A ``datasets.Dataset`` saved with ``save_to_disk`` (or a hub name where the hub is reachable),
+    the split chosen; iterating it gives dicts, and it can be iterated again (memory-mapped)."""
     import datasets
 
     try:
@@ -145,6 +146,7 @@ def read_dataset(name_or_path: str, split: str | None = None) -> Iterator[dict]:
 
 
 def is_frame(source) -> bool:
+    """Whether ``source`` is a pandas DataFrame (duck-typed: pandas is imported only where used)."""
     return hasattr(source, "to_dict") and hasattr(source, "columns") and hasattr(source, "iloc")  # pandas.DataFrame
 
 

@@ -150,3 +150,5 @@ def _pending(source, fields: Fields, keys: list[str], todo: list[int]) -> Iterat
                 raise ConfigError(f"the input changed while it was read: record {position} now has another id")
             yield record
             next_position = next(wanted, None)
+    if next_position is not None:
+        raise ConfigError(f"the input changed while it was read: it now ends before record {next_position}")

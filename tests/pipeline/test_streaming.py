@@ -19,9 +19,9 @@ class Record(dict):
 class Rereadable:
     """An input read again from its start on every iteration, counting the records alive."""
 
-    def __init__(self, records, changed_on_second_reading=False):
+    def __init__(self, records, changed_on_second_reading=False, shorter_on_second_reading=False):
         self.records, self.readings, self.created, self.freed = records, 0, 0, 0
-        self.changed = changed_on_second_reading
+        self.changed, self.shorter = changed_on_second_reading, shorter_on_second_reading
 
     @property
     def alive(self) -> int:
@@ -33,6 +33,8 @@ class Rereadable:
     def __iter__(self):
         self.readings += 1
         for position, record in enumerate(self.records):
+            if self.shorter and self.readings > 1 and position == 6:
+                return
             record = Record(record)
             if self.changed and self.readings > 1 and position == 4:
                 record["id"] = "another"
@@ -77,6 +79,12 @@ def test_an_input_that_changes_between_its_readings_stops_the_run(attributor, tm
     # The records answered before it are kept: a rerun on the original input continues after them.
     counter = _run(attributor, Rereadable(make_records(8)), tmp_path / "out")
     assert counter.skipped == 4 and counter.done == 4
+
+
+def test_an_input_that_got_shorter_between_its_readings_stops_the_run(attributor, tmp_path):
+    source = Rereadable(make_records(8), shorter_on_second_reading=True)
+    with pytest.raises(ConfigError, match="ends before record 6"):
+        _run(attributor, source, tmp_path / "out", lookahead=1, max_group=1)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv"])
