@@ -88,3 +88,15 @@ def test_a_table_becomes_a_block_per_batch(local_ray):
     ds = table_blocks(driver_table([{"id": str(i)} for i in range(7)]), batch_size=2)
     assert ds.num_blocks() == 4
     assert sorted(r["id"] for r in ds.take_all()) == [str(i) for i in range(7)]
+
+
+def test_a_local_instance_starts_its_workers_at_the_default_priority(monkeypatch):
+    # Ray's default worker niceness (15) starves the actors beside any other CPU work.
+    from heta_fast import distributed
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    distributed.start_local_priority()
+    assert os.environ["RAY_worker_niceness"] == "0"
+    monkeypatch.setenv("RAY_worker_niceness", "5")
+    distributed.start_local_priority()
+    assert os.environ["RAY_worker_niceness"] == "5"
