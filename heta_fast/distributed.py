@@ -75,9 +75,9 @@ def start_local_priority() -> None:
     """Before a local Ray instance starts: its workers at the priority of any other process.
 
     Ray starts its workers at niceness 15 (``RAY_worker_niceness``), so on a machine where
-    anything else runs at the default priority the actors get only the CPU left over: two
-    records took over 10 minutes beside two evaluation runs on 2 cores, and 53 s at niceness 0
-    (docs/pipeline.md). A value the user set is kept; a cluster's raylets keep their own."""
+    anything else runs at the default priority the actors get only the CPU left over: beside two
+    evaluation runs on 2 cores, two records had not finished after 10 minutes, and took 52 s at
+    niceness 0 (docs/pipeline.md). A value the user set is kept; a cluster's raylets keep their own."""
     os.environ.setdefault("RAY_worker_niceness", "0")
 
 
