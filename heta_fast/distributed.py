@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .config import HETAConfig
 from .errors import ConfigError, InputError
 from .pipeline.progress import RunProgress
-from .pipeline.readers import READ_BATCH, Fields, check_unique, is_frame, read_file
+from .pipeline.readers import READ_BATCH, Fields, check_unique, is_frame, read_file, record_id
 from .pipeline.run import attribute_records, run_settings
 from .pipeline.schema import arrow_schema, result_to_row
 from .pipeline.writer import DEFAULT_ROWS_PER_PART, ResultWriter
@@ -231,10 +231,9 @@ def _ids(ds, id_field: str) -> list[str]:
 
 
 def _checked_ids(values: list, id_field: str) -> list[str]:
-    """Ids as text; a missing or empty one, or a duplicate, is a ConfigError."""
-    for position, value in enumerate(values):
-        if value is None or value != value or str(value) == "":
-            raise ConfigError(f"record {position} has no {id_field!r} field; name the id field with --id-field")
-    ids = [str(v) for v in values]
+    """Ids as text by the local run's rule (:func:`~.pipeline.readers.record_id`); a missing or
+    empty one, or a duplicate, is a ConfigError."""
+    fields = Fields(id=id_field)
+    ids = [record_id({id_field: value}, fields, position) for position, value in enumerate(values)]
     check_unique(ids)
     return ids

@@ -24,7 +24,7 @@ estimate's shorter rows share passes the same way, each request with its own res
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ...errors import MemoryBudgetError
@@ -165,27 +165,24 @@ def plan_group(spans: list[tuple[int, int, int]], max_rows: int, fits: Callable[
     """
     passes, parts = [], []
     for item, (first, stop, total) in enumerate(spans):
-        def variant(batch: MaskedBatch | None, a: int) -> MaskedBatch:
-            """The request's batch from ``a`` (a new one when batch is None), or batch plus one row."""
-            if batch is not None:
-                return MaskedBatch(0, batch.start, batch.rows + 1, batch.length, True, batch.span, batch.resume)
-            return MaskedBatch(0, a, 1, total - a, True, span, resumes[item] if span is not None else 0)
-
+        resume = resumes[item] if span is not None else 0
         for a in range(first, stop):
-            wider = _with_variant(parts, item, a, variant)
+            variant = MaskedBatch(0, a, 1, total - a, True, span, resume)
+            wider = _with_variant(parts, item, variant)
             full = GroupPass(tuple(wider))
             if parts and (full.rows > max_rows or (tokens_per_pass is not None and full.positions > tokens_per_pass)
                           or not fits(full)):
                 passes.append(GroupPass(tuple(parts)))
-                wider = _with_variant([], item, a, variant)
+                wider = _with_variant([], item, variant)
             parts = wider
     if parts:
         passes.append(GroupPass(tuple(parts)))
     return passes
 
 
-def _with_variant(parts: list, item: int, a: int, variant: Callable) -> list:
-    """parts plus request ``item``'s variant ``a`` (extending its batch if it is the last part)."""
+def _with_variant(parts: list, item: int, variant: MaskedBatch) -> list:
+    """parts plus request ``item``'s single-row ``variant`` (one more row of its batch if that is the last part)."""
     if parts and parts[-1][0] == item:
-        return parts[:-1] + [(item, variant(parts[-1][1], a))]
-    return parts + [(item, variant(None, a))]
+        last = parts[-1][1]
+        return parts[:-1] + [(item, replace(last, rows=last.rows + 1))]
+    return parts + [(item, variant)]
