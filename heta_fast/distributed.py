@@ -1,23 +1,25 @@
 """Attributing a data set on Ray Data (``pip install "heta-fast[ray]"``; docs/pipeline.md).
 
-The input is read on the driver (a file, a DataFrame, dicts) and handed to Ray as a block per
-batch, or given as a Ray dataset; ``map_batches`` runs :class:`RayAttributor`, a callable
-class that loads the model once per actor (on a GPU when ``gpus_per_worker`` > 0) and turns
-each batch of records into output rows (errors caught per row). The driver writes the rows
-with the same :class:`~heta_fast.pipeline.writer.ResultWriter` as a local run: same schema,
-same output directory rules (lock, settings hash, ids already written skipped).
+The input is read on the driver (a file, a DataFrame, dicts) as a local run reads it, ids first
+and then the records, and handed to Ray a block of records at a time; or it is given as a Ray
+dataset. ``map_batches`` runs :class:`RayAttributor`, a callable class that loads the model
+once per actor (on a GPU when ``gpus_per_worker`` > 0) and turns each batch of records into
+output rows (errors caught per row). The driver writes the rows with the same
+:class:`~heta_fast.pipeline.writer.ResultWriter` as a local run: same schema, same output
+directory rules (lock, settings hash, ids already written skipped).
 """
 from __future__ import annotations
 
 import os
+import pickle
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .config import HETAConfig
-from .errors import ConfigError, InputError
+from .errors import ConfigError
 from .pipeline.progress import RunProgress
-from .pipeline.readers import READ_BATCH, Fields, check_unique, is_frame, read_file, record_id
+from .pipeline.readers import Fields, check_fields, iter_records, read_file, read_ids, records_at, reiterable
 from .pipeline.run import attribute_records, run_settings
 from .pipeline.schema import arrow_schema, result_to_row
 from .pipeline.writer import DEFAULT_ROWS_PER_PART, ResultWriter
@@ -28,6 +30,11 @@ if TYPE_CHECKING:
 
 # Reading and filtering are I/O: they must not wait for the CPUs the model actors hold.
 IO_CPUS = 0
+# A driver block has two columns: the record's checked id, and the record itself pickled, so an
+# actor gets exactly the dict a local run reads (no column made up for a field some record lacks,
+# no value converted to fit a column type shared with other records).
+KEY_COLUMN = "__heta_fast_id__"
+RECORD_COLUMN = "__heta_fast_record__"
 
 
 class RayAttributor:
@@ -44,15 +51,15 @@ class RayAttributor:
         self.attributor = Attributor.from_pretrained(model, config=self.config, dtype=dtype, device=device)
         self.fields, self.generate, self.config_hash, self.batching = fields, generate, config_hash, batching
 
-    def __call__(self, batch):
+    def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
-        records = batch.to_dict("records")
+        keys, records = _batch_records(batch, self.fields.id)
         try:
             results = [r for _, _, r in self._attribute(records)]
         except Exception:  # a bug on one record must not lose the batch: retry one by one
             results = [self._one(record) for record in records]
-        rows = [self._row(record, result) for record, result in zip(records, results)]
+        rows = [self._row(key, record, result) for key, record, result in zip(keys, records, results)]
         return pa.Table.from_pylist(rows, schema=arrow_schema())
 
     def _attribute(self, records):
@@ -63,12 +70,21 @@ class RayAttributor:
         try:
             return next(iter(self._attribute([record])))[2]
         except Exception as exc:
-            return FailedAttribution(-1, record.get(self.fields.prompt), None, type(exc).__name__, str(exc))
+            return FailedAttribution(-1, record.get(self.fields.context), None, type(exc).__name__, str(exc))
 
-    def _row(self, record, result) -> dict:
+    def _row(self, key: str, record: dict, result) -> dict:
         target = None if self.generate else record.get(self.fields.target)
-        return result_to_row(str(record[self.fields.id]), result, self.config_hash,
-                             model=self.attributor.model_name, target=target)
+        return result_to_row(key, result, self.config_hash, model=self.attributor.model_name, target=target)
+
+
+def _batch_records(batch: pa.Table, id_field: str) -> tuple[list[str], list[dict]]:
+    """(ids, records) of a batch: a driver block's pickled records under their checked ids, or the
+    rows of a Ray Dataset (ids as text)."""
+    if RECORD_COLUMN in batch.column_names:
+        return (batch.column(KEY_COLUMN).to_pylist(),
+                [pickle.loads(data) for data in batch.column(RECORD_COLUMN).to_pylist()])
+    records = batch.to_pylist()
+    return [str(r[id_field]) for r in records], records
 
 
 def start_local_priority() -> None:
@@ -81,63 +97,35 @@ def start_local_priority() -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
 
 
-def driver_table(source):
-    """The input as one Arrow table read by the driver, or None for a Ray Dataset (read by Ray).
+def driver_blocks(keys: Iterable[str], records: Iterable[dict], batch_size: int) -> Iterator[pa.Table]:
+    """Arrow tables of up to ``batch_size`` records each: column KEY_COLUMN the ids, RECORD_COLUMN
+    each record pickled. Reads ``records`` a batch at a time (the driver holds one batch)."""
+    import pyarrow as pa
 
-    A file path is read here, on the driver (pipeline/readers.py: JSONL and CSV as the local run
-    reads them, CSV as text; Parquet as stored), so the cluster's nodes never need the file and
-    the ids, the skipped records and the blocks are all decided without a Ray task. Dicts (a
-    JSONL file, a list) make one column per field any record has, null where a record lacks it.
-    Raises ConfigError / InputError (a file's name or existence, mixed types in one field).
+    keys, records = iter(keys), iter(records)
+    while batch := list(islice(records, batch_size)):
+        yield pa.table({KEY_COLUMN: pa.array(list(islice(keys, len(batch))), pa.string()),
+                        RECORD_COLUMN: pa.array([pickle.dumps(r) for r in batch], pa.binary())})
+
+
+# Blocks per ``ray.data.from_blocks`` call: the driver holds at most this many blocks at a time.
+BLOCKS_PER_PART = 4096
+
+
+def driver_dataset(blocks: Iterable[pa.Table]):
+    """A Ray dataset with one Ray block per driver block, put into Ray's object store a part of
+    BLOCKS_PER_PART blocks at a time and the parts joined with ``union``.
+
+    ``from_blocks`` reads each block's size and schema on the driver; ``from_arrow_refs`` (which
+    ``from_arrow`` calls) runs one Ray task per block for them: 6,250 blocks took 631 s here,
+    beside two other processes on 2 cores, before any actor could start (from_blocks: 2 ms a block).
     """
-    import pyarrow as pa
     import ray.data
 
-    if isinstance(source, ray.data.Dataset):
-        return None
-    try:
-        if isinstance(source, (str, Path)):
-            records = read_file(source)
-            if records.format == "parquet":
-                import pyarrow.parquet as pq
-
-                return pq.read_table(records.path)
-            return _table_of_dicts(iter(records))
-        if is_frame(source):
-            return pa.Table.from_pandas(source, preserve_index=False)
-        return _table_of_dicts(iter(source))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InputError(f"the input cannot be read as one table: {' '.join(str(exc).split())}") from None
-
-
-def _table_of_dicts(records) -> pa.Table:
-    """Dicts -> an Arrow table with a column per field of any record (a batch at a time, then joined)."""
-    import pyarrow as pa
-
-    tables = []
-    while batch := list(islice(records, READ_BATCH)):
-        if not all(isinstance(r, dict) for r in batch):
-            raise InputError("every record must be a mapping of fields")
-        tables.append(pa.Table.from_struct_array(pa.array(batch)))
-    if not tables:
-        return pa.table({})
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def table_ids(table, id_field: str) -> list[str]:
-    """Every id of the table as text, checked (present, unique) before any work."""
-    if id_field not in table.column_names:
-        raise ConfigError(f"the input has no {id_field!r} field; name the id field with --id-field")
-    return _checked_ids(table.column(id_field).to_pylist(), id_field)
-
-
-def table_blocks(table, batch_size: int):
-    """A Ray dataset of ``table`` with a block per ``batch_size`` rows (an actor gets a block at a
-    time, so a block per batch keeps every actor busy; see :func:`split_for_actors`)."""
-    import ray.data
-
-    slices = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
-    return ray.data.from_arrow(slices)
+    blocks, parts = iter(blocks), []
+    while part := list(islice(blocks, BLOCKS_PER_PART)):
+        parts.append(ray.data.from_blocks(part))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConfig | None = None,
@@ -154,12 +142,20 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
     an actor's call of ``batch_size`` records shares model passes (heta_fast/scheduler.py).
     """
     import ray
+    import ray.data
 
     from .model.aliases import DEFAULT_MODEL
 
     if concurrency < 1 or threads_per_worker < 1 or batch_size < 1 or gpus_per_worker < 0:
         raise ConfigError("--concurrency, --threads-per-worker and --batch-size must be >= 1, "
                           "--gpus-per-worker >= 0")
+    cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
+    source = None
+    if not isinstance(dataset, ray.data.Dataset):  # a file, a DataFrame or dicts: read here, before Ray starts,
+        source = reiterable(read_file(dataset) if isinstance(dataset, (str, Path)) else dataset)
+        keys = read_ids(source, fields)  # as a local run reads them: the ids, then the records
+        if keys:
+            check_fields(next(iter_records(source)), fields, generate)
     if not ray.is_initialized():
         if ray_address is None:
             start_local_priority()
@@ -169,35 +165,30 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts records, failures, skips
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
-    table = driver_table(dataset)  # a file, a DataFrame or dicts: read here; a Ray Dataset: by Ray
-    if table is None:
+    if source is None:
         ds = dataset.materialize()  # read once: the ids, the schema and the work share it
-        ids, names = _ids(ds, fields.id), ds.schema().names
-    else:
-        ids, names = table_ids(table, fields.id), table.column_names
-    if ids and not generate and fields.target not in names:
-        raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
-                          "or generate targets with --generate N")
+        keys = _ids(ds, fields.id)
+        if keys:
+            check_fields(ds.schema().names, fields, generate)
     settings = run_settings(model, dtype, cfg, fields, generate)
     with ResultWriter(output, settings, fmt=fmt, rows_per_part=rows_per_part) as writer:
         done = writer.completed_ids(retry_failed)
-        todo = sum(1 for key in ids if key not in done)
-        if done and table is None:
-            id_field = fields.id
-            ds = ds.filter(lambda row: str(row[id_field]) not in done, num_cpus=IO_CPUS)
-        elif done:
-            import pyarrow as pa
-
-            table = table.filter(pa.array([key not in done for key in ids]))
-        counter = RunProgress(todo, skipped=len(ids) - todo, mode=progress)
+        todo = [position for position, key in enumerate(keys) if key not in done]
+        counter = RunProgress(len(todo), skipped=len(keys) - len(todo), mode=progress)
         try:
             if todo:
+                if source is None:
+                    if done:
+                        id_field = fields.id
+                        ds = ds.filter(lambda row: str(row[id_field]) not in done, num_cpus=IO_CPUS)
+                    ds = split_for_actors(ds, len(todo), batch_size)
+                else:  # the blocks go to Ray's object store (spilled to disk when full), not the driver's memory
+                    ds = driver_dataset(driver_blocks((keys[i] for i in todo), records_at(source, fields, keys, todo),
+                                                      batch_size))
                 device = "cuda" if gpus_per_worker > 0 and device == "auto" else device
-                ds = split_for_actors(ds, todo, batch_size) if table is None else table_blocks(table, batch_size)
                 pool = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
                 mapped = ds.map_batches(
-                    RayAttributor, batch_size=batch_size, batch_format="pandas",
+                    RayAttributor, batch_size=batch_size, batch_format="pyarrow",
                     compute=pool, num_cpus=threads_per_worker,
                     num_gpus=gpus_per_worker or None,
                     fn_constructor_kwargs=dict(model=model, config=cfg.to_dict(), fields=fields, generate=generate,
@@ -231,9 +222,6 @@ def _ids(ds, id_field: str) -> list[str]:
 
 
 def _checked_ids(values: list, id_field: str) -> list[str]:
-    """Ids as text by the local run's rule (:func:`~.pipeline.readers.record_id`); a missing or
+    """Ids as text by the local run's rule (:func:`~.pipeline.readers.read_ids`); a missing or
     empty one, or a duplicate, is a ConfigError."""
-    fields = Fields(id=id_field)
-    ids = [record_id({id_field: value}, fields, position) for position, value in enumerate(values)]
-    check_unique(ids)
-    return ids
+    return read_ids([{id_field: value} for value in values], Fields(id=id_field))

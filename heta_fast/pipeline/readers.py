@@ -189,6 +189,44 @@ def record_id(record: dict, fields: Fields, position: int) -> str:
     return str(value)
 
 
+def read_ids(source, fields: Fields) -> list[str]:
+    """Every id of ``source`` as text, in input order, checked (present, unique) before any work;
+    the first reading of a run (only the id column of a columnar input)."""
+    keys = [record_id(r, fields, i) for i, r in enumerate(id_records(source, fields))]
+    check_unique(keys)
+    return keys
+
+
+def records_at(source, fields: Fields, keys: list[str], positions: list[int]) -> Iterator[dict]:
+    """The records at ``positions`` (ascending) of a second reading of ``source``, each checked
+    against its id in ``keys`` (:func:`read_ids`): an input that changed in between stops the run
+    with a ConfigError (the rows written so far are kept)."""
+    wanted = iter(positions)
+    next_position = next(wanted, None)
+    for position, record in enumerate(iter_records(source)):
+        if next_position is None:
+            return
+        if position == next_position:
+            if record_id(record, fields, position) != keys[position]:
+                raise ConfigError(f"the input changed while it was read: record {position} now has another id")
+            yield record
+            next_position = next(wanted, None)
+    if next_position is not None:
+        raise ConfigError(f"the input changed while it was read: it now ends before record {next_position}")
+
+
+def check_fields(names, fields: Fields, generate: int | None) -> None:
+    """Raise ConfigError when the field names of the input (its columns, or its first record's
+    keys) lack the context field, or the target field without ``--generate``: a wrong flag, not
+    a bad record, so the run stops before any work."""
+    if not generate and fields.target not in names:
+        raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
+                          "or generate targets with --generate N")
+    if fields.context not in names:
+        flag = "--messages-field" if fields.messages is not None else "--prompt-field"
+        raise ConfigError(f"the input has no {fields.context!r} field; name it with {flag}")
+
+
 def check_unique(ids: Iterable[str]) -> None:
     """Raise ConfigError naming the first id that occurs twice."""
     seen: set[str] = set()

@@ -12,11 +12,11 @@ from itertools import islice
 from typing import Iterable, Iterator
 
 from ..config import HETAConfig
-from ..errors import ConfigError, HetaError
+from ..errors import HetaError
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job, Scheduler
 from .progress import RunProgress
-from .readers import Fields, check_unique, id_records, iter_records, parse_shard, record_id, reiterable
+from .readers import Fields, check_fields, iter_records, parse_shard, read_ids, records_at, reiterable
 from .schema import result_to_row
 from .writer import DEFAULT_ROWS_PER_PART, ResultWriter
 
@@ -105,17 +105,12 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
     cfg = config or attributor.config
     # The ids first (only the id column of a columnar input), then the records a few at a time.
     source = reiterable(records)
-    keys = [record_id(r, fields, i) for i, r in enumerate(id_records(source, fields))]
-    check_unique(keys)
+    keys = read_ids(source, fields)
     index, count = parse_shard(shard) if shard else (0, 1)
     selected = range(index, len(keys), count)
     first = next(islice(iter_records(source), index, None), None) if selected else None
-    if first is not None and not generate and fields.target not in first:
-        raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
-                          "or generate targets with --generate N")
-    if first is not None and fields.context not in first:
-        flag = "--messages-field" if fields.messages is not None else "--prompt-field"
-        raise ConfigError(f"the input has no {fields.context!r} field; name it with {flag}")
+    if first is not None:  # the shard's first record: a wrong field flag stops the run here
+        check_fields(first, fields, generate)
     settings = run_settings(attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch."), cfg, fields,
                             generate)
     with ResultWriter(output, settings, shard=(index, count) if shard else None, fmt=fmt,
@@ -124,7 +119,7 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
         todo = [i for i in selected if keys[i] not in done]  # positions in the input
         counter = RunProgress(len(todo), skipped=len(selected) - len(todo), mode=progress)
         try:
-            stream = attribute_records(attributor, _pending(source, fields, keys, todo), fields, cfg, generate,
+            stream = attribute_records(attributor, records_at(source, fields, keys, todo), fields, cfg, generate,
                                        lookahead, max_group, batching)
             for position, record, result in stream:
                 key = keys[todo[position]]
@@ -136,19 +131,3 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
             counter.close(str(output))
     return counter
 
-
-def _pending(source, fields: Fields, keys: list[str], todo: list[int]) -> Iterator[dict]:
-    """The records at positions ``todo`` (ascending) of a second reading of ``source``, each
-    checked against the id read first: an input that changed in between stops the run."""
-    wanted = iter(todo)
-    next_position = next(wanted, None)
-    for position, record in enumerate(iter_records(source)):
-        if next_position is None:
-            return
-        if position == next_position:
-            if record_id(record, fields, position) != keys[position]:
-                raise ConfigError(f"the input changed while it was read: record {position} now has another id")
-            yield record
-            next_position = next(wanted, None)
-    if next_position is not None:
-        raise ConfigError(f"the input changed while it was read: it now ends before record {next_position}")

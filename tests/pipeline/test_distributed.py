@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from heta_fast.io import read_results
+from heta_fast.pipeline.readers import Fields
 from tests.pipeline.conftest import assert_same_results, make_records, write_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra heta-fast[ray] (in .[dev])")
@@ -35,7 +36,8 @@ def test_ray_rows_equal_the_local_run_and_resume_alike(local_ray, tiny_model_dir
     from heta_fast.distributed import attribute_ray
     from heta_fast.pipeline.run import run_to_directory
 
-    records = make_records(8, seed=2)
+    # r8 has no target field: under Ray as locally it is its own failure row, not a null target.
+    records = make_records(8, seed=2) + [{"id": "r8", "prompt": "w1 w2"}]
     data = write_jsonl(tmp_path / "in.jsonl", records)
     attributor = Attributor.from_pretrained(str(tiny_model_dir))
     run_to_directory(attributor, records, tmp_path / "local", progress="quiet")
@@ -43,13 +45,34 @@ def test_ray_rows_equal_the_local_run_and_resume_alike(local_ray, tiny_model_dir
     run_to_directory(attributor, records[:4], tmp_path / "out", progress="quiet")
     counter = attribute_ray(data, tmp_path / "out", model=str(tiny_model_dir), device="cpu", concurrency=2,
                             batch_size=2, progress="quiet", rows_per_part=3)
-    assert (counter.done, counter.skipped, counter.failed) == (4, 4, 2)  # r5 and r7 are bad
+    assert (counter.done, counter.skipped, counter.failed) == (5, 4, 3)  # r5, r7 and r8 are bad
     table = read_results(tmp_path / "out", form="records")
-    assert len(table) == 8 and table.id.is_unique and table.config_hash.nunique() == 1
+    assert len(table) == 9 and table.id.is_unique and table.config_hash.nunique() == 1
+    assert table.set_index("id").loc["r8", "message"] == "the record has no 'target' field"
     assert_same_results(read_results(tmp_path / "out", form="attributions"),
                         read_results(tmp_path / "local", form="attributions"))
     again = attribute_ray(data, tmp_path / "out", model=str(tiny_model_dir), device="cpu", progress="quiet")
-    assert (again.done, again.skipped) == (0, 8)
+    assert (again.done, again.skipped) == (0, 9)
+
+
+def test_bad_input_stops_before_ray_starts(monkeypatch, tmp_path):
+    # A missing file, a duplicate id or a wrong field flag is one typed line, with no Ray instance started.
+    from heta_fast import ConfigError, InputError
+    from heta_fast.distributed import attribute_ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the input was checked")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    with pytest.raises(InputError, match="does not exist"):
+        attribute_ray(str(tmp_path / "missing.jsonl"), tmp_path / "out")
+    with pytest.raises(ConfigError, match="duplicate id 'a'"):
+        attribute_ray([{"id": "a", "prompt": "w1", "target": "w2"}] * 2, tmp_path / "out")
+    with pytest.raises(ConfigError, match="no 'answer' field"):
+        attribute_ray([{"id": "a", "prompt": "w1", "target": "w2"}], tmp_path / "out",
+                      fields=Fields(target="answer"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_one_block_input_is_split_into_a_block_per_batch(local_ray):
@@ -62,32 +85,40 @@ def test_a_one_block_input_is_split_into_a_block_per_batch(local_ray):
     assert sorted(r["id"] for r in split.take_all()) == [str(i) for i in range(7)]
 
 
-def test_the_driver_reads_files_as_the_local_run_does(tmp_path):
-    # A field that the first record lacks is still a column (null there); CSV stays text, so an id
-    # "007" is "007" as in a local run; mixed types in one field are one typed line, not a crash.
+def test_the_driver_sends_each_record_as_the_local_run_reads_it(tmp_path):
+    # Pickled whole: a field some records lack stays absent (not null), CSV stays text (an id "007"
+    # is "007"), and values of different types in one field travel as they are.
     import pandas as pd
 
-    from heta_fast import InputError
-    from heta_fast.distributed import driver_table, table_ids
+    from heta_fast.distributed import _batch_records, driver_blocks
+    from heta_fast.pipeline.readers import read_file, read_ids
 
-    records = [{"id": "a", "prompt": "w1"}, {"id": "b", "prompt": "w2", "target": "w3"}]
-    table = driver_table(write_jsonl(tmp_path / "r.jsonl", records))
-    assert table.column_names == ["id", "prompt", "target"] and table.column("target").to_pylist() == [None, "w3"]
+    records = [{"id": "a", "prompt": "w1"}, {"id": "b", "prompt": "w2", "target": "w3"},
+               {"id": 3, "prompt": "w4", "target": [1, 2]}]
+    source = read_file(write_jsonl(tmp_path / "r.jsonl", records))
+    blocks = list(driver_blocks(read_ids(source, Fields()), source, batch_size=2))
+    assert [b.num_rows for b in blocks] == [2, 1]
+    keys, got = zip(*(pair for block in blocks for pair in zip(*_batch_records(block, "id"))))
+    assert keys == ("a", "b", "3") and list(got) == records
     pd.DataFrame({"id": ["007", "8"], "prompt": ["w1", "w2"], "target": ["w3", "w4"]}).to_csv(tmp_path / "r.csv",
                                                                                                 index=False)
-    assert table_ids(driver_table(str(tmp_path / "r.csv")), "id") == ["007", "8"]
-    with pytest.raises(InputError, match="cannot be read as one table"):
-        driver_table([{"id": "a", "target": "w1"}, {"id": "b", "target": [1, 2]}])
-    with pytest.raises(InputError, match="mapping"):
-        driver_table([{"id": "a"}, "not a record"])
+    source = read_file(str(tmp_path / "r.csv"))
+    (block,) = driver_blocks(read_ids(source, Fields()), source, batch_size=4)
+    assert _batch_records(block, "id") == (["007", "8"], list(source))
+    assert list(source)[0] == {"id": "007", "prompt": "w1", "target": "w3"}
 
 
-def test_a_table_becomes_a_block_per_batch(local_ray):
-    from heta_fast.distributed import driver_table, table_blocks
+def test_driver_blocks_become_a_ray_block_each(local_ray, monkeypatch):
+    # A block per batch of B records keeps every actor busy; parts of 2 blocks check the union.
+    from heta_fast import distributed
+    from heta_fast.distributed import _batch_records, driver_blocks, driver_dataset
 
-    ds = table_blocks(driver_table([{"id": str(i)} for i in range(7)]), batch_size=2)
-    assert ds.num_blocks() == 4
-    assert sorted(r["id"] for r in ds.take_all()) == [str(i) for i in range(7)]
+    monkeypatch.setattr(distributed, "BLOCKS_PER_PART", 2)
+    records = [{"id": str(i)} for i in range(7)]
+    ds = driver_dataset(driver_blocks([r["id"] for r in records], records, batch_size=2))
+    batches = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert sorted(b.num_rows for b in batches) == [1, 2, 2, 2]
+    assert sorted(r["id"] for b in batches for r in _batch_records(b, "id")[1]) == [str(i) for i in range(7)]
 
 
 def test_a_local_instance_starts_its_workers_at_the_default_priority(monkeypatch):
