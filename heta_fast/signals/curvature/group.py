@@ -131,14 +131,7 @@ def _groups(adapter: ModelAdapter, jobs: list[_Job], config) -> list[list[_Job]]
 def _run(adapter: ModelAdapter, group: list[_Job], config, items: list[CurvatureItem],
          graphs: GraphCache | None = None) -> None:
     """Every plan of ``group`` through one group operator, in passes under the memory budget."""
-    inputs, positions, tokens = [j.x for j in group], [j.position for j in group], [j.token for j in group]
-    operator = _graphed(adapter, graphs, inputs, positions, tokens, config) if graphs is not None else None
-    if operator is None:
-        operator = GroupHessian(adapter, inputs, positions, tokens)
-        jobs, length, _ = operator.shape
-        per_pass = _per_pass(adapter, config, jobs * length)
-    else:
-        per_pass = operator.batch
+    operator, per_pass = _operator(adapter, group, config, graphs)
     count, length = group[0].plan.count, operator.shape[1]
     for start in range(0, count, per_pass):
         stop = min(start + per_pass, count)
@@ -150,16 +143,21 @@ def _run(adapter: ModelAdapter, group: list[_Job], config, items: list[Curvature
                 items[job.item].on_products(stop - start)
 
 
-def _graphed(adapter: ModelAdapter, graphs: GraphCache, inputs: list[torch.Tensor], positions: list[int],
-             tokens: list[int], config):
-    """The group's operator replayed from the graph of its padded shape, or None when the padded
-    pass does not fit the memory budget (the group then runs eagerly)."""
-    jobs, length = graphs.group_shape(len(inputs), max(x.shape[0] for x in inputs))
-    try:
-        batch = _per_pass(adapter, config, jobs * length)
-    except MemoryBudgetError:
-        return None
-    return graphs.group_operator(inputs, positions, tokens, batch)
+def _operator(adapter: ModelAdapter, group: list[_Job], config, graphs: GraphCache | None):
+    """(the group's operator, probe sets per pass): replayed from the CUDA graph of its padded
+    shape when ``graphs`` is given and the padded pass fits the memory budget, else eager."""
+    inputs, positions, tokens = [j.x for j in group], [j.position for j in group], [j.token for j in group]
+    if graphs is not None:
+        jobs, length = graphs.group_shape(len(inputs), max(x.shape[0] for x in inputs))
+        try:
+            batch = _per_pass(adapter, config, jobs * length)
+        except MemoryBudgetError:
+            pass  # the padding does not fit where the exact shape may: run eagerly
+        else:
+            return graphs.group_operator(inputs, positions, tokens, batch), batch
+    operator = GroupHessian(adapter, inputs, positions, tokens)
+    jobs, length, _ = operator.shape
+    return operator, _per_pass(adapter, config, jobs * length)
 
 
 def _per_pass(adapter: ModelAdapter, config, rows: int) -> int:
