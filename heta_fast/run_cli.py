@@ -110,10 +110,12 @@ def run_pipeline(args) -> int:
 def _run_ray(args, config, fields, progress) -> int:
     from .distributed import attribute_ray
     from .errors import ConfigError
+    from .pipeline.readers import read_dataset
 
     if args.shard is not None:
         raise ConfigError("--shard and --ray do not combine: Ray spreads the records over its actors")
-    source = args.input if args.input is not None else _dataset_records(args)
+    # A data set is memory-mapped and read on the driver like a file: ids first, then a block at a time.
+    source = args.input if args.input is not None else read_dataset(args.dataset, args.split)
     attribute_ray(source, args.output, model=args.model, config=config, fields=fields, generate=args.generate,
                   concurrency=args.concurrency, gpus_per_worker=args.gpus_per_worker,
                   threads_per_worker=args.threads_per_worker, batch_size=args.batch_size, fmt=args.fmt,
@@ -121,8 +123,3 @@ def _run_ray(args, config, fields, progress) -> int:
                   ray_address=args.ray_address, batching=args.batching, **load_args(args))
     return 0
 
-
-def _dataset_records(args) -> list[dict]:
-    from .pipeline.readers import read_dataset
-
-    return list(read_dataset(args.dataset, args.split))

@@ -55,6 +55,22 @@ def test_ray_rows_equal_the_local_run_and_resume_alike(local_ray, tiny_model_dir
     assert (again.done, again.skipped) == (0, 9)
 
 
+def test_run_ray_reads_a_saved_data_set_as_a_local_run_does(local_ray, tiny_model_dir, tmp_path, capsys):
+    # `heta-fast run --ray --dataset DIR`: the memory-mapped data set is read on the driver, a block at a time.
+    datasets = pytest.importorskip("datasets")
+    from heta_fast import Attributor
+    from heta_fast.cli import main
+    from heta_fast.pipeline.run import run_to_directory
+
+    records = make_records(5, seed=4)
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "ds"))
+    run_to_directory(Attributor.from_pretrained(str(tiny_model_dir)), records, tmp_path / "local", progress="quiet")
+    assert main(["run", "-q", "--ray", "--concurrency", "1", "--device", "cpu", "--model", str(tiny_model_dir),
+                 "--dataset", str(tmp_path / "ds"), "--output", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert_same_results(read_results(tmp_path / "out", form="attributions"),
+                        read_results(tmp_path / "local", form="attributions"))
+
+
 def test_bad_input_stops_before_ray_starts(monkeypatch, tmp_path):
     # A missing file, a duplicate id or a wrong field flag is one typed line, with no Ray instance started.
     from heta_fast import ConfigError, InputError
