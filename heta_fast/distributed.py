@@ -151,9 +151,11 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                           "--gpus-per-worker >= 0")
     cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
     source = None
-    if not isinstance(dataset, ray.data.Dataset):  # a file, a DataFrame or dicts: read here, before Ray starts,
+    if not isinstance(dataset, ray.data.Dataset):
+        # A file, a data set, a DataFrame or dicts: read on the driver as a local run reads them
+        # (the ids now, before Ray starts, so bad input costs no Ray start; the records later).
         source = reiterable(read_file(dataset) if isinstance(dataset, (str, Path)) else dataset)
-        keys = read_ids(source, fields)  # as a local run reads them: the ids, then the records
+        keys = read_ids(source, fields)
         if keys:
             check_fields(next(iter_records(source)), fields, generate)
     if not ray.is_initialized():
