@@ -16,9 +16,9 @@ flow gate's rollout and sums, the curvature norms. Models stored in float64 or h
 as stored.
 
 The model stages: ``"forward"`` (the capture forward and the information term's masked passes:
-one precision, since the masked passes continue the capture's keys and values and P_orig and
-P_masked should carry the same rounding) and ``"curvature"`` (its HVPs). A signal names its stage
-in ``precision_stage`` (None: it runs no model pass).
+one precision, since the masked passes continue the capture's keys and values) and
+``"curvature"`` (its HVPs). A signal names its stage in ``precision_stage`` (None: it runs no
+model pass).
 
 - ``"float32"``: every stage in float32 (the default).
 - ``"bfloat16"``: every model stage under autocast, wherever asked, even where bf16 is emulated.
