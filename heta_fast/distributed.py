@@ -217,13 +217,8 @@ def split_for_actors(ds, n_records: int, batch_size: int):
 
 
 def _ids(ds, id_field: str) -> list[str]:
-    """Every id of the dataset as text, checked (present, unique) before any work."""
+    """Every id of the dataset as text by the local run's rule, checked (present, unique) before any work."""
     if id_field not in ds.schema().names:
         raise ConfigError(f"the input has no {id_field!r} field; name the id field with --id-field")
-    return _checked_ids(ds.select_columns([id_field]).to_pandas()[id_field].tolist(), id_field)
-
-
-def _checked_ids(values: list, id_field: str) -> list[str]:
-    """Ids as text by the local run's rule (:func:`~.pipeline.readers.read_ids`); a missing or
-    empty one, or a duplicate, is a ConfigError."""
+    values = ds.select_columns([id_field]).to_pandas()[id_field].tolist()
     return read_ids([{id_field: value} for value in values], Fields(id=id_field))

@@ -14,6 +14,20 @@ def curated_examples() -> list[dict]:
     return json.loads(DATA.read_text(encoding="utf-8"))["examples"]
 
 
+def pending_examples(out: Path, start: int, stop: int) -> tuple[dict, list[tuple[int, dict]]]:
+    """(the per-record results already in ``out``, keyed by id; the (index, example) pairs of the
+    curated records start..stop not among them): a run continues where it stopped."""
+    records = json.loads(out.read_text()) if out.exists() else {}
+    examples = curated_examples()
+    return records, [(k, examples[k]) for k in range(start, min(stop, len(examples)))
+                     if examples[k]["id"] not in records]
+
+
+def answer_token(tokenizer, answer: str) -> list[int]:
+    """The gold target of the curated measurements: the first token of ``" " + answer``."""
+    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"][:1]
+
+
 def p10(values) -> float:
     """The 10th percentile (the lower of the two nearest ranks)."""
     ordered = sorted(values)

@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from measure_cli import curated_examples, p10, run_or_table
+from measure_cli import answer_token, p10, pending_examples, run_or_table
 
 TERMS = ("flow", "information", "curvature", "scores")
 
@@ -35,13 +35,9 @@ def run(args) -> None:
 
     attributor = Attributor.from_pretrained("smollm2-135m", device="cpu")
     out = Path(args.out)
-    records = json.loads(out.read_text()) if out.exists() else {}
-    examples = curated_examples()
-    for k in range(args.start, min(args.stop, len(examples))):
-        ex = examples[k]
-        if ex["id"] in records:
-            continue
-        target = attributor.tokenizer(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]
+    records, pending = pending_examples(out, args.start, args.stop)
+    for k, ex in pending:
+        target = answer_token(attributor.tokenizer, ex["answer"])
         components = ("flow", "curvature", "information") if k < args.curvature_below else ("flow", "information")
         results = {p: attributor.attribute(ex["input_text"] + "\nAnswer:", target,
                                            config=HETAConfig(components=components, precision=p))

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure_cli import curated_examples, p10, run_or_table
+from measure_cli import answer_token, p10, pending_examples, run_or_table
 
 VARIANTS = ("same", "mixed")
 
@@ -45,13 +45,9 @@ def run(args) -> None:
     attributor = Attributor.from_pretrained("smollm2-135m", device="cpu")
     adapter, config = attributor.adapter, HETAConfig(components=("information",))
     out = Path(args.out)
-    records = json.loads(out.read_text()) if out.exists() else {}
-    examples = curated_examples()
-    for k in range(args.start, min(args.stop, len(examples))):
-        ex = examples[k]
-        if ex["id"] in records:
-            continue
-        target = attributor.tokenizer(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]
+    records, pending = pending_examples(out, args.start, args.stop)
+    for _, ex in pending:
+        target = answer_token(attributor.tokenizer, ex["answer"])
         engine = attributor.attribute(ex["input_text"] + "\nAnswer:", target, config=config)
         n_context = len(engine.context_ids)
         embeds = adapter.embed(torch.tensor(engine.context_ids + engine.target_ids[:-1]))  # [n, d]
