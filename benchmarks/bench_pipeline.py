@@ -66,8 +66,9 @@ def _run(attr, records, out, batching="auto"):
 def _ray(records, out, workdir):
     import ray
 
-    from heta_fast.distributed import attribute_ray
+    from heta_fast.distributed import attribute_ray, start_local_priority
 
+    start_local_priority()  # workers at niceness 0, as when `run --ray` starts Ray itself
     cwd = os.getcwd()
     os.chdir(workdir)  # Ray puts the driver's directory on its workers' path: not the repository (kernels/)
     try:

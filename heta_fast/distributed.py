@@ -44,8 +44,12 @@ class RayAttributor:
                  config_hash: str, batching: str = "auto"):
         import torch
 
+        from .allocator import keep_freed_memory
         from .engine import Attributor
 
+        # Ray calls the actor on a thread of its own, whose heap gave freed blocks back to the
+        # kernel after every record: 2-7 system-seconds a record (heta_fast/allocator.py).
+        keep_freed_memory()
         torch.set_num_threads(max(int(threads), 1))
         self.config = HETAConfig.from_dict(config)
         self.attributor = Attributor.from_pretrained(model, config=self.config, dtype=dtype, device=device)

@@ -91,9 +91,11 @@ def run_pipeline(args) -> int:
             return _run_ray(args, config, fields, progress)
         # Read again from the start when the run needs it, never whole (pipeline/readers.py).
         records = read_dataset(args.dataset, args.split) if args.dataset is not None else read_file(args.input)
+        from .allocator import keep_freed_memory
         from .engine import Attributor
         from .pipeline.run import run_to_directory
 
+        keep_freed_memory()  # this process is ours: freed blocks are reused, not faulted in again
         attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
         run_to_directory(attributor, records, args.output, fields=fields, config=config, generate=args.generate,
                          shard=args.shard, fmt=args.fmt, rows_per_part=args.rows_per_part,

@@ -83,6 +83,7 @@ def run_serve(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"heta-fast serve needs the 'service' extra (pip install 'heta-fast[service]'): {exc}")
+    from .allocator import keep_freed_memory
     from .cli import _quiet_transformers
     from .engine import Attributor
 
@@ -91,6 +92,7 @@ def run_serve(args) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))  # before loading: a taken port fails fast
+    keep_freed_memory()  # this process is ours, and its worker thread's heap would give freed blocks back
     attributor = Attributor.from_pretrained(args.model, config=config, **load)
     app = create_app(attributor, settings)
     host, port = sock.getsockname()[:2]

@@ -1,0 +1,112 @@
+"""A whole generation with fewer curvature products per target token: cost and each row's quality (issue 16 §3).
+
+    python scripts/generation_quality.py --out docs/results/generation_quality.json [--tokens 64] \\
+        [--settings 1x1,2x1,4x1] [--prompts demo,0,1] [--threads 1]
+
+Per prompt (``demo``: the demo prompt; an integer k: curated record k's ``input_text + "\\nAnswer:"``)
+the default model's greedy continuation of ``--tokens`` tokens is attributed in one request:
+
+- with the default configuration (probing, 8 patterns x 2 repeats = 16 products per target): the
+  reference rows, each equal to its target attributed alone (tests/signals/test_many_targets.py);
+- with each setting ``PxR`` (``probing_patterns`` x ``probing_repeats``, P x R products per target),
+  the same request; per target row, the Spearman correlation over the context tokens of the
+  scores and of S against the reference row.
+
+Times: one single-token attribution of the prompt (its first generated token, default
+configuration), the reference request and each setting's, in one process, one after another;
+the ratio to the single token is what issue 16 §3 bounds (≤ 8x for 64 tokens). Results go to
+``--out`` per prompt; a prompt already there is skipped, so a killed run continues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def spearman_rows(a, b) -> list[float]:
+    """Spearman correlation of each row of a against the same row of b ([T, n] tensors; ties by average rank)."""
+    from heta_fast.evaluate.robustness.ranks import spearman
+
+    return [spearman(x, y) for x, y in zip(a, b)]
+
+
+def _summary(values: list[float | None]) -> dict:
+    undefined = sum(v is None for v in values)  # a constant row has no ranks
+    values = [v for v in values if v is not None]
+    ordered = sorted(values)
+    return {"median": ordered[len(ordered) // 2] if len(ordered) % 2 else
+            0.5 * (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]),
+            "p10": ordered[int(0.1 * (len(ordered) - 1))], "min": ordered[0],
+            "rows_at_least_0.95": sum(v >= 0.95 for v in values), "rows": len(values), "undefined": undefined}
+
+
+def measure(attr, prompt: str, tokens: int, settings: list[tuple[int, int]]) -> dict:
+    import torch
+
+    ids = attr.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = attr.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    generation = out[0, ids.shape[1]:].tolist()
+
+    def timed(target_ids, config):
+        start = time.process_time()
+        result = attr.attribute(prompt, target_ids, config=config)
+        return result, time.process_time() - start
+
+    base = attr.config
+    single, single_s = timed(generation[:1], base)
+    reference, reference_s = timed(generation, base)
+    entry = {"n_context": len(reference.context_tokens), "targets": len(generation),
+             "single_token_cpu_s": round(single_s, 2),
+             "reference": {"products_per_target": base.probing_patterns * base.probing_repeats,
+                           "cpu_s": round(reference_s, 2), "x_single": round(reference_s / single_s, 2)},
+             "settings": {}}
+    for patterns, repeats in settings:
+        config = base.replace(probing_patterns=patterns, probing_repeats=repeats)
+        result, seconds = timed(generation, config)
+        entry["settings"][f"{patterns}x{repeats}"] = {
+            "products_per_target": patterns * repeats, "cpu_s": round(seconds, 2),
+            "x_single": round(seconds / single_s, 2),
+            "scores": _summary(spearman_rows(result.scores, reference.scores)),
+            "curvature": _summary(spearman_rows(result.curvature, reference.curvature)),
+            "scores_rows": [None if v is None else round(v, 4) for v in spearman_rows(result.scores, reference.scores)]}
+        print(json.dumps({f"{patterns}x{repeats}": {k: v for k, v in entry["settings"][f"{patterns}x{repeats}"].items()
+                                                    if k != "scores_rows"}}), flush=True)
+    return entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--settings", default="1x1,2x1,4x1")
+    parser.add_argument("--prompts", default="demo")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+    from measure_cli import curated_examples
+
+    from heta_fast.cli import DEMO_PROMPT
+    from heta_fast.engine import Attributor
+
+    torch.set_num_threads(args.threads)
+    settings = [tuple(int(x) for x in s.split("x")) for s in args.settings.split(",")]
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    attr = Attributor.from_pretrained("smollm2-135m", device="cpu")
+    for name in args.prompts.split(","):
+        key = f"{name}:{args.tokens}"
+        if key in results:
+            continue
+        prompt = DEMO_PROMPT if name == "demo" else curated_examples()[int(name)]["input_text"] + "\nAnswer:"
+        results[key] = measure(attr, prompt, args.tokens, settings)
+        results[key]["torch_threads"] = args.threads
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(key, json.dumps({k: v for k, v in results[key].items() if k != "settings"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
