@@ -135,13 +135,17 @@ def driver_dataset(blocks: Iterable[pa.Table]):
 def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConfig | None = None,
                   fields: Fields = Fields(), generate: int | None = None, dtype: str = "float32",
                   device: str = "auto", concurrency: int = 2, gpus_per_worker: float = 0.0,
-                  threads_per_worker: int = 1, batch_size: int = 1, fmt: str = "parquet",
+                  threads_per_worker: int = 1, batch_size: int = 1, memory_per_worker: int | None = None,
+                  fmt: str = "parquet",
                   rows_per_part: int = DEFAULT_ROWS_PER_PART, retry_failed: bool = False,
                   progress: str | None = None, ray_address: str | None = None, batching: str = "auto") -> RunProgress:
     """Attribute ``dataset`` (a ray Dataset, a .jsonl/.parquet/.csv path, a DataFrame or dicts) into ``output``.
 
     ``concurrency`` actors, each with ``threads_per_worker`` CPUs (and torch threads) and
-    ``gpus_per_worker`` GPUs, load ``model`` once. Ray is started locally unless it is running
+    ``gpus_per_worker`` GPUs, load ``model`` once; ``memory_per_worker`` bytes, when given, are
+    reserved for each actor so that Ray places on a node only the actors its memory holds (an
+    actor's resident memory is the model, the memory budget and the runtime: about 3 to 3.6 GB for
+    the default model and budget, docs/pipeline.md). Ray is started locally unless it is running
     or ``ray_address`` names a cluster ("auto": the one this node belongs to). ``batching``: whether
     an actor's call of ``batch_size`` records shares model passes (heta_fast/scheduler.py).
     """
@@ -153,6 +157,8 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
     if concurrency < 1 or threads_per_worker < 1 or batch_size < 1 or gpus_per_worker < 0:
         raise ConfigError("--concurrency, --threads-per-worker and --batch-size must be >= 1, "
                           "--gpus-per-worker >= 0")
+    if memory_per_worker is not None and memory_per_worker < 1:
+        raise ConfigError(f"--memory-per-worker must be a positive number of bytes, got {memory_per_worker}")
     cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
     source = None
     if not isinstance(dataset, ray.data.Dataset):
@@ -196,7 +202,7 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                 mapped = ds.map_batches(
                     RayAttributor, batch_size=batch_size, batch_format="pyarrow",
                     compute=pool, num_cpus=threads_per_worker,
-                    num_gpus=gpus_per_worker or None,
+                    num_gpus=gpus_per_worker or None, memory=memory_per_worker,
                     fn_constructor_kwargs=dict(model=model, config=cfg.to_dict(), fields=fields, generate=generate,
                                                dtype=dtype, device=device, threads=threads_per_worker,
                                                config_hash=writer.config_hash, batching=batching))

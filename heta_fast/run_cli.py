@@ -53,19 +53,22 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     ray.add_argument("--concurrency", type=int, default=2, help="number of model actors (default 2)")
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0: CPU actors)")
     ray.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per actor")
+    ray.add_argument("--memory-per-worker", default=None, metavar="BYTES",
+                     help="memory Ray reserves per actor (e.g. 4G), so a node runs only the actors its memory "
+                          "holds (default: none reserved; docs/pipeline.md)")
     ray.add_argument("--batch-size", type=int, default=1,
                      help="records per actor call (default 1: an actor attributes its records one "
                           "after another, so larger calls only unbalance the actors)")
     return p
 
 
-def parse_bytes(text: str) -> int:
-    """'2G', '500M', '1024' -> bytes (binary units)."""
+def parse_bytes(text: str, flag: str = "--memory-budget") -> int:
+    """'2G', '500M', '1024' -> bytes (binary units); a ConfigError naming ``flag`` otherwise."""
     from .errors import ConfigError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
     if not match:
-        raise ConfigError(f"--memory-budget must be a number of bytes like 2G or 500M, got {text!r}")
+        raise ConfigError(f"{flag} must be a number of bytes like 2G or 500M, got {text!r}")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
@@ -116,11 +119,13 @@ def _run_ray(args, config, fields, progress) -> int:
 
     if args.shard is not None:
         raise ConfigError("--shard and --ray do not combine: Ray spreads the records over its actors")
+    memory = None if args.memory_per_worker is None else parse_bytes(args.memory_per_worker, "--memory-per-worker")
     # A data set is memory-mapped and read on the driver like a file: ids first, then a block at a time.
     source = args.input if args.input is not None else read_dataset(args.dataset, args.split)
     attribute_ray(source, args.output, model=args.model, config=config, fields=fields, generate=args.generate,
                   concurrency=args.concurrency, gpus_per_worker=args.gpus_per_worker,
                   threads_per_worker=args.threads_per_worker, batch_size=args.batch_size, fmt=args.fmt,
+                  memory_per_worker=memory,
                   rows_per_part=args.rows_per_part, retry_failed=args.retry_failed, progress=progress,
                   ray_address=args.ray_address, batching=args.batching, **load_args(args))
     return 0

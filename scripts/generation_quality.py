@@ -12,8 +12,9 @@ the default model's greedy continuation of ``--tokens`` tokens is attributed in 
   the same request; per target row, the Spearman correlation over the context tokens of the
   scores and of S against the reference row.
 
-Times: one single-token attribution of the prompt (its first generated token, default
-configuration), the reference request and each setting's, in one process, one after another;
+Times (CPU seconds of the process): one single-token attribution of the prompt (its first
+generated token, default configuration) at the start and again at the end, the reference
+request and each setting's, in one process, one after another;
 the ratio to the single token is what issue 16 §3 bounds (≤ 8x for 64 tokens). Results go to
 ``--out`` per prompt; a prompt already there is skipped, so a killed run continues.
 """
@@ -56,24 +57,28 @@ def measure(attr, prompt: str, tokens: int, settings: list[tuple[int, int]]) -> 
         return result, time.process_time() - start
 
     base = attr.config
-    single, single_s = timed(generation[:1], base)
+    _, single_before = timed(generation[:1], base)
     reference, reference_s = timed(generation, base)
-    entry = {"n_context": len(reference.context_tokens), "targets": len(generation),
-             "single_token_cpu_s": round(single_s, 2),
-             "reference": {"products_per_target": base.probing_patterns * base.probing_repeats,
-                           "cpu_s": round(reference_s, 2), "x_single": round(reference_s / single_s, 2)},
-             "settings": {}}
+    entry = {"n_context": len(reference.context_tokens), "targets": len(generation), "settings": {}}
     for patterns, repeats in settings:
         config = base.replace(probing_patterns=patterns, probing_repeats=repeats)
         result, seconds = timed(generation, config)
         entry["settings"][f"{patterns}x{repeats}"] = {
             "products_per_target": patterns * repeats, "cpu_s": round(seconds, 2),
-            "x_single": round(seconds / single_s, 2),
             "scores": _summary(spearman_rows(result.scores, reference.scores)),
             "curvature": _summary(spearman_rows(result.curvature, reference.curvature)),
             "scores_rows": [None if v is None else round(v, 4) for v in spearman_rows(result.scores, reference.scores)]}
         print(json.dumps({f"{patterns}x{repeats}": {k: v for k, v in entry["settings"][f"{patterns}x{repeats}"].items()
                                                     if k != "scores_rows"}}), flush=True)
+    # The single token again at the end: the ratios divide by the mean of both, so that a change of
+    # the machine's load during the run shows as a spread between the two.
+    _, single_after = timed(generation[:1], base)
+    single_s = 0.5 * (single_before + single_after)
+    entry["single_token_cpu_s"] = [round(single_before, 2), round(single_after, 2)]
+    entry["reference"] = {"products_per_target": base.probing_patterns * base.probing_repeats,
+                          "cpu_s": round(reference_s, 2), "x_single": round(reference_s / single_s, 2)}
+    for row in entry["settings"].values():
+        row["x_single"] = round(row["cpu_s"] / single_s, 2)
     return entry
 
 

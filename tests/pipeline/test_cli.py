@@ -44,6 +44,7 @@ def test_run_writes_reruns_and_refuses_other_settings(tiny_model_dir, data, tmp_
     (["--memory-budget", "lots"], "--memory-budget"),
     (["--target-field", "answer"], "no 'answer' field"),
     (["--id-field", "key"], "--id-field"),
+    (["--ray", "--memory-per-worker", "lots"], "--memory-per-worker must be a number of bytes"),
 ])
 def test_configuration_errors_are_one_line_exit_2(tiny_model_dir, data, tmp_path, capsys, extra, message):
     code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / "out", *extra)

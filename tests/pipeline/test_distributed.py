@@ -85,10 +85,35 @@ def test_bad_input_stops_before_ray_starts(monkeypatch, tmp_path):
         attribute_ray(str(tmp_path / "missing.jsonl"), tmp_path / "out")
     with pytest.raises(ConfigError, match="duplicate id 'a'"):
         attribute_ray([{"id": "a", "prompt": "w1", "target": "w2"}] * 2, tmp_path / "out")
+    with pytest.raises(ConfigError, match="--memory-per-worker must be a positive number of bytes"):
+        attribute_ray([{"id": "a", "prompt": "w1", "target": "w2"}], tmp_path / "out", memory_per_worker=0)
     with pytest.raises(ConfigError, match="no 'answer' field"):
         attribute_ray([{"id": "a", "prompt": "w1", "target": "w2"}], tmp_path / "out",
                       fields=Fields(target="answer"))
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_per_worker_is_reserved_for_each_actor(local_ray, tiny_model_dir, tmp_path, monkeypatch):
+    # Ray places an actor on a node only where the memory it reserves is free; the rows are the same.
+    from heta_fast import Attributor
+    from heta_fast.distributed import attribute_ray
+    from heta_fast.pipeline.run import run_to_directory
+
+    reserved = []
+    map_batches = ray.data.Dataset.map_batches
+
+    def spy(self, fn, **kwargs):
+        reserved.append(kwargs.get("memory"))
+        return map_batches(self, fn, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
+    records = make_records(3, seed=5)
+    run_to_directory(Attributor.from_pretrained(str(tiny_model_dir)), records, tmp_path / "local", progress="quiet")
+    attribute_ray(records, tmp_path / "out", model=str(tiny_model_dir), device="cpu", concurrency=1,
+                  memory_per_worker=256 << 20, progress="quiet")
+    assert reserved == [256 << 20]
+    assert_same_results(read_results(tmp_path / "out", form="attributions"),
+                        read_results(tmp_path / "local", form="attributions"))
 
 
 def test_a_one_block_input_is_split_into_a_block_per_batch(local_ray):
