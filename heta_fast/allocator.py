@@ -4,9 +4,9 @@ An attribution allocates and frees tensors of tens to hundreds of megabytes (the
 probe batches, the masked passes' activations). glibc serves a block over its mmap threshold
 (32 MB at most) with a fresh ``mmap`` and unmaps it when freed, and heaps of threads other than
 the main one give freed memory back too; the next record then faults the pages in again and
-the kernel zeroes them. In a Ray actor (whose calls run on a thread of Ray's) that cost 2–7
-system-seconds on records of 7 user-seconds, every record, while two actors ran side by side
-(profiling/ray_cpu_share.py; BENCHMARKS.md "Allocator").
+the kernel zeroes them. In a Ray actor (whose calls run on a thread of Ray's) that cost 1.4–4.5
+system-seconds on every record after the second (records of about 7.5 user-seconds), in one of
+two actors side by side (profiling/ray_cpu_share.py; BENCHMARKS.md "Allocator").
 
 :func:`keep_freed_memory` puts every thread on glibc's main heap (threads created after the
 call; an earlier thread keeps the heap it has) and turns off mmap'd blocks and heap trimming,

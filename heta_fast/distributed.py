@@ -47,8 +47,8 @@ class RayAttributor:
         from .allocator import keep_freed_memory
         from .engine import Attributor
 
-        # Ray calls the actor on a thread of its own, whose heap gave freed blocks back to the
-        # kernel after every record: 2-7 system-seconds a record (heta_fast/allocator.py).
+        # Ray calls the actor on a thread of its own, whose heap may give freed blocks back to the
+        # kernel after every record: 1.4-4.5 system-seconds a record (heta_fast/allocator.py).
         keep_freed_memory()
         torch.set_num_threads(max(int(threads), 1))
         self.config = HETAConfig.from_dict(config)
