@@ -8,9 +8,10 @@ the default model's greedy continuation of ``--tokens`` tokens is attributed in 
 
 - with the default configuration (probing, 8 patterns x 2 repeats = 16 products per target): the
   reference rows, each equal to its target attributed alone (tests/signals/test_many_targets.py);
-- with each setting ``PxR`` (``probing_patterns`` x ``probing_repeats``, P x R products per target),
-  the same request; per target row, the Spearman correlation over the context tokens of the
-  scores and of S against the reference row.
+- with each setting ``PxR`` (``probing_patterns`` x ``probing_repeats``, P x R products per target;
+  ``PxRsK``: with seed K, so ``8x2s1`` is the default estimator on other random vectors, the
+  reference's own noise), the same request; per target row, the Spearman correlation over the
+  context tokens of the scores and of S against the reference row.
 
 Times (CPU seconds of the process): one single-token attribution of the prompt (its first
 generated token, default configuration) at the start and again at the end, the reference
@@ -43,7 +44,14 @@ def _summary(values: list[float | None]) -> dict:
             "rows_at_least_0.95": sum(v >= 0.95 for v in values), "rows": len(values), "undefined": undefined}
 
 
-def measure(attr, prompt: str, tokens: int, settings: list[tuple[int, int]]) -> dict:
+def parse_setting(text: str) -> tuple[int, int, int | None]:
+    """'PxR' or 'PxRsK' -> (patterns, repeats, seed or None)."""
+    products, _, seed = text.partition("s")
+    patterns, repeats = (int(x) for x in products.split("x"))
+    return patterns, repeats, int(seed) if seed else None
+
+
+def measure(attr, prompt: str, tokens: int, settings: list[str]) -> dict:
     import torch
 
     ids = attr.tokenizer(prompt, return_tensors="pt").input_ids
@@ -59,17 +67,20 @@ def measure(attr, prompt: str, tokens: int, settings: list[tuple[int, int]]) -> 
     base = attr.config
     _, single_before = timed(generation[:1], base)
     reference, reference_s = timed(generation, base)
-    entry = {"n_context": len(reference.context_tokens), "targets": len(generation), "settings": {}}
-    for patterns, repeats in settings:
-        config = base.replace(probing_patterns=patterns, probing_repeats=repeats)
+    entry = {"n_context": len(reference.context_tokens), "targets": len(generation), "settings": {},
+             "reference_phases_s": {k: round(v, 2) for k, v in reference.timings.items()}}
+    for name in settings:
+        patterns, repeats, seed = parse_setting(name)
+        config = base.replace(probing_patterns=patterns, probing_repeats=repeats,
+                              seed=base.seed if seed is None else seed)
         result, seconds = timed(generation, config)
-        entry["settings"][f"{patterns}x{repeats}"] = {
+        entry["settings"][name] = {
             "products_per_target": patterns * repeats, "cpu_s": round(seconds, 2),
+            "phases_s": {k: round(v, 2) for k, v in result.timings.items()},
             "scores": _summary(spearman_rows(result.scores, reference.scores)),
             "curvature": _summary(spearman_rows(result.curvature, reference.curvature)),
             "scores_rows": [None if v is None else round(v, 4) for v in spearman_rows(result.scores, reference.scores)]}
-        print(json.dumps({f"{patterns}x{repeats}": {k: v for k, v in entry["settings"][f"{patterns}x{repeats}"].items()
-                                                    if k != "scores_rows"}}), flush=True)
+        print(json.dumps({name: {k: v for k, v in entry["settings"][name].items() if k != "scores_rows"}}), flush=True)
     # The single token again at the end: the ratios divide by the mean of both, so that a change of
     # the machine's load during the run shows as a spread between the two.
     _, single_after = timed(generation[:1], base)
@@ -98,7 +109,9 @@ def main() -> None:
     from heta_fast.engine import Attributor
 
     torch.set_num_threads(args.threads)
-    settings = [tuple(int(x) for x in s.split("x")) for s in args.settings.split(",")]
+    settings = args.settings.split(",")
+    for name in settings:
+        parse_setting(name)  # a bad setting stops the run before the model loads
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     attr = Attributor.from_pretrained("smollm2-135m", device="cpu")
