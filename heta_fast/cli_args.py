@@ -78,6 +78,12 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
                    help="curvature estimator: " + one_of(ESTIMATORS))
     p.add_argument("--num-probes", type=int, default=_default("num_probes"),
                    help="Hutchinson probes per token of the exact estimator")
+    p.add_argument("--probing-patterns", type=int, default=_default("probing_patterns"),
+                   help="sign patterns of the probing estimator (products per target: patterns x repeats)")
+    p.add_argument("--probing-repeats", type=int, default=_default("probing_repeats"),
+                   help="random vectors per sign pattern of the probing estimator")
+    p.add_argument("--sketch-rank", type=int, default=_default("sketch_rank"),
+                   help="rank of the sketch estimator (its products per target)")
     p.add_argument("--window-size", type=int, default=_default("window_size"),
                    help="context tokens per window for long inputs (0: no windows)")
     p.add_argument("--window-overlap", type=float, default=_default("window_overlap"),
@@ -113,6 +119,8 @@ def add_engine_args(p: argparse.ArgumentParser, components: bool = True) -> None
 def config_from_args(args):
     """The :class:`~heta_fast.config.HETAConfig` the parsed arguments ask for (validated)."""
     fields = dict(beta=args.beta, gamma=args.gamma, estimator=args.estimator, num_probes=args.num_probes,
+                  probing_patterns=args.probing_patterns, probing_repeats=args.probing_repeats,
+                  sketch_rank=args.sketch_rank,
                   window_size=args.window_size, window_overlap=args.window_overlap, mask_scheme=args.mask_scheme,
                   information_estimator=args.information_estimator, information_rank=args.information_rank,
                   information_span=args.information_span, precision=args.precision,

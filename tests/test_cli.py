@@ -74,16 +74,19 @@ def test_help_works_everywhere():
 
 
 @pytest.mark.parametrize("command", [["attribute", "--prompt", "w1", "--target", "w2"], ["demo"],
-                                     ["eval", "--data", "d.json", "--out", "o.json"]])
+                                     ["eval", "--data", "d.json", "--out", "o.json"],
+                                     ["run", "--input", "in.jsonl", "--output", "out"], ["serve"]])
 def test_every_attributing_command_takes_the_engine_options(command):
     from heta_fast.cli import build_parser
     from heta_fast.cli_args import config_from_args, load_args
 
     args = build_parser().parse_args(command + ["--estimator", "exact", "--num-probes", "3", "--window-size", "8",
                                                 "--window-overlap", "0.25", "--seed", "4", "--dtype", "float64",
-                                                "--device", "cpu"])
+                                                "--device", "cpu", "--probing-patterns", "1", "--probing-repeats",
+                                                "3", "--sketch-rank", "5"])
     cfg = config_from_args(args)
     assert (cfg.estimator, cfg.num_probes, cfg.window_size, cfg.window_overlap, cfg.seed) == ("exact", 3, 8, 0.25, 4)
+    assert (cfg.probing_patterns, cfg.probing_repeats, cfg.sketch_rank) == (1, 3, 5)
     assert load_args(args) == {"dtype": "float64", "device": "cpu"}
 
 
