@@ -8,9 +8,8 @@ the kernel zeroes them. In a Ray actor (whose calls run on a thread of Ray's) th
 system-seconds on every record after the second (records of about 7.5 user-seconds), in one of
 two actors side by side (profiling/ray_cpu_share.py; BENCHMARKS.md "Allocator").
 
-:func:`keep_freed_memory` puts every thread on glibc's main heap (threads created after the
-call; an earlier thread keeps the heap it has) and turns off mmap'd blocks and heap trimming,
-so freed blocks stay in the process and are reused: its resident memory stays at its peak, which the memory budget
+:func:`keep_freed_memory` turns off mmap'd blocks and heap trimming, so freed blocks stay in
+the process and are reused: its resident memory stays at its peak, which the memory budget
 bounds. It is a process-wide choice, so heta-fast makes it only in processes it runs itself: a
 Ray actor, ``heta-fast run`` and ``heta-fast serve``. A program that imports heta-fast keeps its
 allocator as it is, and anyone who sets glibc's malloc variables keeps theirs.
@@ -24,9 +23,9 @@ import sys
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-M_ARENA_MAX = -8
 # The user's own malloc settings win over ours.
-USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
+                 "GLIBC_TUNABLES")
 # Set to 0 to keep glibc's defaults in heta-fast's own processes.
 OPT_OUT = "HETA_FAST_KEEP_FREED_MEMORY"
 
@@ -47,5 +46,4 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # mallopt returns 1 on success; the largest int keeps the heap's top whatever its size.
-    return all(mallopt(param, value) == 1 for param, value in
-               ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
