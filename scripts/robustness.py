@@ -194,22 +194,41 @@ def pooled(paths: list[str]) -> dict:
 
     Paraphrase and noise records are {method: cell}: files holding other methods of one record (a
     method run later, in another process) pool into one record; a (record, method) held twice must
-    be the same cell. A decoding record is whole: it may appear in one file only."""
+    be the same cell. A decoding record held by two files pools the same way, per drawn token, when
+    both files drew the same answers (the sampler is seeded per record); otherwise it stops."""
     docs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     if any(_today(d["header"]) != _today(docs[0]["header"]) for d in docs):
         sys.exit("the results files were written with different settings")
-    whole = docs[0]["header"]["study"] == "decoding"
+    decoding = docs[0]["header"]["study"] == "decoding"
     records: dict = {}
     for d in docs:
         for k, v in d["records"].items():
-            if whole and k in records:
-                sys.exit(f"decoding record {k} is in more than one file")
+            if decoding:
+                records[k] = _pool_decoding(k, records.get(k), v)
+                continue
             cells = records.setdefault(k, {})
-            clash = [m for m in v if m in cells and cells[m] != v[m]]
-            if clash:
-                sys.exit(f"record {k}: the files hold different results for {', '.join(clash)}")
+            _check_clash(k, cells, v)
             cells.update(v)
     return {"header": docs[0]["header"], "records": dict(sorted(records.items()))}
+
+
+def _check_clash(key: str, cells: dict, other: dict) -> None:
+    clash = [m for m in other if m in cells and cells[m] != other[m]]
+    if clash:
+        sys.exit(f"record {key}: the files hold different results for {', '.join(clash)}")
+
+
+def _pool_decoding(key: str, held: dict | None, other: dict) -> dict:
+    """One decoding record from two files: the same draws, each drawn token's methods pooled."""
+    if held is None:
+        return other
+    if (held["greedy"], held["draws"]) != (other["greedy"], other["draws"]):
+        sys.exit(f"decoding record {key}: the files drew different answers")
+    for token, entry in other["tokens"].items():
+        mine = held["tokens"].setdefault(token, {**entry, "methods": {}})
+        _check_clash(f"{key} token {token}", mine["methods"], entry["methods"])
+        mine["methods"].update(entry["methods"])
+    return held
 
 
 def table(paths: list[str]) -> None:

@@ -214,8 +214,29 @@ def test_pooling_joins_methods_run_in_other_files_and_refuses_clashes(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"header": header, "records": {"r2": {"heta": {"x": 5}}}}))
     with pytest.raises(SystemExit, match="different results for heta"):
         script.pooled([str(tmp_path / "a.json"), str(tmp_path / "c.json")])
-    decoding = {"header": {"study": "decoding"}, "records": {"r1": {"tokens": {}}}}
-    for name in ("d", "e"):
-        (tmp_path / f"{name}.json").write_text(json.dumps(decoding))
-    with pytest.raises(SystemExit, match="more than one file"):
-        script.pooled([str(tmp_path / "d.json"), str(tmp_path / "e.json")])
+
+
+def test_pooling_a_decoding_record_joins_each_tokens_methods_when_the_draws_agree(tmp_path):
+    # ReAGent run later in another process: the same seeded draws, its cells beside the others'.
+    script = _script()
+    draws = {"greedy": {"token": 7}, "draws": {"t=1": {"0": {"token": 9}}}}
+
+    def record(methods_7, methods_9, **change):
+        return {**draws, **change, "distinct_tokens": 2,
+                "tokens": {"7": {"text": "A", "p": 0.5, "methods": methods_7},
+                           "9": {"text": "B", "p": 0.1, "methods": methods_9}}}
+
+    files = {"d": record({"heta": {"x": 1}}, {"heta": {"x": 2}}),
+             "e": record({"reagent": {"x": 3}}, {"reagent": {"x": 4}}),
+             "f": record({"heta": {"x": 5}}, {}),
+             "g": record({}, {}, draws={"t=1": {"0": {"token": 8}}})}
+    for name, rec in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"header": {"study": "decoding"}, "records": {"r1": rec}}))
+    doc = script.pooled([str(tmp_path / "d.json"), str(tmp_path / "e.json")])
+    tokens = doc["records"]["r1"]["tokens"]
+    assert tokens["7"]["methods"] == {"heta": {"x": 1}, "reagent": {"x": 3}}
+    assert tokens["9"]["methods"] == {"heta": {"x": 2}, "reagent": {"x": 4}}
+    with pytest.raises(SystemExit, match="different results for heta"):
+        script.pooled([str(tmp_path / "d.json"), str(tmp_path / "f.json")])
+    with pytest.raises(SystemExit, match="drew different answers"):
+        script.pooled([str(tmp_path / "d.json"), str(tmp_path / "g.json")])
