@@ -45,7 +45,8 @@ class CpuSampler(threading.Thread):
     def __init__(self, interval: float):
         super().__init__(daemon=True)
         self.interval, self.stop, self.t0 = interval, threading.Event(), time.perf_counter()
-        self.first = {}  # pid -> (name, cmdline, cpu seconds at first sight)
+        self.first = {}  # pid -> (name, cmdline shortened, cpu seconds at first sight)
+        self.kinds = {}  # pid -> what the process is (from its full command line at first sight)
         self.last = {}  # pid -> cpu seconds at last sight
         self.busy_at = {}  # pid -> seconds after t0 when its CPU first rose by 1 s over first sight
 
@@ -61,7 +62,9 @@ class CpuSampler(threading.Thread):
                 cpu = info["cpu_times"].user + info["cpu_times"].system
                 pid = info["pid"]
                 if pid not in self.first:
-                    self.first[pid] = (info["name"], " ".join(info["cmdline"] or [])[:80], cpu)
+                    cmdline = " ".join(info["cmdline"] or [])
+                    self.first[pid] = (info["name"], cmdline[:80], cpu)
+                    self.kinds[pid] = _kind(info["name"], cmdline, pid)
                 self.last[pid] = cpu
                 if pid not in self.busy_at and cpu - self.first[pid][2] >= 1.0:
                     self.busy_at[pid] = now
@@ -164,7 +167,7 @@ def main() -> None:
     totals: dict[str, float] = {}
     for pid, (name, cmdline, cpu0) in sampler.first.items():
         used = sampler.last[pid] - cpu0
-        kind = _kind(name, cmdline, pid)
+        kind = sampler.kinds[pid]
         totals[kind] = totals.get(kind, 0.0) + used
     wall = end
     print(f"CPU seconds over {wall:.1f} s of wall time ({args.concurrency} CPUs given to Ray, "
