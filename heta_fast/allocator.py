@@ -8,10 +8,17 @@ the kernel zeroes them. In a Ray actor (whose calls run on a thread of Ray's) th
 system-seconds on every record after the second (records of about 7.5 user-seconds), in one of
 two actors side by side (profiling/ray_cpu_share.py; BENCHMARKS.md "Allocator").
 
-:func:`keep_freed_memory` turns off mmap'd blocks and heap trimming, so freed blocks stay in
-the process and are reused: its resident memory stays at its peak, which the memory budget
-bounds. It is a process-wide choice, so heta-fast makes it only in processes it runs itself: a
-Ray actor, ``heta-fast run`` and ``heta-fast serve``. A program that imports heta-fast keeps its
+:func:`keep_freed_memory` makes glibc keep freed blocks in the process for reuse: one heap
+(arena) for every thread created after the call, no mmap'd blocks, no trimming. Its resident
+memory then stays at its peak, which the memory budget bounds. The arena limit is what holds
+for threads: in `heta-fast serve`, whose worker thread runs the attributions, no mmap and no
+trimming alone left 20,000–370,000 page faults a record; with one arena too, at most 18,000
+after the first record (BENCHMARKS.md "Allocator"). A Ray actor's threads exist before any code of ours
+runs, so its process gets the same settings as environment variables at start
+(:func:`worker_environment`, through Ray's ``runtime_env``).
+
+It is a process-wide choice, so heta-fast makes it only in processes it runs itself: a Ray
+actor, ``heta-fast run`` and ``heta-fast serve``. A program that imports heta-fast keeps its
 allocator as it is, and anyone who sets glibc's malloc variables keeps theirs.
 """
 from __future__ import annotations
@@ -23,11 +30,26 @@ import sys
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 # The user's own malloc settings win over ours.
 USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
                  "GLIBC_TUNABLES")
 # Set to 0 to keep glibc's defaults in heta-fast's own processes.
 OPT_OUT = "HETA_FAST_KEEP_FREED_MEMORY"
+# The same settings as glibc reads them from the environment at a process's start.
+KEEP_FREED_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+
+def _ours_to_set() -> bool:
+    """On Linux, not opted out, and none of the user's own malloc settings in the environment."""
+    return (sys.platform.startswith("linux") and os.environ.get(OPT_OUT) != "0"
+            and not any(name in os.environ for name in USER_SETTINGS))
+
+
+def worker_environment() -> dict[str, str]:
+    """Environment variables for a worker process heta-fast starts (a Ray actor): KEEP_FREED_ENV,
+    or nothing where :func:`keep_freed_memory` would change nothing."""
+    return dict(KEEP_FREED_ENV) if _ours_to_set() else {}
 
 
 def keep_freed_memory() -> bool:
@@ -36,9 +58,7 @@ def keep_freed_memory() -> bool:
     False (nothing changed) off Linux, without glibc's ``mallopt``, when ``HETA_FAST_KEEP_FREED_MEMORY=0``
     or when the environment already sets one of glibc's malloc variables.
     """
-    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT) == "0":
-        return False
-    if any(name in os.environ for name in USER_SETTINGS):
+    if not _ours_to_set():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -46,4 +66,5 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # mallopt returns 1 on success; the largest int keeps the heap's top whatever its size.
-    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return all(mallopt(param, value) == 1 for param, value in
+               ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))

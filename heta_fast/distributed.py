@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from .allocator import worker_environment
 from .config import HETAConfig
 from .errors import ConfigError
 from .pipeline.progress import RunProgress
@@ -44,12 +45,8 @@ class RayAttributor:
                  config_hash: str, batching: str = "auto"):
         import torch
 
-        from .allocator import keep_freed_memory
         from .engine import Attributor
 
-        # Ray calls the actor on a thread of its own, whose heap may give freed blocks back to the
-        # kernel after every record: 1.4-4.5 system-seconds a record (heta_fast/allocator.py).
-        keep_freed_memory()
         torch.set_num_threads(max(int(threads), 1))
         self.config = HETAConfig.from_dict(config)
         self.attributor = Attributor.from_pretrained(model, config=self.config, dtype=dtype, device=device)
@@ -198,6 +195,11 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                     ds = driver_dataset(driver_blocks((keys[i] for i in todo), records_at(source, fields, keys, todo),
                                                       batch_size))
                 device = "cuda" if gpus_per_worker > 0 and device == "auto" else device
+                # Ray calls an actor on a thread of its own, whose heap gave freed blocks back to the
+                # kernel after every record (1.4-4.5 system-seconds each): the actor's process starts
+                # with glibc keeping them (heta_fast/allocator.py), unless the user set malloc's variables.
+                environment = worker_environment()
+                remote_args = {"runtime_env": {"env_vars": environment}} if environment else {}
                 pool = ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1)
                 mapped = ds.map_batches(
                     RayAttributor, batch_size=batch_size, batch_format="pyarrow",
@@ -205,7 +207,8 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
                     num_gpus=gpus_per_worker or None, memory=memory_per_worker,
                     fn_constructor_kwargs=dict(model=model, config=cfg.to_dict(), fields=fields, generate=generate,
                                                dtype=dtype, device=device, threads=threads_per_worker,
-                                               config_hash=writer.config_hash, batching=batching))
+                                               config_hash=writer.config_hash, batching=batching),
+                    **remote_args)
                 for table in mapped.iter_batches(batch_format="pyarrow", batch_size=None):
                     for row in table.to_pylist():
                         writer.write(row)

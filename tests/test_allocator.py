@@ -51,6 +51,16 @@ def test_the_users_choice_is_kept(monkeypatch, env):
     assert allocator.keep_freed_memory() is False
 
 
+@linux_only
+def test_a_worker_process_gets_the_settings_as_its_starting_environment(monkeypatch):
+    for name in (*allocator.USER_SETTINGS, allocator.OPT_OUT):
+        monkeypatch.delenv(name, raising=False)
+    assert allocator.worker_environment() == allocator.KEEP_FREED_ENV
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert allocator.worker_environment() == {}
+
+
 def test_not_linux_changes_nothing(monkeypatch):
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.keep_freed_memory() is False
+    assert allocator.worker_environment() == {}

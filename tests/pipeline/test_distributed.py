@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from heta_fast import allocator
 from heta_fast.io import read_results
 from heta_fast.pipeline.readers import Fields
 from tests.pipeline.conftest import assert_same_results, make_records, write_jsonl
@@ -93,17 +94,18 @@ def test_bad_input_stops_before_ray_starts(monkeypatch, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_memory_per_worker_is_reserved_for_each_actor(local_ray, tiny_model_dir, tmp_path, monkeypatch):
+def test_actors_reserve_memory_and_start_with_the_allocator_setting(local_ray, tiny_model_dir, tmp_path, monkeypatch):
     # Ray places an actor on a node only where the memory it reserves is free; the rows are the same.
     from heta_fast import Attributor
     from heta_fast.distributed import attribute_ray
     from heta_fast.pipeline.run import run_to_directory
 
-    reserved = []
+    reserved, environments = [], []
     map_batches = ray.data.Dataset.map_batches
 
     def spy(self, fn, **kwargs):
         reserved.append(kwargs.get("memory"))
+        environments.append(kwargs.get("runtime_env"))
         return map_batches(self, fn, **kwargs)
 
     monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
@@ -112,6 +114,9 @@ def test_memory_per_worker_is_reserved_for_each_actor(local_ray, tiny_model_dir,
     attribute_ray(records, tmp_path / "out", model=str(tiny_model_dir), device="cpu", concurrency=1,
                   memory_per_worker=256 << 20, progress="quiet")
     assert reserved == [256 << 20]
+    # The actors' processes start with glibc keeping freed memory (heta_fast/allocator.py).
+    expected = {"env_vars": allocator.worker_environment()} if allocator.worker_environment() else None
+    assert environments == [expected]
     assert_same_results(read_results(tmp_path / "out", form="attributions"),
                         read_results(tmp_path / "local", form="attributions"))
 
