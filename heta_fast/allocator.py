@@ -40,16 +40,16 @@ OPT_OUT = "HETA_FAST_KEEP_FREED_MEMORY"
 KEEP_FREED_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 
-def _ours_to_set() -> bool:
-    """On Linux, not opted out, and none of the user's own malloc settings in the environment."""
-    return (sys.platform.startswith("linux") and os.environ.get(OPT_OUT) != "0"
-            and not any(name in os.environ for name in USER_SETTINGS))
+def _user_allows() -> bool:
+    """Not opted out, and none of the user's own malloc settings in the environment."""
+    return os.environ.get(OPT_OUT) != "0" and not any(name in os.environ for name in USER_SETTINGS)
 
 
 def worker_environment() -> dict[str, str]:
     """Environment variables for a worker process heta-fast starts (a Ray actor): KEEP_FREED_ENV,
-    or nothing where :func:`keep_freed_memory` would change nothing."""
-    return dict(KEEP_FREED_ENV) if _ours_to_set() else {}
+    or nothing when the user opted out or set malloc's variables. Whatever the driver's system:
+    the workers may run elsewhere, and a C library other than glibc ignores the variables."""
+    return dict(KEEP_FREED_ENV) if _user_allows() else {}
 
 
 def keep_freed_memory() -> bool:
@@ -58,7 +58,7 @@ def keep_freed_memory() -> bool:
     False (nothing changed) off Linux, without glibc's ``mallopt``, when ``HETA_FAST_KEEP_FREED_MEMORY=0``
     or when the environment already sets one of glibc's malloc variables.
     """
-    if not _ours_to_set():
+    if not sys.platform.startswith("linux") or not _user_allows():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
