@@ -169,11 +169,10 @@ def main() -> None:
         used = sampler.last[pid] - cpu0
         kind = sampler.kinds[pid]
         totals[kind] = totals.get(kind, 0.0) + used
-    wall = end
-    print(f"CPU seconds over {wall:.1f} s of wall time ({args.concurrency} CPUs given to Ray, "
+    print(f"CPU seconds over {end:.1f} s of wall time ({args.concurrency} CPUs given to Ray, "
           f"{os.cpu_count()} on the machine):")
     for kind, used in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:24s} {used:8.1f} s  ({used / wall:.2f} of a core)")
+        print(f"  {kind:24s} {used:8.1f} s  ({used / end:.2f} of a core)")
     print("actor calls: start and end (seconds from the start), user and system CPU seconds, minor page faults")
     for pid in sorted({e[0] for e in events}):
         mine = [e for e in events if e[0] == pid]

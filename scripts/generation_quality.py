@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+
+from measure_cli import curated_examples, p10
 
 
 def spearman_rows(a, b) -> list[float]:
@@ -37,10 +40,7 @@ def spearman_rows(a, b) -> list[float]:
 def _summary(values: list[float | None]) -> dict:
     undefined = sum(v is None for v in values)  # a constant row has no ranks
     values = [v for v in values if v is not None]
-    ordered = sorted(values)
-    return {"median": ordered[len(ordered) // 2] if len(ordered) % 2 else
-            0.5 * (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]),
-            "p10": ordered[int(0.1 * (len(ordered) - 1))], "min": ordered[0],
+    return {"median": statistics.median(values), "p10": p10(values), "min": min(values),
             "rows_at_least_0.95": sum(v >= 0.95 for v in values), "rows": len(values), "undefined": undefined}
 
 
@@ -74,12 +74,13 @@ def measure(attr, prompt: str, tokens: int, settings: list[str]) -> dict:
         config = base.replace(probing_patterns=patterns, probing_repeats=repeats,
                               seed=base.seed if seed is None else seed)
         result, seconds = timed(generation, config)
+        score_rows = spearman_rows(result.scores, reference.scores)
         entry["settings"][name] = {
             "products_per_target": patterns * repeats, "cpu_s": round(seconds, 2),
             "phases_s": {k: round(v, 2) for k, v in result.timings.items()},
-            "scores": _summary(spearman_rows(result.scores, reference.scores)),
+            "scores": _summary(score_rows),
             "curvature": _summary(spearman_rows(result.curvature, reference.curvature)),
-            "scores_rows": [None if v is None else round(v, 4) for v in spearman_rows(result.scores, reference.scores)]}
+            "scores_rows": [None if v is None else round(v, 4) for v in score_rows]}
         print(json.dumps({name: {k: v for k, v in entry["settings"][name].items() if k != "scores_rows"}}), flush=True)
     # The single token again at the end: the ratios divide by the mean of both, so that a change of
     # the machine's load during the run shows as a spread between the two.
@@ -103,7 +104,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from measure_cli import curated_examples
 
     from heta_fast.cli import DEMO_PROMPT
     from heta_fast.engine import Attributor

@@ -27,11 +27,10 @@ print(sum(faults[1:]))
 """
 
 
-def _later_rounds_faults(mode: str, env_extra: dict | None = None) -> int:
+def _later_rounds_faults(mode: str) -> int:
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS and k != allocator.OPT_OUT}
-    env.update(env_extra or {})
     out = subprocess.run([sys.executable, "-c", REUSE, mode], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split()[-1])
