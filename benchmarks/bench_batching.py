@@ -19,7 +19,6 @@ sensitive than wall time to other processes on a shared machine), the minimum ov
 
 HETA_BENCH_GROUP=N: records per group (default 4); HETA_BENCH_ROUNDS=R (default 2). No timing assertions.
 """
-import json
 import os
 import time
 from pathlib import Path
@@ -37,16 +36,15 @@ clock = time.thread_time
 
 @pytest.fixture(scope="module")
 def group(default_attributor):
+    from heta_fast.evaluate.data import load_curated
+    from heta_fast.evaluate.runner import pipeline_records
     from heta_fast.request import tokenize_request
 
     if not DATA.exists():
         pytest.skip(f"{DATA} is not there (../shared/ beside the repository)")
     attr = default_attributor
-    tok, adapter = attr.tokenizer, attr.adapter
-    examples = json.loads(DATA.read_text(encoding="utf-8"))["examples"][:GROUP]
-    return [tokenize_request(tok, ex["input_text"] + "\nAnswer:",
-                             tok(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1],
-                             adapter.max_length, adapter.vocab_size) for ex in examples]
+    return [tokenize_request(attr.tokenizer, r["prompt"], r["target"], attr.adapter.max_length, attr.adapter.vocab_size)
+            for r in pipeline_records(attr, load_curated(DATA)[:GROUP])]
 
 
 @pytest.fixture(scope="module", autouse=True)

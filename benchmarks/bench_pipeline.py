@@ -37,10 +37,10 @@ VARIANTS = ("loop-1thread", "run", "run-shared", "ray-2actors", "2-shards", "loo
 def records(default_attributor):
     if not DATA.exists():
         pytest.skip(f"{DATA} is not there (../shared/ beside the repository)")
-    tok = default_attributor.tokenizer
-    examples = json.loads(DATA.read_text(encoding="utf-8"))["examples"][:N_RECORDS]
-    return [{"id": ex["id"], "prompt": ex["input_text"] + "\nAnswer:",
-             "target": tok(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]} for ex in examples]
+    from heta_fast.evaluate.data import load_curated
+    from heta_fast.evaluate.runner import pipeline_records
+
+    return pipeline_records(default_attributor, load_curated(DATA)[:N_RECORDS])
 
 
 def _loop(attr, records, threads):

@@ -31,12 +31,12 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100
 
 
 def _records(n: int) -> list[dict]:
-    from heta_fast.model.loading import load_model_and_tokenizer
+    """The benchmark's records (benchmarks/bench_pipeline.py): the first n curated examples."""
+    from heta_fast import Attributor
+    from heta_fast.evaluate.data import load_curated
+    from heta_fast.evaluate.runner import pipeline_records
 
-    _, tok = load_model_and_tokenizer("smollm2-135m")
-    examples = json.loads(DATA.read_text(encoding="utf-8"))["examples"][:n]
-    return [{"id": ex["id"], "prompt": ex["input_text"] + "\nAnswer:",
-             "target": tok(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]} for ex in examples]
+    return pipeline_records(Attributor.from_pretrained("smollm2-135m"), load_curated(DATA)[:n])
 
 
 class CpuSampler(threading.Thread):

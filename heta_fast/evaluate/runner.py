@@ -114,6 +114,15 @@ def example_target(attributor, ex: EvalExample) -> torch.Tensor:
     return ids if ex.target_tokens is None else ids[: ex.target_tokens]
 
 
+def pipeline_records(attributor, examples: Sequence[EvalExample]) -> list[dict]:
+    """Examples as the pipeline's records (what ``heta-fast run``, ``attribute_dataset`` and
+    ``attribute_ray`` read): ``{"id", "prompt", "target"}`` with the target as token ids
+    (:func:`example_target`), so that a benchmark or profile of the pipeline attributes exactly
+    the evaluation's prompt and target."""
+    return [{"id": ex.id, "prompt": ex.prompt, "target": example_target(attributor, ex).tolist()}
+            for ex in examples]
+
+
 def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None = None) -> PreparedExample:
     """Tokenise the example as the engine does; map its character spans to token indices.
 

@@ -1,4 +1,5 @@
 """The runner: resumable results file, per-example records, bootstrap intervals, tables, and the CLI."""
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,14 @@ from heta_fast import HETAConfig, InputError
 from heta_fast.cli import main
 from heta_fast.engine import Attributor
 from heta_fast.evaluate.data import load_jsonl
-from heta_fast.evaluate.runner import METRICS, EvalSettings, alignment, prepare_example, run_evaluation
+from heta_fast.evaluate.runner import (
+    METRICS,
+    EvalSettings,
+    alignment,
+    pipeline_records,
+    prepare_example,
+    run_evaluation,
+)
 from heta_fast.evaluate.summary import bootstrap_ci, paired_difference, render_paired, render_table, summarise
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
@@ -130,6 +138,21 @@ def test_alignment_excluding_the_first_token(attributor, data):
     assert excl["f1"] == 1.0  # top-1 among the rest: position 4 ties position 5 (|−2|), position order wins
     excl = alignment(torch.tensor([6.0, 1.0, 0.0, 1.0, 2.0, 3.0]), prep, exclude_first=True)
     assert excl["f1"] == 0.0
+
+
+def test_pipeline_records_attribute_what_the_evaluation_attributes(attributor, data):
+    """The records benchmarks and profiles feed the pipeline: each example's prompt and target, with
+    ``target_tokens`` applied, tokenised as the evaluation tokenises them."""
+    examples = load_jsonl(data)
+    examples.append(dataclasses.replace(examples[1], id="b1", target_tokens=1))
+    records = pipeline_records(attributor, examples)
+    assert [r["id"] for r in records] == ["a", "b", "c", "b1"]
+    assert len(records[1]["target"]) == 2 and records[3]["target"] == records[1]["target"][:1]
+    for ex, rec in zip(examples, records):
+        prepared = prepare_example(attributor, ex)
+        assert rec["prompt"] == ex.prompt and rec["target"] == prepared.target_ids.tolist()
+        res = attributor.attribute(rec["prompt"], rec["target"])
+        assert res.context_ids == prepared.context_ids.tolist() and res.target_ids == rec["target"]
 
 
 def test_bootstrap_interval():
