@@ -18,7 +18,8 @@ runs, so its process gets the same settings as environment variables at start
 (:func:`worker_environment`, through Ray's ``runtime_env``).
 
 It is a process-wide choice, so heta-fast makes it only in processes it runs itself: a Ray
-actor, ``heta-fast run`` and ``heta-fast serve``. A program that imports heta-fast keeps its
+actor, and the ``heta-fast run`` and ``heta-fast serve`` commands started as programs. A program
+that imports heta-fast (or calls ``heta_fast.cli.main([...])`` in its own process) keeps its
 allocator as it is, and anyone who sets glibc's malloc variables keeps theirs.
 """
 from __future__ import annotations

@@ -190,12 +190,17 @@ def _announce(attributor, prompt, target, reporter, messages=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``heta-fast`` command. ``argv=None`` (the console script, ``python -m heta_fast``): the
+    process is heta-fast's own, so ``run`` and ``serve`` may make process-wide choices (the
+    allocator's, heta_fast/allocator.py). With an explicit ``argv`` another program calls it in
+    its own process, which keeps its settings."""
     from .errors import HetaError
 
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed in one line
         return exc.code if isinstance(exc.code, int) else 2
+    args.process_is_ours = argv is None
     try:
         return _run(args)
     except (HetaError, OSError) as exc:  # OSError: an unwritable output path and the like

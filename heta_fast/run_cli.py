@@ -98,7 +98,8 @@ def run_pipeline(args) -> int:
         from .engine import Attributor
         from .pipeline.run import run_to_directory
 
-        keep_freed_memory()  # this process is ours: freed blocks are reused, not faulted in again
+        if args.process_is_ours:  # freed blocks are reused, not faulted in again
+            keep_freed_memory()
         attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
         run_to_directory(attributor, records, args.output, fields=fields, config=config, generate=args.generate,
                          shard=args.shard, fmt=args.fmt, rows_per_part=args.rows_per_part,

@@ -92,7 +92,8 @@ def run_serve(args) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))  # before loading: a taken port fails fast
-    keep_freed_memory()  # this process is ours, and its worker thread's heap would give freed blocks back
+    if args.process_is_ours:  # its worker thread's heap would give freed blocks back
+        keep_freed_memory()
     attributor = Attributor.from_pretrained(args.model, config=config, **load)
     app = create_app(attributor, settings)
     host, port = sock.getsockname()[:2]
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    args.process_is_ours = argv is None  # as in heta_fast.cli.main
     try:
         return run_serve(args)
     except (HetaError, OSError) as exc:

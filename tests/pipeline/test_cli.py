@@ -144,3 +144,16 @@ def test_shared_passes_give_the_numbers_of_one_record_at_a_time(tiny_model_dir, 
     code, err = run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / "x",
                         "--batch-requests", "always")
     assert code == 2 and "--batch-requests" in err and len(err.splitlines()) == 1
+
+
+def test_only_the_heta_fast_program_sets_the_allocator(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
+    """`heta-fast run` (main() with no argv) keeps freed memory process-wide; a program calling
+    main([...]) in its own process keeps its allocator (heta_fast/allocator.py)."""
+    from heta_fast import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    args = ["run", "-q", "--model", str(tiny_model_dir), "--input", str(data), "--output", str(tmp_path / "a")]
+    assert main(args) == 0 and calls == []
+    monkeypatch.setattr(sys, "argv", ["heta-fast", *args[:-1], str(tmp_path / "b")])
+    assert main() == 0 and calls == [1]
