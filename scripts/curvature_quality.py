@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure_cli import save_json, spearman
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "curated_qa_100.json"
@@ -49,25 +50,6 @@ METHODS = {
     "sketch_k64": dict(estimator="sketch", sketch_rank=64),
 }
 GROUND_TRUTH = dict(estimator="exact", num_probes=64, seed=0)
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties); nan if either side is constant."""
-    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=float)
-    for value in np.unique(x):  # average the ranks of ties
-        tie = x == value
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    return ranks
 
 
 def examples(documents: int = 1):
@@ -219,7 +201,7 @@ def main(argv=None) -> int:
             clock = time.perf_counter()
             truth = args.m64_every > 0 and i % args.m64_every == 0
             records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=truth)
-            args.out.write_text(json.dumps(records))
+            save_json(args.out, records, indent=None)
             print(f"{ex_id}: n={records[ex_id]['n_context']} in {time.perf_counter() - clock:.0f} s", flush=True)
     for path in args.merge:
         records = {**json.loads(path.read_text()), **records}

@@ -27,7 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from measure_cli import curated_examples, p10
+from measure_cli import curated_examples, p10, save_json
 
 
 def spearman_rows(a, b) -> list[float]:
@@ -122,7 +122,7 @@ def main() -> None:
         prompt = DEMO_PROMPT if name == "demo" else curated_examples()[int(name)]["input_text"] + "\nAnswer:"
         results[key] = measure(attr, prompt, args.tokens, settings)
         results[key]["torch_threads"] = args.threads
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        save_json(out, results)
         print(key, json.dumps({k: v for k, v in results[key].items() if k != "settings"}), flush=True)
 
 

@@ -23,13 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure_cli import curated_examples, p10, run_or_table
-
-
-def _spearman(a, b) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b)[0])
+from measure_cli import curated_examples, p10, run_or_table, save_json, spearman
 
 
 def _prompts(args, tokenizer):
@@ -76,13 +70,13 @@ def run(args) -> None:
             start = time.process_time()
             est = attributor.attribute(prompt, target, config=config)
             seconds = time.process_time() - start
-            entry = {"seconds": seconds, "spearman_information": _spearman(exact.information[0], est.information[0])}
+            entry = {"seconds": seconds, "spearman_information": spearman(exact.information[0], est.information[0])}
             if full is not None:
                 final = full.flow * (base.beta * full.curvature + base.gamma * est.information)
-                entry["spearman_scores"] = _spearman(full.scores[0], final[0])
+                entry["spearman_scores"] = spearman(full.scores[0], final[0])
             row[group][str(k)] = entry
         records[rid] = row
-        out.write_text(json.dumps(records, indent=1))
+        save_json(out, records)
         print(rid, row["n"], round(exact_seconds, 1), {f"{g}:{k}": (round(v["spearman_information"], 3),
                                                                     round(v["seconds"], 1))
                                                        for g in ("ranks", "spans") for k, v in row[g].items()},

@@ -1,5 +1,6 @@
-"""What the per-record measurement scripts share: the curated data, a percentile, and their
-``run OUT.json [--start A --stop B] ...`` / ``table FILES...`` command line."""
+"""What the per-record measurement scripts share: the curated data, a percentile, Spearman's
+correlation, atomic saving, and their ``run OUT.json [--start A --stop B] ...`` / ``table FILES...``
+command line."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,25 @@ def pending_examples(out: Path, start: int, stop: int) -> tuple[dict, list[tuple
 def answer_token(tokenizer, answer: str) -> list[int]:
     """The gold target of the curated measurements: the first token of ``" " + answer``."""
     return tokenizer(" " + answer, add_special_tokens=False)["input_ids"][:1]
+
+
+def spearman(a, b) -> float:
+    """Spearman correlation of two score vectors (tensors or lists of n numbers), ties by mid-rank:
+    the evaluation's own (heta_fast.evaluate.robustness.ranks); nan when either side is constant."""
+    import torch
+
+    from heta_fast.evaluate.robustness.ranks import spearman as rank_correlation
+
+    rho = rank_correlation(torch.as_tensor(a, dtype=torch.float64).flatten(),
+                           torch.as_tensor(b, dtype=torch.float64).flatten())
+    return float("nan") if rho is None else rho
+
+
+def save_json(path: Path, doc, indent: int | None = 1) -> None:
+    """Write ``doc`` as JSON atomically: a run stopped while saving leaves the previous file whole."""
+    from heta_fast.files import atomic_write
+
+    atomic_write(path, json.dumps(doc, indent=indent) + "\n")
 
 
 def p10(values) -> float:

@@ -21,14 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from measure_cli import answer_token, p10, pending_examples, run_or_table
+from measure_cli import answer_token, p10, pending_examples, run_or_table, save_json, spearman
 
 TERMS = ("flow", "information", "curvature", "scores")
 
 
 def run(args) -> None:
     import torch
-    from scipy.stats import spearmanr
 
     torch.set_num_threads(1)
     from heta_fast import Attributor, HETAConfig
@@ -48,12 +47,12 @@ def run(args) -> None:
         for term in TERMS:
             a, b = getattr(full, term), getattr(half, term)
             if a is not None and (term != "scores" or "curvature" in components):
-                row[term] = float(spearmanr(a[0], b[0])[0])
+                row[term] = spearman(a[0], b[0])
         info, info_half = full.information[0], half.information[0]
         top = info.argsort(descending=True)[: max(1, info.numel() // 10)]
         row["information_top_tenth_relative_error"] = float(((info_half[top] - info[top]).abs() / info[top]).median())
         records[ex["id"]] = row
-        out.write_text(json.dumps(records, indent=1))
+        save_json(out, records)
         print(ex["id"], {t: round(row[t], 4) for t in TERMS if t in row}, flush=True)
 
 

@@ -27,14 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-from measure_cli import answer_token, p10, pending_examples, run_or_table
+from measure_cli import answer_token, p10, pending_examples, run_or_table, save_json, spearman
 
 VARIANTS = ("same", "mixed")
 
 
 def run(args) -> None:
     import torch
-    from scipy.stats import spearmanr
 
     torch.set_num_threads(1)
     from heta_fast import Attributor, HETAConfig
@@ -71,11 +70,11 @@ def run(args) -> None:
         row = {"n": n_context, "engine_max_abs_difference": float((reference - engine.information[0]).abs().max()),
                "seconds": {"float32": seconds_f32, **{v: results[v][1] for v in VARIANTS}}}
         for variant, (value, _) in results.items():
-            row[variant] = {"spearman": float(spearmanr(reference, value)[0]),
+            row[variant] = {"spearman": spearman(reference, value),
                             "top_tenth_relative_error": float(((value[top] - reference[top]).abs()
                                                                / reference[top]).median())}
         records[ex["id"]] = row
-        out.write_text(json.dumps(records, indent=1))
+        save_json(out, records)
         print(ex["id"], {v: round(row[v]["spearman"], 4) for v in VARIANTS},
               f"harness vs engine {row['engine_max_abs_difference']:.1e}", flush=True)
 

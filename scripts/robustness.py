@@ -40,12 +40,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
 
-from measure_cli import DATA, p10
+from measure_cli import DATA, p10, save_json
 from variant_table import paired
 
 PARAPHRASES = Path(__file__).resolve().parents[1] / "data" / "paraphrase_curated.json"
@@ -102,7 +101,7 @@ def run(args) -> None:
             done.update(paraphrase_agreement(attributor, ex, rewrites[ex.id], pending))
         else:
             done.update(noise_sensitivity(attributor, ex, pending, scales, args.seed))
-        _write(out, doc)
+        save_json(out, doc)
         print(ex.id, {m: _brief(done[m]) for m in pending}, flush=True)
 
 
@@ -152,7 +151,7 @@ def _run_decoding(attributor, examples, methods, settings, doc, out, args, token
         result["tokens"] = cache.entries[ex.id]
         result.pop("computed")
         doc["records"][ex.id] = result
-        _write(out, doc)
+        save_json(out, doc)
         changed = {s: sum(d["token"] != result["greedy"]["token"] for d in draws.values())
                    for s, draws in result["draws"].items()}
         print(ex.id, f"greedy {result['greedy']['text'][:30]!r}", f"distinct first tokens {result['distinct_tokens']}",
@@ -163,13 +162,6 @@ def _brief(row: dict):
     if "spearman" in row:
         return None if row["spearman"] is None else round(row["spearman"], 3)
     return {k: v["rank_change"] and round(v["rank_change"], 3) for k, v in row.items() if k != "seconds"}
-
-
-def _write(path: Path, doc: dict) -> None:
-    """Atomically: a temporary file beside it, then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _stats(values: list[float], worst_high: bool = False) -> str:
@@ -381,7 +373,7 @@ def main(argv=None) -> None:
     if args.table:
         table(args.table)
     elif args.merge and args.out:
-        _write(Path(args.out), pooled(args.merge))
+        save_json(Path(args.out), pooled(args.merge))
     elif args.study and args.out:
         run(args)
     else:
