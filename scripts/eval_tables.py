@@ -33,6 +33,7 @@ from heta_fast.evaluate.summary import (  # noqa: E402
     render_table,
     summarise,
 )
+from heta_fast.files import atomic_write  # noqa: E402
 
 LOWER_IS_BETTER = {"sufficiency"}
 BULKY = ("scores", "context_tokens", "target_tokens")
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
     if args.write:
         slim = [{k: v for k, v in r.items() if k not in BULKY} for r in records]
         payload = {"format": FORMAT, "version": VERSION, "header": header, "records": slim}
-        Path(args.write).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        atomic_write(Path(args.write), json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":
