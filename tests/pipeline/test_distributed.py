@@ -20,14 +20,23 @@ def local_ray(tmp_path_factory):
     # Ray workers get the driver's current directory (and script directory) on their sys.path: start
     # Ray elsewhere, or the repository's kernels/ folder would shadow the installed package of that
     # name (see conftest.py at the root).
-    saved_path, saved_cwd = sys.path[:], os.getcwd()
+    # Its workers at the default priority, as `run --ray` starts them: at Ray's niceness 15 the
+    # actors get a few percent of a core while anything else runs (a suite beside an evaluation).
+    from heta_fast.distributed import start_local_priority
+
+    saved_path, saved_cwd, saved_nice = sys.path[:], os.getcwd(), os.environ.get("RAY_worker_niceness")
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != ROOT]
     os.chdir(tmp_path_factory.mktemp("ray-driver"))
     try:
+        start_local_priority()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     finally:
         sys.path[:] = saved_path
         os.chdir(saved_cwd)
+        if saved_nice is None:
+            os.environ.pop("RAY_worker_niceness", None)
+        else:
+            os.environ["RAY_worker_niceness"] = saved_nice
     yield
     ray.shutdown()
 
