@@ -21,8 +21,7 @@ DOC = ROOT / "EVALUATION.md"
 # Commands (a distinctive part of them) whose tables EVALUATION.md shows in part or re-laid out.
 SHOWN_IN_PART = {
     "--paired heta_max": "the text quotes heta_max's paired differences instead of the table",
-    "robustness_decoding.json": "the decoding tables are shown per metric group, the full table is printed",
-    "robustness_decoding_gemma_chat.json": "as above",
+    "--table docs/results/robustness_decoding": "the summary tables are shown; the per-setting table is printed",
     "information_estimators.py table": "shown in a table with the rank as its first column",
     "precision_quality.py table": "shown with the stages as rows of a wider table",
     "sink_token/": "one row of the six-row table, which lists each setting",
