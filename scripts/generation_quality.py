@@ -27,7 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from measure_cli import curated_examples, p10, save_json
+from measure_cli import DATA, p10, save_json
 
 
 def spearman_rows(a, b) -> list[float]:
@@ -107,6 +107,7 @@ def main() -> None:
 
     from heta_fast.cli import DEMO_PROMPT
     from heta_fast.engine import Attributor
+    from heta_fast.evaluate.data import load_curated
 
     torch.set_num_threads(args.threads)
     settings = args.settings.split(",")
@@ -119,7 +120,7 @@ def main() -> None:
         key = f"{name}:{args.tokens}"
         if key in results:
             continue
-        prompt = DEMO_PROMPT if name == "demo" else curated_examples()[int(name)]["input_text"] + "\nAnswer:"
+        prompt = DEMO_PROMPT if name == "demo" else load_curated(DATA)[int(name)].prompt  # input_text + cue
         results[key] = measure(attr, prompt, args.tokens, settings)
         results[key]["torch_threads"] = args.threads
         save_json(out, results)
