@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure_cli import save_json, spearman
+from measure_cli import curated, gold_target, save_json, spearman
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "curated_qa_100.json"
 
 # name -> HETAConfig overrides of one estimator setting.
 METHODS = {
@@ -53,15 +52,16 @@ GROUND_TRUTH = dict(estimator="exact", num_probes=64, seed=0)
 
 
 def examples(documents: int = 1):
-    """(id, prompt, answer) per curated record; ``documents`` > 1 builds the K-document prompts of
-    the module docstring (K = 1 is the record's own input_text: narrative <s> support <s> question)."""
-    records = json.loads(DATA.read_text())["examples"]
+    """(id, prompt, example) per curated record (its gold target is the example's); ``documents`` > 1
+    builds the K-document prompts of the module docstring (K = 1 is the record's own input_text:
+    narrative <s> support <s> question)."""
+    records = curated()
     for i, ex in enumerate(records):
         parts = [records[(i + 11 * k) % len(records)] for k in range(1, documents)]
         parts.insert(i % documents, ex)  # the answer-bearing document's place varies with i
-        body = " <s> ".join(f"{r['narrative_segment']} <s> {r['sciq_support_segment']}" for r in parts)
-        ex_id = ex["id"] if documents == 1 else f"docs{documents}_{ex['id']}"
-        yield ex_id, f"{body} <s> Question: {ex['question']}\nAnswer:", " " + ex["answer"]
+        body = " <s> ".join(f"{r.prompt[slice(*r.distractor)]} <s> {r.prompt[slice(*r.support)]}" for r in parts)
+        ex_id = ex.id if documents == 1 else f"docs{documents}_{ex.id}"
+        yield ex_id, f"{body} <s> Question: {ex.meta['question']}{ex.meta['cue']}", ex
 
 
 def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
@@ -74,13 +74,13 @@ def chosen_indices(spec: str | None, limit: int, total: int) -> list[int]:
     return [int(p) for p in spec.split(",") if p.strip()]
 
 
-def run_example(attributor, prompt: str, answer: str, base, ground_truth: bool = True) -> dict:
+def run_example(attributor, prompt: str, example, base, ground_truth: bool = True) -> dict:
     from heta_fast.request import tokenize_request
     from heta_fast.signals.curvature import estimate
     from heta_fast.signals.curvature.operators import OperatorFactory
 
     tok = attributor.tokenizer
-    first = tok(answer, add_special_tokens=False)["input_ids"][:1]
+    first = gold_target(attributor, example)
     adapter = attributor.adapter
     req = tokenize_request(tok, prompt, first, adapter.max_length, attributor.model.config.vocab_size)
     n_ctx = req.n_context
@@ -195,12 +195,12 @@ def main(argv=None) -> int:
         attributor = Attributor.from_pretrained("smollm2-135m", config=base)
         everything = list(examples(args.documents))
         for i in chosen_indices(args.indices, args.limit, len(everything)):
-            ex_id, prompt, answer = everything[i]
+            ex_id, prompt, example = everything[i]
             if ex_id in records:
                 continue
             clock = time.perf_counter()
             truth = args.m64_every > 0 and i % args.m64_every == 0
-            records[ex_id] = run_example(attributor, prompt, answer, base, ground_truth=truth)
+            records[ex_id] = run_example(attributor, prompt, example, base, ground_truth=truth)
             save_json(args.out, records, indent=None)
             print(f"{ex_id}: n={records[ex_id]['n_context']} in {time.perf_counter() - clock:.0f} s", flush=True)
     for path in args.merge:

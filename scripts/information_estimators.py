@@ -23,22 +23,24 @@ import sys
 import time
 from pathlib import Path
 
-from measure_cli import curated_examples, p10, run_or_table, save_json, spearman
+from measure_cli import curated, gold_target, input_text, p10, run_or_table, save_json, spearman
 
 
-def _prompts(args, tokenizer):
-    examples = curated_examples()
+def _prompts(args, attributor):
+    """(id, prompt, target ids) per curated record start..stop: its own prompt, or with ``--long N``
+    about N tokens of consecutive records' texts ending in its own text and answer cue."""
+    examples = curated()
     for k in range(args.start, min(args.stop, len(examples))):
         ex = examples[k]
-        target = tokenizer(" " + ex["answer"], add_special_tokens=False)["input_ids"][:1]
+        target = gold_target(attributor, ex)
         if not args.long:
-            yield ex["id"], ex["input_text"] + "\nAnswer:", target
+            yield ex.id, ex.prompt, target
             continue
         docs, j = [], k
-        while len(tokenizer("\n\n".join(docs + [ex["input_text"]]))["input_ids"]) < args.long:
-            docs.append(examples[(j + 1) % len(examples)]["input_text"])
+        while len(attributor.tokenizer("\n\n".join(docs + [input_text(ex)]))["input_ids"]) < args.long:
+            docs.append(input_text(examples[(j + 1) % len(examples)]))
             j += 1
-        yield ex["id"], "\n\n".join(docs[:-1] + [ex["input_text"]]) + "\nAnswer:", target
+        yield ex.id, "\n\n".join(docs[:-1] + [input_text(ex)]) + ex.meta["cue"], target
 
 
 def run(args) -> None:
@@ -52,7 +54,7 @@ def run(args) -> None:
     estimates += [("spans", "span", "information_span", int(k)) for k in args.spans.split(",") if k]
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else {}
-    for rid, prompt, target in _prompts(args, attributor.tokenizer):
+    for rid, prompt, target in _prompts(args, attributor):
         if rid in records:
             continue
         base = HETAConfig()

@@ -1,6 +1,6 @@
-"""What the per-record measurement scripts share: the curated data, a percentile, Spearman's
-correlation, atomic saving, and their ``run OUT.json [--start A --stop B] ...`` / ``table FILES...``
-command line."""
+"""What the per-record measurement scripts share: the curated data as the evaluation reads it (its
+prompts and gold targets), a percentile, Spearman's correlation, atomic saving, and their
+``run OUT.json [--start A --stop B] ...`` / ``table FILES...`` command line."""
 from __future__ import annotations
 
 import argparse
@@ -10,23 +10,35 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
 
 
-def curated_examples() -> list[dict]:
-    """The curated set's examples (``../shared/data/curated_qa_100.json`` beside the repository)."""
-    return json.loads(DATA.read_text(encoding="utf-8"))["examples"]
+def curated() -> list:
+    """The curated set (``../shared/data/curated_qa_100.json`` beside the repository) as the evaluation
+    reads it (``heta_fast.evaluate.data.load_curated``): examples whose prompt is ``input_text +
+    "\\nAnswer:"``, with the record's segments as spans of it and its question in ``meta``."""
+    from heta_fast.evaluate.data import load_curated
+
+    return load_curated(DATA)
 
 
-def pending_examples(out: Path, start: int, stop: int) -> tuple[dict, list[tuple[int, dict]]]:
+def pending_examples(out: Path, start: int, stop: int) -> tuple[dict, list]:
     """(the per-record results already in ``out``, keyed by id; the (index, example) pairs of the
     curated records start..stop not among them): a run continues where it stopped."""
     records = json.loads(out.read_text()) if out.exists() else {}
-    examples = curated_examples()
+    examples = curated()
     return records, [(k, examples[k]) for k in range(start, min(stop, len(examples)))
-                     if examples[k]["id"] not in records]
+                     if examples[k].id not in records]
 
 
-def answer_token(tokenizer, answer: str) -> list[int]:
-    """The gold target of the curated measurements: the first token of ``" " + answer``."""
-    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"][:1]
+def gold_target(attributor, example) -> list[int]:
+    """The example's gold target ids, by the evaluation's rule (``heta_fast.evaluate.runner.example_target``:
+    the first token of ``" " + answer``)."""
+    from heta_fast.evaluate.runner import example_target
+
+    return example_target(attributor, example).tolist()
+
+
+def input_text(example) -> str:
+    """The curated record's ``input_text``: the example's prompt without its answer cue."""
+    return example.prompt.removesuffix(example.meta["cue"])
 
 
 def spearman(a, b) -> float:

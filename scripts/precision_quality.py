@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from measure_cli import answer_token, p10, pending_examples, run_or_table, save_json, spearman
+from measure_cli import gold_target, p10, pending_examples, run_or_table, save_json, spearman
 
 TERMS = ("flow", "information", "curvature", "scores")
 
@@ -36,9 +36,9 @@ def run(args) -> None:
     out = Path(args.out)
     records, pending = pending_examples(out, args.start, args.stop)
     for k, ex in pending:
-        target = answer_token(attributor.tokenizer, ex["answer"])
+        target = gold_target(attributor, ex)
         components = ("flow", "curvature", "information") if k < args.curvature_below else ("flow", "information")
-        results = {p: attributor.attribute(ex["input_text"] + "\nAnswer:", target,
+        results = {p: attributor.attribute(ex.prompt, target,
                                            config=HETAConfig(components=components, precision=p))
                    for p in ("float32", args.precision)}
         full, half = results["float32"], results[args.precision]
@@ -51,9 +51,9 @@ def run(args) -> None:
         info, info_half = full.information[0], half.information[0]
         top = info.argsort(descending=True)[: max(1, info.numel() // 10)]
         row["information_top_tenth_relative_error"] = float(((info_half[top] - info[top]).abs() / info[top]).median())
-        records[ex["id"]] = row
+        records[ex.id] = row
         save_json(out, records)
-        print(ex["id"], {t: round(row[t], 4) for t in TERMS if t in row}, flush=True)
+        print(ex.id, {t: round(row[t], 4) for t in TERMS if t in row}, flush=True)
 
 
 def table(paths) -> None:

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure_cli import answer_token, p10, pending_examples, run_or_table, save_json, spearman
+from measure_cli import gold_target, p10, pending_examples, run_or_table, save_json, spearman
 
 VARIANTS = ("same", "mixed")
 
@@ -46,8 +46,8 @@ def run(args) -> None:
     out = Path(args.out)
     records, pending = pending_examples(out, args.start, args.stop)
     for _, ex in pending:
-        target = answer_token(attributor.tokenizer, ex["answer"])
-        engine = attributor.attribute(ex["input_text"] + "\nAnswer:", target, config=config)
+        target = gold_target(attributor, ex)
+        engine = attributor.attribute(ex.prompt, target, config=config)
         n_context = len(engine.context_ids)
         embeds = adapter.embed(torch.tensor(engine.context_ids + engine.target_ids[:-1]))  # [n, d]
         positions = torch.arange(n_context - 1, n_context - 1 + len(engine.target_ids))
@@ -73,9 +73,9 @@ def run(args) -> None:
             row[variant] = {"spearman": spearman(reference, value),
                             "top_tenth_relative_error": float(((value[top] - reference[top]).abs()
                                                                / reference[top]).median())}
-        records[ex["id"]] = row
+        records[ex.id] = row
         save_json(out, records)
-        print(ex["id"], {v: round(row[v]["spearman"], 4) for v in VARIANTS},
+        print(ex.id, {v: round(row[v]["spearman"], 4) for v in VARIANTS},
               f"harness vs engine {row['engine_max_abs_difference']:.1e}", flush=True)
 
 
