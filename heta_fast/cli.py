@@ -189,18 +189,19 @@ def _announce(attributor, prompt, target, reporter, messages=None) -> None:
                                      "-q hides this)", *rest]))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, process_is_ours: bool | None = None) -> int:
     """The ``heta-fast`` command. ``argv=None`` (the console script, ``python -m heta_fast``): the
     process is heta-fast's own, so ``run`` and ``serve`` may make process-wide choices (the
     allocator's, heta_fast/allocator.py). With an explicit ``argv`` another program calls it in
-    its own process, which keeps its settings."""
+    its own process, which keeps its settings. ``process_is_ours`` overrides that reading (a console
+    entry point that builds ``argv`` itself, heta_fast/serve_cli.py)."""
     from .errors import HetaError
 
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed in one line
         return exc.code if isinstance(exc.code, int) else 2
-    args.process_is_ours = argv is None
+    args.process_is_ours = argv is None if process_is_ours is None else process_is_ours
     try:
         return _run(args)
     except (HetaError, OSError) as exc:  # OSError: an unwritable output path and the like

@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 
-from .cli_args import Parser, add_engine_args, add_model_args, config_from_args, int_at_least, load_args
+from .cli_args import add_engine_args, add_model_args, config_from_args, int_at_least, load_args
 
 
 def _positive_float(text: str) -> float:
@@ -108,20 +108,11 @@ def run_serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import HetaError
+    """``python -m heta_fast.serve_cli ARGS``: ``heta-fast serve ARGS`` (heta_fast.cli.main), the
+    process heta-fast's own when ``argv`` is None."""
+    from .cli import main as heta_fast_main
 
-    parser = Parser(prog="heta-fast", description="Fast HETA token attribution for decoder-only LMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(sub)
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    args.process_is_ours = argv is None  # as in heta_fast.cli.main
-    try:
-        return run_serve(args)
-    except (HetaError, OSError) as exc:
-        print(f"heta-fast: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return heta_fast_main(["serve", *(sys.argv[1:] if argv is None else argv)], process_is_ours=argv is None)
 
 
 if __name__ == "__main__":

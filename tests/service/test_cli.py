@@ -44,3 +44,20 @@ def test_settings_refuse_an_unknown_batching_mode():
 
     with pytest.raises(ConfigError, match="batching must be one of auto, on, off"):
         ServiceSettings(batching="always")
+
+
+def test_python_m_serve_cli_is_heta_fast_serve(monkeypatch, capsys):
+    """`python -m heta_fast.serve_cli ARGS` runs `heta-fast serve ARGS` through heta_fast.cli.main: its
+    one-line usage errors, and the process counted as heta-fast's own only without an explicit argv."""
+    import sys
+
+    from heta_fast import cli, serve_cli
+
+    assert serve_cli.main(["--max-queue", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda args: seen.append((args.command, args.port, args.process_is_ours)) or 0)
+    assert serve_cli.main(["--port", "0"]) == 0
+    monkeypatch.setattr(sys, "argv", ["serve_cli", "--port", "7"])
+    assert serve_cli.main() == 0
+    assert seen == [("serve", 0, False), ("serve", 7, True)]
