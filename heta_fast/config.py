@@ -63,7 +63,7 @@ class HETAConfig:
     # token-positions), "fisher" (the KL's second-order expansion: information_rank backward
     # passes per target whatever n is) or "span" (masked passes that recompute only the
     # information_span positions after the masked token and before the first target, the rest
-    # read unmasked: about n * (2 * information_span + 1) token-positions). Both approximations
+    # read unmasked: about n * (2 * information_span + T) token-positions for T targets). Both approximations
     # are measured in EVALUATION.md.
     information_estimator: str = "exact"
     information_rank: int = 8

@@ -1,4 +1,4 @@
-"""What the op dispatchers share: whether the Triton kernel may run, and the soft-cap rule.
+"""What the op dispatchers share: when the Triton kernel runs, and the soft-cap rule.
 
 Nothing here imports triton or queries CUDA: triton is looked up with ``find_spec`` and only the
 given tensor's device is read.
@@ -11,7 +11,9 @@ import numbers
 
 import torch
 
-__all__ = ["check_positive", "tanh_softcap", "triton_available", "use_triton"]
+from ..dtypes import accumulation_dtype
+
+__all__ = ["check_positive", "tanh_softcap", "triton_available", "triton_device", "use_triton"]
 
 
 def triton_available() -> bool:
@@ -19,9 +21,17 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """True if an op on ``t`` should run its Triton kernel: ``t`` lives on CUDA and triton is installed."""
+def triton_device(t: torch.Tensor) -> bool:
+    """True if a Triton kernel can run on ``t``: it lives on CUDA and triton is installed."""
     return t.is_cuda and triton_available()
+
+
+def use_triton(*tensors: torch.Tensor | None) -> bool:
+    """The dispatchers' rule: an op runs its Triton kernel when its first tensor is on a Triton
+    device (:func:`triton_device`) and none of ``tensors`` is float64. The kernels accumulate in
+    float32 (kernels/utils.py), so float64 inputs keep the blocked torch path, whose accumulation
+    is float64 (heta_fast/dtypes.py): a float64 model's numbers are float64 on every device."""
+    return triton_device(tensors[0]) and accumulation_dtype(*tensors) != torch.float64
 
 
 def check_positive(name: str, value: float | None, *, optional: bool = True) -> None:

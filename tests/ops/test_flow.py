@@ -304,6 +304,18 @@ def test_dispatcher_triton_branch_matches_reference(monkeypatch, window, softcap
     assert len(kernel_calls) == 1
 
 
+@pytest.mark.interpreter
+def test_dispatcher_float64_stays_on_blocked_path(monkeypatch):
+    """A float64 model's rollout never takes the float32 Triton kernel, even where it would run:
+    its flow and next rows stay float64 (heta_fast/ops/utils.py ``use_triton``)."""
+    _, kernel_calls = force_triton(monkeypatch, "flow", "flow_step_triton")
+    blocked_calls = spy(monkeypatch, flow_ops, "flow_step_blocked")
+    q, k, lse, scale, r, vn = make_case((4, 2), 33, 16, None, torch.float64)
+    flow, r_next = flow_step(q, k, lse, scale, r, vn)
+    assert (len(kernel_calls), len(blocked_calls)) == (0, 1)
+    assert flow.dtype == r_next.dtype == torch.float64
+
+
 def test_bad_shapes_raise():
     q, k, lse, scale, r, vn = make_case((4, 2), 9, 16, None, torch.float32)
     with pytest.raises(ValueError):

@@ -96,6 +96,16 @@ def test_dispatcher_triton_branch_matches_reference(monkeypatch):
     assert len(kernel_calls) == 1
 
 
+@pytest.mark.interpreter
+def test_dispatcher_float64_stays_on_blocked_path(monkeypatch):
+    """float64 value norms never take the float32 Triton kernel, even where it would run."""
+    _, kernel_calls = force_triton(monkeypatch, "value_norm", "value_norm_triton")
+    blocked_calls = spy(monkeypatch, value_norm_ops, "value_norm_blocked")
+    v, w_o = make_case((4, 2), 19, 8, 32, torch.float64)
+    assert value_norm(v, w_o).dtype == torch.float64
+    assert (len(kernel_calls), len(blocked_calls)) == (0, 1)
+
+
 def test_bad_shapes_raise():
     v, w_o = make_case((4, 2), 9, 16, 32, torch.float32)
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+import heta_fast.ops.utils as ops_utils
 import heta_fast.ops.vocab_kl as vocab_kl_ops
 from heta_fast.ops.vocab_kl import transform_logits, vocab_kl
 from heta_fast.ops.vocab_kl.blocked import vocab_kl_blocked
@@ -272,7 +273,7 @@ def test_dispatcher_triton_branch_matches_reference(monkeypatch):
 
 def test_dispatcher_float64_stays_on_blocked_path(monkeypatch):
     """float64 inputs never take the (float32) Triton branch, even where it would run."""
-    monkeypatch.setattr(vocab_kl_ops, "use_triton", lambda t: True)
+    monkeypatch.setattr(ops_utils, "triton_device", lambda t: True)
     calls = spy(monkeypatch, vocab_kl_ops, "vocab_kl_blocked")
     case = make_case(1271, 37, 4, dtype=torch.float64)
     assert vocab_kl(**case).dtype == torch.float64

@@ -77,12 +77,13 @@ def triton_kernel(op: str, name: str):
 def force_triton(monkeypatch, op: str, kernel: str) -> tuple[str, list]:
     """Make the dispatcher ``heta_fast.ops.<op>`` take its Triton branch.
 
-    The dispatcher's device test is patched to always say yes, so under the interpreter CPU
-    tensors run the kernel (on a GPU, give it CUDA tensors).  Returns the kernel device and the
+    The dispatchers' device test (``heta_fast.ops.utils.triton_device``) is patched to always say
+    yes, so under the interpreter CPU tensors run the kernel (on a GPU, give it CUDA tensors); the
+    dtype rule of ``use_triton`` (float64 never goes to a kernel) still applies.  Returns the kernel device and the
     recorded calls of ``heta_fast.kernels.<op>.<kernel>``.
     """
     device = kernel_device()
-    monkeypatch.setattr(importlib.import_module(f"heta_fast.ops.{op}"), "use_triton", lambda t: True)
+    monkeypatch.setattr(importlib.import_module("heta_fast.ops.utils"), "triton_device", lambda t: True)
     return device, spy(monkeypatch, importlib.import_module(f"heta_fast.kernels.{op}"), kernel)
 
 

@@ -55,7 +55,7 @@ def flow_step(
     window: int | None = None,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer of the flow rollout: Triton on CUDA tensors, blocked torch otherwise.
+    """One layer of the flow rollout: Triton on CUDA tensors (none float64), blocked torch otherwise.
 
     Args:
         q: [H, n, dh] post-rotary queries, not pre-scaled.
@@ -73,10 +73,10 @@ def flow_step(
 
     Returns:
         flow [T, n] = sum_h Phi[:, h] * vn[h] and r_next [T, n] = (mean_h Phi + r) / 2 over its
-        row sum, with Phi[t, h, i] = sum_j r[t, j] A[h, j, i]; float32 (float64 on the CPU
-        path when an input is float64).
+        row sum, with Phi[t, h, i] = sum_j r[t, j] A[h, j, i]; float32 (float64 when an input is
+        float64: such inputs never take the float32 Triton kernel).
     """
-    if use_triton(q):
+    if use_triton(q, k, lse, r, vn):
         from heta_fast.kernels.flow import flow_step_triton  # lazy: keeps triton optional
 
         check_inputs(q, k, lse, r, vn, window, softcap)

@@ -8,7 +8,7 @@ incl. bias, projected by that head's slice of the output projection).
 * ``naive.value_norm_reference`` materialises [H, n, d_model]; the test oracle.
 * ``blocked.value_norm_blocked`` tiles over positions; at most one [H, block, d_model] tile.
 * ``value_norm`` (here) dispatches to the Triton kernel (``heta_fast.kernels.value_norm``)
-  for CUDA tensors and to the blocked path otherwise.
+  for CUDA tensors (not float64: the kernel accumulates in float32) and to the blocked path otherwise.
 
 Importing this package imports neither triton nor touches CUDA.
 """
@@ -26,8 +26,8 @@ __all__ = ["DEFAULT_BLOCK", "check_value_norm_inputs", "value_norm", "value_norm
 
 
 def value_norm(v: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
-    """vn [H, n]: Triton on CUDA tensors (if triton is installed), blocked torch otherwise."""
-    if use_triton(v):
+    """vn [H, n]: Triton on CUDA tensors (if triton is installed and neither is float64), blocked torch otherwise."""
+    if use_triton(v, w_o):
         from heta_fast.kernels.value_norm import value_norm_triton  # lazy: triton optional
 
         check_value_norm_inputs(v, w_o)

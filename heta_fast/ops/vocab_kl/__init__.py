@@ -36,7 +36,6 @@ import contextlib
 
 import torch
 
-from ...dtypes import accumulation_dtype
 from ..utils import use_triton
 from .blocked import vocab_kl_blocked
 from .common import check_logit_transform, transform_logits, validate_vocab_kl_inputs
@@ -89,7 +88,7 @@ def vocab_kl(
     is installed and no input is float64; otherwise :func:`vocab_kl_blocked`
     (float32 result, float64 if any input is float64).
     """
-    if use_triton(hidden) and accumulation_dtype(hidden, weight, ref_logp, bias) != torch.float64:
+    if use_triton(hidden, weight, ref_logp, bias):
         from heta_fast.kernels.vocab_kl import vocab_kl_triton  # lazy: keeps triton optional
 
         validate_vocab_kl_inputs(

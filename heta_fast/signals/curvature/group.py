@@ -9,7 +9,7 @@ work of J passes of k, with one forward and first backward (the primal) for the 
 The padding rows after a job's own rows change nothing of f_j (causal attention) and carry zero
 probes. Each job keeps its own :class:`~.hvp.ProductPlan` (estimators.product_plan): its probes
 are drawn from the config's seed exactly as when its request runs alone, so a request's S does
-not depend on its companions beyond float rounding (tests/signals/test_groups.py).
+not depend on its companions beyond float rounding (tests/signals/curvature/test_group.py).
 
 Batched: the estimators whose products run on the whole-input Hessian ("probing", "sketch").
 The exact estimator (suffix operators), the Fisher surrogate and ``layer_subset`` run each
