@@ -249,9 +249,11 @@ def test_softcap_is_applied_and_off_by_default():
     # Forgetting the cap, or capping with the uncapped lse, is caught.
     assert (good - flow_step_blocked(*capped)[0]).abs().max() > 1e-2
     assert (good - flow_step_blocked(*plain, softcap=1.5)[0]).abs().max() > 1e-2
-    # softcap=None is the uncapped computation, bitwise, on every path.
-    for fn in (flow_step_blocked, flow_step_reference, flow_step):
-        assert torch.equal(fn(*plain)[0], fn(*plain, softcap=None)[0])
+    # softcap=None is the uncapped computation on the fast paths (against the reference, itself
+    # checked against explicit loops above, uncapped and capped).
+    uncapped = oracle(*plain, window)[0]
+    for fn in (flow_step_blocked, flow_step):
+        assert_rel_close("flow", uncapped, fn(*plain, softcap=None)[0], 1e-9)
     # A cap far above every score is the identity up to rounding.
     far = flow_step_blocked(q, k, lse, scale, r, vn, softcap=1e6)[0]
     assert_rel_close("flow", oracle(*plain, window)[0], far, 1e-9)

@@ -534,12 +534,16 @@ def test_blocked_softcap_extreme_logits(dist):
 
 
 def test_default_transform_is_the_plain_computation():
-    """logit_scale=1.0 and softcap=None are off: bitwise the untransformed call."""
-    case = make_case(1271, 37, 4)
-    plain = vocab_kl_blocked(**case, chunk_size=300)
-    assert torch.equal(plain, vocab_kl_blocked(**case, chunk_size=300, logit_scale=1.0, softcap=None))
-    assert torch.equal(vocab_kl(**case), vocab_kl(**case, logit_scale=1.0, softcap=None))
-    assert torch.equal(vocab_kl_reference(**case), vocab_kl_reference(**case, logit_scale=1.0, softcap=None))
+    """logit_scale=1.0 and softcap=None are off: no operation on the logits, and every path's KL is
+    the plain one, sum_v p_v (log p_v - log softmax(hidden W^T + b)_v), written out here."""
+    logits = torch.randn(4, 1271)
+    assert transform_logits(logits) is logits and transform_logits(logits, 1.0, None) is logits
+    case = make_case(1271, 37, 4, dtype=torch.float64)
+    p_log = case["ref_logp"][case["target_index"]]
+    q_log = torch.log_softmax(case["hidden"] @ case["weight"].T + case["bias"], dim=-1)
+    plain = (p_log.exp() * (p_log - q_log)).sum(-1)
+    for got in (vocab_kl_blocked(**case, chunk_size=300), vocab_kl(**case), vocab_kl_reference(**case)):
+        assert_close("KL", plain, got, atol=1e-12, rtol=1e-10)
 
 
 _BAD_TRANSFORMS = [

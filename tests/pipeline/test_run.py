@@ -154,5 +154,5 @@ def test_write_results_takes_attribute_dataset_pairs(attributor, records, tmp_pa
     assert [k for k, _ in pairs] == [r["id"] for r in records]
     assert write_results(pairs, tmp_path / "out", attributor=attributor) == 12
     got = read_results(tmp_path / "out", form="attributions")
-    assert_same_results(got, {k: r for k, r in pairs if r.ok} | {k: got[k] for k, r in pairs if not r.ok})
-    assert [got[k].message for k, r in pairs if not r.ok] == [r.message for _, r in pairs if not r.ok]
+    assert_same_results(got, dict(pairs))  # failures too: their error type and message
+    assert any(not r.ok for _, r in pairs)

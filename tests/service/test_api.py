@@ -39,7 +39,19 @@ def test_without_wait_202_then_done(service_url, http):
 
 
 def test_events_stream_phases_then_done(service_url, http):
-    job = http.post(service_url + "v1/attributions", json={"prompt": "w1 w2 w3", "target": " w4 w5"}).json()
+    """A job watched from the queue: its phases arrive in the engine's order, then one ``done`` event.
+
+    A first job holds the worker, so the watched one is still queued when its stream opens and every
+    change of its state reaches the stream (changes between two reads are sent as the latest)."""
+    slow = {"estimator": "exact", "num_probes": 64}  # a curvature phase long enough to be seen
+    prompt = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12"
+    first = http.post(service_url + "v1/attributions", json={"prompt": prompt, "target": " w13", "options": slow})
+    deadline = time.monotonic() + 60
+    while http.get(f"{service_url}v1/attributions/{first.json()['id']}").json()["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    job = http.post(service_url + "v1/attributions",
+                    json={"prompt": prompt, "target": " w4 w5", "options": slow}).json()
     events = []
     with http.stream("GET", f"{service_url}v1/attributions/{job['id']}/events", timeout=60) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -49,9 +61,13 @@ def test_events_stream_phases_then_done(service_url, http):
                 name = line[7:]
             elif line.startswith("data: "):
                 events.append((name, json.loads(line[6:])))
-    assert events[-1][0] == "done" and events[-1][1]["status"] == "done"
-    phases = {data["phase"] for _, data in events if data.get("phase")}
-    assert phases <= {"forward", "flow", "curvature", "information"}
+    names = [name for name, _ in events]
+    assert names[0] == "queued" and names[-1] == "done" and names.count("done") == 1, names
+    assert events[-1][1]["status"] == "done"
+    order = ["forward", "flow", "curvature", "information"]
+    phases = [data["phase"] for _, data in events if data.get("phase")]
+    assert "curvature" in phases and set(phases) <= set(order), phases
+    assert phases == sorted(phases, key=order.index), phases  # never back to an earlier phase
 
 
 def test_models_and_health(service_url, http):

@@ -44,6 +44,10 @@ def test_page_runs_an_attribution_and_shows_the_api_top_token(service_url, brows
                      timeout=90).json()
     result = Attribution.from_dict(api["result"])
     assert shown == result.topk(1)[0][1]
+    # Every token at its own position: the prompt repeats w1, so the text alone would not tell.
+    assert tokens.all_inner_texts() == result.context_tokens
+    shown_scores = [float(x) for x in tokens.evaluate_all("spans => spans.map((s) => s.dataset.score)")]
+    assert shown_scores == pytest.approx(result.scores[0].tolist(), rel=1e-6)
 
     tokens.nth(0).hover()
     tip = page.inner_text("#tooltip")
