@@ -9,6 +9,9 @@ under-count. Three kinds of pass are sized here:
 - the fused vocabulary KL's working set (:meth:`ModelShape.head_bytes`);
 - one probe of a batched Hessian-vector product (:meth:`ModelShape.probe_bytes`,
   :func:`probes_per_pass`): the curvature term.
+
+and one store that is not a pass: the sketch estimator's matrices (:func:`sketch_bytes`), held
+across its passes.
 """
 from __future__ import annotations
 
@@ -115,6 +118,23 @@ def probes_per_pass(shape: ModelShape, n: int, layers: int, memory_budget: int, 
             f"one curvature probe over {n} tokens needs about {mib(need)}, more than "
             f"memory_budget={mib(memory_budget)}; raise memory_budget, use window_size or layer_subset")
     return int(min(fits, max_batch))
+
+
+def sketch_bytes(rank: int, rows: int, d: int, probes: int) -> int:
+    """Bytes the sketch estimator holds for one target across its passes (float64): the test
+    matrix Ω and the products Y [rank, rows, d], the probes [rows, probes, d] and W [rank, rank]."""
+    return 8 * (2 * rank * rows * d + rows * probes * d + rank * rank)
+
+
+def check_sketch(rank: int, rows: int, d: int, probes: int, memory_budget: int) -> int:
+    """:func:`sketch_bytes`, raising :class:`~heta_fast.errors.MemoryBudgetError` (before anything
+    is allocated) when it exceeds ``memory_budget``."""
+    need = sketch_bytes(rank, rows, d, probes)
+    if need > memory_budget:
+        raise MemoryBudgetError(
+            f"the sketch of rank {rank} over {rows} tokens holds about {mib(need)}, more than "
+            f"memory_budget={mib(memory_budget)}; lower sketch_rank, raise memory_budget or use window_size")
+    return need
 
 
 def packed_pass_bytes(shape: ModelShape, fixed: int, positions: int, prefix: int, reads: int, kl_chunk: int) -> int:

@@ -291,6 +291,25 @@ def test_a_tiny_memory_budget_is_stated_in_bytes_not_zero_mib(attr):
     assert "memory_budget=1000 bytes" in str(info.value) and "0 MiB" not in str(info.value)
 
 
+def test_a_sketch_larger_than_the_memory_budget_is_refused_before_it_is_allocated(attr, tiny_model_dir, capsys,
+                                                                                    monkeypatch):
+    """Ω and Y of a rank-k sketch are k × tokens × d float64 each: a rank of 10⁵ would allocate
+    gigabytes; it is a MemoryBudgetError from the estimate, before the sketch matrix is drawn."""
+    from heta_fast.signals.curvature import sketch
+
+    monkeypatch.setattr(sketch, "sketch_matrix", lambda *a, **k: pytest.fail("the sketch was allocated"))
+    huge = HETAConfig(estimator="sketch", sketch_rank=100_000, components=("curvature",))
+    with pytest.raises(MemoryBudgetError, match="the sketch of rank 100000 over 4 tokens holds about"):
+        attr.estimate(PROMPT, TARGET, config=huge)
+    with pytest.raises(MemoryBudgetError, match="lower sketch_rank"):
+        attr.attribute(PROMPT, TARGET, config=huge)
+    [failed] = attr.attribute_many([(PROMPT, TARGET)], config=huge)
+    assert failed.error_type == "MemoryBudgetError"
+    code = main(["attribute", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--target", TARGET, "-q",
+                 "--estimator", "sketch", "--sketch-rank", "100000"])
+    _one_line_exit_2(code, capsys.readouterr().err, "the sketch of rank 100000")
+
+
 # ----------------------------------------------------------------------------- before the work
 @pytest.mark.parametrize("flag", ["--json", "--html"])
 def test_output_paths_are_checked_before_the_model_loads(tiny_model_dir, tmp_path, capsys, monkeypatch, flag):

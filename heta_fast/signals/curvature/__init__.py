@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ...memory import ModelShape, probes_per_pass
+from ...memory import ModelShape, check_sketch, probes_per_pass
 from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ...windows import context_windows
@@ -45,8 +45,11 @@ class CurvatureSignal:
         n = min(windows[0].size, n_ctx) + targets
         probes = probes_per_pass(shape, n, layers, config.memory_budget, config.max_batch)
         hvps = products_total(n_ctx, targets, config)
-        return PhaseEstimate(self.name, hvps, "HVPs", passes=-(-hvps // probes) if hvps else 0,
-                             peak_bytes=probes * shape.probe_bytes(n, layers))
+        peak = probes * shape.probe_bytes(n, layers)
+        if config.estimator == "sketch":  # its matrices stay alive through its passes
+            peak += check_sketch(config.sketch_rank, windows[0].size, shape.d_model, config.num_probes,
+                                 config.memory_budget)
+        return PhaseEstimate(self.name, hvps, "HVPs", passes=-(-hvps // probes) if hvps else 0, peak_bytes=peak)
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         cfg = context.config

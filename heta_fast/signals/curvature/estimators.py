@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ...memory import check_sketch
 from .exact import exact_block_hutchinson, exact_by_suffix, suffix_group_size
 from .hvp import ProductPlan
 from .probes import rademacher_probes
@@ -38,6 +39,7 @@ def _probing_plan(shape, rows, n_context, config) -> ProductPlan:
 
 def _sketch_plan(shape, rows, n_context, config) -> ProductPlan:
     d = shape[1]
+    check_sketch(config.sketch_rank, len(rows), d, config.num_probes, config.memory_budget)
     probes = rademacher_probes(n_context, config.num_probes, d, config.seed)[rows]
     omega = sketch_matrix(len(rows), d, config.sketch_rank, config.seed)
     return nystrom_plan(shape, rows, probes, omega)
