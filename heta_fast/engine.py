@@ -11,12 +11,12 @@ from .chat import attributed_mask
 from .combine import combine, unattributed_to_zero
 from .config import HETAConfig, as_config
 from .errors import HetaError, InputError, NonFiniteError
-from .inputs import check_max_new_tokens, request_fields, request_items
+from .inputs import check_max_new_tokens, check_token_count, request_fields, request_items
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .model.exclusive import holding_the_model
 from .precision import stage_precision
-from .progress import PhaseEstimate, PhaseReporter, Progress
+from .progress import PhaseEstimate, PhaseReporter, Progress, checked_progress
 from .request import TokenizedRequest, sink_token_id, tokenize_context, tokenize_request, with_target
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
@@ -92,7 +92,7 @@ class Attributor:
         config: this call's configuration (default: the Attributor's); progress: a callback
         receiving :class:`~heta_fast.progress.ProgressEvent` s as the phases advance.
         """
-        config = self._call_config(config)
+        config, progress = self._call_config(config), checked_progress(progress)
         request = tokenize_request(self.tokenizer, prompt, target, self.adapter.max_length,
                                    self.adapter.vocab_size, messages, self.sink_id(config))
         return self._attribute(request, config, progress)
@@ -135,7 +135,7 @@ class Attributor:
         max_new_tokens: an integer >= 1 such that prompt + max_new_tokens fits the model (checked
         before generating); generation arguments transformers refuses raise ``InputError``.
         """
-        config = self._call_config(config)
+        config, progress = self._call_config(config), checked_progress(progress)
         context = tokenize_context(self.tokenizer, prompt, self.adapter.vocab_size, messages, self.sink_id(config))
         max_new_tokens = check_max_new_tokens(max_new_tokens, context.n_context, self.adapter.max_length)
         ids = context.context_ids[None].to(self.adapter.device)
@@ -310,15 +310,25 @@ class Attributor:
         DataFrame or a ``datasets.Dataset``; the id is the record's ``id_field`` (its position when
         absent). ``messages_field``: read chat messages from that field instead of a prompt.
         ``generate=N``: attribute the greedy continuation of up to N tokens instead of a target.
-        Bad records yield FailedAttribution. Write them with ``heta_fast.io.write_results``.
+        Bad records yield FailedAttribution; a bad config, ``generate`` or ``records`` (text, a
+        single record, a number) raises here, before any record is read. Write the results with
+        ``heta_fast.io.write_results``.
         """
         from .pipeline.readers import Fields
-        from .pipeline.run import attribute_records
 
+        cfg = self._call_config(config)
+        if generate is not None:
+            generate = check_token_count(generate, "generate")
+        records = request_items(records, "attribute_dataset", "records (dicts), a DataFrame or a datasets.Dataset")
         fields = Fields(id=id_field, prompt=prompt_field, target=None if generate else target_field,
                         messages=messages_field)
+        return self._dataset_results(records, fields, cfg, generate)
+
+    def _dataset_results(self, records, fields, config: HETAConfig, generate: int | None):
+        from .pipeline.run import attribute_records
+
         for position, record, result in attribute_records(self, records, fields, config, generate):
-            yield (record.get(id_field, position) if isinstance(record, dict) else position), result
+            yield (record.get(fields.id, position) if isinstance(record, dict) else position), result
 
 
 def _check_finite(capture) -> None:

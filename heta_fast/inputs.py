@@ -111,21 +111,27 @@ def request_fields(item) -> tuple[object, object, object]:
                      f"got {describe(item)}")
 
 
-def request_items(requests) -> Iterable:
-    """The items of ``attribute_many``'s argument, refusing a lone request or text passed instead."""
+def request_items(requests, caller: str = "attribute_many", items: str = "requests (pairs or mappings)") -> Iterable:
+    """The items of ``caller``'s argument (an iterable of ``items``), refusing a lone request, a
+    record or text passed instead (text would be read one character at a time)."""
     if isinstance(requests, (*_NOT_ID_SEQUENCES, Mapping, torch.Tensor)):
-        raise InputError("attribute_many takes an iterable of requests (pairs or mappings); got "
-                         f"{describe(requests)} (wrap a single request in a list)")
+        raise InputError(f"{caller} takes an iterable of {items}; got {describe(requests)} "
+                         "(wrap a single one in a list)")
     if not isinstance(requests, Iterable):
-        raise InputError(f"attribute_many takes an iterable of requests; got {describe(requests)}")
+        raise InputError(f"{caller} takes an iterable of {items}; got {describe(requests)}")
     return requests
+
+
+def check_token_count(value, name: str) -> int:
+    """A number of tokens to generate: an integer >= 1 (not a bool, a float or a tensor)."""
+    if not _is_integer(value) or isinstance(value, torch.Tensor) or int(value) < 1:
+        raise InputError(f"{name} must be an integer >= 1; got {describe(value)}")
+    return int(value)
 
 
 def check_max_new_tokens(max_new_tokens, n_context: int, max_length: int | None) -> int:
     """``generate_and_attribute``'s token budget: an integer >= 1 whose worst case fits the model."""
-    if not _is_integer(max_new_tokens) or isinstance(max_new_tokens, torch.Tensor) or int(max_new_tokens) < 1:
-        raise InputError(f"max_new_tokens must be an integer >= 1; got {describe(max_new_tokens)}")
-    n = int(max_new_tokens)
+    n = check_token_count(max_new_tokens, "max_new_tokens")
     if max_length is not None and n_context + n - 1 > max_length:
         raise InputError(f"the prompt's {n_context} tokens + max_new_tokens={n} need {n_context + n - 1} positions; "
                          f"the model's maximum is {max_length}")

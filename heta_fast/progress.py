@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -42,6 +44,15 @@ class ProgressEvent:
 
 
 Progress = Callable[[ProgressEvent], None]
+
+
+def checked_progress(progress) -> Progress | None:
+    """A call's ``progress`` argument: None or a callable (ConfigError otherwise, before any work;
+    a non-callable would fail only at the first event, after the forward pass)."""
+    if progress is not None and not callable(progress):
+        raise ConfigError("progress must be a callable receiving ProgressEvents, or None; "
+                          f"got {type(progress).__name__}")
+    return progress
 
 
 @dataclass(frozen=True)

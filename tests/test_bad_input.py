@@ -65,6 +65,32 @@ def test_attribute_many_refuses_a_lone_request_or_text_at_the_call(attr):
         attr.attribute_many([(PROMPT, TARGET)], config={"beta": 1.0})
 
 
+def test_attribute_dataset_refuses_bad_arguments_at_the_call(attr):
+    """A config, ``generate`` or ``records`` it cannot use raises when called, not as a failure row
+    per record (or never: ``generate=0`` used to be read as "no generation")."""
+    records = [{"id": "a", "prompt": PROMPT, "target": TARGET}]
+    with pytest.raises(ConfigError, match="config must be a HETAConfig"):
+        attr.attribute_dataset(records, config={"beta": 1.0})
+    with pytest.raises(ConfigError, match="layer_subset"):
+        attr.attribute_dataset(records, config=HETAConfig(layer_subset=9))
+    for generate, shown in ((0, "int 0"), (-1, "int -1"), (True, "bool True"), (1.5, "float 1.5")):
+        with pytest.raises(InputError, match=f"generate must be an integer >= 1; got {shown}"):
+            attr.attribute_dataset(records, generate=generate)
+    for bad in ("abc", 5, {"id": "a", "prompt": PROMPT}):
+        with pytest.raises(InputError, match="attribute_dataset takes an iterable of records"):
+            attr.attribute_dataset(bad)
+    [(key, result)] = list(attr.attribute_dataset(records))
+    assert key == "a" and result.ok
+
+
+def test_a_progress_that_is_not_callable_is_refused_before_the_work(attr, monkeypatch):
+    monkeypatch.setattr(type(attr), "_attribute", lambda *a, **k: pytest.fail("the work started"))
+    with pytest.raises(ConfigError, match="progress must be a callable receiving ProgressEvents, or None; got int"):
+        attr.attribute(PROMPT, TARGET, progress=5)
+    with pytest.raises(ConfigError, match="progress must be a callable"):
+        attr.generate_and_attribute(PROMPT, max_new_tokens=1, progress="bar")
+
+
 @pytest.mark.parametrize("ids,match", [
     (b"The capital", "got bytes b'The capital'"),
     ([5.7, 6.2], "element 0 is float 5.7"),
