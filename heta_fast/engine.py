@@ -284,8 +284,11 @@ class Attributor:
         parts = {name: unattributed_to_zero(value, attributed) for name, value in parts.items()}
         scores = combine(parts["flow"], parts["curvature"], parts["information"], cfg.beta, cfg.gamma,
                          cfg.term_scale, attributed)
-        for name, value in (("scores", scores), *parts.items()):
+        for name, value in (*parts.items(), ("scores", scores)):
             if value is not None and not torch.isfinite(value).all():
+                if name == "scores":  # finite components, non-finite scores: the weights overflowed
+                    raise NonFiniteError(f"the scores are not finite with beta={cfg.beta:g} and gamma={cfg.gamma:g} "
+                                         "(the components are finite)")
                 raise NonFiniteError(f"the {name} of this input are not finite")
         return Attribution(
             scores=scores, **parts,

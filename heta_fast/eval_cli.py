@@ -18,7 +18,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate attribution methods on a dataset (faithfulness and alignment)",
                        description="Attribute every example with every method, score each attribution with "
                                    "Soft-NC, Soft-NS, comprehensiveness, sufficiency, DSA and F1, print a table "
-                                   "(mean and 95%% bootstrap interval) and write per-example results. Re-running "
+                                   "(mean and 95% bootstrap interval) and write per-example results. Re-running "
                                    "the same command continues an interrupted run.")
     add_model_args(p)
     p.add_argument("--data", required=True, help="curated-format .json file or a .jsonl dataset (docs/evaluation.md)")

@@ -13,7 +13,14 @@ import torch
 
 from heta_fast import Attribution, Attributor, HETAConfig
 from heta_fast.cli import main
-from heta_fast.errors import ConfigError, InputError, MemoryBudgetError, ModelLoadError, ResultFormatError
+from heta_fast.errors import (
+    ConfigError,
+    InputError,
+    MemoryBudgetError,
+    ModelLoadError,
+    NonFiniteError,
+    ResultFormatError,
+)
 from tests.tiny_models import text, tiny_model, tiny_tokenizer
 
 PROMPT, TARGET = text(5, 6, 7, 8), text(9)
@@ -81,6 +88,12 @@ def test_attribute_dataset_refuses_bad_arguments_at_the_call(attr):
             attr.attribute_dataset(bad)
     [(key, result)] = list(attr.attribute_dataset(records))
     assert key == "a" and result.ok
+
+
+def test_scores_that_overflow_blame_the_weights_not_the_input(attr):
+    with pytest.raises(NonFiniteError, match=r"the scores are not finite with beta=0.5 and gamma=1e\+308 "
+                                             r"\(the components are finite\)"):
+        attr.attribute(PROMPT, TARGET, config=HETAConfig(gamma=1e308, components=("flow", "information")))
 
 
 def test_a_progress_that_is_not_callable_is_refused_before_the_work(attr, monkeypatch):
