@@ -13,6 +13,19 @@ import sys
 
 from .cli_args import add_engine_args, add_model_args, config_from_args, int_at_least, load_args
 
+MAX_PORT = 65535  # TCP ports are 16-bit; bind() raises OverflowError (with a traceback) beyond
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port in [0, 65535] (0: any free port), refused at parsing as a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a port number in [0, {MAX_PORT}], got {text!r}")
+    return value
+
 
 def _positive_float(text: str) -> float:
     try:
@@ -33,7 +46,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     add_model_args(p)
     add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int_at_least(0), default=8000, help="port (0: any free port)")
+    p.add_argument("--port", type=_port, default=8000, help="port (0: any free port)")
     p.add_argument("--token", default=None,
                    help=f"bearer token every endpoint but /healthz requires (default: ${TOKEN_ENV} if set)")
     p.add_argument("--cors-origin", action="append", default=[], help="an origin allowed by CORS (repeatable)")

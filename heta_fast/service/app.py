@@ -26,7 +26,7 @@ from .admit import Admission, RequestError
 from .guard import Guard
 from .jobs import TERMINAL, JobManager, QueueFullError
 from .metrics import Metrics
-from .schema import AttributionRequest, Health, JobView, ModelsView
+from .schema import AttributionRequest, Health, JobView, ModelsView, shown
 from .settings import ServiceSettings
 
 STATIC = Path(__file__).parent / "static"  # the page: index.html, app.js, style.css
@@ -208,11 +208,18 @@ def _errors(app: FastAPI) -> None:
         names = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_name(p)]
         where = ".".join(names) or "body"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return JSONResponse({"detail": " ".join(f"{where}: {first.get('msg', 'invalid')}{more}".split())}, 422)
+        got = f", got {shown(first['input'])}" if _is_type_error(first) else ""
+        return JSONResponse({"detail": " ".join(f"{where}: {first.get('msg', 'invalid')}{got}{more}".split())}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
         return JSONResponse({"detail": " ".join(str(exc.detail).split())}, exc.status_code, headers=exc.headers)
+
+
+def _is_type_error(error: dict) -> bool:
+    """A value of the wrong JSON type (``"0.7"`` for a number, ``true`` for an integer): worth showing,
+    since the field's name alone does not say which value was refused."""
+    return str(error.get("type", "")).endswith("_type") and "input" in error
 
 
 def _is_type_name(part) -> bool:

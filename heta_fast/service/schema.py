@@ -1,47 +1,90 @@
 """Request and response bodies of the HTTP API (pydantic; they make the OpenAPI schema).
 
 Engine options are only shaped here (types); their values are checked by ``HETAConfig`` itself,
-so the service and the library accept exactly the same configurations.
+so the service and the library accept exactly the same configurations. The request's types are
+strict, as the library is: pydantic's default (lax) mode would read ``true`` as the id 1, ``"0.7"``
+as a number, ``3.0`` as a count or ``"yes"`` as a bool, all of which the library refuses. The one
+conversion kept is the library's own: an integer where a float is expected (``beta: 1``).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+import json
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from ..client import OPTION_FIELDS
 
-Text = str
-Ids = list[int]
+
+def shown(value, limit: int = 60) -> str:
+    """``value`` as the client wrote it (JSON), clipped to ``limit`` characters, for messages."""
+    try:
+        text = json.dumps(value, default=repr)
+    except ValueError:  # an integer of more digits than Python converts to text (sys.set_int_max_str_digits)
+        text = f"{type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_of(what: str) -> WrapValidator:
+    """A union's several errors as one message: "must be <what>", then the element or value that is not."""
+
+    def check(value, handler):
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            got = f"got {shown(value)}"
+            if isinstance(value, list):  # the first element the list member refused, if any
+                index = next((p for e in exc.errors() for p in e["loc"] if isinstance(p, int)), None)
+                got = got if index is None else f"element {index} is {shown(value[index])}"
+            raise PydanticCustomError("type_error", "must be {what}; {got}", {"what": what, "got": got}) from None
+
+    return WrapValidator(check)
+
+
+# Text, or token ids (JSON integers only, never true/false, 4.0 or "4", as tokenize_prompt/target).
+TextOrIds = Annotated[Union[StrictStr, list[StrictInt]], _one_of("text or a list of integer token ids")]
+# A component name or a list of them (HETAConfig.components takes both).
+Components = Annotated[Union[StrictStr, list[StrictStr]], _one_of("a component name or a list of them")]
 
 
 class EngineOptions(BaseModel):
     """Per-request HETA options; unset fields take the server's configuration (``GET /v1/models``)."""
 
     model_config = ConfigDict(extra="forbid")
-    beta: Optional[float] = None
-    gamma: Optional[float] = None
-    components: Optional[list[str]] = None
-    estimator: Optional[str] = None
-    num_probes: Optional[int] = None
-    probing_patterns: Optional[int] = None
-    probing_repeats: Optional[int] = None
-    sketch_rank: Optional[int] = None
-    seed: Optional[int] = None
-    mask_scheme: Optional[str] = None
-    information_estimator: Optional[str] = None
-    information_rank: Optional[int] = None
-    information_span: Optional[int] = None
-    precision: Optional[str] = None
-    window_size: Optional[int] = None
-    window_overlap: Optional[float] = None
-    layer_subset: Optional[int] = None
-    use_fisher: Optional[bool] = None
-    template_tokens: Optional[str] = None
-    term_scale: Optional[str] = None
-    sinks: Optional[str] = None
-    sink_threshold: Optional[float] = None
-    sink_token: Optional[str] = None
+    beta: Optional[StrictFloat] = None
+    gamma: Optional[StrictFloat] = None
+    components: Optional[Components] = None
+    estimator: Optional[StrictStr] = None
+    num_probes: Optional[StrictInt] = None
+    probing_patterns: Optional[StrictInt] = None
+    probing_repeats: Optional[StrictInt] = None
+    sketch_rank: Optional[StrictInt] = None
+    seed: Optional[StrictInt] = None
+    mask_scheme: Optional[StrictStr] = None
+    information_estimator: Optional[StrictStr] = None
+    information_rank: Optional[StrictInt] = None
+    information_span: Optional[StrictInt] = None
+    precision: Optional[StrictStr] = None
+    window_size: Optional[StrictInt] = None
+    window_overlap: Optional[StrictFloat] = None
+    layer_subset: Optional[StrictInt] = None
+    use_fisher: Optional[StrictBool] = None
+    template_tokens: Optional[StrictStr] = None
+    term_scale: Optional[StrictStr] = None
+    sinks: Optional[StrictStr] = None
+    sink_threshold: Optional[StrictFloat] = None
+    sink_token: Optional[StrictStr] = None
 
     def changes(self) -> dict:
         """The fields the request sets, for ``HETAConfig.replace``."""
@@ -50,8 +93,8 @@ class EngineOptions(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: str
-    content: str
+    role: StrictStr
+    content: StrictStr
 
 
 class AttributionRequest(BaseModel):
@@ -60,10 +103,10 @@ class AttributionRequest(BaseModel):
     continuation of up to N tokens)."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: Optional[Union[Text, Ids]] = None
+    prompt: Optional[TextOrIds] = None
     messages: Optional[list[ChatMessage]] = None
-    target: Optional[Union[Text, Ids]] = None
-    generate: Optional[int] = Field(default=None, description="number of tokens to generate and attribute")
+    target: Optional[TextOrIds] = None
+    generate: Optional[StrictInt] = Field(default=None, description="number of tokens to generate and attribute")
     options: Optional[EngineOptions] = None
 
 

@@ -10,6 +10,7 @@ import pytest
 from tests.service.helpers import wait_done
 
 CHEAP = {"probing_repeats": 1, "probing_patterns": 2}
+NOT_IDS = "must be text or a list of integer token ids;"
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +98,35 @@ def test_metrics_are_prometheus_text(service_url, http):
     ({"prompt": "w1", "generate": 0}, 422, "generate:"),
     ({"prompt": "w1 " * 30000, "target": " w3"}, 413, "prompt: "),
     ({"messages": [{"role": "user", "content": "w1"}], "target": " w3"}, 422, "messages: "),
+    # Values of another JSON type are refused, as the library refuses them, never converted.
+    ({"prompt": [4, True], "target": " w3"}, 422, f"prompt: {NOT_IDS} element 1 is true"),
+    ({"prompt": ["4", "5"], "target": " w3"}, 422, f'prompt: {NOT_IDS} element 0 is "4"'),
+    ({"prompt": [4, 5.0], "target": [6]}, 422, f"prompt: {NOT_IDS} element 1 is 5.0"),
+    ({"prompt": [4, 5], "target": [True]}, 422, f"target: {NOT_IDS} element 0 is true"),
+    ({"prompt": "w1 w2", "target": " w3", "options": {"beta": "0.7"}}, 422,
+     'options.beta: Input should be a valid number, got "0.7"'),
+    ({"prompt": "w1 w2", "target": " w3", "options": {"beta": True}}, 422,
+     "options.beta: Input should be a valid number, got true"),
+    ({"prompt": "w1 w2", "target": " w3", "options": {"num_probes": 3.0}}, 422,
+     "options.num_probes: Input should be a valid integer, got 3.0"),
+    ({"prompt": "w1 w2", "target": " w3", "options": {"use_fisher": "yes"}}, 422,
+     'options.use_fisher: Input should be a valid boolean, got "yes"'),
+    ({"prompt": "w1", "generate": "2"}, 422, 'generate: Input should be a valid integer, got "2"'),
+    ({"prompt": "w1", "generate": 2.0}, 422, "generate: Input should be a valid integer, got 2.0"),
 ])
 def test_bad_input_is_a_one_line_4xx_naming_the_field(service_url, http, body, status, field):
     r = http.post(service_url + "v1/attributions", json=body)
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert detail.startswith(field) and "\n" not in detail, detail
+
+
+def test_an_integer_weight_runs_as_in_the_library(service_url, http):
+    """``beta: 1`` is 1.0, as ``HETAConfig(beta=1)`` reads it (strict types, but not stricter than the library)."""
+    r = http.post(service_url + "v1/attributions", params={"wait": 30},
+                  json={"prompt": [4, 5], "target": [6], "options": {**CHEAP, "beta": 1, "components": "flow"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["config"]["beta"] == 1.0 and r.json()["result"]["config"]["components"] == ["flow"]
 
 
 def test_malformed_json_unknown_id_and_big_body(service_url, http):

@@ -24,13 +24,25 @@ def test_serve_options_become_settings(monkeypatch, tmp_path):
     assert settings_from_args(args).batching == "on"
 
 
-@pytest.mark.parametrize("argv", [["--port", "-1"], ["--max-queue", "0"], ["--job-timeout", "nan"],
+@pytest.mark.parametrize("argv", [["--port", "-1"], ["--port", "65536"], ["--port", "70000"], ["--port", "80.0"],
+                                  ["--max-queue", "0"], ["--job-timeout", "nan"],
                                   ["--job-timeout", "-3"], ["--batch-requests", "always"]])
 def test_bad_serve_options_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["serve", *argv])
     assert exc.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_port_beyond_65535_is_one_usage_line_not_a_traceback(capsys):
+    """bind() raises OverflowError for such a port: it is refused while the arguments are parsed."""
+    from heta_fast import serve_cli
+
+    assert serve_cli.main(["--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("heta-fast: error: argument --port: must be a port number in [0, 65535], got '70000'")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert build_parser().parse_args(["serve", "--port", "65535"]).port == 65535
 
 
 def test_results_dir_must_be_a_folder(tmp_path):
