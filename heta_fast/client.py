@@ -150,9 +150,13 @@ def _options(config, extra: dict) -> dict:
 
 
 def _plain(value):
-    """Token ids as a list of ints (tensors and arrays included); text and None unchanged."""
+    """Token ids as JSON: tensors, arrays and their scalars become Python values, each as it is (a
+    bool stays a bool, a float a float), so that the service refuses what the library would refuse
+    instead of ids converted here. Text, None and anything not a sequence go unchanged (refused there too)."""
     if value is None or isinstance(value, str):
         return value
     if hasattr(value, "tolist"):
-        value = value.tolist()
-    return [int(v) for v in value]
+        return value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return value
+    return [v.item() if hasattr(v, "item") else v for v in value]

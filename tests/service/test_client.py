@@ -1,6 +1,7 @@
 """heta_fast.client.Client against a running service: the same numbers as in-process, typed errors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,12 @@ def test_errors_are_typed(service_url):
         client.attribute("w1 w2", " w3", beta=-1.0)
     with pytest.raises(InputError, match="prompt"):
         client.attribute("", " w3")
+    # Token ids the library refuses are refused through the client too, never converted on the way.
+    for ids, shown in (([4, True], "element 1 is true"), ([4, 5.0], "element 1 is 5.0"),
+                       (torch.tensor([4.0, 5.0]), "element 0 is 4.0"), (np.array([True]), "element 0 is true")):
+        with pytest.raises(InputError, match=shown):
+            client.attribute(ids, " w3")
+    assert client.attribute(np.array([4, 5]), torch.tensor([6])).context_ids == [4, 5]
     with pytest.raises(ServiceError, match="404"):
         client.result("no-such-job")
     with pytest.raises(ServiceError, match="cannot reach"):
