@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from .allocator import worker_environment
 from .config import HETAConfig
 from .errors import ConfigError
+from .pipeline.parts import rows_table
 from .pipeline.progress import RunProgress
 from .pipeline.readers import Fields, check_fields, iter_records, read_file, read_ids, records_at, reiterable
 from .pipeline.run import attribute_records, run_settings
-from .pipeline.schema import arrow_schema, result_to_row
+from .pipeline.schema import record_failure, record_row
 from .pipeline.writer import DEFAULT_ROWS_PER_PART, ResultWriter
-from .result import FailedAttribution
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -53,15 +53,13 @@ class RayAttributor:
         self.fields, self.generate, self.config_hash, self.batching = fields, generate, config_hash, batching
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
         keys, records = _batch_records(batch, self.fields.id)
         try:
             results = [r for _, _, r in self._attribute(records)]
         except Exception:  # a bug on one record must not lose the batch: retry one by one
             results = [self._one(record) for record in records]
         rows = [self._row(key, record, result) for key, record, result in zip(keys, records, results)]
-        return pa.Table.from_pylist(rows, schema=arrow_schema())
+        return rows_table(rows)  # a row no part can hold becomes its failure row, not a lost batch
 
     def _attribute(self, records):
         return attribute_records(self.attributor, records, self.fields, self.config, self.generate,
@@ -71,11 +69,11 @@ class RayAttributor:
         try:
             return next(iter(self._attribute([record])))[2]
         except Exception as exc:
-            return FailedAttribution(-1, record.get(self.fields.context), None, type(exc).__name__, str(exc))
+            return record_failure(-1, record, self.fields, type(exc).__name__, str(exc))
 
     def _row(self, key: str, record: dict, result) -> dict:
-        target = None if self.generate else record.get(self.fields.target)
-        return result_to_row(key, result, self.config_hash, model=self.attributor.model_name, target=target)
+        return record_row(key, record, result, self.config_hash, fields=self.fields, generate=self.generate,
+                          attributor=self.attributor)
 
 
 def _batch_records(batch: pa.Table, id_field: str) -> tuple[list[str], list[dict]]:

@@ -5,35 +5,52 @@
 >>> res = read_results("out/", form="attributions")  # {id: Attribution | FailedAttribution}
 >>> write_results(attr.attribute_dataset(records), "out/", attributor=attr)
 
-Only part files listed in a manifest are read (a part a crash left behind is not); an id
-written more than once (``--retry-failed``) is read once: its successful row, else its last.
+Only part files listed in a manifest are read (a part a crash left behind is not), each checked
+against its manifest (a plain file name in the parts folder, the row count) and the row schema; a
+damaged directory is a ResultFormatError naming the file. An id written more than once
+(``--retry-failed``) is read once: its successful row, else its last.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
-from .errors import InputError
-from .pipeline.manifest import manifests
-from .pipeline.parts import read_part
-from .pipeline.schema import MATRICES, SCHEMA_VERSION, arrow_schema, result_to_row, row_to_result
+from .errors import ConfigError, InputError
+from .pipeline.manifest import manifests, read_listed_parts
+from .pipeline.schema import (
+    MATRICES,
+    SCHEMA_VERSION,
+    arrow_schema,
+    decoded_target,
+    result_to_row,
+    row_to_result,
+    unescape_row,
+)
 from .pipeline.writer import ResultWriter
 
 __all__ = ["read_results", "read_table", "write_results", "ResultWriter", "result_to_row", "SCHEMA_VERSION"]
 
 LONG_COLUMNS = ["id", "target_index", "target_token", "context_index", "context_token", "special", "attributed",
                 "segment", *MATRICES]
+FORMS = ("long", "records", "attributions")
 
 
 def read_table(directory):
-    """Every record's row as one pyarrow Table (schema version SCHEMA_VERSION), one row per id."""
+    """Every record's row as one pyarrow Table (the schema of SCHEMA_VERSION: a column that an older
+    part lacks is null), one row per id.
+
+    Raises InputError when ``directory`` is not a path or holds no results, ResultFormatError when
+    a manifest or a part file is damaged."""
     import pyarrow as pa
 
+    if not isinstance(directory, (str, os.PathLike)):
+        raise InputError(f"the results directory must be a directory path, got {type(directory).__name__} "
+                         f"{directory!r}")
     directory = Path(directory).expanduser()
-    found = manifests(directory) if directory.is_dir() else []
-    if not found:
+    if not (directory.is_dir() and manifests(directory)):
         raise InputError(f"{directory} holds no heta-fast results (no manifest)")
-    tables = [read_part(directory / "parts" / part["file"]) for m in found for part in m.parts]
+    tables = read_listed_parts(directory)
     table = pa.concat_tables(tables) if tables else arrow_schema().empty_table()
     ids, oks = table.column("id").to_pylist(), table.column("ok").to_pylist()
     keep: dict[str, int] = {}
@@ -48,15 +65,19 @@ def read_results(directory, form: str = "long"):
     context_index, context_token, special (None when not recorded), attributed, segment (a chat
     record's message index, -1 for template tokens; None for a plain prompt), scores, flow,
     curvature, information; successful records only),
-    "records" (DataFrame, one row per record, the stored schema) or "attributions"
-    ({id: Attribution | FailedAttribution}, matrices float64 [n_target, n_context])."""
+    "records" (DataFrame, one row per record, the stored schema: text that is not UTF-8 stays
+    escaped, its column named in ``escaped``) or "attributions" ({id: Attribution |
+    FailedAttribution}, matrices float64 [n_target, n_context], escaped text given back).
+
+    Raises ConfigError for another ``form``; read_table's errors."""
+    if form not in FORMS:
+        raise ConfigError(f"unknown form {form!r}; choose {', '.join(FORMS)}")
     table = read_table(directory)
     if form == "records":
         return table.to_pandas()
     if form == "attributions":
-        return {row["id"]: row_to_result(row) for row in table.to_pylist()}
-    if form != "long":
-        raise ValueError(f"unknown form {form!r}; choose long, records or attributions")
+        rows = [unescape_row(row) for row in table.to_pylist()]
+        return {row["id"]: row_to_result(row) for row in rows}
     return _long(table)
 
 
@@ -95,14 +116,18 @@ def write_results(results: Iterable, directory, *, attributor=None, settings: di
 
     settings: what the results depend on (default: the attributor's model, dtype and config);
     a directory holding other settings is refused. Returns the number of rows written.
+    A pair holds a result, not its record: a row's prompt and messages are the result's (a
+    token-id prompt's success: null), a success's target its target ids as the attributor's
+    tokenizer decodes them (null without the attributor).
     """
     if settings is None:
         if attributor is None:
-            raise ValueError("write_results needs the attributor or the settings")
+            raise ConfigError("write_results needs the attributor or the settings")
         settings = {"model": attributor.model_name, "config": attributor.config.to_dict(),
                     "model_dtype": str(attributor.adapter.dtype).removeprefix("torch.")}
     model = settings.get("model")
     with ResultWriter(directory, settings, fmt=fmt, rows_per_part=rows_per_part) as writer:
         for key, result in results:
-            writer.write(result_to_row(key, result, writer.config_hash, model=model))
+            target = None if attributor is None else decoded_target(attributor.tokenizer, result)
+            writer.write(result_to_row(key, result, writer.config_hash, model=model, target=target))
     return writer.rows_written

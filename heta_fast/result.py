@@ -204,13 +204,15 @@ class Attribution:
 
 @dataclass
 class FailedAttribution:
-    """The result slot of a request that could not be attributed (``attribute_many``)."""
+    """The result slot of a request that could not be attributed (``attribute_many``): the
+    request's prompt, target and chat messages as given (None when it gave none), the error."""
 
     index: int
     prompt: object
     target: object
     error_type: str
     message: str
+    messages: object = None
     ok: bool = field(default=False, init=False)
 
     def __str__(self) -> str:

@@ -133,4 +133,4 @@ class Scheduler:
 
 def _failed(order: int, job: Job, exc: Exception) -> FailedAttribution:
     return FailedAttribution(index=order, prompt=job.prompt, target=job.target, error_type=type(exc).__name__,
-                             message=str(exc))
+                             message=str(exc), messages=job.messages)

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import HETAConfig
-from ..errors import ConfigError, InputError, OutputInUseError
+from ..errors import ConfigError, OutputInUseError, ResultFormatError
 from ..files import atomic_write
-from .schema import SCHEMA_VERSION
+from .parts import plain_part_name, read_part
+from .schema import READABLE_VERSIONS, SCHEMA_VERSION
 
 MANIFEST_PREFIX = "manifest"
 
@@ -59,26 +60,73 @@ class Manifest:
 
     @classmethod
     def load(cls, path: Path) -> "Manifest":
+        """The manifest at ``path``; ResultFormatError naming it when it is unreadable, not JSON, of
+        another version or of another shape (its fields, each part's plain file name and row count)."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("schema_version") != SCHEMA_VERSION:
-                raise InputError(f"{path}: schema version {data.get('schema_version')!r}, this heta-fast "
-                                        f"reads {SCHEMA_VERSION}")
-            return cls(path, data["config_hash"], data.get("settings", {}), list(data.get("parts", [])))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise InputError(f"{path} is not a readable heta-fast manifest ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise ResultFormatError(f"{path} is not a readable heta-fast manifest ({exc})") from None
+        return cls(path, *_fields(path, data))
 
     def save(self) -> None:
         write_json_atomic(self.path, {"schema_version": SCHEMA_VERSION, "config_hash": self.config_hash,
                                       "settings": self.settings, "parts": self.parts})
 
 
+def _fields(path: Path, data) -> tuple[str, dict, list[dict]]:
+    """(config_hash, settings, parts) of a manifest's JSON ``data``, checked."""
+    def fail(problem: str):
+        raise ResultFormatError(f"{path} is not a heta-fast manifest: {problem}")
+
+    if not isinstance(data, dict):
+        fail(f"it holds a JSON {type(data).__name__}, not an object")
+    version = data.get("schema_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ResultFormatError(f"{path}: schema version {version!r}, this heta-fast reads versions "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if not isinstance(data.get("config_hash"), str):
+        fail("its 'config_hash' is not text")
+    settings, parts = data.get("settings", {}), data.get("parts", [])
+    if not isinstance(settings, dict):
+        fail("its 'settings' is not an object")
+    if not isinstance(parts, list):
+        fail("its 'parts' is not a list")
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict):
+            fail(f"part {i} is not an object with 'file' and 'rows'")
+        if not plain_part_name(part.get("file")):
+            # A name with a folder would read (or, resuming, count as written) a file outside the parts folder.
+            fail(f"part {i} has {part.get('file')!r}, not a plain part file name in the parts folder")
+        rows = part.get("rows")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            fail(f"part {i} ({part['file']}) has no row count (rows: {rows!r})")
+    return data["config_hash"], settings, list(parts)
+
+
 def manifests(directory: Path) -> list[Manifest]:
     """Every manifest in ``directory`` (unsharded first, then shards by name)."""
     paths = sorted(Path(directory).glob(f"{MANIFEST_PREFIX}*.json"), key=lambda p: (p.name != "manifest.json", p.name))
     return [Manifest.load(p) for p in paths]
+
+
+def read_listed_parts(directory: Path, columns: list[str] | None = None) -> list:
+    """Every part file that a manifest of ``directory`` lists, as Arrow tables (:func:`read_part`;
+    only ``columns`` when given), in manifest order.
+
+    Raises ResultFormatError naming the file when a part is missing or holds another number of rows
+    than its manifest counts (a JSONL part cut at a line boundary reads as fewer whole rows)."""
+    tables = []
+    for manifest in manifests(directory):
+        for part in manifest.parts:
+            path = Path(directory) / "parts" / part["file"]
+            if not path.is_file():
+                raise ResultFormatError(f"the part file {path} that {manifest.path.name} lists is missing")
+            table = read_part(path, columns)
+            if table.num_rows != part["rows"]:
+                raise ResultFormatError(f"the part file {path} holds {table.num_rows} rows where {manifest.path.name} "
+                                        f"lists {part['rows']}: it was cut short or replaced")
+            tables.append(table)
+    return tables
 
 
 def same_settings(recorded: dict, settings: dict) -> bool:

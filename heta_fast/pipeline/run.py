@@ -17,7 +17,7 @@ from ..result import Attribution, FailedAttribution
 from ..scheduler import Job, Scheduler
 from .progress import RunProgress
 from .readers import Fields, check_fields, iter_records, parse_shard, read_ids, records_at, reiterable
-from .schema import result_to_row
+from .schema import record_context, record_failure, record_row
 from .writer import DEFAULT_ROWS_PER_PART, ResultWriter
 
 Result = Attribution | FailedAttribution
@@ -30,16 +30,8 @@ def _field_error(record, fields: Fields, generate: int | None, position: int) ->
         return FailedAttribution(position, None, None, "InputError", "the record is not a mapping of fields")
     missing = [f for f in wanted if f not in record]
     if missing:
-        return FailedAttribution(position, record.get(fields.context), None, "InputError",
-                                 f"the record has no {missing[0]!r} field")
+        return record_failure(position, record, fields, "InputError", f"the record has no {missing[0]!r} field")
     return None
-
-
-def _context(record: dict, fields: Fields) -> tuple[object, object]:
-    """(prompt, messages) of a record: exactly one of them is read, the other is None."""
-    if fields.messages is not None:
-        return None, record[fields.messages]
-    return record[fields.prompt], None
 
 
 def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), config: HETAConfig | None = None,
@@ -57,12 +49,12 @@ def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), 
         for position, record in enumerate(iter_records(records)):
             failed = _field_error(record, fields, generate, position)
             if failed is None:
-                prompt, messages = _context(record, fields)
+                prompt, messages = record_context(record, fields)
                 try:
                     failed = attributor.generate_and_attribute(prompt, max_new_tokens=generate, config=cfg,
                                                                messages=messages)
                 except HetaError as exc:
-                    failed = FailedAttribution(position, record[fields.context], None, type(exc).__name__, str(exc))
+                    failed = record_failure(position, record, fields, type(exc).__name__, str(exc))
             yield position, record, failed
         return
 
@@ -72,7 +64,7 @@ def attribute_records(attributor, records: Iterable, fields: Fields = Fields(), 
             if failed is not None:  # an empty request fails at admission, before the model
                 yield Job((position, record, failed), "", "", cfg)
             else:
-                prompt, messages = _context(record, fields)
+                prompt, messages = record_context(record, fields)
                 yield Job((position, record, None), prompt, record[fields.target], cfg, messages=messages)
 
     for (position, record, failed), result in Scheduler(attributor, lookahead, max_group, batching).run(jobs()):
@@ -123,9 +115,8 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
                                        lookahead, max_group, batching)
             for position, record, result in stream:
                 key = keys[todo[position]]
-                target = None if generate else record.get(fields.target)
-                writer.write(result_to_row(key, result, writer.config_hash, model=attributor.model_name,
-                                           target=target))
+                writer.write(record_row(key, record, result, writer.config_hash, fields=fields, generate=generate,
+                                        attributor=attributor))
                 counter.update(result.ok, len(result.context_tokens) if result.ok else 0)
         finally:
             counter.close(str(output))

@@ -5,22 +5,32 @@ hash), the prompt and target, the tokens, the token marks (``special``, ``attrib
 chat records ``segments`` with the ``messages`` as JSON text), the score matrix and each
 component as nested lists ``[n_target][n_context]`` of float64, and the phase timings. A failed record has
 ``ok = False``, its error type and one-line message, and nulls where the numbers would be.
+
+Text that UTF-8 cannot encode (a lone surrogate: JSON's ``"\\ud800"``, a bad byte decoded with
+``surrogateescape``) cannot be stored in a Parquet or JSONL part as it is: a row stores such a column's
+text escaped (:func:`escape_text`) and names the column in ``escaped``, and :func:`unescape_row` gives
+the text back exactly, so an escaped text is never read as the text it looks like.
 """
 from __future__ import annotations
 
 import json
+import re
 
 from ..components import COMPONENTS
 from ..result import Attribution, FailedAttribution
 
-# 2 added the token marks (special, attributed, segments) and the chat messages.
-SCHEMA_VERSION = 2
+# 2 added the token marks (special, attributed, segments) and the chat messages; 3 the ``escaped``
+# column. A version adds columns only: readers read every version in READABLE_VERSIONS, a column
+# added after a part's version read as null.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+ADDED_IN = {"escaped": 3}
 MATRICES = ("scores",) + COMPONENTS
 TIMINGS = ("forward",) + COMPONENTS
 
 
-def arrow_schema():
-    """The pyarrow schema of version SCHEMA_VERSION (part files carry it in their metadata)."""
+def arrow_schema(version: int = SCHEMA_VERSION):
+    """The pyarrow schema of ``version`` (part files carry it in their metadata)."""
     import pyarrow as pa
 
     matrix = pa.list_(pa.list_(pa.float64()))
@@ -36,8 +46,9 @@ def arrow_schema():
               ("messages", pa.string())]
     fields += [(name, matrix) for name in MATRICES]
     fields += [(f"time_{name}", pa.float64()) for name in TIMINGS]
-    fields += [("config", pa.string())]
-    return pa.schema(fields, metadata={"heta_fast_schema_version": str(SCHEMA_VERSION)})
+    fields += [("config", pa.string()), ("escaped", pa.list_(pa.string()))]
+    fields = [(name, kind) for name, kind in fields if ADDED_IN.get(name, 0) <= version]
+    return pa.schema(fields, metadata={"heta_fast_schema_version": str(version)})
 
 
 def column_names() -> list[str]:
@@ -45,54 +56,159 @@ def column_names() -> list[str]:
 
 
 def _text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
+    """A prompt or target as stored: text as it is, anything else (token ids) as JSON text."""
+    return value if value is None or isinstance(value, str) else _json(value)
+
+
+def _json(value) -> str | None:
+    if value is None:
+        return None
     try:
-        return json.dumps(value if not hasattr(value, "tolist") else value.tolist())
+        return json.dumps(value if not hasattr(value, "tolist") else value.tolist(), ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(value)
 
 
 def result_to_row(record_id: str, result: Attribution | FailedAttribution, config_hash: str, *,
-                  model: str | None = None, target=None) -> dict:
+                  model: str | None = None, prompt=None, target=None, messages=None) -> dict:
     """One output row (a dict keyed by :func:`column_names`) for one record's result.
 
-    target: the record's target as given (the generated text for --generate runs is taken from
-    the result's target tokens).
+    prompt, target, messages: what the record gave (``pipeline.run.record_row``; --generate: the
+    generated text as the target); each None takes the result's own (a success's target: null).
+    Text that UTF-8 cannot encode is stored escaped and named in ``escaped`` (module docstring).
     """
     row = dict.fromkeys(column_names())
+    given = {"prompt": _text(prompt if prompt is not None else result.prompt),
+             "target": _text(target if target is not None or result.ok else result.target),
+             "messages": _json(messages if messages is not None else result.messages)}
     row.update(id=str(record_id), schema_version=SCHEMA_VERSION, config_hash=config_hash, model=model,
-               ok=bool(result.ok))
+               ok=bool(result.ok), **given)
     if not result.ok:
-        message = " ".join(str(result.message).split())
-        row.update(error_type=result.error_type, message=message, prompt=_text(result.prompt),
-                   target=_text(target if target is not None else result.target))
-        return row
+        row.update(error_type=result.error_type, message=" ".join(str(result.message).split()))
+        return _escaped(row)
     row.update(model=result.model or model, model_dtype=result.model_dtype, device=result.device,
-               architecture=result.architecture,
-               method=result.method, prompt=_text(result.prompt),
-               target=_text(target) if target is not None else "".join(result.target_tokens),
+               architecture=result.architecture, method=result.method,
                n_context=len(result.context_tokens), n_target=len(result.target_tokens),
                context_tokens=list(result.context_tokens), target_tokens=list(result.target_tokens),
                context_ids=result.context_ids, target_ids=result.target_ids,
                special=result.special, attributed=result.attributed, sinks=result.sinks, segments=result.segments,
-               messages=None if result.messages is None else json.dumps(result.messages, ensure_ascii=False),
                config=json.dumps(result.config, sort_keys=True))
     for name in MATRICES:
         value = getattr(result, name)
         row[name] = None if value is None else value.double().tolist()
     for name in TIMINGS:
         row[f"time_{name}"] = result.timings.get(name)
+    return _escaped(row)
+
+
+def record_context(record, fields) -> tuple[object, object]:
+    """(prompt, messages) a record gave: its messages field for a chat run (``fields.messages``),
+    else its prompt field; the other is None, as is a field the record lacks."""
+    given = record if isinstance(record, dict) else {}
+    if fields.messages is not None:
+        return None, given.get(fields.messages)
+    return given.get(fields.prompt), None
+
+
+def record_failure(position: int, record, fields, error_type: str, message: str) -> FailedAttribution:
+    """The failure of a record the engine never attributed, with the prompt or messages it gave."""
+    prompt, messages = record_context(record, fields)
+    return FailedAttribution(position, prompt, None, error_type, message, messages=messages)
+
+
+def decoded_target(tokenizer, result: Attribution | FailedAttribution) -> str | None:
+    """A success's target as text: its target ids as ``tokenizer`` decodes them (special tokens
+    kept), not its token pieces joined (a word-level tokenizer's pieces have no spaces)."""
+    return tokenizer.decode(list(result.target_ids)) if result.ok else None
+
+
+def record_row(record_id: str, record, result: Attribution | FailedAttribution, config_hash: str, *, fields,
+               generate: int | None, attributor) -> dict:
+    """The output row of one record of a run: its prompt, target and messages as it gave them
+    (``fields``: the fields read), the target of --generate the generated text decoded."""
+    prompt, messages = record_context(record, fields)
+    if generate:
+        target = decoded_target(attributor.tokenizer, result)
+    else:
+        target = record.get(fields.target) if isinstance(record, dict) else None
+    return result_to_row(record_id, result, config_hash, model=attributor.model_name, prompt=prompt, target=target,
+                         messages=messages)
+
+
+def unstorable_row(row: dict, exc: BaseException) -> dict:
+    """The failure row stored instead of ``row`` when a part file cannot hold it (``exc``: why; a
+    value of no column's type, a non-finite number in JSONL): its id, hash and model, an OutputError."""
+    out = dict.fromkeys(column_names())
+    out.update({k: row.get(k) if isinstance(row.get(k), str) else None for k in ("config_hash", "model")},
+               id=str(row.get("id")), ok=False, schema_version=SCHEMA_VERSION, error_type="OutputError",
+               message=" ".join(f"the row cannot be stored: {type(exc).__name__}: {exc}".split()))
+    return _escaped(out)
+
+
+# A backslash (doubled by escape_text) or a \uXXXX that escape_text wrote for an unencodable character.
+_ESCAPE = re.compile(r"\\(\\|u[0-9a-f]{4})")
+
+
+def escape_text(text: str) -> str:
+    """``text`` as UTF-8 can store it: each backslash doubled, then each character UTF-8 cannot
+    encode (a lone surrogate) written ``\\uXXXX`` (Python's backslashreplace). :func:`unescape_text`
+    undoes it; the doubled backslashes keep a literal ``\\ud800`` apart from an escaped surrogate."""
+    return text.replace("\\", "\\\\").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unescape_text(text: str) -> str:
+    """The text :func:`escape_text` was given."""
+    return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(int(m[1][1:], 16)), text)
+
+
+def _encodable(value) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _escaped(row: dict) -> dict:
+    """``row`` with every text column UTF-8 cannot encode escaped (a list of texts: each element) and
+    named in ``escaped`` (None when none is)."""
+    escaped = []
+    for name, value in row.items():
+        texts = value if isinstance(value, list) else [value]
+        if not all(_encodable(v) for v in texts):
+            row[name] = escape_text(value) if isinstance(value, str) else [
+                escape_text(v) if isinstance(v, str) else v for v in value]
+            escaped.append(name)
+    row["escaped"] = escaped or None
     return row
 
 
+def unescape_row(row: dict) -> dict:
+    """A stored row (or some of its columns) with the columns its ``escaped`` names given back their
+    text (``escaped`` then None, so unescaping again changes nothing)."""
+    names = [name for name in row.get("escaped") or [] if name in row]
+    if not row.get("escaped"):
+        return row
+    out = dict(row, escaped=None)
+    for name in names:
+        value = row[name]
+        out[name] = unescape_text(value) if isinstance(value, str) else [
+            unescape_text(v) if isinstance(v, str) else v for v in value]
+    return out
+
+
 def row_to_result(row: dict) -> Attribution | FailedAttribution:
-    """The Attribution (matrices as float64 [n_target, n_context] tensors) or FailedAttribution of a row."""
+    """The Attribution (matrices as float64 [n_target, n_context] tensors) or FailedAttribution of a
+    stored row (escaped text given back; a failure's prompt, target and messages as stored)."""
     import torch
 
+    row = unescape_row(row)
     if not row["ok"]:
         return FailedAttribution(index=-1, prompt=row.get("prompt"), target=row.get("target"),
-                                 error_type=row.get("error_type"), message=row.get("message"))
+                                 error_type=row.get("error_type"), message=row.get("message"),
+                                 messages=row.get("messages"))
     t, n = int(row["n_target"]), int(row["n_context"])
 
     def matrix(value):

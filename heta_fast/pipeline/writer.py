@@ -10,9 +10,17 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from .manifest import DirectoryLock, Manifest, directory_settings, manifest_path, manifests, settings_hash, slot_name
-from .parts import EXTENSIONS, read_part, write_part
-from .schema import arrow_schema
+from .manifest import (
+    DirectoryLock,
+    Manifest,
+    directory_settings,
+    manifest_path,
+    read_listed_parts,
+    settings_hash,
+    slot_name,
+)
+from .parts import EXTENSIONS, row_table, write_part
+from .schema import unescape_row
 
 DEFAULT_ROWS_PER_PART = 64
 
@@ -37,7 +45,7 @@ class ResultWriter:
         self.config_hash = settings_hash(settings)
         self.slot = slot_name(shard)
         self._lock = DirectoryLock(self.directory, self.slot)
-        self._rows: list[dict] = []
+        self._rows: list = []  # one-row Arrow tables (parts.row_table)
         self.manifest: Manifest | None = None
         self.rows_written = 0
 
@@ -77,20 +85,22 @@ class ResultWriter:
 
     # ------------------------------------------------------------------ resume
     def completed_ids(self, retry_failed: bool = False) -> set[str]:
-        """Ids with a row in any manifest-listed part (only successful rows when ``retry_failed``)."""
+        """Ids with a row in any manifest-listed part (only successful rows when ``retry_failed``), as
+        the records gave them (an id stored escaped is given back its text)."""
         done: set[str] = set()
-        for manifest in manifests(self.directory):
-            for part in manifest.parts:
-                table = read_part(self.directory / "parts" / part["file"], columns=["id", "ok"])
-                for key, ok in zip(table.column("id").to_pylist(), table.column("ok").to_pylist()):
-                    if ok or not retry_failed:
-                        done.add(key)
+        for table in read_listed_parts(self.directory, columns=["id", "ok", "escaped"]):
+            for row in table.to_pylist():
+                if row["ok"] or not retry_failed:
+                    done.add(unescape_row(row)["id"])
         return done
 
     # ------------------------------------------------------------------ writing
     def write(self, row: dict) -> None:
-        """Buffer one row (:func:`~heta_fast.pipeline.schema.result_to_row`); flush when the part is full."""
-        self._rows.append(row)
+        """Buffer one row (:func:`~heta_fast.pipeline.schema.result_to_row`); flush when the part is full.
+
+        A row the part cannot hold is buffered as its failure row (``parts.row_table``): checked
+        now, so that it never makes the part, and the other rows in it, unwritable at the flush."""
+        self._rows.append(row_table(row, self.fmt))
         if len(self._rows) >= self.rows_per_part:
             self.flush()
 
@@ -107,7 +117,7 @@ class ResultWriter:
 
         seq = len(self.manifest.parts)
         name = f"part-{self.slot}-{seq:06d}{EXTENSIONS[self.fmt]}"
-        table = pa.Table.from_pylist(self._rows, schema=arrow_schema())
+        table = pa.concat_tables(self._rows).combine_chunks()
         try:
             write_part(self.directory / "parts" / name, table)
             self.manifest.parts.append({"file": name, "rows": table.num_rows})

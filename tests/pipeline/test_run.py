@@ -6,6 +6,7 @@ from heta_fast.io import read_results, write_results
 from heta_fast.pipeline.manifest import DirectoryLock, OutputInUseError
 from heta_fast.pipeline.readers import Fields
 from heta_fast.pipeline.run import run_to_directory
+from heta_fast.pipeline.schema import SCHEMA_VERSION
 from tests.pipeline.conftest import BAD, assert_same_results
 from tests.tiny_models import text
 
@@ -30,7 +31,7 @@ def test_one_row_per_record_equal_to_single_calls(attributor, records, tmp_path)
         assert res.prompt == r["prompt"] and res.model == "tiny"
         assert_same_results({r["id"]: res}, {r["id"]: alone})
     table = read_results(tmp_path / "out", form="records")
-    assert table["config_hash"].nunique() == 1 and (table["schema_version"] == 2).all()
+    assert table["config_hash"].nunique() == 1 and (table["schema_version"] == SCHEMA_VERSION).all()
     assert set(table.loc[table.ok, "target"]) <= {r["target"] for r in records}
 
 
