@@ -10,6 +10,7 @@ directory rules (lock, settings hash, ids already written skipped).
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from itertools import islice
@@ -21,8 +22,8 @@ from .config import HETAConfig
 from .errors import ConfigError
 from .pipeline.parts import rows_table
 from .pipeline.progress import RunProgress
-from .pipeline.readers import Fields, check_fields, iter_records, read_file, read_ids, records_at, reiterable
-from .pipeline.run import attribute_records, run_settings
+from .pipeline.readers import Fields, check_fields, read_file, read_ids, read_input, records_at, reiterable
+from .pipeline.run import attribute_records, check_output, run_settings
 from .pipeline.schema import record_failure, record_row
 from .pipeline.writer import DEFAULT_ROWS_PER_PART, ResultWriter
 
@@ -149,9 +150,10 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
 
     from .model.aliases import DEFAULT_MODEL
 
-    if concurrency < 1 or threads_per_worker < 1 or batch_size < 1 or gpus_per_worker < 0:
-        raise ConfigError("--concurrency, --threads-per-worker and --batch-size must be >= 1, "
-                          "--gpus-per-worker >= 0")
+    if concurrency < 1 or threads_per_worker < 1 or batch_size < 1:
+        raise ConfigError("--concurrency, --threads-per-worker and --batch-size must be >= 1")
+    if not (math.isfinite(gpus_per_worker) and gpus_per_worker >= 0):  # nan is not < 0 either
+        raise ConfigError(f"--gpus-per-worker must be a finite number >= 0, got {gpus_per_worker}")
     if memory_per_worker is not None and memory_per_worker < 1:
         raise ConfigError(f"--memory-per-worker must be a positive number of bytes, got {memory_per_worker}")
     cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
@@ -160,9 +162,9 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
         # A file, a data set, a DataFrame or dicts: read on the driver as a local run reads them
         # (the ids now, before Ray starts, so bad input costs no Ray start; the records later).
         source = reiterable(read_file(dataset) if isinstance(dataset, (str, Path)) else dataset)
-        keys = read_ids(source, fields)
-        if keys:
-            check_fields(next(iter_records(source)), fields, generate)
+        keys = read_input(source, fields, generate)
+    settings = run_settings(model, dtype, cfg, fields, generate)
+    check_output(output, settings)  # before Ray starts, as the input
     if not ray.is_initialized():
         if ray_address is None:
             start_local_priority()
@@ -177,7 +179,6 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
         keys = _ids(ds, fields.id)
         if keys:
             check_fields(ds.schema().names, fields, generate)
-    settings = run_settings(model, dtype, cfg, fields, generate)
     with ResultWriter(output, settings, fmt=fmt, rows_per_part=rows_per_part) as writer:
         done = writer.completed_ids(retry_failed)
         todo = [position for position, key in enumerate(keys) if key not in done]

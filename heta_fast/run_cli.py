@@ -12,6 +12,10 @@ import sys
 from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+# The options of --ray and their defaults. The parser leaves them None, so that one given
+# without --ray is refused instead of ignored (check_modes); _run_ray fills in the defaults.
+RAY_DEFAULTS = {"ray_address": None, "concurrency": 2, "gpus_per_worker": 0.0, "threads_per_worker": 1,
+                "memory_per_worker": None, "batch_size": 1}
 
 
 def add_run_parser(sub) -> argparse.ArgumentParser:
@@ -50,13 +54,14 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     ray.add_argument("--ray", action="store_true", help="run the attribution on Ray Data actors")
     ray.add_argument("--ray-address", default=None, help="cluster address (auto: the running cluster; "
                                                           "default: start a local instance)")
-    ray.add_argument("--concurrency", type=int, default=2, help="number of model actors (default 2)")
-    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0: CPU actors)")
-    ray.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per actor")
+    ray.add_argument("--concurrency", type=int, default=None, help="number of model actors (default 2)")
+    ray.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per actor (default 0: CPU actors)")
+    ray.add_argument("--threads-per-worker", type=int, default=None,
+                     help="torch threads (and CPUs) per actor (default 1)")
     ray.add_argument("--memory-per-worker", default=None, metavar="BYTES",
                      help="memory Ray reserves per actor (e.g. 4G), so a node runs only the actors its memory "
                           "holds (default: none reserved; docs/pipeline.md)")
-    ray.add_argument("--batch-size", type=int, default=1,
+    ray.add_argument("--batch-size", type=int, default=None,
                      help="records per actor call (default 1: an actor attributes its records one "
                           "after another, so larger calls only unbalance the actors)")
     return p
@@ -76,10 +81,28 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_modes(args) -> None:
+    """Refuse an option of a mode that was not chosen (ConfigError): the Ray options without
+    --ray, --split without --dataset, --shard with --ray. Ignored, it would leave the user
+    believing it applied."""
+    from .errors import ConfigError
+
+    if args.ray and args.shard is not None:
+        raise ConfigError("--shard and --ray do not combine: Ray spreads the records over its actors")
+    if not args.ray:
+        given = ["--" + name.replace("_", "-") for name in RAY_DEFAULTS if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --ray runs only; "
+                              "add --ray or leave it out")
+    if args.split is not None and args.dataset is None:
+        raise ConfigError("--split chooses a split of --dataset; it does not apply to --input")
+
+
 def run_pipeline(args) -> int:
     from .errors import ConfigError
     from .pipeline.readers import Fields, read_dataset, read_file
 
+    check_modes(args)
     config = config_from_args(args)
     if args.memory_budget is not None:
         config = config.replace(memory_budget=parse_bytes(args.memory_budget))
@@ -95,13 +118,13 @@ def run_pipeline(args) -> int:
         # Read again from the start when the run needs it, never whole (pipeline/readers.py).
         records = read_dataset(args.dataset, args.split) if args.dataset is not None else read_file(args.input)
         from .allocator import keep_freed_memory
-        from .engine import Attributor
-        from .pipeline.run import run_to_directory
+        from .pipeline.run import PendingModel, run_to_directory
 
         if args.process_is_ours:  # freed blocks are reused, not faulted in again
             keep_freed_memory()
-        attributor = Attributor.from_pretrained(args.model, config=config, **load_args(args))
-        run_to_directory(attributor, records, args.output, fields=fields, config=config, generate=args.generate,
+        # Loaded by the run once the ids, the fields and the output directory are checked.
+        model = PendingModel(args.model, config, **load_args(args))
+        run_to_directory(model, records, args.output, fields=fields, config=config, generate=args.generate,
                          shard=args.shard, fmt=args.fmt, rows_per_part=args.rows_per_part,
                          retry_failed=args.retry_failed, progress=progress, batching=args.batching)
     except KeyboardInterrupt:
@@ -115,11 +138,11 @@ def run_pipeline(args) -> int:
 
 def _run_ray(args, config, fields, progress) -> int:
     from .distributed import attribute_ray
-    from .errors import ConfigError
     from .pipeline.readers import read_dataset
 
-    if args.shard is not None:
-        raise ConfigError("--shard and --ray do not combine: Ray spreads the records over its actors")
+    for name, default in RAY_DEFAULTS.items():  # the options not given
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     memory = None if args.memory_per_worker is None else parse_bytes(args.memory_per_worker, "--memory-per-worker")
     # A data set is memory-mapped and read on the driver like a file: ids first, then a block at a time.
     source = args.input if args.input is not None else read_dataset(args.dataset, args.split)

@@ -26,13 +26,13 @@ segment. :func:`load_examples` reads either format.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..chat import render_chat
 from ..errors import InputError
+from ..textfiles import decode_utf8, parse_json
 from .spans import Span
 
 ANSWER_CUE = "\nAnswer:"
@@ -180,13 +180,7 @@ def load_jsonl(path: str | Path) -> list[EvalExample]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{number}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise InputError(f"{where}: JSON nested too deeply") from None
-        ex = _jsonl_example(rec, where, default_id=str(number))
+        ex = _jsonl_example(parse_json(line, where), where, default_id=str(number))
         if ex.id in seen:
             raise InputError(f"{where}: duplicate id {ex.id!r}")
         seen.add(ex.id)
@@ -274,22 +268,11 @@ def _read_text(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
-                         "save it as UTF-8") from None
+    return decode_utf8(raw, path)
 
 
 def _read_json(path: Path):
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply") from None
+    return parse_json(_read_text(path), str(path))
 
 
 def _is_int(value) -> bool:

@@ -10,13 +10,16 @@ be attributed. A one-shot iterator (a generator) is read into a list first (:fun
 """
 from __future__ import annotations
 
-import json
 import math
+import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import ConfigError, InputError
+from ..inputs import check_text, describe
+from ..textfiles import parse_json, utf8_error
 
 FORMATS = ("jsonl", "parquet", "csv")
 
@@ -35,6 +38,11 @@ class Fields:
     def context(self) -> str:
         """The field the context is read from: the messages field when given, else the prompt field."""
         return self.messages if self.messages is not None else self.prompt
+
+
+def fields_read(fields: Fields, generate: int | None) -> list[str]:
+    """The fields a run reads besides the id: the context, and the target unless it is generated."""
+    return [fields.context] + ([] if generate else [fields.target])
 
 
 def input_format(path: str | Path) -> str:
@@ -56,8 +64,10 @@ class FileRecords:
 
     Iterating reads the file from its start, one batch of rows at a time (JSONL: a line at a
     time), so it can be iterated again and never holds the whole file. ``columns(names)``
-    iterates records holding only those of ``names`` the file has (Parquet and CSV read no other
-    column; JSONL records are read whole and cut)."""
+    iterates records holding only those of ``names`` the file has (Parquet reads no other
+    column; JSONL and CSV records are read whole and cut). A file that cannot be read (not
+    UTF-8, not JSON, nested too deeply, a malformed CSV row, not Parquet) raises an InputError
+    naming it and what is wrong, wherever the reading finds it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -69,12 +79,28 @@ class FileRecords:
         return self.columns(None)
 
     def columns(self, names: list[str] | None) -> Iterator[dict]:
+        with self._reading():
+            if self.format == "jsonl":
+                records = _read_jsonl(self.path)
+                yield from records if names is None else ({k: r[k] for k in names if k in r} for r in records)
+            elif self.format == "parquet":
+                yield from self._parquet(names)
+            else:
+                yield from self._csv(names)
+
+    def names(self) -> list[str] | None:
+        """The file's columns (a Parquet schema, a CSV header), which every record has; None for
+        JSONL, whose records each have their own fields."""
         if self.format == "jsonl":
-            records = _read_jsonl(self.path)
-            return records if names is None else ({k: r[k] for k in names if k in r} for r in records)
-        if self.format == "parquet":
-            return self._parquet(names)
-        return self._csv(names)
+            return None
+        with self._reading():
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                return list(pq.read_schema(self.path).names)
+            import pandas as pd
+
+            return list(pd.read_csv(self.path, dtype=str, nrows=0).columns)
 
     def _parquet(self, names: list[str] | None) -> Iterator[dict]:
         import pyarrow.parquet as pq
@@ -91,15 +117,50 @@ class FileRecords:
     def _csv(self, names: list[str] | None) -> Iterator[dict]:
         import pandas as pd
 
-        if names is not None:
-            header = pd.read_csv(self.path, dtype=str, keep_default_na=False, nrows=0).columns
-            names = [n for n in names if n in header]
-        if names == []:
-            rows = sum(len(chunk) for chunk in pd.read_csv(self.path, dtype=str, usecols=[0], chunksize=READ_BATCH))
-            yield from ({} for _ in range(rows))
-            return
-        for chunk in pd.read_csv(self.path, dtype=str, keep_default_na=False, usecols=names, chunksize=READ_BATCH):
-            yield from chunk.to_dict("records")
+        # Every column is parsed, also when only the ids are wanted: a malformed row (an extra
+        # field, an unclosed quote, bytes that are not UTF-8) is then found by a run's first
+        # reading, before any work, not after hours of it.
+        for chunk in pd.read_csv(self.path, dtype=str, keep_default_na=False, chunksize=READ_BATCH):
+            if names is not None:
+                chunk = chunk[[n for n in names if n in chunk.columns]]
+            yield from chunk.to_dict("records")  # no column wanted: an empty record per row
+
+    @contextmanager
+    def _reading(self):
+        """The errors of the libraries reading the file, as one InputError naming it and what is wrong."""
+        try:
+            yield
+        except UnicodeDecodeError:  # raised by a decoder that knows neither the line nor the file
+            raise (utf8_error(self.path) or InputError(f"{self.path}: not UTF-8 text")) from None
+        except (*_library_errors(self.format), OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:  # the file system's: gone, no permission, ...
+                raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            # pyarrow's OSErrors without an errno are about the contents (a corrupt page).
+            raise InputError(f"{self.path}: not a readable {_NAMES[self.format]} file ({_reason(exc)})") from None
+
+
+_NAMES = {"jsonl": "JSONL", "csv": "CSV", "parquet": "Parquet"}
+
+
+def _library_errors(fmt: str) -> tuple[type[Exception], ...]:
+    """What pandas and pyarrow raise for a file of ``fmt`` they cannot read (imported only when reading one)."""
+    if fmt == "csv":
+        from pandas.errors import EmptyDataError, ParserError
+
+        return EmptyDataError, ParserError
+    if fmt == "parquet":
+        import pyarrow
+
+        return (pyarrow.ArrowException,)
+    return ()
+
+
+def _reason(exc: Exception) -> str:
+    """A library's message in one line, without pandas's prefix that says nothing to the user."""
+    text = " ".join(str(exc).split()).removeprefix("Error tokenizing data. C error: ")
+    if type(exc).__name__ == "EmptyDataError":
+        return "the file is empty: a CSV file starts with a header line naming its columns"
+    return text or type(exc).__name__
 
 
 def read_file(path: str | Path) -> FileRecords:
@@ -113,12 +174,9 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {number} is not valid JSON: {exc.msg}") from None
+            record = parse_json(line, f"{path}:{number}")
             if not isinstance(record, dict):
-                raise InputError(f"{path} line {number} is not a JSON object")
+                raise InputError(f"{path}:{number}: not a JSON object")
             yield record
 
 
@@ -166,11 +224,24 @@ def reiterable(source):
     return list(source)
 
 
-def id_records(source, fields: Fields) -> Iterator[dict]:
-    """The records of ``source`` holding at least the id field: only that column where the source
-    is columnar (a file, a data set, a DataFrame), so that reading the ids reads little else."""
+def input_columns(source) -> list[str] | None:
+    """The fields of a columnar input (a Parquet or CSV file, a DataFrame, a ``datasets.Dataset``),
+    which every record has (a missing value is null or empty); None for an input whose records each
+    have their own (JSONL, dicts)."""
     if isinstance(source, FileRecords):
-        return source.columns([fields.id])
+        return source.names()
+    if is_frame(source):
+        return [str(name) for name in source.columns]
+    names = getattr(source, "column_names", None)
+    return names if isinstance(names, list) and hasattr(source, "select_columns") else None  # datasets.Dataset
+
+
+def id_records(source, fields: Fields, also: Sequence[str] = ()) -> Iterator[dict]:
+    """The records of ``source`` holding at least the id field and those of ``also`` they have:
+    only the id column where the source is columnar (a file, a data set, a DataFrame), so that
+    reading the ids reads little else."""
+    if isinstance(source, FileRecords):
+        return source.columns([fields.id, *also])
     if is_frame(source) and fields.id in source.columns:
         return iter_records(source[[fields.id]])
     names = getattr(source, "column_names", None)
@@ -180,20 +251,50 @@ def id_records(source, fields: Fields) -> Iterator[dict]:
 
 
 def record_id(record: dict, fields: Fields, position: int) -> str:
-    """The record's id as text; a missing or empty id is a configuration error (wrong --id-field)."""
+    """The record's id as text; a missing or empty id is a configuration error (wrong --id-field).
+
+    An id is text or a number. Anything else (a list, a mapping, a Parquet struct, bytes, a
+    boolean, a date) would be stored as its Python spelling, and text that is not valid Unicode
+    (a lone surrogate, JSON's "\\ud800") cannot be written at all: both are refused (InputError)."""
     if not isinstance(record, dict):
         raise InputError(f"record {position} is not a mapping of fields")
     value = record.get(fields.id)
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "":
         raise ConfigError(f"record {position} has no {fields.id!r} field; name the id field with --id-field")
+    if isinstance(value, str):
+        check_text(value, f"id of record {position}")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"the id of record {position} is {describe(value)}; an id must be text or a number")
     return str(value)
 
 
-def read_ids(source, fields: Fields) -> list[str]:
-    """Every id of ``source`` as text, in input order, checked (present, unique) before any work;
-    the first reading of a run (only the id column of a columnar input)."""
-    keys = [record_id(r, fields, i) for i, r in enumerate(id_records(source, fields))]
+def _scan(source, fields: Fields, reads: Sequence[str]) -> tuple[list[str], set[str]]:
+    """(ids, fields of ``reads`` the input has) in one reading: the columns of a columnar input,
+    else the fields some record has (its records are read whole anyway)."""
+    columns = input_columns(source)
+    wanted = list(reads) if columns is None else []
+    keys, present = [], set(columns or ())
+    for position, record in enumerate(id_records(source, fields, wanted)):
+        keys.append(record_id(record, fields, position))
+        present.update(name for name in wanted if name in record)
     check_unique(keys)
+    return keys, present
+
+
+def read_ids(source, fields: Fields) -> list[str]:
+    """Every id of ``source`` as text, in input order, checked (present, text or a number, unique)
+    before any work (only the id column of a columnar input)."""
+    return _scan(source, fields, ())[0]
+
+
+def read_input(source, fields: Fields, generate: int | None) -> list[str]:
+    """The first reading of a run, before any work: every id (as :func:`read_ids` checks them)
+    and, in the same reading, the fields the run reads: one that no record has is a wrong flag
+    (:func:`check_fields`), one that some records lack makes those records failure rows later.
+    Whether a field is missing thus never depends on which record comes first."""
+    keys, present = _scan(source, fields, fields_read(fields, generate))
+    if keys:
+        check_fields(present, fields, generate)
     return keys
 
 
@@ -216,9 +317,9 @@ def records_at(source, fields: Fields, keys: list[str], positions: list[int]) ->
 
 
 def check_fields(names, fields: Fields, generate: int | None) -> None:
-    """Raise ConfigError when the field names of the input (its columns, or its first record's
-    keys) lack the context field, or the target field without ``--generate``: a wrong flag, not
-    a bad record, so the run stops before any work."""
+    """Raise ConfigError when the field names of the input (its columns, or the fields any of its
+    records has) lack the context field, or the target field without ``--generate``: a wrong
+    flag, not a bad record, so the run stops before any work."""
     if not generate and fields.target not in names:
         raise ConfigError(f"the input has no {fields.target!r} field; name it with --target-field, "
                           "or generate targets with --generate N")

@@ -1,31 +1,80 @@
 """Attributing records: in input order through the scheduler, and into an output directory (resumable).
 
 :func:`attribute_records` is the computation (``Attributor.attribute_dataset`` calls it);
-:func:`run_to_directory` adds what a production run needs: ids checked before any work, the
-ids already written skipped, results written as atomic part files, progress and a summary. It
-reads its input twice, the ids and then the records as the scheduler asks for them, and so holds
-the ids and the records in flight, not the input (readers.py).
+:func:`run_to_directory` adds what a production run needs: the input and the output directory
+checked before any work (and before the model loads, given a :class:`PendingModel`), the ids
+already written skipped, results written as atomic part files, progress and a summary. It reads
+its input twice, the ids and then the records as the scheduler asks for them, and so holds the
+ids and the records in flight, not the input (readers.py).
 """
 from __future__ import annotations
 
-from itertools import islice
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..config import HETAConfig
-from ..errors import HetaError
+from ..errors import ConfigError, HetaError
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job, Scheduler
+from .manifest import DirectoryLock, directory_settings, slot_name
 from .progress import RunProgress
-from .readers import Fields, check_fields, iter_records, parse_shard, read_ids, records_at, reiterable
+from .readers import Fields, fields_read, iter_records, parse_shard, read_input, records_at, reiterable
 from .schema import record_context, record_failure, record_row
 from .writer import DEFAULT_ROWS_PER_PART, ResultWriter
 
 Result = Attribution | FailedAttribution
 
 
+@dataclass(frozen=True)
+class PendingModel:
+    """A model that a run loads only once its input and its output directory are checked: the
+    arguments of ``Attributor.from_pretrained``. The model name and weight dtype that the run's
+    settings record (:func:`run_settings`) are known without loading it."""
+
+    name: str | None = None
+    config: HETAConfig = field(default_factory=HETAConfig)
+    dtype: str = "float32"
+    device: str = "auto"
+
+    def load(self):
+        from ..engine import Attributor
+
+        return Attributor.from_pretrained(self.name, self.config, dtype=self.dtype, device=self.device)
+
+
+def model_identity(attributor) -> tuple[str, str]:
+    """(model name, weight dtype) of an Attributor or a :class:`PendingModel`, as the settings record them."""
+    if isinstance(attributor, PendingModel):
+        from ..model.loading import check_load_args
+
+        return check_load_args(attributor.name, attributor.dtype)  # the name and dtype from_pretrained uses
+    return attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch.")
+
+
+def check_output(output, settings: dict, shard: tuple[int, int] | None = None) -> None:
+    """Refuse now, before the model loads (or Ray starts), an output directory that the writer
+    would refuse when it opens: one that cannot be created, a file, one that another run is
+    writing, one holding results of other settings.
+
+    The writer checks all of it again under its lock; this check creates the directory but writes
+    no manifest, so a run whose model then fails to load (a mistyped name) leaves no settings in it."""
+    directory = Path(output).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file of that name: refused below
+    except OSError as exc:
+        raise OSError(f"cannot create the output directory {directory}: {exc.strerror or exc}") from None
+    if not directory.is_dir():
+        raise ConfigError(f"output {directory} is not a directory")
+    with DirectoryLock(directory, slot_name(shard)):
+        directory_settings(directory, settings)
+
+
 def _field_error(record, fields: Fields, generate: int | None, position: int) -> FailedAttribution | None:
     """A failure for a record that lacks a field the run reads (the scheduler never sees it)."""
-    wanted = [fields.context] + ([] if generate else [fields.target])
+    wanted = fields_read(fields, generate)
     if not isinstance(record, dict):
         return FailedAttribution(position, None, None, "InputError", "the record is not a mapping of fields")
     missing = [f for f in wanted if f not in record]
@@ -89,24 +138,28 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
                      batching: str = "auto") -> RunProgress:
     """Attribute every record not yet in ``output`` and write one row per record; returns the counts.
 
-    Raises ConfigError (duplicate or missing ids, other settings already in ``output``),
-    OutputInUseError (another writer holds ``output``) or OSError before any work.
+    attributor: an Attributor, or a :class:`PendingModel` loaded once the input and ``output``
+    are checked (so that bad input costs no model load).
+    Raises ConfigError (duplicate or missing ids, a field no record has, other settings already
+    in ``output``), InputError (an unreadable input, an id that is not text or a number),
+    OutputInUseError (another writer holds ``output``) or OSError before any work; an input
+    found unreadable only later (a corrupt Parquet page) stops the run with an InputError, the
+    rows written before it kept.
     progress: "bar", "log", "quiet" or None (bar on a terminal, log lines otherwise).
     batching: whether groups of records share model passes ("auto", "on", "off"; heta_fast/scheduler.py).
     """
     cfg = config or attributor.config
+    index, count = parse_shard(shard) if shard else (0, 1)
+    slot = (index, count) if shard else None
     # The ids first (only the id column of a columnar input), then the records a few at a time.
     source = reiterable(records)
-    keys = read_ids(source, fields)
-    index, count = parse_shard(shard) if shard else (0, 1)
+    keys = read_input(source, fields, generate)
     selected = range(index, len(keys), count)
-    first = next(islice(iter_records(source), index, None), None) if selected else None
-    if first is not None:  # the shard's first record: a wrong field flag stops the run here
-        check_fields(first, fields, generate)
-    settings = run_settings(attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch."), cfg, fields,
-                            generate)
-    with ResultWriter(output, settings, shard=(index, count) if shard else None, fmt=fmt,
-                      rows_per_part=rows_per_part) as writer:
+    settings = run_settings(*model_identity(attributor), cfg, fields, generate)
+    check_output(output, settings, slot)
+    if isinstance(attributor, PendingModel):
+        attributor = attributor.load()
+    with ResultWriter(output, settings, shard=slot, fmt=fmt, rows_per_part=rows_per_part) as writer:
         done = writer.completed_ids(retry_failed)
         todo = [i for i in selected if keys[i] not in done]  # positions in the input
         counter = RunProgress(len(todo), skipped=len(selected) - len(todo), mode=progress)

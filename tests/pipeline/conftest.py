@@ -41,6 +41,20 @@ def write_jsonl(path, records) -> str:
     return str(path)
 
 
+def write_records(path, records) -> str:
+    """``records`` as a file of the format ``path`` names (.jsonl, .parquet, .csv); a field some
+    records lack is null (Parquet) or empty (CSV) in the others."""
+    import pandas as pd
+
+    if path.suffix == ".jsonl":
+        return write_jsonl(path, records)
+    if path.suffix == ".parquet":
+        pd.DataFrame(records).to_parquet(path)
+    else:
+        pd.DataFrame(records).to_csv(path, index=False)
+    return str(path)
+
+
 def assert_same_results(got: dict, expected: dict) -> None:
     """Two {id: result} maps hold the same ids and the same numbers (float64 of float32 results)."""
     assert sorted(got) == sorted(expected)
@@ -54,3 +68,56 @@ def assert_same_results(got: dict, expected: dict) -> None:
         for name in ("scores", "flow", "curvature", "information"):
             torch.testing.assert_close(getattr(other, name).double(), getattr(res, name).double(),
                                        rtol=1e-6, atol=1e-9)
+
+
+def _truncated_parquet() -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(make_records(4)), sink)
+    return sink.getvalue()[:-100]  # the footer cut off
+
+
+# Input files that cannot be read: name -> (contents, what the error says after the file's name).
+UNREADABLE = {
+    "bad-byte.jsonl": (b'{"id": "a", "prompt": "w1", "target": "w2"}\n{"id": "b", "prompt": "caf\xe9"}\n',
+                       r"not UTF-8 text \(byte 0xe9 on line 2\)"),
+    "deep.jsonl": (b'{"id": "a", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "target": "w1"}\n',
+                   ":1: JSON nested too deeply"),
+    "empty.csv": (b"", r"not a readable CSV file \(the file is empty"),
+    "extra-field.csv": (b"id,prompt,target\na,w1,w2\nb,w1,w2,w3\n",
+                        r"not a readable CSV file \(Expected 3 fields in line 3, saw 4\)"),
+    "open-quote.csv": (b'id,prompt,target\na,"w1,w2\n', r"not a readable CSV file \(EOF inside string"),
+    "latin-1.csv": ("id,prompt,target\na,café,w1\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 2\)"),
+    "utf-16.csv": ("id,prompt,target\na,w1,w2\n".encode("utf-16"), r"not UTF-8 text \(byte 0xff on line 1\)"),
+    "text.parquet": (b"id,prompt,target\na,w1,w2\n", "not a readable Parquet file"),
+    "empty.parquet": (b"", "not a readable Parquet file"),
+    "truncated.parquet": (_truncated_parquet, "not a readable Parquet file"),
+}
+
+
+def write_unreadable(directory, name: str) -> tuple[str, str]:
+    """(path, expected message pattern) of the UNREADABLE file ``name`` written into ``directory``."""
+    contents, message = UNREADABLE[name]
+    path = directory / name
+    path.write_bytes(contents() if callable(contents) else contents)
+    return str(path), message
+
+
+def corrupt_prompts(path, records: list[dict], rows_per_group: int = 4) -> str:
+    """``records`` as a Parquet file (uncompressed, row groups of ``rows_per_group``) whose third row
+    group's prompt column is overwritten with junk: its footer and id column still read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=rows_per_group, compression="none")
+    chunk = pq.ParquetFile(path).metadata.row_group(2).column(1)
+    assert chunk.path_in_schema == "prompt"
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    path.write_bytes(bytes(data))
+    return str(path)

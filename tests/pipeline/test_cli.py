@@ -1,6 +1,7 @@
 """heta-fast run: the command end to end, one-line errors with exit 2, and kills at random points then resumed."""
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,15 @@ import torch
 from heta_fast.cli import main
 from heta_fast.io import read_results
 from heta_fast.pipeline.manifest import DirectoryLock
-from tests.pipeline.conftest import BAD, assert_same_results, make_records, write_jsonl
+from tests.pipeline.conftest import (
+    BAD,
+    UNREADABLE,
+    assert_same_results,
+    corrupt_prompts,
+    make_records,
+    write_jsonl,
+    write_unreadable,
+)
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:
@@ -157,3 +166,82 @@ def test_only_the_heta_fast_program_sets_the_allocator(tiny_model_dir, data, tmp
     assert main(args) == 0 and calls == []
     monkeypatch.setattr(sys, "argv", ["heta-fast", *args[:-1], str(tmp_path / "b")])
     assert main() == 0 and calls == [1]
+
+
+def no_load(*args, **kwargs):
+    raise AssertionError("the model was loaded (or Ray started) before the input and the output were checked")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails loudly: an error that comes out as one line came before any load."""
+    from heta_fast import Attributor
+
+    monkeypatch.setattr(Attributor, "from_pretrained", no_load)
+
+
+def one_line_error(capsys, *args) -> str:
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("heta-fast: error: "), (code, err)
+    return err
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_an_unreadable_input_is_one_line_before_the_model_loads(no_model, tmp_path, capsys, name):
+    path, message = write_unreadable(tmp_path, name)
+    err = one_line_error(capsys, "--input", path, "--output", tmp_path / "out")
+    assert re.search(message, err) and path in err
+
+
+def test_ids_fields_and_the_output_directory_are_checked_before_the_model_loads(
+        tiny_model_dir, tmp_path, capsys, monkeypatch):
+    records = make_records(2)
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    assert run_cli(capsys, "--model", tiny_model_dir, "--input", data, "--output", tmp_path / "done") == (0, "")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (write_jsonl(tmp_path / "dup.jsonl", records + records[:1]), tmp_path / "out", [], "duplicate id 'r0'"),
+        (data, tmp_path / "out", ["--id-field", "key"], "--id-field"),
+        (write_jsonl(tmp_path / "dict.jsonl", [dict(records[0], id={"k": 1})]), tmp_path / "out", [],
+         "the id of record 0 is dict {'k': 1}"),
+        (str(tmp_path / "lone.jsonl"), tmp_path / "out", [], "the id of record 0 holds a lone surrogate U+D800"),
+        (data, tmp_path / "out", ["--target-field", "answer"], "no 'answer' field"),
+        (data, tmp_path / "file", [], "is not a directory"),
+        (data, tmp_path / "file" / "out", [], "cannot create the output directory"),
+        (data, tmp_path / "done", ["--seed", "3"], "another configuration"),
+    ]
+    (tmp_path / "lone.jsonl").write_text('{"id": "\\ud800", "prompt": "w1", "target": "w2"}\n')
+    from heta_fast import Attributor
+
+    monkeypatch.setattr(Attributor, "from_pretrained", no_load)
+    for path, out, extra, message in cases:
+        assert message in one_line_error(capsys, "--model", tiny_model_dir, "--input", path, "--output", out, *extra)
+    assert not (tmp_path / "out").exists()  # the ids and fields come before the output directory
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--concurrency", "4"], "--concurrency applies to --ray runs only"),
+    (["--batch-size", "8"], "--batch-size applies to --ray runs only"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker applies to --ray runs only"),
+    (["--threads-per-worker", "2", "--memory-per-worker", "4G"],
+     "--threads-per-worker, --memory-per-worker apply to --ray runs only"),
+    (["--ray-address", "auto"], "--ray-address applies to --ray runs only"),
+    (["--split", "train"], "--split chooses a split of --dataset"),
+    (["--ray", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number >= 0, got nan"),
+    (["--ray", "--gpus-per-worker", "inf"], "--gpus-per-worker must be a finite number >= 0, got inf"),
+    (["--ray", "--shard", "0/2"], "--shard and --ray do not combine"),
+])
+def test_an_option_of_another_mode_is_refused_not_ignored(no_model, data, tmp_path, capsys, monkeypatch, extra,
+                                                          message):
+    if "--ray" in extra:
+        ray = pytest.importorskip("ray", reason="Ray is the optional extra heta-fast[ray] (in .[dev])")
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", no_load)
+    assert message in one_line_error(capsys, "--input", data, "--output", tmp_path / "out", *extra)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_found_unreadable_mid_run_is_one_line(tiny_model_dir, tmp_path, capsys):
+    path = corrupt_prompts(tmp_path / "r.parquet", make_records(12))
+    err = one_line_error(capsys, "--model", tiny_model_dir, "--input", path, "--output", tmp_path / "out")
+    assert f"{path}: not a readable Parquet file" in err

@@ -3,8 +3,15 @@ import pandas as pd
 import pytest
 
 from heta_fast import ConfigError, InputError
-from heta_fast.pipeline.readers import Fields, read_dataset, read_file, select_shard
-from tests.pipeline.conftest import write_jsonl
+from heta_fast.pipeline.readers import Fields, read_dataset, read_file, read_ids, read_input, select_shard
+from tests.pipeline.conftest import (
+    UNREADABLE,
+    corrupt_prompts,
+    make_records,
+    write_jsonl,
+    write_records,
+    write_unreadable,
+)
 
 
 def test_every_format_reads_the_same_records(records, tmp_path):
@@ -27,7 +34,7 @@ def test_every_format_reads_the_same_records(records, tmp_path):
 
 def test_bad_files_and_fields_are_one_line_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": 1}\nnot json\n')
-    with pytest.raises(InputError, match="line 2 is not valid JSON"):
+    with pytest.raises(InputError, match=r"bad.jsonl:2: not valid JSON \(Expecting value at column 1\)"):
         list(read_file(tmp_path / "bad.jsonl"))
     with pytest.raises(ConfigError, match=".jsonl, .parquet or .csv"):
         read_file(tmp_path / "bad.txt")
@@ -58,3 +65,70 @@ def test_generate_attributes_the_greedy_continuation(attributor):
     alone = attributor.generate_and_attribute("w1 w2 w3", max_new_tokens=3)
     assert key == "g" and res.target_ids == alone.target_ids
     assert res.scores.tolist() == alone.scores.tolist()
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_an_unreadable_file_is_one_input_error_naming_it(tmp_path, name):
+    """Not UTF-8, nested too deeply, a malformed CSV, not Parquet: an InputError naming the file and
+    what is wrong, raised by the first reading (the ids), before any work, and by the second alike."""
+    path, message = write_unreadable(tmp_path, name)
+    source = read_file(path)
+    for reading in (lambda: read_ids(source, Fields()), lambda: list(source)):
+        with pytest.raises(InputError, match=message) as caught:
+            reading()
+        assert str(caught.value).startswith(path) and "\n" not in str(caught.value)
+
+
+def test_a_corrupt_page_found_later_is_an_input_error_too(tmp_path):
+    """A Parquet file whose footer and id column read but whose prompt column is corrupt: the ids
+    read, the records stop with an InputError naming the file (not pyarrow's OSError)."""
+    path = corrupt_prompts(tmp_path / "r.parquet", make_records(12))
+    assert read_ids(read_file(path), Fields()) == [f"r{i}" for i in range(12)]
+    with pytest.raises(InputError, match=f"{path}: not a readable Parquet file"):
+        list(read_file(path))
+
+
+@pytest.mark.parametrize("key,message", [
+    ({"k": 1}, "the id of record 1 is dict {'k': 1}; an id must be text or a number"),
+    ([1, 2], "the id of record 1 is list"),
+    (True, "the id of record 1 is bool"),
+    (b"r1", "the id of record 1 is bytes"),
+    ("r\ud800", "the id of record 1 holds a lone surrogate U[+]D800"),
+])
+def test_an_id_that_is_not_text_or_a_number_is_refused(tmp_path, key, message):
+    records = [{"id": "r0", "prompt": "w1", "target": "w2"}, {"id": key, "prompt": "w1", "target": "w2"}]
+    with pytest.raises(InputError, match=message):
+        read_ids(records, Fields())
+    assert read_ids([{"id": 7}, {"id": 2.5}, {"id": "r\u00e9"}], Fields()) == ["7", "2.5", "r\u00e9"]
+
+
+def test_ids_read_from_files_are_checked_alike(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [{"k": 1}], "prompt": ["w1"], "target": ["w2"]}), tmp_path / "struct.parquet")
+    with pytest.raises(InputError, match="the id of record 0 is dict"):
+        read_ids(read_file(tmp_path / "struct.parquet"), Fields())
+    (tmp_path / "s.jsonl").write_text('{"id": "\\ud800", "prompt": "w1", "target": "w2"}\n')
+    with pytest.raises(InputError, match="the id of record 0 holds a lone surrogate"):
+        read_ids(read_file(tmp_path / "s.jsonl"), Fields())
+
+
+@pytest.mark.parametrize("fmt", ["list", "jsonl", "parquet", "csv"])
+def test_a_field_is_missing_only_when_no_record_has_it(tmp_path, fmt):
+    """Whichever record lacks the target, the first or a later one, the input has the field; an
+    input where no record has it is a wrong flag (ConfigError)."""
+    lacking = {"id": "a", "prompt": "w1"}
+    having = {"id": "b", "prompt": "w2", "target": "w3"}
+    for records in ([lacking, having], [having, lacking]):
+        assert read_input(_source(tmp_path, fmt, records), Fields(), None) == [r["id"] for r in records]
+    with pytest.raises(ConfigError, match="the input has no 'target' field"):
+        read_input(_source(tmp_path, fmt, [lacking, dict(lacking, id="c")]), Fields(), None)
+    assert read_input(_source(tmp_path, fmt, [lacking]), Fields(), 3) == ["a"]  # generated targets
+    with pytest.raises(ConfigError, match="no 'chat' field; name it with --messages-field"):
+        read_input(_source(tmp_path, fmt, [lacking, having]), Fields(messages="chat"), 3)
+
+
+def _source(tmp_path, fmt: str, records: list[dict]):
+    """``records`` as a list, or written to a file of ``fmt``."""
+    return records if fmt == "list" else read_file(write_records(tmp_path / f"r.{fmt}", records))

@@ -157,3 +157,19 @@ def test_write_results_takes_attribute_dataset_pairs(attributor, records, tmp_pa
     got = read_results(tmp_path / "out", form="attributions")
     assert_same_results(got, dict(pairs))  # failures too: their error type and message
     assert any(not r.ok for _, r in pairs)
+
+
+def test_a_missing_field_gives_the_same_rows_whatever_the_record_order(attributor, records, tmp_path):
+    """A record without a target is its own failure row, first or not; a target field that no
+    record has is a wrong flag, refused before any work."""
+    lacking = {"id": "x", "prompt": text(1, 2)}
+    first = run(attributor, [lacking] + records[:3], tmp_path / "first")
+    later = run(attributor, records[:3] + [lacking], tmp_path / "later")
+    assert (first.done, first.failed) == (later.done, later.failed) == (4, 1)
+    rows = [read_results(tmp_path / name, form="records").set_index("id") for name in ("first", "later")]
+    for row in rows:
+        assert not row.loc["x", "ok"] and row.loc["x", "message"] == "the record has no 'target' field"
+    assert sorted(rows[0].index) == sorted(rows[1].index)
+    with pytest.raises(ConfigError, match="the input has no 'answer' field"):
+        run(attributor, [lacking] + records[:3], tmp_path / "none", fields=Fields(target="answer"))
+    assert not (tmp_path / "none").exists()

@@ -4,12 +4,12 @@ import weakref
 import pandas as pd
 import pytest
 
-from heta_fast import ConfigError
+from heta_fast import ConfigError, InputError
 from heta_fast.io import read_results
 from heta_fast.pipeline import readers
 from heta_fast.pipeline.readers import Fields, FileRecords
 from heta_fast.pipeline.run import run_to_directory
-from tests.pipeline.conftest import assert_same_results, make_records, write_jsonl
+from tests.pipeline.conftest import assert_same_results, corrupt_prompts, make_records, write_records
 
 
 class Record(dict):
@@ -91,14 +91,7 @@ def test_an_input_that_got_shorter_between_its_readings_stops_the_run(attributor
 def test_files_read_in_batches_give_the_records_and_their_ids_alone(tmp_path, monkeypatch, fmt):
     monkeypatch.setattr(readers, "READ_BATCH", 3)  # batch boundaries inside 12 records
     records = make_records(12)
-    path = tmp_path / f"r.{fmt}"
-    if fmt == "jsonl":
-        write_jsonl(path, records)
-    elif fmt == "parquet":
-        pd.DataFrame(records).to_parquet(path)
-    else:
-        pd.DataFrame(records).to_csv(path, index=False)
-    source = FileRecords(path)
+    source = FileRecords(write_records(tmp_path / f"r.{fmt}", records))
     assert list(source) == records and list(source) == records  # read again from the start
     assert list(source.columns(["id"])) == [{"id": r["id"]} for r in records]
     assert list(source.columns(["key"])) == [{}] * 12  # a column the file lacks: records without it
@@ -111,22 +104,32 @@ def test_every_input_kind_runs_to_the_same_rows(attributor, tmp_path, monkeypatc
     monkeypatch.setattr(readers, "READ_BATCH", 5)
     records = make_records(12)
     frame = pd.DataFrame(records)
-    path = tmp_path / f"r.{fmt}"
-    if fmt == "jsonl":
-        source = FileRecords(write_jsonl(path, records))
-    elif fmt == "parquet":
-        frame.to_parquet(path)
-        source = FileRecords(path)
-    elif fmt == "csv":
-        frame.to_csv(path, index=False)
-        source = FileRecords(path)
-    elif fmt == "frame":
+    if fmt == "frame":
         source = frame
-    else:
+    elif fmt == "dataset":
         source = datasets.Dataset.from_pandas(frame)
+    else:
+        source = FileRecords(write_records(tmp_path / f"r.{fmt}", records))
     _run(attributor, source, tmp_path / "out", shard="1/2")
     got = read_results(tmp_path / "out", form="attributions")
     expected = dict(attributor.attribute_dataset(records[1::2]))
     assert_same_results(got, expected)
     with pytest.raises(ConfigError, match="--id-field"):
         _run(attributor, source, tmp_path / "other", fields=Fields(id="key"))
+
+
+def test_a_file_found_unreadable_mid_run_stops_it_keeping_the_rows_written(attributor, tmp_path, monkeypatch):
+    """A Parquet file whose ids read but whose third row group is corrupt: the records before it
+    are attributed and written, then the run stops with an InputError naming the file; once the
+    file is mended, a rerun continues after the rows written."""
+    monkeypatch.setattr(readers, "READ_BATCH", 4)  # a batch per row group
+    records = make_records(12)
+    path = corrupt_prompts(tmp_path / "r.parquet", records)
+    with pytest.raises(InputError, match=f"{path}: not a readable Parquet file"):
+        run_to_directory(attributor, FileRecords(path), tmp_path / "out", progress="quiet", rows_per_part=1,
+                         lookahead=1, max_group=1)
+    written = read_results(tmp_path / "out", form="records")
+    assert sorted(written.id) == [f"r{i}" for i in range(8)]  # the first two row groups
+    pd.DataFrame(records).to_parquet(path)
+    counter = _run(attributor, FileRecords(path), tmp_path / "out")
+    assert (counter.skipped, counter.done) == (8, 4)
