@@ -8,6 +8,7 @@ rewritten in place and erased at the end, otherwise plain lines for phases that 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .cli_args import Parser, add_engine_args, add_model_args, config_from_args, int_at_least, load_args
@@ -64,6 +65,7 @@ def _quiet_transformers() -> None:
 
 
 def _run(args) -> int:
+    from .errors import ConfigError
     from .files import check_writable
     from .inputs import check_text
     from .render import printable
@@ -89,6 +91,8 @@ def _run(args) -> int:
     outputs = [(path, flag) for path, flag in ((args.json_out, "--json"), (args.html_out, "--html")) if path]
     for path, flag in outputs:
         check_writable(path, f"{flag} file")
+    if len(outputs) == 2 and os.path.realpath(args.json_out) == os.path.realpath(args.html_out):
+        raise ConfigError(f"--json and --html name the same file {args.json_out}: the HTML would replace the JSON")
     prompt, target = (DEMO_PROMPT, DEMO_TARGET) if args.command == "demo" else (args.prompt, args.target)
     generate = getattr(args, "generate", None)
     check_text(prompt, "prompt")

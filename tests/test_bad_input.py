@@ -363,6 +363,16 @@ def test_output_paths_are_checked_before_the_model_loads(tiny_model_dir, tmp_pat
         assert f"{flag} file {path}" in err
 
 
+def test_json_and_html_into_one_file_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setattr(Attributor, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "r.out"
+    code = main(["attribute", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--target", TARGET,
+                 "--json", str(out), "--html", str(tmp_path / "." / "r.out")])
+    _one_line_exit_2(code, capsys.readouterr().err, "--json and --html name the same file")
+    assert not out.exists()
+
+
 def test_eval_output_and_merge_paths_are_checked_before_the_model_loads(tiny_model_dir, tmp_path, capsys,
                                                                        monkeypatch):
     monkeypatch.setattr(Attributor, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))

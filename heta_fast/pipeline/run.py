@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..config import HETAConfig
+from ..config import HETAConfig, as_config
 from ..errors import ConfigError, HetaError
+from ..inputs import check_token_count
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job, Scheduler
 from .manifest import DirectoryLock, directory_settings, slot_name
@@ -140,15 +141,18 @@ def run_to_directory(attributor, records: Iterable, output, *, fields: Fields = 
 
     attributor: an Attributor, or a :class:`PendingModel` loaded once the input and ``output``
     are checked (so that bad input costs no model load).
-    Raises ConfigError (duplicate or missing ids, a field no record has, other settings already
-    in ``output``), InputError (an unreadable input, an id that is not text or a number),
+    Raises ConfigError (a config that is not a HETAConfig, duplicate or missing ids, a field no
+    record has, other settings already in ``output``), InputError (``generate`` not an integer
+    >= 1, an unreadable input, an id that is not text or a number),
     OutputInUseError (another writer holds ``output``) or OSError before any work; an input
     found unreadable only later (a corrupt Parquet page) stops the run with an InputError, the
     rows written before it kept.
     progress: "bar", "log", "quiet" or None (bar on a terminal, log lines otherwise).
     batching: whether groups of records share model passes ("auto", "on", "off"; heta_fast/scheduler.py).
     """
-    cfg = config or attributor.config
+    cfg = as_config(config, attributor.config)
+    if generate is not None:
+        generate = check_token_count(generate, "generate")
     index, count = parse_shard(shard) if shard else (0, 1)
     slot = (index, count) if shard else None
     # The ids first (only the id column of a columnar input), then the records a few at a time.

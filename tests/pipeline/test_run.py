@@ -1,7 +1,7 @@
 """run_to_directory: one row per record, failures as rows, resume, settings, ids, lock, orphans, shards."""
 import pytest
 
-from heta_fast import ConfigError, HETAConfig
+from heta_fast import ConfigError, HETAConfig, InputError
 from heta_fast.io import read_results, write_results
 from heta_fast.pipeline.manifest import DirectoryLock, OutputInUseError
 from heta_fast.pipeline.readers import Fields
@@ -173,3 +173,12 @@ def test_a_missing_field_gives_the_same_rows_whatever_the_record_order(attributo
     with pytest.raises(ConfigError, match="the input has no 'answer' field"):
         run(attributor, [lacking] + records[:3], tmp_path / "none", fields=Fields(target="answer"))
     assert not (tmp_path / "none").exists()
+
+
+def test_run_to_directory_refuses_a_bad_config_or_generate_before_writing(attributor, records, tmp_path):
+    with pytest.raises(ConfigError, match="config must be a HETAConfig"):
+        run_to_directory(attributor, records, tmp_path / "a", config={"beta": 1.0}, progress="quiet")
+    for generate in (0, -1, True, 1.5):
+        with pytest.raises(InputError, match="generate must be an integer >= 1"):
+            run_to_directory(attributor, records, tmp_path / "b", generate=generate, progress="quiet")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
