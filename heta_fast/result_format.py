@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .components import COMPONENTS
 from .errors import ResultFormatError
+from .textfiles import decode_utf8, parse_json
 
 # 2 added the token marks (special, segments, attributed, sinks) and the chat messages; 1 is still read.
 FORMAT_VERSION = 2
@@ -30,7 +31,7 @@ FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens",
 def read_result(path_or_text) -> dict:
     """Attribution keyword arguments from a path or the JSON text itself (text starts with ``{``)."""
     if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
-        return parse_result(_loads(path_or_text, "the JSON text"), "the JSON text")
+        return parse_result(parse_json(path_or_text, "the JSON text", ResultFormatError), "the JSON text")
     if not isinstance(path_or_text, (str, os.PathLike)):
         raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__}")
     path = Path(path_or_text)
@@ -38,21 +39,8 @@ def read_result(path_or_text) -> dict:
         raw = path.read_bytes()
     except OSError as exc:
         raise ResultFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ResultFormatError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
-    return parse_result(_loads(text, str(path)), str(path))
-
-
-def _loads(text: str, where: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        where_in = f"line {exc.lineno} column {exc.colno}"
-        raise ResultFormatError(f"{where}: not valid JSON ({exc.msg} at {where_in})") from None
-    except RecursionError:
-        raise ResultFormatError(f"{where}: JSON nested too deeply") from None
+    text = decode_utf8(raw, path, ResultFormatError)
+    return parse_result(parse_json(text, str(path), ResultFormatError), str(path))
 
 
 def parse_result(d, where: str = "the result") -> dict:

@@ -1,8 +1,9 @@
 """Users' text files (JSON, JSONL, CSV): one rule for bytes that are not UTF-8 and for JSON that does not parse.
 
 Every reader of a user's data file (the evaluation's, heta_fast/evaluate/data.py; a run's,
-heta_fast/pipeline/readers.py) refuses such a file with an :class:`~heta_fast.errors.InputError`
-that names the file, the line and what is wrong, never with a traceback.
+heta_fast/pipeline/readers.py; a saved result's, heta_fast/result_format.py) refuses such a file
+with an :class:`~heta_fast.errors.InputError` (a result file: its subclass ResultFormatError) that
+names the file, the line and what is wrong, never with a traceback.
 """
 from __future__ import annotations
 
@@ -16,19 +17,20 @@ from .errors import InputError
 BLOCK = 1 << 20
 
 
-def not_utf8(path, data: bytes, exc: UnicodeDecodeError, first_line: int = 1) -> InputError:
+def not_utf8(path, data: bytes, exc: UnicodeDecodeError, first_line: int = 1,
+             error: type[InputError] = InputError) -> InputError:
     """The error for ``data``, the bytes of ``path`` from line ``first_line`` on, in which ``exc``
     found bytes that are not UTF-8: it names the first bad byte and its line."""
     line = first_line + data.count(b"\n", 0, exc.start)
-    return InputError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8")
+    return error(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8")
 
 
-def decode_utf8(data: bytes, path) -> str:
-    """The whole file's bytes ``data`` as text; :func:`not_utf8`'s error when they are not UTF-8."""
+def decode_utf8(data: bytes, path, error: type[InputError] = InputError) -> str:
+    """The whole file's bytes ``data`` as text; :func:`not_utf8`'s ``error`` when they are not UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise not_utf8(path, data, exc) from None
+        raise not_utf8(path, data, exc, error=error) from None
 
 
 def utf8_error(path: str | Path) -> InputError | None:
@@ -51,13 +53,13 @@ def utf8_error(path: str | Path) -> InputError | None:
             line += block.count(b"\n")
 
 
-def parse_json(text: str, where: str):
-    """``text`` decoded as JSON; an InputError naming ``where`` when it is not JSON or is nested
-    deeper than the decoder's recursion limit."""
+def parse_json(text: str, where: str, error: type[InputError] = InputError):
+    """``text`` decoded as JSON; ``error`` naming ``where`` when it is not JSON or is nested deeper
+    than the decoder's recursion limit."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         at = f"column {exc.colno}" if exc.lineno == 1 else f"line {exc.lineno} column {exc.colno}"
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at {at})") from None
+        raise error(f"{where}: not valid JSON ({exc.msg} at {at})") from None
     except RecursionError:
-        raise InputError(f"{where}: JSON nested too deeply") from None
+        raise error(f"{where}: JSON nested too deeply") from None

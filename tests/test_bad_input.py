@@ -229,7 +229,7 @@ def test_every_from_json_failure_is_one_result_format_error_naming_the_file(attr
 
 def test_from_json_of_unreadable_files(tmp_path):
     (tmp_path / "latin1.json").write_bytes(b'{"a": "caf\xe9"}')
-    for path, match in ((tmp_path / "latin1.json", "latin1.json: not UTF-8 text (byte 0xe9 at offset 10)"),
+    for path, match in ((tmp_path / "latin1.json", "latin1.json: not UTF-8 text (byte 0xe9 on line 1)"),
                         (tmp_path / "missing.json", "missing.json: No such file"), (tmp_path, "Is a directory")):
         with pytest.raises(ResultFormatError) as info:
             Attribution.from_json(path)
