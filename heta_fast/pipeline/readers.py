@@ -73,7 +73,8 @@ class FileRecords:
         self.path = Path(path).expanduser()
         self.format = input_format(self.path)
         if not self.path.is_file():
-            raise InputError(f"input file {self.path} does not exist")
+            what = "is a directory, not a file" if self.path.is_dir() else "does not exist"
+            raise InputError(f"input file {self.path} {what}")
 
     def __iter__(self) -> Iterator[dict]:
         return self.columns(None)

@@ -40,6 +40,9 @@ def test_bad_files_and_fields_are_one_line_errors(tmp_path):
         read_file(tmp_path / "bad.txt")
     with pytest.raises(InputError, match="does not exist"):
         read_file(tmp_path / "missing.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(InputError, match="folder.jsonl is a directory, not a file"):
+        read_file(tmp_path / "folder.jsonl")
     assert Fields(messages="chat").context == "chat" and Fields().context == "prompt"
     assert select_shard(list(range(7)), "1/3") == [1, 4]
     with pytest.raises(ConfigError, match="I/N"):
