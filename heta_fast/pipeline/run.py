@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..config import HETAConfig, as_config
-from ..errors import ConfigError, HetaError
+from ..errors import HetaError
 from ..inputs import check_token_count
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job, Scheduler
@@ -22,7 +22,7 @@ from .manifest import DirectoryLock, directory_settings, slot_name
 from .progress import RunProgress
 from .readers import Fields, fields_read, iter_records, parse_shard, read_input, records_at, reiterable
 from .schema import record_context, record_failure, record_row
-from .writer import DEFAULT_ROWS_PER_PART, ResultWriter
+from .writer import DEFAULT_ROWS_PER_PART, ResultWriter, make_output_directory
 
 Result = Attribution | FailedAttribution
 
@@ -61,14 +61,7 @@ def check_output(output, settings: dict, shard: tuple[int, int] | None = None) -
     The writer checks all of it again under its lock; this check creates the directory but writes
     no manifest, so a run whose model then fails to load (a mistyped name) leaves no settings in it."""
     directory = Path(output).expanduser()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        pass  # a file of that name: refused below
-    except OSError as exc:
-        raise OSError(f"cannot create the output directory {directory}: {exc.strerror or exc}") from None
-    if not directory.is_dir():
-        raise ConfigError(f"output {directory} is not a directory")
+    make_output_directory(directory)
     with DirectoryLock(directory, slot_name(shard)):
         directory_settings(directory, settings)
 

@@ -25,6 +25,19 @@ from .schema import unescape_row
 DEFAULT_ROWS_PER_PART = 64
 
 
+def make_output_directory(directory: Path) -> None:
+    """Create ``directory`` and its ``parts`` folder (as needed); OSError when it cannot be created,
+    ConfigError when ``directory`` is a file."""
+    try:
+        (directory / "parts").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"output {directory} is not a directory") from None
+        if directory.is_dir() and (directory / "parts").exists():
+            raise ConfigError(f"output {directory} holds a file named 'parts' where its part files go") from None
+        raise OSError(f"cannot create the output directory {directory}: {exc.strerror or exc}") from None
+
+
 class ResultWriter:
     """Writes one writer slot (unsharded, or one shard) of an output directory.
 
@@ -51,12 +64,7 @@ class ResultWriter:
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> "ResultWriter":
-        try:
-            (self.directory / "parts").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(f"cannot create the output directory {self.directory}: {exc.strerror or exc}") from None
-        if not self.directory.is_dir():
-            raise ConfigError(f"output {self.directory} is not a directory")
+        make_output_directory(self.directory)
         self._lock.acquire()
         try:
             self.config_hash, self.settings = directory_settings(self.directory, self.settings)

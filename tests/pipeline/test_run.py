@@ -182,3 +182,13 @@ def test_run_to_directory_refuses_a_bad_config_or_generate_before_writing(attrib
         with pytest.raises(InputError, match="generate must be an integer >= 1"):
             run_to_directory(attributor, records, tmp_path / "b", generate=generate, progress="quiet")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_output_directory_whose_parts_is_a_file_is_refused(attributor, records, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "parts").write_text("not a folder")
+    with pytest.raises(ConfigError, match="holds a file named 'parts' where its part files go"):
+        run_to_directory(attributor, records, tmp_path / "out", progress="quiet")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        run_to_directory(attributor, records, tmp_path / "file", progress="quiet")
