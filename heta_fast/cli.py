@@ -27,7 +27,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", default=None, help="write the result as JSON to this file")
     p.add_argument("--html", dest="html_out", default=None, help="write an HTML heatmap to this file")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress and no estimate on stderr (errors are still printed)")
+                   help="no progress, no estimate and no model-cache notices on stderr (errors are still printed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,8 +206,12 @@ def main(argv: list[str] | None = None, *, process_is_ours: bool | None = None) 
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed in one line
         return exc.code if isinstance(exc.code, int) else 2
     args.process_is_ours = argv is None if process_is_ours is None else process_is_ours
+    from .model.cache_entry import quiet_notices
+
     try:
-        return _run(args)
+        # -q: errors only, the model cache's notices (downloading, converting) too
+        with quiet_notices(getattr(args, "quiet", False) or getattr(args, "no_progress", False)):
+            return _run(args)
     except (HetaError, OSError) as exc:  # OSError: an unwritable output path and the like
         print(f"heta-fast: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
         return 2

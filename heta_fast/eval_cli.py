@@ -63,7 +63,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
                         "contains the gold answer (default 16; it also stops at end of turn)")
     add_engine_args(p, components=False)
     p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
-                   help="no progress bar")
+                   help="no progress bar and no model-cache notices")
     return p
 
 

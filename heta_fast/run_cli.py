@@ -49,7 +49,7 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-requests", dest="batching", default="auto", choices=("auto", "on", "off"),
                    help="share model passes between similar records (auto: on CUDA only; on the CPU it "
                         "measured no faster; numbers equal to one at a time up to float rounding)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary and no model-cache notices")
     ray = p.add_argument_group("Ray (pip install 'heta-fast[ray]')")
     ray.add_argument("--ray", action="store_true", help="run the attribution on Ray Data actors")
     ray.add_argument("--ray-address", default=None, help="cluster address (auto: the running cluster; "

@@ -387,3 +387,14 @@ def test_eval_output_and_merge_paths_are_checked_before_the_model_loads(tiny_mod
                          (["--out", str(tmp_path / "r.json"), "--merge", str(tmp_path / "no.json")], "no such results"),
                          (["--out", str(tmp_path / "r.json"), "--merge", str(bad_results)], "version 99")):
         _one_line_exit_2(main(base + extra), capsys.readouterr().err, match)
+
+
+def test_quiet_leaves_one_line_for_a_file_that_is_not_gguf(tmp_path, capsys, monkeypatch):
+    """-q: the model cache's "converting ..." notice is silenced too, so the error is the only line."""
+    monkeypatch.setenv("HETA_FAST_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(range(256)) * 4)
+    argv = ["attribute", "--model", str(bad), "--prompt", PROMPT, "--target", TARGET]
+    _one_line_exit_2(main([*argv, "-q"]), capsys.readouterr().err, "not a GGUF file")
+    main(argv)
+    assert "[heta-fast] converting bad.gguf" in capsys.readouterr().err  # shown without -q

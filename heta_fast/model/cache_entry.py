@@ -18,8 +18,10 @@ of a crashed build are removed under the lock).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -37,8 +39,38 @@ CHUNK = 16 << 20
 _VERIFIED: dict[Path, tuple] = {}
 
 
+class _StderrAtEmit(logging.Handler):
+    """Writes each notice to whatever ``sys.stderr`` is when it is emitted (a redirected stream,
+    a test's capture), as ``[heta-fast] message``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"[heta-fast] {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+# What the model cache tells a user while it works (downloading, converting, waiting for another
+# process, rebuilding a damaged entry): on stderr by default; a program silences or redirects it
+# through the logging module, the command line with -q (quiet_notices).
+NOTICES = logging.getLogger("heta_fast.notices")
+if not NOTICES.handlers:
+    NOTICES.addHandler(_StderrAtEmit())
+    NOTICES.setLevel(logging.INFO)
+    NOTICES.propagate = False
+
+
 def log(msg: str) -> None:
-    print(f"[heta-fast] {msg}", file=sys.stderr, flush=True)
+    NOTICES.info(msg)
+
+
+@contextlib.contextmanager
+def quiet_notices(quiet: bool = True):
+    """Within the block, no notice is shown when ``quiet`` (the level is restored after)."""
+    level = NOTICES.level
+    if quiet:
+        NOTICES.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        NOTICES.setLevel(level)
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -202,3 +202,16 @@ def test_two_processes_building_the_same_cache_from_scratch_both_succeed(tmp_pat
     for sub in ("gguf", "models"):
         names = [p.name for p in (root / sub).iterdir()]
         assert len(names) == 1 and ".partial" not in names[0] and not names[0].endswith(".lock"), names
+
+
+def test_notices_go_to_stderr_unless_quieted(capsys):
+    """The model cache's notices: on stderr by default, none inside quiet_notices (the CLI's -q),
+    and the level as it was after it."""
+    cache_entry.log("converting x")
+    assert capsys.readouterr().err == "[heta-fast] converting x\n"
+    with cache_entry.quiet_notices():
+        cache_entry.log("converting y")
+    with cache_entry.quiet_notices(False):
+        cache_entry.log("converting z")
+    cache_entry.log("converting w")
+    assert capsys.readouterr().err == "[heta-fast] converting z\n[heta-fast] converting w\n"
