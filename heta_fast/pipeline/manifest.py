@@ -23,6 +23,7 @@ from pathlib import Path
 from ..config import HETAConfig
 from ..errors import ConfigError, OutputInUseError, ResultFormatError
 from ..files import atomic_write
+from ..textfiles import decode_utf8, parse_json
 from .parts import plain_part_name, read_part
 from .schema import READABLE_VERSIONS, SCHEMA_VERSION
 
@@ -63,9 +64,10 @@ class Manifest:
         """The manifest at ``path``; ResultFormatError naming it when it is unreadable, not JSON, of
         another version or of another shape (its fields, each part's plain file name and row count)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             raise ResultFormatError(f"{path} is not a readable heta-fast manifest ({exc})") from None
+        data = parse_json(decode_utf8(raw, path, ResultFormatError), f"the manifest {path}", ResultFormatError)
         return cls(path, *_fields(path, data))
 
     def save(self) -> None:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import ResultFormatError
+from ..textfiles import parse_json
 from .schema import READABLE_VERSIONS, arrow_schema, column_names, unstorable_row
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl"}
@@ -83,9 +84,15 @@ def _checked_table(row: dict, fmt: str):
     return table
 
 
+# The columns every part of every version has: what resuming reads (ids, failures) and the version.
+CORE_COLUMNS = ("id", "ok", "schema_version", "config_hash")
+
+
 def read_part(path: Path, columns: list[str] | None = None):
     """A part file as a pyarrow Table of the current :func:`arrow_schema` (only ``columns`` when
-    given); a part of an older readable version has the columns added since as nulls.
+    given); a part of an older readable version has the columns added since as nulls. A part may
+    lack columns of its version but not :data:`CORE_COLUMNS` (version 2 gained ``architecture``
+    and ``sinks`` without a new number): those it lacks are null too.
 
     Raises ResultFormatError naming the file: unreadable, of another version, not of the results schema."""
     import pyarrow as pa
@@ -105,11 +112,13 @@ def _read_parquet(path: Path, columns: list[str] | None):
     schema = pq.read_schema(path)
     version = (schema.metadata or {}).get(b"heta_fast_schema_version", b"").decode()
     expected = arrow_schema(_version(path, version))
-    if not schema.remove_metadata().equals(expected.remove_metadata()):
+    wrong = [name for name in schema.names
+             if name not in expected.names or not schema.field(name).type.equals(expected.field(name).type)]
+    if wrong or not set(CORE_COLUMNS) <= set(schema.names):
         raise ResultFormatError(f"{path} is not a heta-fast results part: its columns are not those of schema "
                                 f"version {version}")
     wanted = columns or column_names()
-    return _conform(pq.read_table(path, columns=[c for c in wanted if c in expected.names]), wanted)
+    return _conform(pq.read_table(path, columns=[c for c in wanted if c in schema.names]), wanted)
 
 
 def _read_jsonl(path: Path, columns: list[str] | None):
@@ -126,18 +135,15 @@ def _read_jsonl(path: Path, columns: list[str] | None):
 
 def _jsonl_row(path: Path, number: int, line: str) -> dict:
     """The row of a JSONL part's line ``number``, checked to hold exactly its version's columns."""
-    try:
-        row = json.loads(line)
-    except ValueError as exc:
-        raise ResultFormatError(f"cannot read the part file {path}: line {number} is not JSON ({exc})") from None
+    row = parse_json(line, f"the part file {path}, line {number}", ResultFormatError)
     if not isinstance(row, dict) or "schema_version" not in row:
         raise ResultFormatError(f"{path}: line {number} is not a results row (a JSON object with the columns of "
                                 "the results schema)")
     names = set(arrow_schema(_version(path, row["schema_version"])).names)
-    if set(row) != names:
+    missing, unknown = sorted(set(CORE_COLUMNS) - set(row)), sorted(set(row) - names)
+    if missing or unknown:
         raise ResultFormatError(f"{path}: line {number} is not a results row of schema version "
-                                f"{row['schema_version']} (missing {sorted(names - set(row))}, unknown "
-                                f"{sorted(set(row) - names)})")
+                                f"{row['schema_version']} (missing {missing}, unknown {unknown})")
     return row
 
 

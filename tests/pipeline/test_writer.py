@@ -108,12 +108,15 @@ def test_escaping_is_undone_exactly_and_never_confuses_a_backslash_with_a_surrog
     assert escape_text("\\ud800") != escape_text("\ud800")
 
 
+@pytest.mark.parametrize("early", [False, True], ids=["late-v2", "early-v2"])
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_a_directory_of_schema_version_2_reads_and_resumes(attributor, tmp_path, fmt):
+def test_a_directory_of_schema_version_2_reads_and_resumes(attributor, tmp_path, fmt, early):
+    """Version 2 as written last, and as written first (before ``architecture`` and ``sinks`` were
+    added to it without a new number): both read, with what a part lacks as nulls, and resume."""
     records = make_records(8)
     out = tmp_path / "out"
     run(attributor, records[:5], out, fmt=fmt)
-    _as_version_2(out)
+    _as_version_2(out, drop=("escaped", "architecture", "sinks") if early else ("escaped",))
     assert len(read_results(out, form="records")) == 5
     assert run(attributor, records, out, fmt=fmt).skipped == 5
     table = read_results(out, form="records")
@@ -122,20 +125,36 @@ def test_a_directory_of_schema_version_2_reads_and_resumes(attributor, tmp_path,
     assert len(read_results(out, form="attributions")) == 8
 
 
-def _as_version_2(out):
-    """Rewrite a directory as heta-fast wrote it at schema version 2 (no ``escaped`` column)."""
+def _as_version_2(out, drop=("escaped",)):
+    """Rewrite a directory as heta-fast wrote it at schema version 2 (without the columns ``drop``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for part in (out / "parts").iterdir():
         if part.suffix == ".jsonl":
             rows = [json.loads(line) for line in part.read_text().splitlines()]
-            part.write_text("".join(json.dumps({**{k: v for k, v in r.items() if k != "escaped"},
+            part.write_text("".join(json.dumps({**{k: v for k, v in r.items() if k not in drop},
                                                 "schema_version": 2}) + "\n" for r in rows))
             continue
-        table = pq.read_table(part).drop_columns(["escaped"])
+        table = pq.read_table(part).drop_columns(list(drop))
         version = pa.array([2] * table.num_rows, pa.int32())
         table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version", version)
         pq.write_table(table.replace_schema_metadata({"heta_fast_schema_version": "2"}), part)
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 2}))
+
+
+def test_json_nested_too_deeply_in_a_results_directory_is_a_result_format_error(attributor, tmp_path):
+    from heta_fast.errors import ResultFormatError
+
+    out = tmp_path / "out"
+    run(attributor, make_records(2), out, fmt="jsonl")
+    part = next((out / "parts").iterdir())
+    good = part.read_text()
+    part.write_text("[" * 100_000 + "\n")
+    with pytest.raises(ResultFormatError, match="line 1: JSON nested too deeply"):
+        read_results(out)
+    part.write_text(good)
+    (out / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(ResultFormatError, match="manifest.json: JSON nested too deeply"):
+        read_results(out)
