@@ -17,9 +17,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 
 from . import errors
-from .errors import HetaError, QueueFullError, ServiceError
+from .errors import HetaError, InputError, QueueFullError, ServiceError
+from .inputs import describe
 from .result import Attribution
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -132,7 +134,8 @@ class Client:
 
 def _body(prompt, target, generate, messages, config, options) -> dict:
     """The JSON body of ``POST /v1/attributions`` (fields left out when not given)."""
-    body = {"prompt": _plain(prompt), "messages": messages, "target": _plain(target), "generate": generate,
+    body = {"prompt": _plain(prompt, "prompt"), "messages": messages, "target": _plain(target, "target"),
+            "generate": generate,
             "options": _options(config, options) or None}
     return {k: v for k, v in body.items() if v is not None}
 
@@ -149,14 +152,15 @@ def _options(config, extra: dict) -> dict:
     return fields
 
 
-def _plain(value):
-    """Token ids as JSON: tensors, arrays and their scalars become Python values, each as it is (a
-    bool stays a bool, a float a float), so that the service refuses what the library would refuse
-    instead of ids converted here. Text, None and anything not a sequence go unchanged (refused there too)."""
+def _plain(value, name: str):
+    """Text, or token ids as JSON: a tensor, an array or any sequence (a range) as a list whose
+    elements stay as they are (a bool stays a bool, a float a float; NumPy scalars become Python
+    ones), so that the service refuses what the library refuses instead of ids converted here.
+    Anything else (bytes, a number, a mapping) is refused here as the library refuses it."""
     if value is None or isinstance(value, str):
         return value
     if hasattr(value, "tolist"):
         return value.tolist()
-    if not isinstance(value, (list, tuple)):
-        return value
-    return [v.item() if hasattr(v, "item") else v for v in value]
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        return [v.item() if hasattr(v, "item") else v for v in value]
+    raise InputError(f"{name} must be text or token ids (a sequence of integers); got {describe(value)}")

