@@ -10,6 +10,8 @@ be attributed. A one-shot iterator (a generator) is read into a list first (:fun
 """
 from __future__ import annotations
 
+import datetime
+import decimal
 import math
 import numbers
 from contextlib import contextmanager
@@ -254,9 +256,10 @@ def id_records(source, fields: Fields, also: Sequence[str] = ()) -> Iterator[dic
 def record_id(record: dict, fields: Fields, position: int) -> str:
     """The record's id as text; a missing or empty id is a configuration error (wrong --id-field).
 
-    An id is text or a number. Anything else (a list, a mapping, a Parquet struct, bytes, a
-    boolean, a date) would be stored as its Python spelling, and text that is not valid Unicode
-    (a lone surrogate, JSON's "\\ud800") cannot be written at all: both are refused (InputError)."""
+    An id is text, a number (a Parquet decimal too) or a date/time, stored as its text. Anything
+    else (a list, a mapping, a Parquet struct, bytes, a boolean) would be stored as its Python
+    spelling, and text that is not valid Unicode (a lone surrogate, JSON's "\\ud800") cannot be
+    written at all: both are refused (InputError)."""
     if not isinstance(record, dict):
         raise InputError(f"record {position} is not a mapping of fields")
     value = record.get(fields.id)
@@ -264,8 +267,8 @@ def record_id(record: dict, fields: Fields, position: int) -> str:
         raise ConfigError(f"record {position} has no {fields.id!r} field; name the id field with --id-field")
     if isinstance(value, str):
         check_text(value, f"id of record {position}")
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"the id of record {position} is {describe(value)}; an id must be text or a number")
+    elif isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, datetime.date)):
+        raise InputError(f"the id of record {position} is {describe(value)}; an id must be text, a number or a date")
     return str(value)
 
 

@@ -92,7 +92,7 @@ def test_a_corrupt_page_found_later_is_an_input_error_too(tmp_path):
 
 
 @pytest.mark.parametrize("key,message", [
-    ({"k": 1}, "the id of record 1 is dict {'k': 1}; an id must be text or a number"),
+    ({"k": 1}, "the id of record 1 is dict {'k': 1}; an id must be text, a number or a date"),
     ([1, 2], "the id of record 1 is list"),
     (True, "the id of record 1 is bool"),
     (b"r1", "the id of record 1 is bytes"),
@@ -103,6 +103,23 @@ def test_an_id_that_is_not_text_or_a_number_is_refused(tmp_path, key, message):
     with pytest.raises(InputError, match=message):
         read_ids(records, Fields())
     assert read_ids([{"id": 7}, {"id": 2.5}, {"id": "r\u00e9"}], Fields()) == ["7", "2.5", "r\u00e9"]
+
+
+def test_decimal_and_date_ids_read_as_their_text(tmp_path):
+    """A Parquet decimal or date id column (Python Decimal, date, datetime): scalars with one
+    spelling each, stored as that text as before the id rule."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [decimal.Decimal("1.50"), decimal.Decimal("2")]
+    pq.write_table(pa.table({"id": pa.array(ids, pa.decimal128(4, 2)), "prompt": ["w1"] * 2, "target": ["w2"] * 2}),
+                   tmp_path / "d.parquet")
+    assert read_ids(read_file(tmp_path / "d.parquet"), Fields()) == ["1.50", "2.00"]
+    days = [datetime.date(2026, 12, 5), datetime.datetime(2026, 12, 5, 7, 30)]
+    assert read_ids([{"id": day} for day in days], Fields()) == ["2026-12-05", "2026-12-05 07:30:00"]
 
 
 def test_ids_read_from_files_are_checked_alike(tmp_path):
