@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .allocator import worker_environment
-from .config import HETAConfig
+from .config import HETAConfig, as_config
 from .errors import ConfigError
+from .inputs import check_token_count
 from .pipeline.parts import rows_table
 from .pipeline.progress import RunProgress
 from .pipeline.readers import Fields, check_fields, read_file, read_ids, read_input, records_at, reiterable
@@ -156,7 +157,9 @@ def attribute_ray(dataset, output, *, model: str | None = None, config: HETAConf
         raise ConfigError(f"--gpus-per-worker must be a finite number >= 0, got {gpus_per_worker}")
     if memory_per_worker is not None and memory_per_worker < 1:
         raise ConfigError(f"--memory-per-worker must be a positive number of bytes, got {memory_per_worker}")
-    cfg, model = config or HETAConfig(), model or DEFAULT_MODEL
+    cfg, model = as_config(config, HETAConfig()), model or DEFAULT_MODEL
+    if generate is not None:
+        generate = check_token_count(generate, "generate")
     source = None
     if not isinstance(dataset, ray.data.Dataset):
         # A file, a data set, a DataFrame or dicts: read on the driver as a local run reads them

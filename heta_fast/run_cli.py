@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 
-from .cli_args import add_engine_args, add_model_args, config_from_args, load_args
+from .cli_args import add_engine_args, add_model_args, config_from_args, int_at_least, load_args
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # The options of --ray and their defaults. The parser leaves them None, so that one given
@@ -35,7 +35,7 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--target-field", default="target", help="record field holding the target (default target)")
     p.add_argument("--messages-field", default=None,
                    help="record field holding chat messages (a list of {role, content}), read instead of the prompt")
-    p.add_argument("--generate", type=int, default=None, metavar="N",
+    p.add_argument("--generate", type=int_at_least(1), default=None, metavar="N",
                    help="no target field: generate up to N tokens greedily and attribute them")
     add_engine_args(p)
     p.add_argument("--memory-budget", default=None, metavar="BYTES",
@@ -99,15 +99,12 @@ def check_modes(args) -> None:
 
 
 def run_pipeline(args) -> int:
-    from .errors import ConfigError
     from .pipeline.readers import Fields, read_dataset, read_file
 
     check_modes(args)
     config = config_from_args(args)
     if args.memory_budget is not None:
         config = config.replace(memory_budget=parse_bytes(args.memory_budget))
-    if args.generate is not None and args.generate < 1:
-        raise ConfigError("--generate must be >= 1")
     fields = Fields(id=args.id_field, prompt=args.prompt_field,
                     target=None if args.generate else args.target_field, messages=args.messages_field)
     progress = "quiet" if args.quiet else None

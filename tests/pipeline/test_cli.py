@@ -49,7 +49,7 @@ def test_run_writes_reruns_and_refuses_other_settings(tiny_model_dir, data, tmp_
 @pytest.mark.parametrize("extra,message", [
     (["--messages-field", "messages"], "no 'messages' field; name it with --messages-field"),
     (["--prompt-field", "question"], "no 'question' field; name it with --prompt-field"),
-    (["--generate", "0"], "--generate must be >= 1"),
+    (["--generate", "0"], "--generate: must be an integer >= 1"),
     (["--memory-budget", "lots"], "--memory-budget"),
     (["--target-field", "answer"], "no 'answer' field"),
     (["--id-field", "key"], "--id-field"),

@@ -100,6 +100,12 @@ def test_bad_input_stops_before_ray_starts(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="no 'answer' field"):
         attribute_ray([{"id": "a", "prompt": "w1", "target": "w2"}], tmp_path / "out",
                       fields=Fields(target="answer"))
+    one = [{"id": "a", "prompt": "w1", "target": "w2"}]
+    with pytest.raises(ConfigError, match="config must be a HETAConfig"):
+        attribute_ray(one, tmp_path / "out", config={"beta": 1.0})
+    for generate in (0, True, 1.5):  # 0 was read as "no generation", the others as failure rows
+        with pytest.raises(InputError, match="generate must be an integer >= 1"):
+            attribute_ray(one, tmp_path / "out", generate=generate)
     assert not (tmp_path / "out").exists()
 
 
