@@ -334,9 +334,9 @@ def test_a_sketch_larger_than_the_memory_budget_is_refused_before_it_is_allocate
                                                                                     monkeypatch):
     """Ω and Y of a rank-k sketch are k × tokens × d float64 each: a rank of 10⁵ would allocate
     gigabytes; it is a MemoryBudgetError from the estimate, before the sketch matrix is drawn."""
-    from heta_fast.signals.curvature import sketch
+    from heta_fast.signals.curvature import estimators
 
-    monkeypatch.setattr(sketch, "sketch_matrix", lambda *a, **k: pytest.fail("the sketch was allocated"))
+    monkeypatch.setattr(estimators, "sketch_matrix", lambda *a, **k: pytest.fail("the sketch was allocated"))
     huge = HETAConfig(estimator="sketch", sketch_rank=100_000, components=("curvature",))
     with pytest.raises(MemoryBudgetError, match="the sketch of rank 100000 over 4 tokens holds about"):
         attr.estimate(PROMPT, TARGET, config=huge)
