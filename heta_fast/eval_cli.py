@@ -5,6 +5,7 @@ Kept apart from heta_fast/cli.py so that building the argument parser imports no
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -104,6 +105,7 @@ def _check_files(args) -> None:
     check_writable(args.out, "--out file")
     if args.markdown:
         check_writable(args.markdown, "--markdown file")
+        _check_markdown_is_apart(args)
     if Path(args.out).exists():
         read_results_file(args.out)
     for path in args.merge:
@@ -114,6 +116,19 @@ def _check_files(args) -> None:
         except ResultFormatError as exc:  # its advice is for --out; a file to merge is only refused
             raise ResultFormatError(f"--merge {' '.join(str(exc).removesuffix('; choose another --out').split())}"
                                     ) from None
+
+
+def _check_markdown_is_apart(args) -> None:
+    """The table must not replace a file the run reads or keeps: the results file (every later run
+    would refuse it), the dataset or a results file to merge. Real paths are compared, so that
+    ``./r.json``, an absolute path or a symlink to it count as the same file."""
+    from .errors import ConfigError
+
+    markdown = os.path.realpath(args.markdown)
+    for flag, paths in (("--out", [args.out]), ("--data", [args.data]), ("--merge", args.merge)):
+        for path in paths:
+            if os.path.realpath(path) == markdown:
+                raise ConfigError(f"--markdown and {flag} name the same file {path}: the table would replace it")
 
 
 def run_eval(args) -> int:

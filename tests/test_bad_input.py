@@ -389,6 +389,23 @@ def test_eval_output_and_merge_paths_are_checked_before_the_model_loads(tiny_mod
         _one_line_exit_2(main(base + extra), capsys.readouterr().err, match)
 
 
+def test_eval_markdown_naming_the_results_the_data_or_a_merged_file_is_refused_before_the_model_loads(
+        tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Attributor, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "target": "w3"}))
+    shard = tmp_path / "s0.json"
+    shard.write_text(json.dumps({"format": "heta-fast-eval", "version": 1, "header": {}, "records": []}))
+    base = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", "r.json"]
+    for extra, flag in ((["--markdown", str(tmp_path / "r.json")], "--out"),
+                        (["--markdown", "./d.jsonl"], "--data"),
+                        (["--merge", str(shard), "--markdown", "s0.json"], "--merge")):
+        _one_line_exit_2(main(base + extra), capsys.readouterr().err, f"--markdown and {flag} name the same file")
+    assert json.loads(data.read_text()) == {"prompt": "w1 w2", "target": "w3"}
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_quiet_leaves_one_line_for_a_file_that_is_not_gguf(tmp_path, capsys, monkeypatch):
     """-q: the model cache's "converting ..." notice is silenced too, so the error is the only line."""
     monkeypatch.setenv("HETA_FAST_CACHE", str(tmp_path / "cache"))
@@ -398,3 +415,15 @@ def test_quiet_leaves_one_line_for_a_file_that_is_not_gguf(tmp_path, capsys, mon
     _one_line_exit_2(main([*argv, "-q"]), capsys.readouterr().err, "not a GGUF file")
     main(argv)
     assert "[heta-fast] converting bad.gguf" in capsys.readouterr().err  # shown without -q
+
+
+def test_a_token_cannot_drive_the_terminal_in_the_heatmap(attr):
+    """Control characters in a token (ESC, CR) are shown escaped, never written raw."""
+    d = attr.attribute(PROMPT, TARGET).to_dict()
+    d["context_tokens"][0] = "\x1b[31mred\r"
+    for color in (False, True):
+        out = io.StringIO()
+        Attribution.from_dict(d).show(file=out, color=color)
+        heatmap = out.getvalue().splitlines()[1]
+        assert "\\x1b[31mred\\x0d" in heatmap and "\r" not in heatmap
+        assert "\x1b[31mred" not in heatmap  # (color=True adds its own escapes around tokens, not this one)
