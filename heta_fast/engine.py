@@ -11,7 +11,7 @@ from .chat import attributed_mask
 from .combine import combine, unattributed_to_zero
 from .config import HETAConfig, as_config
 from .errors import HetaError, InputError, NonFiniteError
-from .inputs import check_max_new_tokens, check_token_count, request_fields, request_items
+from .inputs import check_max_new_tokens, check_token_count, describe, request_fields, request_items
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .model.exclusive import holding_the_model
@@ -151,7 +151,13 @@ class Attributor:
                     raise
                 raise InputError(f"generation arguments {user_kwargs} refused: {type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())}") from exc
-        generated = out[0, ids.shape[1]:].cpu()
+        # Arguments such as return_dict_in_generate give an output object, num_return_sequences several rows:
+        # one answer is attributed, so anything but one sequence is refused rather than cut to its first.
+        sequences = getattr(out, "sequences", out)
+        if not isinstance(sequences, torch.Tensor) or sequences.dim() != 2 or sequences.shape[0] != 1:
+            raise InputError(f"generation arguments {user_kwargs} must give one sequence to attribute; got "
+                             f"{describe(sequences)}")
+        generated = sequences[0, ids.shape[1]:].cpu()
         if generated.numel() == 0:
             raise InputError("the model generated no tokens (it stopped at once)")
         return self._attribute(with_target(context, generated, self.adapter.max_length), config, progress)

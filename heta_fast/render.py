@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import os
 import sys
+import unicodedata
 
 import torch
 
@@ -29,7 +30,10 @@ def _normalised(row: torch.Tensor) -> list[float]:
 
 
 def _visible(tok: str) -> str:
-    return tok.replace("\n", "⏎").replace("\t", "⇥")
+    """A token as the heatmap line shows it: newline and tab as glyphs, every other control
+    character (ESC, CR, ...) as ``\\xNN``, so that no token moves the cursor or recolours the terminal."""
+    tok = tok.replace("\n", "⏎").replace("\t", "⇥")
+    return "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in tok)
 
 
 def encoding_of(stream) -> str:

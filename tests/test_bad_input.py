@@ -427,3 +427,12 @@ def test_a_token_cannot_drive_the_terminal_in_the_heatmap(attr):
         heatmap = out.getvalue().splitlines()[1]
         assert "\\x1b[31mred\\x0d" in heatmap and "\r" not in heatmap
         assert "\x1b[31mred" not in heatmap  # (color=True adds its own escapes around tokens, not this one)
+
+
+def test_generation_arguments_that_change_the_output_are_handled_or_refused(attr):
+    plain = attr.generate_and_attribute(PROMPT, max_new_tokens=2)
+    as_dict = attr.generate_and_attribute(PROMPT, max_new_tokens=2, return_dict_in_generate=True, output_scores=True)
+    assert as_dict.target_ids == plain.target_ids  # the output object's sequences, attributed as usual
+    with pytest.raises(InputError, match="must give one sequence to attribute; got a tensor of dtype int64 and shape "
+                                         r"\(2, "):
+        attr.generate_and_attribute(PROMPT, max_new_tokens=2, do_sample=True, num_return_sequences=2)
