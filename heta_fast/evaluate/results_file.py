@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..config import HETAConfig
 from ..errors import InputError, ResultFormatError
@@ -41,16 +41,21 @@ class ResultsFile:
                              "use the same settings to continue it, or another --out")
         return cls(path, {**header, "data": old.get("data", header.get("data"))}, records)
 
-    def absorb(self, paths: Sequence[str | Path]) -> int:
+    def absorb(self, paths: Sequence[str | Path],
+               check: Callable[[str | Path, list[dict]], None] | None = None) -> int:
         """Add the records of other results files written with the same settings (e.g. the shards
-        of a sharded run) that this file does not hold yet, in one save; returns how many."""
+        of a sharded run) that this file does not hold yet, in one save; returns how many.
+        ``check(path, records)`` may refuse a file's records (an error) before any is taken over."""
         done, new = self.done(), []
         for path in paths:
             if Path(path).resolve() == self.path.resolve():
                 continue
             if not Path(path).exists():
                 raise InputError(f"no such results file to merge: {path}")
-            for r in ResultsFile.open(path, self.header).records:
+            records = ResultsFile.open(path, self.header).records
+            if check is not None:
+                check(path, records)
+            for r in records:
                 if (r["example"], r["method"]) not in done:
                     done.add((r["example"], r["method"]))
                     new.append(r)

@@ -132,8 +132,7 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
     token and its probability p(target | prompt). Without, the example is taken as it is.
     """
     tok, vocab = attributor.tokenizer, attributor.adapter.vocab_size
-    if settings is not None and settings.prompt_format == "chat":
-        ex = chat_example(ex, tok)
+    ex = _formatted(ex, tok, settings)
     target = example_target(attributor, ex)
     answer = None
     if settings is not None:
@@ -151,6 +150,56 @@ def prepare_example(attributor, ex: EvalExample, settings: EvalSettings | None =
         if "message" in ex.meta:
             message = tokens_in(ex.prompt, offsets, [ex.meta["message"]])
     return PreparedExample(ex, req.context_ids, req.target_ids, support, distractor, gold, message, answer)
+
+
+def _formatted(ex: EvalExample, tokenizer, settings: EvalSettings | None) -> EvalExample:
+    """The example in the run's prompt format (as it is without settings)."""
+    return chat_example(ex, tokenizer) if settings is not None and settings.prompt_format == "chat" else ex
+
+
+# ----------------------------------------------------------------------------- same examples
+def check_same_examples(attributor, examples: Sequence[EvalExample], records: Sequence[dict],
+                        settings: EvalSettings, source: str) -> None:
+    """``InputError`` naming the first example whose records in ``source`` (the results file to
+    continue, or one to merge) were computed on another example with the same id.
+
+    What a record already stores is compared, so that every results file is checked as it is: a
+    scored record's ``context_tokens`` (the prompt's tokens in the run's prompt format; with
+    ``answer_word`` the answer's words follow them) and its target, ``target_tokens`` for the gold
+    target, else the gold answer its ``answer`` was checked against. A failed record stores nothing
+    of its example and is not checked.
+    """
+    stored: dict[str, dict] = {}
+    for r in records:
+        if r.get("ok") and isinstance(r.get("context_tokens"), list):
+            stored.setdefault(r["example"], r)
+    for ex in examples:
+        if ex.id in stored and not _same_input(attributor, ex, stored[ex.id], settings):
+            raise InputError(f"{source} holds records of example {ex.id!r} computed on another example with "
+                             "that id (its prompt or target differs); use another --out for other data")
+
+
+def _same_input(attributor, ex: EvalExample, record: dict, settings: EvalSettings) -> bool:
+    """Whether ``record`` (a scored one) was computed on ``ex`` under ``settings``."""
+    tok = attributor.tokenizer
+
+    def pieces(ids: torch.Tensor) -> list[str]:  # as the engine records a result's tokens
+        return [tok.decode([int(i)]) for i in ids]
+
+    try:
+        ex = _formatted(ex, tok, settings)
+        prompt = pieces(tokenize_context(tok, ex.prompt, attributor.adapter.vocab_size,
+                                         sink_id=attributor.sink_id(attributor.config)).context_ids)
+        gold = pieces(example_target(attributor, ex)) if settings.target == "gold" else None
+    except HetaError:  # the example no longer prepares: it cannot be the one that was scored
+        return False
+    context = record["context_tokens"]
+    if context[:len(prompt)] != prompt or (settings.target != "answer_word" and len(context) != len(prompt)):
+        return False
+    if gold is not None:
+        return record.get("target_tokens") == gold
+    answer = record.get("answer")
+    return not isinstance(answer, dict) or answer.get("gold") == str(ex.meta.get("answer", ex.target)).strip()
 
 
 def _own_answer(attributor, ex: EvalExample, gold_ids: torch.Tensor, settings: EvalSettings):
@@ -302,7 +351,9 @@ def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: st
     try:
         remove_stale_temporaries(out)  # of a run killed mid-write
         store = ResultsFile.open(out, run_header(attributor, settings, data))
-        store.absorb(merge)
+        check_same_examples(attributor, examples, store.records, settings, str(out))
+        store.absorb(merge, check=lambda path, records: check_same_examples(
+            attributor, examples, records, settings, f"--merge file {path}"))
         _run_examples(attributor, examples, methods, settings, store, progress, on_group)
     finally:
         lock.release()

@@ -282,3 +282,28 @@ def test_shards_cover_the_data_once_and_merge_into_the_unsharded_results(attribu
     with pytest.raises(InputError, match="no such results file"):
         run_evaluation(attributor, examples, methods, tmp_path / "m3.json", SETTINGS, progress=False,
                        merge=[tmp_path / "absent.json"])
+
+
+def _other_data(tmp_path, data, change):
+    """``data`` with the example of id 'b' changed by ``change`` (a dict update), as d2.jsonl."""
+    recs = [json.loads(line) for line in data.read_text().splitlines()]
+    recs = [{**r, **change} if r["id"] == "b" else r for r in recs]
+    path = tmp_path / "d2.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    return path
+
+
+@pytest.mark.parametrize("change", [{"prompt": text(15, 16, 17, 19)}, {"target": text(21, 23)}])
+def test_resuming_or_merging_records_of_other_examples_with_the_same_ids_is_refused(attributor, data, tmp_path,
+                                                                                    change):
+    methods = ["rollout"]
+    settings = dataclasses.replace(SETTINGS, metrics=("dsa",))
+    out = tmp_path / "r.json"
+    run_evaluation(attributor, load_jsonl(data), methods, out, settings, progress=False)
+    run_evaluation(attributor, load_jsonl(data), methods, out, settings, progress=False)  # the same data continues
+    other = load_jsonl(_other_data(tmp_path, data, change))
+    with pytest.raises(InputError, match=r"r\.json holds records of example 'b' computed on another example"):
+        run_evaluation(attributor, other, methods, out, settings, progress=False)
+    with pytest.raises(InputError, match=r"--merge file .*r\.json holds records of example 'b'"):
+        run_evaluation(attributor, other, methods, tmp_path / "m.json", settings, progress=False, merge=[out])
+    assert not (tmp_path / "m.json").exists()
