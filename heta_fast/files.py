@@ -67,6 +67,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     Readers see the old file or the new one, never a partial one; two writers never share a
     temporary file. Raises :class:`OutputError` naming ``path``.
     """
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise OutputError(f"an output path must be a non-empty str or path; got {type(path).__name__} {path!r}")
     path = Path(path).expanduser()
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:

@@ -32,8 +32,9 @@ def read_result(path_or_text) -> dict:
     """Attribution keyword arguments from a path or the JSON text itself (text starts with ``{``)."""
     if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
         return parse_result(parse_json(path_or_text, "the JSON text", ResultFormatError), "the JSON text")
-    if not isinstance(path_or_text, (str, os.PathLike)):
-        raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__}")
+    if not isinstance(path_or_text, (str, os.PathLike)) or str(path_or_text).strip() == "":
+        raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__} "
+                                f"{str(path_or_text)[:40]!r}")
     path = Path(path_or_text)
     try:
         raw = path.read_bytes()

@@ -436,3 +436,17 @@ def test_generation_arguments_that_change_the_output_are_handled_or_refused(attr
     with pytest.raises(InputError, match="must give one sequence to attribute; got a tensor of dtype int64 and shape "
                                          r"\(2, "):
         attr.generate_and_attribute(PROMPT, max_new_tokens=2, do_sample=True, num_return_sequences=2)
+
+
+def test_output_and_input_paths_of_the_wrong_kind_are_typed_errors(attr):
+    from heta_fast.errors import OutputError
+
+    res = attr.attribute(PROMPT, TARGET)
+    for bad in (None, 3, ""):
+        with pytest.raises(OutputError, match="an output path must be a non-empty str or path"):
+            res.to_html(bad)
+    with pytest.raises(OutputError, match="got int 3"):
+        res.to_json(3)
+    for bad in ("", "   ", 3):
+        with pytest.raises(ResultFormatError, match="from_json takes a path or JSON text"):
+            Attribution.from_json(bad)
