@@ -59,7 +59,11 @@ def load_curated(path: str | Path) -> list[EvalExample]:
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
         raise InputError(f"{path}: not a curated dataset (expected a JSON object with an 'examples' list)")
-    return [_curated_example(rec, f"{path}: example {i}") for i, rec in enumerate(data["examples"])]
+    out, seen = [], set()
+    for i, rec in enumerate(data["examples"]):
+        where = f"{path}: example {i}"
+        out.append(_unique(_curated_example(rec, where), seen, where))
+    return _some(out, path)
 
 
 def _curated_example(rec: dict, where: str) -> EvalExample:
@@ -181,13 +185,8 @@ def load_jsonl(path: str | Path) -> list[EvalExample]:
             continue
         where = f"{path}:{number}"
         ex = _jsonl_example(parse_json(line, where), where, default_id=str(number))
-        if ex.id in seen:
-            raise InputError(f"{where}: duplicate id {ex.id!r}")
-        seen.add(ex.id)
-        out.append(ex)
-    if not out:
-        raise InputError(f"{path}: no examples")
-    return out
+        out.append(_unique(ex, seen, where))
+    return _some(out, path)
 
 
 def _jsonl_example(rec, where: str, default_id: str) -> EvalExample:
@@ -241,6 +240,22 @@ def _span(prompt: str, value, where: str) -> Span:
 
 
 # ----------------------------------------------------------------------------- shared
+def _unique(ex: EvalExample, seen: set[str], where: str) -> EvalExample:
+    """``ex``, its id added to ``seen``; an id seen before is refused (results are kept by id: two
+    examples under one id would share, and silently reuse, one set of records)."""
+    if ex.id in seen:
+        raise InputError(f"{where}: duplicate id {ex.id!r}")
+    seen.add(ex.id)
+    return ex
+
+
+def _some(examples: list[EvalExample], path: Path) -> list[EvalExample]:
+    """``examples``; a file without any is refused rather than evaluated into an empty table."""
+    if not examples:
+        raise InputError(f"{path}: no examples")
+    return examples
+
+
 def _locate(text: str, segment: str, where: str) -> Span:
     """The character span of ``segment`` in ``text``; it must occur exactly once."""
     if not segment:

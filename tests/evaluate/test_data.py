@@ -121,3 +121,21 @@ def test_curated_spans_on_the_default_tokenizer(default_attributor):
     assert "".join(pieces).replace(" ", "").lower().startswith("photosynthesisprimarilyoccurs")
     assert len(pieces) > 8  # "Photosynthesis" (and others) are several sub-word pieces, all counted
     assert tok.decode(prep.target_ids.tolist()) == " leaves"
+
+
+def _curated_record(**fields):
+    """A minimal curated record: support and distractor located in the input text."""
+    rec = {"input_text": "Rome is in Italy. Paris is in France. Where is Paris?",
+           "narrative_segment": "Rome is in Italy.", "sciq_support_segment": "Paris is in France.", "answer": "France"}
+    return {**rec, **fields}
+
+
+def test_curated_duplicate_ids_and_no_examples_are_refused_as_in_jsonl(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"examples": [_curated_record(id="q1"), _curated_record(id="q2"),
+                                             _curated_record(id="q1")]}))
+    with pytest.raises(InputError, match=r"c\.json: example 2: duplicate id 'q1'"):
+        load_curated(path)
+    path.write_text(json.dumps({"examples": []}))
+    with pytest.raises(InputError, match=r"c\.json: no examples"):
+        load_examples(path)
