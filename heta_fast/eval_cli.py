@@ -133,15 +133,14 @@ def _check_markdown_is_apart(args) -> None:
 
 def run_eval(args) -> int:
     from .engine import Attributor
-    from .errors import ConfigError
     from .evaluate.data import load_examples, select_shard
     from .evaluate.methods import resolve_methods
     from .files import FileLock
     from .render import printable
 
     methods = resolve_methods(args.methods)
-    if args.paired is not None and args.paired not in methods:
-        raise ConfigError(f"--paired {args.paired!r} is not one of the evaluated methods")
+    if args.paired is not None:
+        args.paired = _paired_method(args.paired, methods)
     settings, config, load = _settings(args), config_from_args(args), load_args(args)
     _check_files(args)
     examples = select_shard(load_examples(args.data, args.limit), args.shard)
@@ -151,6 +150,18 @@ def run_eval(args) -> int:
         print(printable(f"{len(examples)} examples x {len(methods)} methods ({', '.join(methods)}) -> {args.out}"),
               flush=True)
         return _evaluate(args, attributor, examples, methods, settings)
+
+
+def _paired_method(name: str, methods: list[str]) -> str:
+    """The canonical name of ``--paired``, read as ``--methods`` reads names (aliases, case), which
+    must be one of the evaluated ``methods``."""
+    from .errors import ConfigError
+    from .evaluate.methods import resolve_methods
+
+    resolved = resolve_methods(name)
+    if len(resolved) != 1 or resolved[0] not in methods:
+        raise ConfigError(f"--paired {name!r} is not one of the evaluated methods ({', '.join(methods)})")
+    return resolved[0]
 
 
 def _evaluate(args, attributor, examples, methods, settings) -> int:

@@ -307,3 +307,15 @@ def test_resuming_or_merging_records_of_other_examples_with_the_same_ids_is_refu
     with pytest.raises(InputError, match=r"--merge file .*r\.json holds records of example 'b'"):
         run_evaluation(attributor, other, methods, tmp_path / "m.json", settings, progress=False, merge=[out])
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("methods,paired,shown", [("rollout,ig", "ig", "integrated_gradients − method"),
+                                                  ("HETA,rollout", "HETA", "heta − method")])
+def test_cli_eval_paired_names_are_read_as_methods_are(tiny_model_dir, data, tmp_path, capsys, methods, paired,
+                                                       shown):
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", methods, "--limit", "1",
+                 "--metrics", "dsa", "--ig-steps", "2", "--out", str(tmp_path / "r.json"), "--paired", paired,
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert shown in captured.out
