@@ -328,6 +328,14 @@ def run_header(attributor, settings: EvalSettings, data: str | None) -> dict:
             "settings": settings.to_dict(), "answer": settings.answer_dict(), "heta_config": cfg, "data": data}
 
 
+def check_prompt_format(attributor, settings: EvalSettings) -> None:
+    """``ConfigError`` for a chat prompt format on a model whose tokenizer has no chat template:
+    once, up front, instead of every example failing with the same error."""
+    if settings.prompt_format == "chat" and not getattr(attributor.tokenizer, "chat_template", None):
+        raise ConfigError(f"--prompt-format chat: the tokenizer of {attributor.model_name} has no chat template; "
+                          "use --prompt-format plain")
+
+
 # ----------------------------------------------------------------------------- the loop
 def method_groups(methods: Sequence[str]) -> list[list[str]]:
     """The HETA variants form one group (one engine run); every other method is its own group."""
@@ -347,6 +355,7 @@ def run_evaluation(attributor, examples: Sequence[EvalExample], methods, out: st
     """
     settings = settings or EvalSettings()
     methods = resolve_methods(methods)
+    check_prompt_format(attributor, settings)
     lock = FileLock(out, "results file").acquire(wait=False)
     try:
         remove_stale_temporaries(out)  # of a run killed mid-write

@@ -319,3 +319,13 @@ def test_cli_eval_paired_names_are_read_as_methods_are(tiny_model_dir, data, tmp
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert shown in captured.out
+
+
+def test_cli_eval_chat_format_on_a_model_without_a_chat_template_is_one_error(tiny_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--methods", "rollout", "--metrics",
+                 "dsa", "--out", str(out), "--prompt-format", "chat", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "has no chat template" in err and str(tiny_model_dir.name) in err
+    assert not out.exists()
