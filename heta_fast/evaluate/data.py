@@ -62,11 +62,14 @@ def load_curated(path: str | Path) -> list[EvalExample]:
     out, seen = [], set()
     for i, rec in enumerate(data["examples"]):
         where = f"{path}: example {i}"
-        out.append(_unique(_curated_example(rec, where), seen, where))
+        out.append(_unique(_curated_example(rec, where, default_id=str(i)), seen, where))
     return _some(out, path)
 
 
-def _curated_example(rec: dict, where: str) -> EvalExample:
+def _curated_example(rec: dict, where: str, default_id: str) -> EvalExample:
+    """One curated record; without an ``id`` its id is ``default_id``, its index in the file (as a
+    JSONL record's is its line number): never the path as typed, so that a run given the same file
+    by another path continues its results instead of recomputing them under new ids."""
     if not isinstance(rec, dict):
         raise InputError(f"{where}: must be a JSON object, got {_json_kind(rec)}")
     fields = ("input_text", "narrative_segment", "sciq_support_segment", "answer")
@@ -90,7 +93,7 @@ def _curated_example(rec: dict, where: str) -> EvalExample:
     if not gold:
         gold = _word_occurrences(text, words, sup)
     return EvalExample(
-        id=str(rec.get("id", where)), prompt=text + ANSWER_CUE, target=" " + str(answer).strip(),
+        id=str(rec.get("id", default_id)), prompt=text + ANSWER_CUE, target=" " + str(answer).strip(),
         target_tokens=1, support=sup, distractor=_locate(text, narrative, f"{where}: distractor segment"),
         gold=tuple(gold), meta={"answer": answer, "question": rec.get("question"), "cue": ANSWER_CUE},
     )

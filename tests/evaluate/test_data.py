@@ -139,3 +139,11 @@ def test_curated_duplicate_ids_and_no_examples_are_refused_as_in_jsonl(tmp_path)
     path.write_text(json.dumps({"examples": []}))
     with pytest.raises(InputError, match=r"c\.json: no examples"):
         load_examples(path)
+
+
+def test_a_curated_record_without_an_id_is_named_by_its_index_whatever_the_path(tmp_path, monkeypatch):
+    path = tmp_path / "c1.json"
+    path.write_text(json.dumps({"examples": [_curated_record(), _curated_record(id="q7")]}))
+    monkeypatch.chdir(tmp_path)
+    assert [ex.id for ex in load_curated("c1.json")] == ["0", "q7"]
+    assert [ex.id for ex in load_curated(path)] == ["0", "q7"]
