@@ -86,7 +86,7 @@ def _curated_example(rec: dict, where: str, default_id: str) -> EvalExample:
     indices = rec.get("important_word_indices_in_sciq_support")
     if indices is not None and not (isinstance(indices, list) and all(_is_int(i) for i in indices)):
         raise InputError(f"{where}: 'important_word_indices_in_sciq_support' must be a list of integers")
-    gold = _indexed_words(text, sup, indices)
+    gold = _indexed_words(text, sup, indices, where)
     words = rec.get("important_words", [])
     if not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
         raise InputError(f"{where}: 'important_words' must be a list of strings")
@@ -99,7 +99,7 @@ def _curated_example(rec: dict, where: str, default_id: str) -> EvalExample:
     )
 
 
-def _indexed_words(text: str, support: Span, indices) -> list[Span]:
+def _indexed_words(text: str, support: Span, indices, where: str) -> list[Span]:
     """Spans of the support segment's whitespace-separated words at ``indices``, punctuation trimmed."""
     if not indices:
         return []
@@ -108,7 +108,7 @@ def _indexed_words(text: str, support: Span, indices) -> list[Span]:
     spans = []
     for i in indices:
         if not 0 <= int(i) < len(words):
-            raise InputError(f"important word index {i} is outside the support segment's {len(words)} words")
+            raise InputError(f"{where}: important word index {i} is outside the support segment's {len(words)} words")
         spans.append(_trim(text, words[int(i)]))
     return spans
 

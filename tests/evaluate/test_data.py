@@ -147,3 +147,12 @@ def test_a_curated_record_without_an_id_is_named_by_its_index_whatever_the_path(
     monkeypatch.chdir(tmp_path)
     assert [ex.id for ex in load_curated("c1.json")] == ["0", "q7"]
     assert [ex.id for ex in load_curated(path)] == ["0", "q7"]
+
+
+def test_an_important_word_index_outside_the_support_names_the_file_and_example(tmp_path):
+    path = tmp_path / "c.json"
+    bad = _curated_record(important_word_indices_in_sciq_support=[0, 5])
+    path.write_text(json.dumps({"examples": [_curated_record(), bad]}))
+    with pytest.raises(InputError, match=r"c\.json: example 1: important word index 5 is outside the support "
+                                         r"segment's 4 words"):
+        load_curated(path)
