@@ -71,6 +71,11 @@ def check_messages(messages) -> tuple[dict, ...]:
     return tuple(out)
 
 
+def has_chat_template(tokenizer) -> bool:
+    """Whether ``tokenizer`` can render chat messages (it carries a chat template)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def render_chat(tokenizer, messages) -> RenderedChat:
     """Checked messages -> the context the model answers from, every token marked with its message.
 
@@ -78,7 +83,7 @@ def render_chat(tokenizer, messages) -> RenderedChat:
     whose character offsets the marking needs), when the template refuses the messages, or when
     it transforms a content beyond stripping white space.
     """
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer):
         raise InputError("this model's tokenizer has no chat template; give a plain prompt instead of messages")
     if not getattr(tokenizer, "is_fast", False):
         raise InputError("chat prompts need a fast tokenizer (its character offsets mark each message's tokens)")

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..chat import has_chat_template
 from ..errors import ConfigError, HetaError, InputError
 from ..files import FileLock, remove_stale_temporaries
 from ..request import tokenize_context, tokenize_request, tokenize_target
@@ -331,7 +332,7 @@ def run_header(attributor, settings: EvalSettings, data: str | None) -> dict:
 def check_prompt_format(attributor, settings: EvalSettings) -> None:
     """``ConfigError`` for a chat prompt format on a model whose tokenizer has no chat template:
     once, up front, instead of every example failing with the same error."""
-    if settings.prompt_format == "chat" and not getattr(attributor.tokenizer, "chat_template", None):
+    if settings.prompt_format == "chat" and not has_chat_template(attributor.tokenizer):
         raise ConfigError(f"--prompt-format chat: the tokenizer of {attributor.model_name} has no chat template; "
                           "use --prompt-format plain")
 
