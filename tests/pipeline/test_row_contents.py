@@ -4,6 +4,7 @@ record's messages in its failure row; alike in a local run, on a Ray actor and i
 import json
 
 import pandas as pd
+import torch
 
 from heta_fast import Attributor, HETAConfig
 from heta_fast.distributed import RayAttributor, driver_blocks
@@ -37,7 +38,10 @@ def test_a_generated_target_is_the_text_the_tokenizer_decodes(attributor, tmp_pa
     assert table.loc["bad", "prompt"] == "" and pd.isna(table.loc["bad", "target"])
 
 
-def test_a_ray_actor_writes_the_rows_a_local_run_writes(tiny_model_dir, tmp_path):
+def test_a_ray_actor_writes_the_rows_a_local_run_writes(tiny_model_dir, tmp_path, monkeypatch):
+    # An actor sets its process's torch threads; here the process is the test run's, whose later
+    # tests (the service's, comparing in-process numbers bit for bit) must keep theirs.
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     config = HETAConfig(num_probes=1)
     records = [{"id": "g", "prompt": text(1, 2, 3)}, {"id": "ids", "prompt": [5, 6]}, {"id": "bad", "prompt": []}]
     local = Attributor.from_pretrained(str(tiny_model_dir), config=config)
