@@ -303,7 +303,7 @@ class Attributor:
             special=_as_list(req.special), segments=_as_list(req.segments), attributed=attributed.tolist(),
             sinks=_as_list(context.marks.get("sinks")),
             messages=None if req.messages is None else [dict(m) for m in req.messages],
-            method="heta", model=self.model_name, model_dtype=str(adapter.dtype).removeprefix("torch."),
+            method="heta", model=self.model_name, model_dtype=adapter.dtype_name,
             device=str(adapter.device), architecture=type(self.model).__name__, config=cfg.to_dict(), timings=timings,
         )
 

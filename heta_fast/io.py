@@ -124,7 +124,7 @@ def write_results(results: Iterable, directory, *, attributor=None, settings: di
         if attributor is None:
             raise ConfigError("write_results needs the attributor or the settings")
         settings = {"model": attributor.model_name, "config": attributor.config.to_dict(),
-                    "model_dtype": str(attributor.adapter.dtype).removeprefix("torch.")}
+                    "model_dtype": attributor.adapter.dtype_name}
     model = settings.get("model")
     with ResultWriter(directory, settings, fmt=fmt, rows_per_part=rows_per_part) as writer:
         for key, result in results:

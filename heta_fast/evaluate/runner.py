@@ -325,7 +325,7 @@ def _mean_dicts(dicts: list[dict]) -> dict:
 
 def run_header(attributor, settings: EvalSettings, data: str | None) -> dict:
     cfg = {k: v for k, v in attributor.config.to_dict().items() if k not in _NEUTRAL_CONFIG}
-    return {"model": attributor.model_name, "model_dtype": str(attributor.adapter.dtype).removeprefix("torch."),
+    return {"model": attributor.model_name, "model_dtype": attributor.adapter.dtype_name,
             "settings": settings.to_dict(), "answer": settings.answer_dict(), "heta_config": cfg, "data": data}
 
 

@@ -90,6 +90,11 @@ class ModelAdapter:
         return next(self.model.parameters()).dtype
 
     @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as results and settings record it ("float32", "bfloat16", ...)."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
     def vocab_size(self) -> int:
         """The language model's vocabulary size: every valid token id is below it."""
         return int(self.text_config.vocab_size)

@@ -50,7 +50,7 @@ def model_identity(attributor) -> tuple[str, str]:
         from ..model.loading import check_load_args
 
         return check_load_args(attributor.name, attributor.dtype)  # the name and dtype from_pretrained uses
-    return attributor.model_name, str(attributor.adapter.dtype).removeprefix("torch.")
+    return attributor.model_name, attributor.adapter.dtype_name
 
 
 def check_output(output, settings: dict, shard: tuple[int, int] | None = None) -> None:

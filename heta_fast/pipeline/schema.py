@@ -17,6 +17,8 @@ import json
 import re
 
 from ..components import COMPONENTS
+from ..errors import InputError
+from ..inputs import check_text
 from ..result import Attribution, FailedAttribution
 
 # 2 added the token marks (special, attributed, segments) and the chat messages; 3 the ``escaped``
@@ -162,13 +164,14 @@ def unescape_text(text: str) -> str:
 
 
 def _encodable(value) -> bool:
+    """Whether a column value can be stored as it is (not text, or text by the engine's rule, ``check_text``)."""
     if not isinstance(value, str):
         return True
     try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
+        check_text(value, "column")
+    except InputError:
         return False
+    return True
 
 
 def _escaped(row: dict) -> dict:

@@ -185,7 +185,7 @@ def _model_info(attributor) -> dict:
     tok = attributor.tokenizer
     return {"name": attributor.model_name, "architecture": (getattr(cfg, "architectures", None) or [None])[0],
             "model_type": getattr(cfg, "model_type", None),
-            "dtype": str(attributor.adapter.dtype).removeprefix("torch."), "device": str(attributor.adapter.device),
+            "dtype": attributor.adapter.dtype_name, "device": str(attributor.adapter.device),
             "max_context": attributor.adapter.max_length,
             "special_tokens": sorted(set(getattr(tok, "all_special_tokens", []) or [])),
             "config": attributor.config.to_dict()}
