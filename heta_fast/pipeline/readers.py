@@ -10,6 +10,7 @@ be attributed. A one-shot iterator (a generator) is read into a list first (:fun
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import decimal
 import math
@@ -101,9 +102,8 @@ class FileRecords:
                 import pyarrow.parquet as pq
 
                 return list(pq.read_schema(self.path).names)
-            import pandas as pd
-
-            return list(pd.read_csv(self.path, dtype=str, nrows=0).columns)
+            with _csv_rows(self.path) as rows:
+                return _csv_header(self.path, rows)
 
     def _parquet(self, names: list[str] | None) -> Iterator[dict]:
         import pyarrow.parquet as pq
@@ -118,15 +118,22 @@ class FileRecords:
                 yield from batch.to_pylist()
 
     def _csv(self, names: list[str] | None) -> Iterator[dict]:
-        import pandas as pd
-
-        # Every column is parsed, also when only the ids are wanted: a malformed row (an extra
+        # Every field is parsed, also when only the ids are wanted: a malformed row (an extra
         # field, an unclosed quote, bytes that are not UTF-8) is then found by a run's first
         # reading, before any work, not after hours of it.
-        for chunk in pd.read_csv(self.path, dtype=str, keep_default_na=False, chunksize=READ_BATCH):
-            if names is not None:
-                chunk = chunk[[n for n in names if n in chunk.columns]]
-            yield from chunk.to_dict("records")  # no column wanted: an empty record per row
+        with _csv_rows(self.path) as rows:
+            header = _csv_header(self.path, rows)
+            wanted = header if names is None else [n for n in header if n in names]
+            for row in rows:
+                if not row:  # a blank line
+                    continue
+                if len(row) > len(header):
+                    raise InputError(f"{self.path}: not a readable CSV file (line {rows.line_num} has "
+                                     f"{len(row)} fields; the header names {len(header)})")
+                # A short row lacks its last fields (the record has no such field: a failure row
+                # naming it); a field written empty ("" or nothing between two commas) is empty text.
+                values = dict(zip(header, row))
+                yield {name: values[name] for name in wanted if name in values}  # none wanted: {}
 
     @contextmanager
     def _reading(self):
@@ -146,11 +153,8 @@ _NAMES = {"jsonl": "JSONL", "csv": "CSV", "parquet": "Parquet"}
 
 
 def _library_errors(fmt: str) -> tuple[type[Exception], ...]:
-    """What pandas and pyarrow raise for a file of ``fmt`` they cannot read (imported only when reading one)."""
-    if fmt == "csv":
-        from pandas.errors import EmptyDataError, ParserError
-
-        return EmptyDataError, ParserError
+    """What pyarrow raises for a Parquet file it cannot read (imported only when reading one); the CSV
+    reader raises its own InputError naming the line (:func:`_csv_rows`)."""
     if fmt == "parquet":
         import pyarrow
 
@@ -159,11 +163,40 @@ def _library_errors(fmt: str) -> tuple[type[Exception], ...]:
 
 
 def _reason(exc: Exception) -> str:
-    """A library's message in one line, without pandas's prefix that says nothing to the user."""
-    text = " ".join(str(exc).split()).removeprefix("Error tokenizing data. C error: ")
-    if type(exc).__name__ == "EmptyDataError":
-        return "the file is empty: a CSV file starts with a header line naming its columns"
+    """A library's message in one line."""
+    text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+# A CSV field may hold a whole long context; the csv module's default limit (128 KiB) would refuse it.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+@contextmanager
+def _csv_rows(path: Path):
+    """A strict ``csv.reader`` over the UTF-8 file (a byte-order mark is dropped): an unclosed or
+    stray quote is an error (``csv.Error``), not text read up to the next quote."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, strict=True)
+        try:
+            yield rows
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a readable CSV file (line {rows.line_num}: {_reason(exc)})") from None
+
+
+def _csv_header(path: Path, rows) -> list[str]:
+    """The column names of the header line, the first that is not blank; each named once."""
+    header = next((row for row in rows if row), None)
+    if header is None:
+        raise InputError(f"{path}: not a readable CSV file (the file is empty: a CSV file starts with a "
+                         "header line naming its columns)")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise InputError(f"{path}: not a readable CSV file (the header names {', '.join(map(repr, twice))} "
+                         "more than once)")
+    return header
 
 
 def read_file(path: str | Path) -> FileRecords:
@@ -229,8 +262,8 @@ def reiterable(source):
 
 def input_columns(source) -> list[str] | None:
     """The fields of a columnar input (a Parquet or CSV file, a DataFrame, a ``datasets.Dataset``),
-    which every record has (a missing value is null or empty); None for an input whose records each
-    have their own (JSONL, dicts)."""
+    which every record has (a missing value is null, or a CSV row's missing last fields); None for
+    an input whose records each have their own (JSONL, dicts)."""
     if isinstance(source, FileRecords):
         return source.names()
     if is_frame(source):

@@ -43,7 +43,7 @@ def write_jsonl(path, records) -> str:
 
 def write_records(path, records) -> str:
     """``records`` as a file of the format ``path`` names (.jsonl, .parquet, .csv); a field some
-    records lack is null (Parquet) or empty (CSV) in the others."""
+    records lack is null (Parquet) or empty text (CSV) in them."""
     import pandas as pd
 
     if path.suffix == ".jsonl":
@@ -89,8 +89,10 @@ UNREADABLE = {
                    ":1: JSON nested too deeply"),
     "empty.csv": (b"", r"not a readable CSV file \(the file is empty"),
     "extra-field.csv": (b"id,prompt,target\na,w1,w2\nb,w1,w2,w3\n",
-                        r"not a readable CSV file \(Expected 3 fields in line 3, saw 4\)"),
-    "open-quote.csv": (b'id,prompt,target\na,"w1,w2\n', r"not a readable CSV file \(EOF inside string"),
+                        r"not a readable CSV file \(line 3 has 4 fields; the header names 3\)"),
+    "open-quote.csv": (b'id,prompt,target\na,"w1,w2\n', r"not a readable CSV file \(line 2: unexpected end of data"),
+    "stray-quote.csv": (b'id,prompt,target\na,"w1"w2,w3\n', r"not a readable CSV file \(line 2: ',' expected after"),
+    "header-twice.csv": (b'id,prompt,prompt\na,w1,w2\n', r"not a readable CSV file \(the header names 'prompt' more"),
     "latin-1.csv": ("id,prompt,target\na,café,w1\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 2\)"),
     "utf-16.csv": ("id,prompt,target\na,w1,w2\n".encode("utf-16"), r"not UTF-8 text \(byte 0xff on line 1\)"),
     "text.parquet": (b"id,prompt,target\na,w1,w2\n", "not a readable Parquet file"),

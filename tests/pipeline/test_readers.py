@@ -152,3 +152,27 @@ def test_a_field_is_missing_only_when_no_record_has_it(tmp_path, fmt):
 def _source(tmp_path, fmt: str, records: list[dict]):
     """``records`` as a list, or written to a file of ``fmt``."""
     return records if fmt == "list" else read_file(write_records(tmp_path / f"r.{fmt}", records))
+
+
+def test_a_short_csv_row_lacks_its_last_fields_and_an_empty_field_is_empty_text(attributor, tmp_path):
+    """A CSV row shorter than the header lacks those fields: its record is a failure row saying
+    so (as a JSONL record without the field), never a record whose target is read as empty text.
+    A field written empty is empty text; a byte-order mark is not part of the first column's name;
+    a field longer than the csv module's default limit (128 KiB) reads whole."""
+    from heta_fast.pipeline.run import attribute_records
+
+    long_prompt = " ".join(["w1"] * 70_000)  # 210,000 characters
+    path = tmp_path / "r.csv"
+    path.write_text(f'\ufeffid,prompt,target\na,w1 w2,w3\nb,w1 w2\nc,w1 w2,\n\nd,"{long_prompt}",w2\n',
+                    encoding="utf-8")
+    source = read_file(path)
+    assert source.names() == ["id", "prompt", "target"]
+    rows = list(source)
+    assert rows[:3] == [{"id": "a", "prompt": "w1 w2", "target": "w3"}, {"id": "b", "prompt": "w1 w2"},
+                        {"id": "c", "prompt": "w1 w2", "target": ""}]
+    assert rows[3]["prompt"] == long_prompt
+    assert read_input(source, Fields(), None) == ["a", "b", "c", "d"]
+    results = {record["id"]: res for _, record, res in attribute_records(attributor, rows[:3], Fields())}
+    assert results["a"].ok
+    assert (results["b"].error_type, results["b"].message) == ("InputError", "the record has no 'target' field")
+    assert (results["c"].error_type, results["c"].message) == ("InputError", "the target is empty")
