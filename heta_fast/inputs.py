@@ -51,7 +51,9 @@ def check_text(text: str, what: str) -> None:
                          "which is not text") from None
 
 
-def _is_integer(x) -> bool:
+def is_integer(x) -> bool:
+    """Whether ``x`` is one integer: a Python int, a NumPy integer scalar or a 0-d integer tensor
+    (never a bool, whose True would be read as 1)."""
     if isinstance(x, bool) or type(x).__name__ in ("bool_", "bool"):
         return False
     if isinstance(x, int):
@@ -77,7 +79,7 @@ def as_token_ids(value, what: str, vocab_size: int) -> torch.Tensor:
         ids = value.tolist()
     elif isinstance(value, Sequence) and not isinstance(value, _NOT_ID_SEQUENCES):
         for i, x in enumerate(value):
-            if not _is_integer(x):
+            if not is_integer(x):
                 raise InputError(f"the {what} must be text or a sequence of integer token ids; element {i} is "
                                  f"{describe(x)}")
         ids = [int(x) for x in value]
@@ -124,7 +126,7 @@ def request_items(requests, caller: str = "attribute_many", items: str = "reques
 
 def check_token_count(value, name: str) -> int:
     """A number of tokens to generate: an integer >= 1 (not a bool, a float or a tensor)."""
-    if not _is_integer(value) or isinstance(value, torch.Tensor) or int(value) < 1:
+    if not is_integer(value) or isinstance(value, torch.Tensor) or int(value) < 1:
         raise InputError(f"{name} must be an integer >= 1; got {describe(value)}")
     return int(value)
 

@@ -86,11 +86,12 @@ def render_terminal(res, k: int = 5, color: bool | None = None, stream=None) -> 
     index = torch.tensor([i for i, _ in shown], dtype=torch.long)
     for t, target in enumerate(res.target_tokens):
         weights = _normalised(res.scores[t][index])
-        lines.append(f"target {t}: {target!r}  ({res.method}, {res.unit})")
+        # method and unit come from the caller or a loaded file: shown as visibly as any token
+        lines.append(f"target {t}: {target!r}  ({_visible(str(res.method))}, {_visible(str(res.unit))})")
         cells = []
         for (i, label), w in zip(shown, weights):
-            if label is not None:
-                cells.append(("\n" if cells else "") + label)
+            if label is not None:  # a role is the caller's text too
+                cells.append(("\n" if cells else "") + _visible(label))
             tok = _visible(res.context_tokens[i])
             if color:  # 256-colour background from white (0) to deep red (max)
                 code = _PALETTE[int(round(w * (len(_PALETTE) - 1)))]

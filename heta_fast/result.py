@@ -10,6 +10,7 @@ import torch
 from .components import COMPONENTS
 from .errors import InputError
 from .files import atomic_write
+from .inputs import is_integer
 from .result_format import FORMAT_VERSION, parse_result, read_result
 
 
@@ -81,11 +82,12 @@ class Attribution:
     def topk(self, k: int = 5, target: int | None = None) -> list[tuple[int, str, float]]:
         """The k highest-scoring attributed context units as (index, text, score), highest first
         (a chat's template tokens are not candidates unless they were attributed)."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        if not is_integer(k) or k < 0:
             raise InputError(f"k must be an integer >= 0, got {k!r}")
-        if target is not None and not (isinstance(target, int) and -len(self.target_tokens) <= target
-                                       < len(self.target_tokens)):
-            raise InputError(f"target must be None or a target index in [0, {len(self.target_tokens)}), got {target!r}")
+        n_targets = len(self.target_tokens)
+        if target is not None and not (is_integer(target) and -n_targets <= target < n_targets):
+            raise InputError(f"target must be None or a target index in [0, {n_targets}), got {target!r}")
+        k, target = int(k), None if target is None else int(target)
         candidates = torch.tensor(self.attributed_indices(), dtype=torch.long)
         row = self.row(target).double()[candidates]
         values, idx = torch.topk(row, min(k, row.numel()))

@@ -29,8 +29,10 @@ FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens",
 
 
 def read_result(path_or_text) -> dict:
-    """Attribution keyword arguments from a path or the JSON text itself (text starts with ``{``)."""
-    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
+    """Attribution keyword arguments from a path or the JSON text itself: text is a string that
+    starts with ``{`` and ends with ``}`` (white space aside) and names no file, so that a path
+    such as ``{run}.json`` is read as the file it names."""
+    if isinstance(path_or_text, str) and _is_json_text(path_or_text):
         return parse_result(parse_json(path_or_text, "the JSON text", ResultFormatError), "the JSON text")
     if not isinstance(path_or_text, (str, os.PathLike)) or str(path_or_text).strip() == "":
         raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__} "
@@ -42,6 +44,17 @@ def read_result(path_or_text) -> dict:
         raise ResultFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
     text = decode_utf8(raw, path, ResultFormatError)
     return parse_result(parse_json(text, str(path), ResultFormatError), str(path))
+
+
+def _is_json_text(text: str) -> bool:
+    """Whether ``text`` is an object's JSON text rather than a path (see :func:`read_result`)."""
+    stripped = text.strip().removeprefix("\ufeff")
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return False
+    try:
+        return not Path(text).is_file()
+    except (OSError, ValueError):  # too long or NUL bytes for a file name: text
+        return True
 
 
 def parse_result(d, where: str = "the result") -> dict:

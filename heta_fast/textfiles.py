@@ -26,9 +26,12 @@ def not_utf8(path, data: bytes, exc: UnicodeDecodeError, first_line: int = 1,
 
 
 def decode_utf8(data: bytes, path, error: type[InputError] = InputError) -> str:
-    """The whole file's bytes ``data`` as text; :func:`not_utf8`'s ``error`` when they are not UTF-8."""
+    """The whole file's bytes ``data`` as text; :func:`not_utf8`'s ``error`` when they are not UTF-8.
+
+    A leading byte-order mark (which editors on Windows write) is dropped: it marks the encoding
+    and is no part of the text (the readers that stream a file open it as ``utf-8-sig`` alike)."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise not_utf8(path, data, exc, error=error) from None
 

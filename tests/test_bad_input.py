@@ -429,6 +429,21 @@ def test_a_token_cannot_drive_the_terminal_in_the_heatmap(attr):
         assert "\x1b[31mred" not in heatmap  # (color=True adds its own escapes around tokens, not this one)
 
 
+def test_a_role_or_a_method_name_cannot_drive_the_terminal_either(attr):
+    """A chat role and the method name (the caller's text, or a loaded file's) are shown as
+    visibly as tokens: ESC and CR escaped, never written raw."""
+    d = attr.attribute(PROMPT, TARGET).to_dict()
+    d["messages"] = [{"role": "w9\x1b[2J\x1b[31m", "content": PROMPT}]  # as a chat's result holds them
+    d["segments"] = [0] * len(d["context_tokens"])
+    d["method"] = "heta\x1b[2J\r"
+    for color in (False, True):
+        out = io.StringIO()
+        Attribution.from_dict(d).show(file=out, color=color)
+        text = out.getvalue()
+        assert "\\x1b[2J" in text and "w9\\x1b[2J\\x1b[31m: " in text and "heta\\x1b[2J\\x0d" in text
+        assert "\x1b[2J" not in text and "\r" not in text
+
+
 def test_generation_arguments_that_change_the_output_are_handled_or_refused(attr):
     plain = attr.generate_and_attribute(PROMPT, max_new_tokens=2)
     as_dict = attr.generate_and_attribute(PROMPT, max_new_tokens=2, return_dict_in_generate=True, output_scores=True)
@@ -450,3 +465,32 @@ def test_output_and_input_paths_of_the_wrong_kind_are_typed_errors(attr):
     for bad in ("", "   ", 3):
         with pytest.raises(ResultFormatError, match="from_json takes a path or JSON text"):
             Attribution.from_json(bad)
+
+
+def test_topk_reads_integers_as_the_library_does_and_refuses_bools(attr):
+    """topk's k and target: a NumPy integer is the integer it holds; a bool is refused (an
+    InputError, not an IndexError from the tensor it would have indexed)."""
+    res = attr.attribute(PROMPT, TARGET)
+    assert res.topk(np.int64(2), target=np.int32(0)) == res.topk(2, target=0)
+    for k, target in ((True, None), (2, True), (2, False), (2, 1), (2, 0.0)):
+        with pytest.raises(InputError, match="must be"):
+            res.topk(k, target=target)
+
+
+def test_result_files_named_like_json_and_files_with_a_byte_order_mark_read(attr, tmp_path):
+    """A path such as '{run}.json' is the file it names, not JSON text; a result file or a run's
+    JSONL input that starts with a UTF-8 byte-order mark (as Windows editors write) reads."""
+    from heta_fast.pipeline.readers import read_file
+
+    res = attr.attribute(PROMPT, TARGET)
+    path = tmp_path / "{run}.json"
+    res.to_json(path)
+    assert Attribution.from_json(str(path)).scores.tolist() == res.scores.tolist()
+    marked = tmp_path / "bom.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert Attribution.from_json(marked).scores.tolist() == res.scores.tolist()
+    records = tmp_path / "r.jsonl"
+    records.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "w1", "target": "w2"}\n')
+    assert list(read_file(records)) == [{"id": "a", "prompt": "w1", "target": "w2"}]
+    with pytest.raises(ResultFormatError, match="the JSON text: not valid JSON"):
+        Attribution.from_json('{"format_version": 2,}')

@@ -206,7 +206,7 @@ def read_file(path: str | Path) -> FileRecords:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark dropped (heta_fast/textfiles.py)
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
