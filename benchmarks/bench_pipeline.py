@@ -6,6 +6,8 @@
   (``batching="auto"``: on the CPU one record after another);
 * ``run-shared``: the same with ``batching="on"``: groups of up to 8 records of similar length
   share the capture forward, the curvature's probe passes and the packed masked passes;
+* ``run-2threads`` / ``run-shared-2threads``: ``run`` / ``run-shared`` with two torch threads, as
+  ``heta-fast run`` runs on this 2-core machine by default (torch's default: a thread per core);
 * ``ray-2actors``: ``attribute_ray`` on a local 2-CPU Ray instance, 2 actors of one torch thread;
 * ``2-shards``: two ``heta-fast run --shard I/2`` processes of one thread each, into one directory.
 
@@ -30,7 +32,8 @@ import torch
 
 N_RECORDS = int(os.environ.get("HETA_BENCH_RECORDS", "32"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "curated_qa_100.json"
-VARIANTS = ("loop-1thread", "run", "run-shared", "ray-2actors", "2-shards", "loop-2threads")
+VARIANTS = ("loop-1thread", "run", "run-shared", "ray-2actors", "2-shards", "loop-2threads", "run-2threads",
+            "run-shared-2threads")
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +55,11 @@ def _loop(attr, records, threads):
         torch.set_num_threads(saved)
 
 
-def _run(attr, records, out, batching="auto"):
+def _run(attr, records, out, batching="auto", threads=1):
     from heta_fast.pipeline.run import run_to_directory
 
     saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         return run_to_directory(attr, records, out, progress="quiet", batching=batching)
     finally:
@@ -100,6 +103,8 @@ def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp
         "loop-2threads": lambda: _loop(attr, records, 2),
         "run": lambda: _run(attr, records, tmp_path / "out"),
         "run-shared": lambda: _run(attr, records, tmp_path / "out", batching="on"),
+        "run-2threads": lambda: _run(attr, records, tmp_path / "out", threads=2),
+        "run-shared-2threads": lambda: _run(attr, records, tmp_path / "out", batching="on", threads=2),
         "ray-2actors": lambda: _ray(records, tmp_path / "out", tmp_path),
         "2-shards": lambda: _shards(data, tmp_path / "out", tmp_path),
     }
@@ -110,7 +115,7 @@ def test_pipeline_records_per_second(benchmark, default_attributor, records, tmp
     load_after = os.getloadavg()[0]
     if variant == "2-shards":
         assert out == [0, 0]
-    if variant in ("run", "run-shared", "ray-2actors", "2-shards"):
+    if variant.startswith("run") or variant in ("ray-2actors", "2-shards"):
         from heta_fast.io import read_results
 
         table = read_results(tmp_path / "out", form="records")
