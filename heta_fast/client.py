@@ -12,7 +12,9 @@ HTTP error raises :class:`ServiceError` with the status and the service's one-li
 """
 from __future__ import annotations
 
+import http.client
 import json
+import numbers
 import time
 import urllib.error
 import urllib.parse
@@ -20,7 +22,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from . import errors
-from .errors import HetaError, InputError, QueueFullError, ServiceError
+from .errors import ConfigError, HetaError, InputError, QueueFullError, ServiceError
 from .inputs import describe
 from .result import Attribution
 
@@ -38,7 +40,7 @@ class Client:
     """url: the service's base address; token: its bearer token; timeout: seconds per HTTP call."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 60.0):
-        self.url = url if url.endswith("/") else url + "/"
+        self.url = _base_url(url)
         self.token, self.timeout = token, timeout
 
     # ------------------------------------------------------------------ the Attributor's calls
@@ -117,19 +119,53 @@ class Client:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                answer = response.read()
         except urllib.error.HTTPError as exc:
-            try:
-                detail = json.loads(exc.read()).get("detail", exc.reason)
-            except (ValueError, AttributeError):
-                detail = exc.reason
-            if exc.code in (413, 422):  # the request's own fault: the in-process error type
-                raise (errors.ConfigError if str(detail).startswith("options") else errors.InputError)(
-                    str(detail)) from None
-            retry = exc.headers.get("Retry-After") if exc.headers else None
-            raise ServiceError(f"{exc.code}: {detail}", exc.code, float(retry) if retry else None) from None
-        except (urllib.error.URLError, OSError) as exc:
+            raise _refused(exc) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # HTTPException: not HTTP
             raise ServiceError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+        except ValueError as exc:  # an address urllib cannot send (http.client.InvalidURL)
+            raise ServiceError(f"cannot reach {request.full_url}: {exc}") from None
+        return _json_object(answer, request.full_url)
+
+
+def _refused(exc: urllib.error.HTTPError) -> HetaError:
+    """An HTTP error answer as the typed error it stands for (413/422: the request's own fault, the
+    in-process error type; else ServiceError with the status and the service's one line)."""
+    try:
+        detail = json.loads(exc.read()).get("detail", exc.reason)
+    except (ValueError, AttributeError):
+        detail = exc.reason
+    if exc.code in (413, 422):
+        return (ConfigError if str(detail).startswith("options") else InputError)(str(detail))
+    retry = exc.headers.get("Retry-After") if exc.headers else None
+    return ServiceError(f"{exc.code}: {detail}", exc.code, float(retry) if retry else None)
+
+
+def _json_object(answer: bytes, url: str) -> dict:
+    """A successful answer's JSON object; anything else is not heta-fast serve answering (a ServiceError)."""
+    try:
+        value = json.loads(answer)
+    except ValueError:  # not JSON (JSONDecodeError), or not text (UnicodeDecodeError)
+        value = None
+    if not isinstance(value, dict):
+        raise ServiceError(f"{url}: the answer is not a JSON object (is this address a heta-fast service?)")
+    return value
+
+
+def _base_url(url) -> str:
+    """The service's base address (ending in "/"), checked: http or https, a host, a port in range,
+    no query or fragment (the API's paths are appended to it). Anything else is a ConfigError."""
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be text (http://host:port/), got {describe(url)}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # reading it checks it (ValueError: not a number, or beyond 0-65535)
+    except ValueError as exc:
+        raise ConfigError(f"url {url!r} is malformed: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"url must be an http:// or https:// address with a host (no query or fragment), got {url!r}")
+    return url if url.endswith("/") else url + "/"
 
 
 def _body(prompt, target, generate, messages, config, options) -> dict:
@@ -149,7 +185,21 @@ def _options(config, extra: dict) -> dict:
     else:
         fields = {k: v for k, v in config.to_dict().items() if k in OPTION_FIELDS}
     fields.update(extra)
-    return fields
+    return {name: _option(name, value) for name, value in fields.items()}
+
+
+def _option(name: str, value):
+    """One option's value as JSON carries it. A NumPy number (np.int64, np.float32), which HETAConfig
+    takes as the Python number it holds, becomes that number, so that the service sees what the
+    library would; a value JSON cannot carry (a NumPy bool, a tensor, an object: the library refuses
+    them too) is a ConfigError here."""
+    if isinstance(value, numbers.Number) and hasattr(value, "item"):
+        value = value.item()
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"options: {name} cannot be sent to the service: {describe(value)}") from None
+    return value
 
 
 def _plain(value, name: str):

@@ -69,7 +69,8 @@ class Admission:
                 else:
                     self._check_generate(body.prompt, messages, body.generate, config)
             except (HetaError, ValueError, TypeError, OverflowError, RuntimeError) as exc:  # all about the input
-                raise RequestError(422, f"{'messages' if messages else 'prompt/target'}: {exc}") from None
+                # ``is not None``: an empty list of messages is still the field the request gave.
+                raise RequestError(422, f"{'messages' if messages is not None else 'prompt/target'}: {exc}") from None
         return Admitted(body.prompt, body.target, body.generate, config, messages)
 
     def _config(self, body: AttributionRequest) -> HETAConfig:

@@ -13,6 +13,7 @@ import json
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,14 +27,15 @@ from .admit import Admission, RequestError
 from .guard import Guard
 from .jobs import TERMINAL, JobManager, QueueFullError
 from .metrics import Metrics
-from .schema import AttributionRequest, Health, JobView, ModelsView, shown
+from .schema import AttributionRequest, Health, JobView, ModelsView, finite_seconds, shown
 from .settings import ServiceSettings
 
 STATIC = Path(__file__).parent / "static"  # the page: index.html, app.js, style.css
 HEARTBEAT_SECONDS = 15.0  # an events stream sends a comment line when nothing changed for this long
 DISCONNECT_SECONDS = 1.0  # how often an idle events stream checks that its client is still there
-WAIT = Query(0.0, ge=0.0, le=3600.0, description="seconds to wait for the job to finish (at most the "
-             "service's --max-wait)")
+MAX_WAIT = 3600.0  # the largest ?wait= accepted (the service's --max-wait caps what it waits)
+Wait = Annotated[float, Query(ge=0.0, le=MAX_WAIT, description="seconds to wait for the job to finish (at most the "
+                              "service's --max-wait)"), finite_seconds(MAX_WAIT)]
 
 
 def create_app(attributor, settings: ServiceSettings | None = None):
@@ -58,7 +60,7 @@ def create_app(attributor, settings: ServiceSettings | None = None):
               responses={200: {"model": JobView, "description": "finished within ?wait"},
                          413: {"description": "too large"}, 422: {"description": "invalid request"},
                          429: {"description": "queue full (Retry-After)"}})
-    async def submit(body: AttributionRequest, wait: float = WAIT):
+    async def submit(body: AttributionRequest, wait: Wait = 0.0):
         admitted = await run_in_threadpool(admission.admit, body)
         try:
             job = jobs.submit(admitted.prompt, admitted.target, admitted.generate, admitted.config,
@@ -69,7 +71,7 @@ def create_app(attributor, settings: ServiceSettings | None = None):
         return JSONResponse(view, 200 if view["status"] in TERMINAL else 202)
 
     @app.get("/v1/attributions/{job_id}", response_model=JobView, responses={404: {"description": "unknown id"}})
-    async def status(job_id: str, wait: float = WAIT):
+    async def status(job_id: str, wait: Wait = 0.0):
         return await _finished(jobs, _job(jobs, job_id), min(wait, settings.max_wait))
 
     @app.delete("/v1/attributions/{job_id}", response_model=JobView, responses={404: {"description": "unknown id"}})

@@ -9,6 +9,7 @@ was cancelled or ran past its time limit: the engine stops that job and goes on 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from .metrics import Metrics
 from .settings import ServiceSettings
 
 TERMINAL = ("done", "failed", "cancelled")
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class JobRecord:
     progress: dict | None = None
     error: dict | None = None
     result: dict | None = None
+    results_file_error: str | None = None  # a done job whose <id>.json could not be written: why
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -51,7 +54,8 @@ class JobRecord:
     watchers: list = field(default_factory=list, repr=False)  # called (under the lock) on every change
 
     def view(self) -> dict:
-        keys = ("id", "status", "phase", "progress", "error", "created", "started", "finished", "result")
+        keys = ("id", "status", "phase", "progress", "error", "created", "started", "finished", "result",
+                "results_file_error")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -197,11 +201,13 @@ class JobManager:
     def _complete(self, job: JobRecord, result) -> None:
         if isinstance(result, Attribution):
             data = result.to_dict()
+            # Written before the job is "done": a client that sees "done" finds the file (or why not).
+            problem = self._write(job.id, data)
             with self._cond:
+                job.results_file_error = problem
                 self._finish(job, "done", result=data)
             for phase, seconds in result.timings.items():
                 self.metrics.observe_phase(phase, seconds)
-            self._write(job)
             return
         status = "cancelled" if result.error_type == JobCancelledError.__name__ else "failed"
         with self._cond:
@@ -240,12 +246,32 @@ class JobManager:
         mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
         return max(1, min(3600, round(mean * max(self.queue_depth(), 1) / max(self.settings.max_group, 1))))
 
-    def _write(self, job: JobRecord) -> None:
+    def _write(self, job_id: str, data: dict) -> str | None:
+        """Write a result to ``<results_dir>/<id>.json`` (through a temporary file: never half a file).
+
+        Returns None, or one line saying why the file could not be written (logged too). Never
+        raises for it: the failure concerns this job's file only, not the result itself nor the
+        other jobs of its group."""
         folder = self.settings.results_dir
         if folder is None:
-            return
-        path = os.path.join(folder, f"{job.id}.json")
+            return None
+        path = os.path.join(folder, f"{job_id}.json")
         tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(job.result, f)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            _discard(tmp)
+            problem = f"the results file {path} could not be written: {exc.strerror or exc}"
+            LOG.error("heta-fast serve: %s", problem)
+            return problem
+        return None
+
+
+def _discard(path: str) -> None:
+    """Remove a partly written file if there is one (its folder may be gone too)."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -9,6 +9,7 @@ conversion kept is the library's own: an integer where a float is expected (``be
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import (
@@ -48,6 +49,23 @@ def _one_of(what: str) -> WrapValidator:
                 index = next((p for e in exc.errors() for p in e["loc"] if isinstance(p, int)), None)
                 got = got if index is None else f"element {index} is {shown(value[index])}"
             raise PydanticCustomError("type_error", "must be {what}; {got}", {"what": what, "got": got}) from None
+
+    return WrapValidator(check)
+
+
+def finite_seconds(limit: float) -> WrapValidator:
+    """A number of seconds in [0, ``limit``], NaN and infinities refused with that one message (the
+    bounds' own message would call NaN too large)."""
+
+    def check(value, handler):
+        try:
+            seconds = handler(value)
+        except ValidationError:
+            seconds = None
+        if seconds is None or not math.isfinite(seconds):
+            raise PydanticCustomError("value_error", "must be a finite number of seconds in [0, {limit}]; got {got}",
+                                      {"limit": f"{limit:g}", "got": shown(value)})
+        return seconds
 
     return WrapValidator(check)
 
@@ -137,6 +155,9 @@ class JobView(BaseModel):
     started: Optional[float] = None
     finished: Optional[float] = None
     result: Optional[dict] = None
+    results_file_error: Optional[str] = Field(
+        default=None, description="a done job whose file in the service's --results-dir could not be written: why "
+        "(the result itself is complete)")
 
 
 class ModelInfo(BaseModel):

@@ -98,6 +98,7 @@ def test_metrics_are_prometheus_text(service_url, http):
     ({"prompt": "w1", "generate": 0}, 422, "generate:"),
     ({"prompt": "w1 " * 30000, "target": " w3"}, 413, "prompt: "),
     ({"messages": [{"role": "user", "content": "w1"}], "target": " w3"}, 422, "messages: "),
+    ({"messages": [], "target": " w3"}, 422, "messages: "),  # an empty list is still the field given
     # Values of another JSON type are refused, as the library refuses them, never converted.
     ({"prompt": [4, True], "target": " w3"}, 422, f"prompt: {NOT_IDS} element 1 is true"),
     ({"prompt": ["4", "5"], "target": " w3"}, 422, f'prompt: {NOT_IDS} element 0 is "4"'),
@@ -119,6 +120,15 @@ def test_bad_input_is_a_one_line_4xx_naming_the_field(service_url, http, body, s
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert detail.startswith(field) and "\n" not in detail, detail
+
+
+@pytest.mark.parametrize("wait", ["NaN", "nan", "inf", "-inf", "-1", "3601", "soon"])
+def test_wait_must_be_a_finite_number_of_seconds(service_url, http, wait):
+    expected = f'query.wait: must be a finite number of seconds in [0, 3600]; got "{wait}"'
+    r = http.post(service_url + "v1/attributions", params={"wait": wait}, json={"prompt": "w1", "target": " w2"})
+    assert (r.status_code, r.json()["detail"]) == (422, expected)
+    r = http.get(service_url + "v1/attributions/nope", params={"wait": wait})
+    assert (r.status_code, r.json()["detail"]) == (422, expected)
 
 
 def test_an_integer_weight_runs_as_in_the_library(service_url, http):

@@ -1,6 +1,10 @@
 """heta_fast.client.Client against a running service: the same numbers as in-process, typed errors."""
 from __future__ import annotations
 
+import http.server
+import re
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +80,64 @@ def test_option_fields_are_config_fields_and_the_schema():
 
     assert set(OPTION_FIELDS) <= set(HETAConfig().to_dict())
     assert set(EngineOptions.model_fields) == set(OPTION_FIELDS)
+
+
+def test_numpy_options_are_the_numbers_they_hold_as_in_the_library(service_url, attributor):
+    """np.int64 / np.float32 options, which HETAConfig takes, reach the service as the Python numbers."""
+    options = {"seed": np.int64(11), "beta": np.float32(0.25)}
+    base = {"probing_repeats": 1, "probing_patterns": 2}
+    _same(Client(service_url).attribute("w1 w2 w3", " w4", **base, **options),
+          attributor.attribute("w1 w2 w3", " w4", config=HETAConfig(**base, **options)))
+    # What the library refuses is refused here, typed: a NumPy bool, a tensor.
+    for name, value in (("use_fisher", np.bool_(True)), ("seed", torch.tensor(3))):
+        with pytest.raises(ConfigError):
+            HETAConfig(**{name: value})
+        with pytest.raises(ConfigError, match=f"options: {name} cannot be sent"):
+            Client(service_url).submit("w1 w2", " w3", **{name: value})
+
+
+@pytest.mark.parametrize("url, message", [
+    ("localhost", "url must be an http:// or https:// address"),
+    ("127.0.0.1:8000", "url must be an http:// or https:// address"),
+    ("ftp://127.0.0.1/", "url must be an http:// or https:// address"),
+    ("http://127.0.0.1:8000/?q=", "no query"),
+    ("http://[::1/", "is malformed: Invalid IPv6 URL"),
+    ("http://127.0.0.1:99999/", "is malformed: Port out of range"),
+    (None, "url must be text"),
+])
+def test_a_malformed_address_is_a_config_error(url, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Client(url)
+
+
+@pytest.fixture()
+def not_the_service():
+    """A local HTTP server answering 200 to any GET with the body of ``ANSWERS[path]``."""
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server name)
+            body = ANSWERS.get(self.path, b"<html>a page</html>")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+ANSWERS = {"/json/v1/models": b'["a", "list"]', "/binary/v1/models": b"\xff\xfe\x00"}
+
+
+@pytest.mark.parametrize("base", ["", "json/", "binary/"])
+def test_an_answer_that_is_not_a_json_object_is_a_service_error(not_the_service, base):
+    url = not_the_service + base
+    with pytest.raises(ServiceError, match=re.escape(f"{url}v1/models: the answer is not a JSON object")):
+        Client(url).models()

@@ -7,6 +7,8 @@ engine's token-id and ``max_new_tokens`` rules for the inputs."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,12 @@ def test_shown_is_short_json():
     assert shown(True) == "true" and shown("0.7") == '"0.7"' and shown("a\nb") == '"a\\nb"'
     assert len(shown(list(range(1000)))) == 60
     assert shown(10**5000) == "int too long to show"  # more digits than Python writes as text
+
+
+def test_the_documented_options_are_the_schema_options():
+    """docs/service.md's "Request options" table names exactly the options a request may set."""
+    doc = (Path(__file__).parents[2] / "docs" / "service.md").read_text(encoding="utf-8")
+    section = doc.split("\n## Request options\n", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+    assert len(documented) == len(set(documented)), documented
+    assert set(documented) == set(EngineOptions.model_fields)
