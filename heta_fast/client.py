@@ -36,6 +36,10 @@ OPTION_FIELDS = ("beta", "gamma", "components", "estimator", "num_probes", "prob
                  "term_scale", "sinks", "sink_threshold", "sink_token", "precision")
 
 
+# The keys every job view the service answers with holds (docs/service.md).
+JOB_VIEW = ("id", "status")
+
+
 class Client:
     """url: the service's base address; token: its bearer token; timeout: seconds per HTTP call."""
 
@@ -62,13 +66,14 @@ class Client:
     def submit(self, prompt=None, target=None, *, generate: int | None = None, messages: list | None = None,
                config=None, **options) -> str:
         """Queue one request; returns the job id. ``messages``: chat messages instead of a prompt."""
-        return self._call("POST", "v1/attributions", _body(prompt, target, generate, messages, config, options))["id"]
+        return self._call("POST", "v1/attributions", _body(prompt, target, generate, messages, config, options),
+                          needs=JOB_VIEW)["id"]
 
     def status(self, job_id: str, wait: float = 0.0) -> dict:
         """The job's state: status, phase, progress, error, result (``GET /v1/attributions/{id}``);
         ``wait``: seconds the service may wait for the job to finish before it answers."""
         query = f"?wait={wait:g}" if wait > 0 else ""
-        return self._call("GET", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}{query}")
+        return self._call("GET", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}{query}", needs=JOB_VIEW)
 
     def result(self, job_id: str, timeout: float | None = None) -> Attribution:
         """Wait for the job (at most ``timeout`` seconds; None: as long as it takes) and return its result."""
@@ -78,7 +83,7 @@ class Client:
     def _run(self, body: dict, timeout: float | None) -> Attribution:
         """POST and wait: one round trip when the job finishes within the first wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        view = self._call("POST", f"v1/attributions?wait={self._wait(deadline):g}", body)
+        view = self._call("POST", f"v1/attributions?wait={self._wait(deadline):g}", body, needs=JOB_VIEW)
         return self._outcome(view, deadline, timeout)
 
     def _wait(self, deadline: float | None) -> float:
@@ -93,23 +98,28 @@ class Client:
                 raise ServiceError(f"job {view['id']} not finished after {timeout} s (status {view['status']})")
             view = self.status(view["id"], self._wait(deadline))
         if view["status"] == "done":
+            if not isinstance(view.get("result"), dict):
+                raise ServiceError(f"job {view['id']} is done but its answer holds no result")
             return Attribution.from_dict(view["result"])
-        error = view.get("error") or {"type": "ServiceError", "message": view["status"]}
-        kind = getattr(errors, error["type"], None)
+        error = view.get("error")
+        error = error if isinstance(error, dict) else {}
+        kind_name, message = str(error.get("type", "ServiceError")), str(error.get("message", view["status"]))
+        kind = getattr(errors, kind_name, None)
         if isinstance(kind, type) and issubclass(kind, HetaError) and kind not in (ServiceError, QueueFullError):
-            raise kind(error["message"])
-        raise ServiceError(f"{error['type']}: {error['message']}")
+            raise kind(message)
+        raise ServiceError(f"{kind_name}: {message}")
 
     def cancel(self, job_id: str) -> dict:
         """Cancel a queued or running job; returns its state."""
-        return self._call("DELETE", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}")
+        return self._call("DELETE", f"v1/attributions/{urllib.parse.quote(job_id, safe='')}", needs=JOB_VIEW)
 
     def models(self) -> list[dict]:
         """What the service has loaded (name, architecture, dtype, device, max context, config)."""
-        return self._call("GET", "v1/models")["models"]
+        return self._call("GET", "v1/models", needs=("models",))["models"]
 
     # ------------------------------------------------------------------ HTTP
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _call(self, method: str, path: str, body: dict | None = None, needs: tuple[str, ...] = ()) -> dict:
+        """The service's JSON object answering ``method path`` (with ``body``), holding the keys ``needs``."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Accept", "application/json")
@@ -126,7 +136,7 @@ class Client:
             raise ServiceError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
         except ValueError as exc:  # an address urllib cannot send (http.client.InvalidURL)
             raise ServiceError(f"cannot reach {request.full_url}: {exc}") from None
-        return _json_object(answer, request.full_url)
+        return _json_object(answer, request.full_url, needs)
 
 
 def _refused(exc: urllib.error.HTTPError) -> HetaError:
@@ -142,14 +152,18 @@ def _refused(exc: urllib.error.HTTPError) -> HetaError:
     return ServiceError(f"{exc.code}: {detail}", exc.code, float(retry) if retry else None)
 
 
-def _json_object(answer: bytes, url: str) -> dict:
-    """A successful answer's JSON object; anything else is not heta-fast serve answering (a ServiceError)."""
+def _json_object(answer: bytes, url: str, needs: tuple[str, ...] = ()) -> dict:
+    """A successful answer's JSON object holding the keys ``needs``; anything else is not heta-fast
+    serve answering (a ServiceError)."""
     try:
         value = json.loads(answer)
     except ValueError:  # not JSON (JSONDecodeError), or not text (UnicodeDecodeError)
         value = None
     if not isinstance(value, dict):
         raise ServiceError(f"{url}: the answer is not a JSON object (is this address a heta-fast service?)")
+    missing = [key for key in needs if key not in value]
+    if missing:
+        raise ServiceError(f"{url}: the answer has no {missing[0]!r} (is this address a heta-fast service?)")
     return value
 
 

@@ -115,7 +115,7 @@ def not_the_service():
     """A local HTTP server answering 200 to any GET with the body of ``ANSWERS[path]``."""
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (the http.server name)
-            body = ANSWERS.get(self.path, b"<html>a page</html>")
+            body = ANSWERS.get(self.path.split("?")[0], b"<html>a page</html>")  # ?wait=... aside
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -141,3 +141,20 @@ def test_an_answer_that_is_not_a_json_object_is_a_service_error(not_the_service,
     url = not_the_service + base
     with pytest.raises(ServiceError, match=re.escape(f"{url}v1/models: the answer is not a JSON object")):
         Client(url).models()
+
+
+ANSWERS.update({"/other/v1/models": b'{"data": []}', "/other/v1/attributions/j1": b'{"detail": "hello"}',
+                "/done/v1/attributions/j1": b'{"id": "j1", "status": "done"}',
+                "/odd/v1/attributions/j1": b'{"id": "j1", "status": "failed", "error": "boom"}'})
+
+
+@pytest.mark.parametrize("base,call,message", [
+    ("other/", lambda c: c.models(), "v1/models: the answer has no 'models'"),
+    ("other/", lambda c: c.status("j1"), "v1/attributions/j1: the answer has no 'id'"),
+    ("done/", lambda c: c.result("j1"), "job j1 is done but its answer holds no result"),
+    ("odd/", lambda c: c.result("j1"), "ServiceError: failed"),
+])
+def test_a_json_answer_without_what_the_service_sends_is_a_service_error(not_the_service, base, call, message):
+    """Another JSON service at the address (or a damaged answer): a ServiceError, not a KeyError."""
+    with pytest.raises(ServiceError, match=re.escape(message)):
+        call(Client(not_the_service + base))
