@@ -6,12 +6,14 @@
 >>> write_results(attr.attribute_dataset(records), "out/", attributor=attr)
 
 Only part files listed in a manifest are read (a part a crash left behind is not), each checked
-against its manifest (a plain file name in the parts folder, the row count) and the row schema; a
-damaged directory is a ResultFormatError naming the file. An id written more than once
+against its manifest (a plain file name in the parts folder, the row count) and the row schema, and
+each row's contents against each other (``schema.check_rows``); a damaged directory is a
+ResultFormatError naming the file (a damaged row: its number and id too). An id written more than once
 (``--retry-failed``) is read once: its successful row, else its last.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -22,6 +24,7 @@ from .pipeline.schema import (
     MATRICES,
     SCHEMA_VERSION,
     arrow_schema,
+    check_storable,
     decoded_target,
     result_to_row,
     row_to_result,
@@ -67,7 +70,8 @@ def read_results(directory, form: str = "long"):
     curvature, information; successful records only),
     "records" (DataFrame, one row per record, the stored schema: text that is not UTF-8 stays
     escaped, its column named in ``escaped``) or "attributions" ({id: Attribution |
-    FailedAttribution}, matrices float64 [n_target, n_context], escaped text given back).
+    FailedAttribution}, matrices float64 [n_target, n_context], escaped text given back, a prompt
+    or target given as token ids as the engine has it: a success's prompt None, a failure's a list).
 
     Raises ConfigError for another ``form``; read_table's errors."""
     if form not in FORMS:
@@ -119,6 +123,10 @@ def write_results(results: Iterable, directory, *, attributor=None, settings: di
     A pair holds a result, not its record: a row's prompt and messages are the result's (a
     token-id prompt's success: null), a success's target its target ids as the attributor's
     tokenizer decodes them (null without the attributor).
+
+    Raises InputError for a result a row cannot hold (a word-level one, ``Attribution.aggregate()``:
+    aggregate after reading): the first pair before the directory is touched, a later one before
+    its row is written (the rows before it are).
     """
     if settings is None:
         if attributor is None:
@@ -126,8 +134,12 @@ def write_results(results: Iterable, directory, *, attributor=None, settings: di
         settings = {"model": attributor.model_name, "config": attributor.config.to_dict(),
                     "model_dtype": attributor.adapter.dtype_name}
     model = settings.get("model")
+    pairs = iter(results)
+    first = list(itertools.islice(pairs, 1))
+    for key, result in first:
+        check_storable(key, result)  # word-level results are refused before the directory is touched
     with ResultWriter(directory, settings, fmt=fmt, rows_per_part=rows_per_part) as writer:
-        for key, result in results:
+        for key, result in itertools.chain(first, pairs):
             target = None if attributor is None else decoded_target(attributor.tokenizer, result)
             writer.write(result_to_row(key, result, writer.config_hash, model=model, target=target))
     return writer.rows_written

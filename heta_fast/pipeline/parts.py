@@ -3,7 +3,8 @@
 A part file holds rows of one schema version (schema.py): a Parquet part carries it in its
 metadata, a JSONL row in its ``schema_version``. Reading checks it against that version's schema
 and gives the rows in the current one, a column added since read as null; anything else in the
-parts folder (another Parquet file, a line that is not a row) is a ResultFormatError naming the file.
+parts folder (another Parquet file, a line that is not a row) is a ResultFormatError naming the file,
+as is a row whose contents contradict each other (``schema.check_rows``) when a whole part is read.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ResultFormatError
 from ..textfiles import parse_json
-from .schema import READABLE_VERSIONS, arrow_schema, column_names, unstorable_row
+from .schema import READABLE_VERSIONS, arrow_schema, check_rows, column_names, unstorable_row
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl"}
 
@@ -92,9 +93,11 @@ def read_part(path: Path, columns: list[str] | None = None):
     """A part file as a pyarrow Table of the current :func:`arrow_schema` (only ``columns`` when
     given); a part of an older readable version has the columns added since as nulls. A part may
     lack columns of its version but not :data:`CORE_COLUMNS` (version 2 gained ``architecture``
-    and ``sinks`` without a new number): those it lacks are null too.
+    and ``sinks`` without a new number): those it lacks are null too. A whole part (no ``columns``)
+    has its rows checked (``check_rows``); a few columns (resuming reads ids) are read as they are.
 
-    Raises ResultFormatError naming the file: unreadable, of another version, not of the results schema."""
+    Raises ResultFormatError naming the file: unreadable, of another version, not of the results
+    schema, a damaged row (naming its id too)."""
     import pyarrow as pa
 
     try:
@@ -103,6 +106,8 @@ def read_part(path: Path, columns: list[str] | None = None):
         if isinstance(exc, ResultFormatError):
             raise
         raise ResultFormatError(f"cannot read the part file {path}: {' '.join(str(exc).split())}") from None
+    if columns is None:
+        check_rows(table, path)
     return table
 
 

@@ -9,24 +9,34 @@ component as nested lists ``[n_target][n_context]`` of float64, and the phase ti
 Text that UTF-8 cannot encode (a lone surrogate: JSON's ``"\\ud800"``, a bad byte decoded with
 ``surrogateescape``) cannot be stored in a Parquet or JSONL part as it is: a row stores such a column's
 text escaped (:func:`escape_text`) and names the column in ``escaped``, and :func:`unescape_row` gives
-the text back exactly, so an escaped text is never read as the text it looks like.
+the text back exactly, so an escaped text is never read as the text it looks like. Likewise a prompt or
+target given as something other than text (token ids) is stored as its JSON text and named in
+``json_encoded``, so that a text prompt ``"[4, 5, 6]"`` is never read as token ids, nor ids as text.
+
+A row holds a token-level result (:func:`check_storable`), and :func:`check_rows` checks the rows
+of a part as they are read (lengths against ``n_context`` and ``n_target``, JSON columns), so a
+damaged row is a ResultFormatError naming its file and id, never a traceback or a wrong object.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 
 from ..components import COMPONENTS
-from ..errors import InputError
+from ..errors import InputError, ResultFormatError
 from ..inputs import check_text
 from ..result import Attribution, FailedAttribution
+from ..textfiles import parse_json
 
 # 2 added the token marks (special, attributed, segments) and the chat messages; 3 the ``escaped``
-# column. A version adds columns only: readers read every version in READABLE_VERSIONS, a column
-# added after a part's version read as null.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (2, 3)
-ADDED_IN = {"escaped": 3}
+# column; 4 ``json_encoded``. A version adds columns only: readers read every version in
+# READABLE_VERSIONS, a column added after a part's version read as null.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
+ADDED_IN = {"escaped": 3, "json_encoded": 4}
+# The columns that hold a value as the record gave it, text or (named in ``json_encoded``) its JSON.
+GIVEN_VALUES = ("prompt", "target")
 MATRICES = ("scores",) + COMPONENTS
 TIMINGS = ("forward",) + COMPONENTS
 
@@ -48,7 +58,7 @@ def arrow_schema(version: int = SCHEMA_VERSION):
               ("messages", pa.string())]
     fields += [(name, matrix) for name in MATRICES]
     fields += [(f"time_{name}", pa.float64()) for name in TIMINGS]
-    fields += [("config", pa.string()), ("escaped", pa.list_(pa.string()))]
+    fields += [("config", pa.string()), ("escaped", pa.list_(pa.string())), ("json_encoded", pa.list_(pa.string()))]
     fields = [(name, kind) for name, kind in fields if ADDED_IN.get(name, 0) <= version]
     return pa.schema(fields, metadata={"heta_fast_schema_version": str(version)})
 
@@ -58,17 +68,33 @@ def column_names() -> list[str]:
 
 
 def _text(value) -> str | None:
-    """A prompt or target as stored: text as it is, anything else (token ids) as JSON text."""
+    """A prompt or target as stored: text as it is, anything else (token ids) as JSON text
+    (:func:`result_to_row` names such a column in ``json_encoded``)."""
     return value if value is None or isinstance(value, str) else _json(value)
 
 
 def _json(value) -> str | None:
+    """``value`` as JSON text, always valid JSON (a value JSON has no type for: :func:`_json_default`)."""
     if value is None:
         return None
     try:
-        return json.dumps(value if not hasattr(value, "tolist") else value.tolist(), ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
+        return json.dumps(value, ensure_ascii=False, default=_json_default)
+    except (TypeError, ValueError):  # a value that holds itself, a key that is not text
+        return json.dumps(repr(value), ensure_ascii=False)
+
+
+def _json_default(value):
+    """What JSON holds for a value it has no type for: an array's or a NumPy/torch number's values, else its repr."""
+    return value.tolist() if hasattr(value, "tolist") else repr(value)
+
+
+def check_storable(record_id, result: Attribution | FailedAttribution) -> None:
+    """InputError unless ``result`` is one a row can hold: a failure, or a token-level success (a
+    row has one score per context token and its ids; words are summed after reading)."""
+    if result.ok and result.unit != "tokens":
+        raise InputError(f"record {record_id!r}: a results row stores a token-level result, not one in "
+                         f"{result.unit} (Attribution.aggregate()); write the token-level result and aggregate "
+                         "after reading: read_results(DIR, form='attributions')[id].aggregate()")
 
 
 def result_to_row(record_id: str, result: Attribution | FailedAttribution, config_hash: str, *,
@@ -77,14 +103,19 @@ def result_to_row(record_id: str, result: Attribution | FailedAttribution, confi
 
     prompt, target, messages: what the record gave (``pipeline.run.record_row``; --generate: the
     generated text as the target); each None takes the result's own (a success's target: null).
-    Text that UTF-8 cannot encode is stored escaped and named in ``escaped`` (module docstring).
+    A prompt or target that is not text is stored as JSON text and named in ``json_encoded``; text
+    that UTF-8 cannot encode is stored escaped and named in ``escaped`` (module docstring).
+    Raises InputError for a result a row cannot hold (:func:`check_storable`).
     """
+    check_storable(record_id, result)
     row = dict.fromkeys(column_names())
-    given = {"prompt": _text(prompt if prompt is not None else result.prompt),
-             "target": _text(target if target is not None or result.ok else result.target),
-             "messages": _json(messages if messages is not None else result.messages)}
+    values = {"prompt": prompt if prompt is not None else result.prompt,
+              "target": target if target is not None or result.ok else result.target}
+    given = {name: _text(value) for name, value in values.items()}
+    encoded = [name for name, value in values.items() if value is not None and not isinstance(value, str)]
     row.update(id=str(record_id), schema_version=SCHEMA_VERSION, config_hash=config_hash, model=model,
-               ok=bool(result.ok), **given)
+               ok=bool(result.ok), messages=_json(messages if messages is not None else result.messages),
+               json_encoded=encoded or None, **given)
     if not result.ok:
         row.update(error_type=result.error_type, message=" ".join(str(result.message).split()))
         return _escaped(row)
@@ -191,7 +222,7 @@ def _escaped(row: dict) -> dict:
 def unescape_row(row: dict) -> dict:
     """A stored row (or some of its columns) with the columns its ``escaped`` names given back their
     text (``escaped`` then None, so unescaping again changes nothing)."""
-    names = [name for name in row.get("escaped") or [] if name in row]
+    names = [name for name in row.get("escaped") or [] if name in row and row[name] is not None]
     if not row.get("escaped"):
         return row
     out = dict(row, escaped=None)
@@ -202,14 +233,24 @@ def unescape_row(row: dict) -> dict:
     return out
 
 
+def _given_values(row: dict) -> dict:
+    """A row's prompt and target as the record gave them: the JSON text of a column that
+    ``json_encoded`` names decoded (token ids: a list), other text as it is (``row`` unescaped)."""
+    encoded = row.get("json_encoded") or []
+    return {name: json.loads(row[name]) if name in encoded else row.get(name) for name in GIVEN_VALUES}
+
+
 def row_to_result(row: dict) -> Attribution | FailedAttribution:
     """The Attribution (matrices as float64 [n_target, n_context] tensors) or FailedAttribution of a
-    stored row (escaped text given back; a failure's prompt, target and messages as stored)."""
+    stored row that :func:`check_rows` has checked (escaped text given back; a failure's prompt and
+    target as given, :func:`_given_values`, its messages as stored JSON text; a success's prompt as
+    the engine has it: None when the record gave token ids)."""
     import torch
 
     row = unescape_row(row)
+    given = _given_values(row)
     if not row["ok"]:
-        return FailedAttribution(index=-1, prompt=row.get("prompt"), target=row.get("target"),
+        return FailedAttribution(index=-1, prompt=given["prompt"], target=given["target"],
                                  error_type=row.get("error_type"), message=row.get("message"),
                                  messages=row.get("messages"))
     t, n = int(row["n_target"]), int(row["n_context"])
@@ -217,16 +258,17 @@ def row_to_result(row: dict) -> Attribution | FailedAttribution:
     def matrix(value):
         if value is None:
             return None
-        return torch.tensor([list(r) for r in value], dtype=torch.float64).reshape(t, n)
+        return torch.tensor(value, dtype=torch.float64).reshape(t, n)
 
     timings = {name: row[f"time_{name}"] for name in TIMINGS if row.get(f"time_{name}") is not None}
     return Attribution(
         scores=matrix(row["scores"]), flow=matrix(row.get("flow")), curvature=matrix(row.get("curvature")),
         information=matrix(row.get("information")), context_tokens=list(row["context_tokens"]),
-        target_tokens=list(row["target_tokens"]), context_ids=[int(i) for i in row["context_ids"]],
-        target_ids=[int(i) for i in row["target_ids"]], prompt=row.get("prompt"), method=row.get("method") or "heta",
-        model=row.get("model"), model_dtype=row.get("model_dtype"), device=row.get("device"),
-        architecture=row.get("architecture"),
+        target_tokens=list(row["target_tokens"]), context_ids=_marks(row["context_ids"], int),
+        target_ids=_marks(row["target_ids"], int),
+        prompt=None if "prompt" in (row.get("json_encoded") or []) else row.get("prompt"),
+        method=row.get("method") or "heta", model=row.get("model"), model_dtype=row.get("model_dtype"),
+        device=row.get("device"), architecture=row.get("architecture"),
         config=json.loads(row["config"]) if row.get("config") else {}, timings=timings,
         special=_marks(row.get("special"), bool), attributed=_marks(row.get("attributed"), bool),
         sinks=_marks(row.get("sinks"), bool),
@@ -236,3 +278,121 @@ def row_to_result(row: dict) -> Attribution | FailedAttribution:
 
 def _marks(value, kind) -> list | None:
     return None if value is None else [kind(x) for x in value]
+
+
+# ---------------------------------------------------------------------------------------------- checking rows
+# (column, its length, whether a successful row must have it): per-context and per-target lists.
+_LISTS = (("context_tokens", "n_context", True), ("target_tokens", "n_target", True),
+          ("context_ids", "n_context", False), ("target_ids", "n_target", False), ("special", "n_context", False),
+          ("attributed", "n_context", False), ("sinks", "n_context", False), ("segments", "n_context", False))
+
+
+def check_rows(table, source) -> None:
+    """Raise ResultFormatError naming ``source`` (a part file), the row's number and its id at the
+    first row of ``table`` (all columns of the current :func:`arrow_schema`) whose contents
+    contradict each other: a row without id or ``ok``; a successful row whose n_context or
+    n_target is null, whose token lists, ids or marks do not hold that many entries, whose scores
+    are null, whose matrices are not [n_target][n_context] numbers, whose ``config`` is not a JSON
+    object or ``messages`` not a JSON list of objects; a column ``json_encoded`` names that is not
+    JSON. Arrow has checked each column's type; this checks what a type cannot say, so that every
+    form of ``read_results`` reads only rows it can take at their word. Lengths are checked on
+    Arrow arrays (no Python objects: cheap on large parts), the JSON texts row by row."""
+    import numpy as np
+
+    table = table.combine_chunks()
+    shape = _shape_problems(table)
+    damaged = np.flatnonzero(np.any([bad for bad, _ in shape], axis=0))
+    first = int(damaged[0]) if damaged.size else table.num_rows
+    columns = ["id", "ok", "config", "messages", *GIVEN_VALUES, "escaped", "json_encoded"]
+    for i, row in enumerate(table.slice(0, first).select(columns).to_pylist()):
+        where = f"{source}: row {i + 1} (id {row['id']!r})"
+        problem = _json_problem(row, where)
+        if problem:
+            raise ResultFormatError(f"{where} is damaged: {problem}")
+    if damaged.size:
+        row = table.slice(first, 1).select(["id", "n_context", "n_target"]).to_pylist()[0]
+        problem = next(text for bad, text in shape if bad[first])
+        raise ResultFormatError(f"{source}: row {first + 1} (id {row['id']!r}) is damaged: {problem.format(**row)}")
+
+
+def _shape_problems(table) -> list[tuple]:
+    """[(per-row bool array, the problem)] of the rows of ``table`` (one chunk per column) whose
+    lengths or nulls are wrong; a problem's text names n_context and n_target as ``{n_context}``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    ok = _numbers(table["ok"], False)
+    sizes = {name: _numbers(table[name], -1) for name in ("n_context", "n_target")}
+    problems = [(_numbers(pc.is_null(table["id"]), False), "it has no id"),
+                (_numbers(pc.is_null(table["ok"]), False), "its 'ok' is null"),
+                (ok & ((sizes["n_context"] < 0) | (sizes["n_target"] < 0)),
+                 "its n_context ({n_context}) or n_target ({n_target}) is null or negative")]
+    for name, size, required in _LISTS:
+        array = table[name].combine_chunks()
+        length = _numbers(pc.list_value_length(array), -1)
+        wrong = (length != sizes[size]) & ((length >= 0) | required)
+        problems.append((ok & (wrong | _null_entries(array)),
+                         f"{name} is not a list of {size} ({{{size}}}) values{'' if required else ' or null'}"))
+    for name in MATRICES:
+        array = table[name].combine_chunks()
+        rows = _numbers(pc.list_value_length(array), -1)
+        wrong = (rows != sizes["n_target"]) & ((rows >= 0) | (name == "scores"))
+        # Each row of the matrix: n_context numbers, none null.
+        parents = np.asarray(pc.list_parent_indices(array))
+        inner = pc.list_flatten(array)
+        short = parents[_numbers(pc.list_value_length(inner), -1) != sizes["n_context"][parents]]
+        wrong[short] = True
+        wrong |= _null_entries(array) | _null_entries(inner, parents, len(table))
+        problems.append((ok & wrong, f"{name} is not n_target ({{n_target}}) lists of n_context ({{n_context}}) "
+                                     f"numbers{' or null' if name != 'scores' else ''}"))
+    return problems
+
+
+def _numbers(array, null):
+    """A (chunked) Arrow array as a NumPy array, nulls as ``null``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(array, null).to_numpy(zero_copy_only=False))
+
+
+def _null_entries(array, parents=None, rows: int | None = None):
+    """Per row, whether the list array ``array`` holds a null entry; ``parents``: the row of each of
+    its lists, when they are the lists of ``rows`` rows (a matrix's inner lists)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    own = np.asarray(pc.list_parent_indices(array))
+    if parents is not None:
+        own = parents[own]
+    out = np.zeros(len(array) if rows is None else rows, bool)
+    out[own[_numbers(pc.is_null(pc.list_flatten(array)), False)]] = True
+    return out
+
+
+def _json_problem(row: dict, where: str) -> str | None:
+    """What is wrong with the text columns of a stored row, or None: ``escaped`` naming a column
+    that is not text, a column ``json_encoded`` names that is not JSON, a successful row's
+    ``config`` that is not a JSON object or ``messages`` that is not a JSON list of objects."""
+    if row["escaped"] and not set(row["escaped"]) <= _text_columns():
+        return f"escaped names {row['escaped']}, not text columns"
+    row = unescape_row(row)
+    encoded = row["json_encoded"] or []
+    if any(name not in GIVEN_VALUES or row[name] is None for name in encoded):
+        return f"json_encoded names {encoded}, not columns among {list(GIVEN_VALUES)} that hold text"
+    parsed = {name: parse_json(row[name], f"{where}, column {name}", ResultFormatError)
+              for name in (*encoded, *(("config", "messages") if row["ok"] else ())) if row[name] is not None}
+    if not isinstance(parsed.get("config", {}), dict):
+        return "config is not a JSON object"
+    messages = parsed.get("messages", [])
+    if not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+        return "messages is not a JSON list of objects"
+    return None
+
+
+@functools.cache
+def _text_columns() -> frozenset[str]:
+    """The columns of text or lists of text: those ``escaped`` may name."""
+    import pyarrow as pa
+
+    return frozenset(f.name for f in arrow_schema() if f.type in (pa.string(), pa.list_(pa.string())))
