@@ -243,7 +243,7 @@ def _given_values(row: dict) -> dict:
 def row_to_result(row: dict) -> Attribution | FailedAttribution:
     """The Attribution (matrices as float64 [n_target, n_context] tensors) or FailedAttribution of a
     stored row that :func:`check_rows` has checked (escaped text given back; a failure's prompt and
-    target as given, :func:`_given_values`, its messages as stored JSON text; a success's prompt as
+    target and messages as given, :func:`_given_values`; a success's prompt as
     the engine has it: None when the record gave token ids)."""
     import torch
 
@@ -252,7 +252,7 @@ def row_to_result(row: dict) -> Attribution | FailedAttribution:
     if not row["ok"]:
         return FailedAttribution(index=-1, prompt=given["prompt"], target=given["target"],
                                  error_type=row.get("error_type"), message=row.get("message"),
-                                 messages=row.get("messages"))
+                                 messages=json.loads(row["messages"]) if row.get("messages") else None)
     t, n = int(row["n_target"]), int(row["n_context"])
 
     def matrix(value):
@@ -380,12 +380,13 @@ def _json_problem(row: dict, where: str) -> str | None:
     encoded = row["json_encoded"] or []
     if any(name not in GIVEN_VALUES or row[name] is None for name in encoded):
         return f"json_encoded names {encoded}, not columns among {list(GIVEN_VALUES)} that hold text"
+    # A failure's messages are what its record gave (any JSON value); a success's, chat messages.
     parsed = {name: parse_json(row[name], f"{where}, column {name}", ResultFormatError)
-              for name in (*encoded, *(("config", "messages") if row["ok"] else ())) if row[name] is not None}
+              for name in (*encoded, "messages", *(("config",) if row["ok"] else ())) if row[name] is not None}
     if not isinstance(parsed.get("config", {}), dict):
         return "config is not a JSON object"
     messages = parsed.get("messages", [])
-    if not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+    if row["ok"] and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
         return "messages is not a JSON list of objects"
     return None
 

@@ -66,7 +66,8 @@ def test_chat_failure_rows_keep_the_messages_the_record_gave(attributor, tmp_pat
     assert json.loads(table.loc["no-template", "messages"]) == json.loads(table.loc["no-target", "messages"]) == chat
     assert json.loads(table.loc["not-a-list", "messages"]) == "hello"
     got = read_results(tmp_path / "out", form="attributions")
-    assert json.loads(got["no-template"].messages) == chat and got["no-template"].prompt is None
+    assert got["no-template"].messages == chat and got["no-template"].prompt is None  # as given, in process too
+    assert got["not-a-list"].messages == "hello"
     write_results(attributor.attribute_dataset(records, messages_field="chat"), tmp_path / "pairs",
                   attributor=attributor)
     pairs = rows(tmp_path / "pairs")
