@@ -7,7 +7,7 @@
 
 Only part files listed in a manifest are read (a part a crash left behind is not), each checked
 against its manifest (a plain file name in the parts folder, the row count) and the row schema, and
-each row's contents against each other (``schema.check_rows``); a damaged directory is a
+each row's contents against each other (``row_checks.check_rows``); a damaged directory is a
 ResultFormatError naming the file (a damaged row: its number and id too). An id written more than once
 (``--retry-failed``) is read once: its successful row, else its last.
 """

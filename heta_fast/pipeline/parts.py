@@ -4,7 +4,7 @@ A part file holds rows of one schema version (schema.py): a Parquet part carries
 metadata, a JSONL row in its ``schema_version``. Reading checks it against that version's schema
 and gives the rows in the current one, a column added since read as null; anything else in the
 parts folder (another Parquet file, a line that is not a row) is a ResultFormatError naming the file,
-as is a row whose contents contradict each other (``schema.check_rows``) when a whole part is read.
+as is a row whose contents contradict each other (``row_checks.check_rows``) when a whole part is read.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import ResultFormatError
 from ..textfiles import parse_json
-from .schema import READABLE_VERSIONS, arrow_schema, check_rows, column_names, unstorable_row
+from .row_checks import check_rows
+from .schema import READABLE_VERSIONS, arrow_schema, column_names, unstorable_row
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl"}
 

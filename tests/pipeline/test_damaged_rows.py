@@ -1,6 +1,6 @@
 """A row of a results part whose contents contradict each other (the row count kept, so the manifest
 check passes): every form of read_results refuses it with a ResultFormatError naming the part file
-and the row's id, never a raw traceback or an object built from it (schema.check_rows)."""
+and the row's id, never a raw traceback or an object built from it (row_checks.check_rows)."""
 import json
 import shutil
 
