@@ -179,6 +179,8 @@ class JobManager:
     def _progress(self, job: JobRecord):
         def report(event: ProgressEvent) -> None:
             with self._cond:
+                if job.status in TERMINAL:  # cancelled while the worker held it: its state stays final
+                    raise JobCancelledError("cancelled by a client")
                 self._mark_running(job)
                 job.phase = event.phase
                 job.progress = {"phase": event.phase, "done": event.done, "total": event.total, "unit": event.unit}
@@ -199,6 +201,8 @@ class JobManager:
                 self._changed(job)
 
     def _complete(self, job: JobRecord, result) -> None:
+        if job.status in TERMINAL:  # cancelled after its last progress step: no file for it
+            return
         if isinstance(result, Attribution):
             data = result.to_dict()
             # Written before the job is "done": a client that sees "done" finds the file (or why not).

@@ -72,3 +72,33 @@ def test_the_results_file_exists_when_the_job_is_done(attributor, tmp_path):
     assert all(job.status == "done" and job.results_file_error is None for job in jobs)
     assert seen == {job.id: True for job in jobs}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_job_cancelled_while_the_worker_holds_it_stays_as_it_was_cancelled(attributor, tmp_path):
+    """The worker takes a group's jobs while they are still queued; one cancelled then is finished
+    at once, and the worker's later progress steps and completion leave it as it was: no phase, no
+    progress, no new version, no results file."""
+    cancelled = {}
+
+    def watch(job, others) -> None:
+        if job.status == "running" and not cancelled:  # the first job runs; the others wait in its group
+            victim = others[1]
+            cancelled[victim.id] = victim.version + 1
+            manager.cancel(victim.id)
+
+    manager = JobManager(attributor, ServiceSettings(results_dir=str(tmp_path), max_group=8), Metrics())
+    jobs = [manager.submit(prompt, " w10", None, QUICK) for prompt in PROMPTS]
+    manager.watch(jobs[0], lambda: watch(jobs[0], jobs))
+    manager.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not all(job.status in TERMINAL for job in jobs):
+            assert time.monotonic() < deadline, [job.status for job in jobs]
+            time.sleep(0.02)
+    finally:
+        manager.stop()
+    victim = jobs[1]
+    assert [job.status for job in jobs] == ["done", "cancelled", "done"]
+    assert (victim.phase, victim.progress, victim.started, victim.version) == (None, None, None,
+                                                                               cancelled[victim.id])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{job.id}.json" for job in (jobs[0], jobs[2]))
