@@ -24,14 +24,8 @@ def attributor(tiny_model_dir):
     return Attributor.from_pretrained(str(tiny_model_dir))
 
 
-def _run_group(attributor, folder, watch=None) -> list:
-    """The jobs of PROMPTS queued before the worker starts (so they run as one group), each with
-    ``watch(job)`` called on every change of it; returns them once all are finished."""
-    manager = JobManager(attributor, ServiceSettings(results_dir=str(folder), max_group=8), Metrics())
-    jobs = [manager.submit(prompt, " w10", None, QUICK) for prompt in PROMPTS]
-    for job in jobs:
-        if watch is not None:
-            manager.watch(job, lambda job=job: watch(job))
+def _run_until_finished(manager, jobs) -> None:
+    """Start the worker, wait until every one of ``jobs`` is finished (two minutes at most), stop it."""
     manager.start()
     try:
         deadline = time.monotonic() + 120
@@ -40,6 +34,17 @@ def _run_group(attributor, folder, watch=None) -> list:
             time.sleep(0.02)
     finally:
         manager.stop()
+
+
+def _run_group(attributor, folder, watch=None) -> list:
+    """The jobs of PROMPTS queued before the worker starts (so they run as one group), each with
+    ``watch(job)`` called on every change of it; returns them once all are finished."""
+    manager = JobManager(attributor, ServiceSettings(results_dir=str(folder), max_group=8), Metrics())
+    jobs = [manager.submit(prompt, " w10", None, QUICK) for prompt in PROMPTS]
+    for job in jobs:
+        if watch is not None:
+            manager.watch(job, lambda job=job: watch(job))
+    _run_until_finished(manager, jobs)
     return jobs
 
 
@@ -89,14 +94,7 @@ def test_a_job_cancelled_while_the_worker_holds_it_stays_as_it_was_cancelled(att
     manager = JobManager(attributor, ServiceSettings(results_dir=str(tmp_path), max_group=8), Metrics())
     jobs = [manager.submit(prompt, " w10", None, QUICK) for prompt in PROMPTS]
     manager.watch(jobs[0], lambda: watch(jobs[0], jobs))
-    manager.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not all(job.status in TERMINAL for job in jobs):
-            assert time.monotonic() < deadline, [job.status for job in jobs]
-            time.sleep(0.02)
-    finally:
-        manager.stop()
+    _run_until_finished(manager, jobs)
     victim = jobs[1]
     assert [job.status for job in jobs] == ["done", "cancelled", "done"]
     assert (victim.phase, victim.progress, victim.started, victim.version) == (None, None, None,
