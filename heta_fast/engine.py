@@ -12,14 +12,25 @@ from .combine import combine, unattributed_to_zero
 from .config import HETAConfig, as_config
 from .errors import HetaError, InputError, NonFiniteError
 from .inputs import check_max_new_tokens, check_token_count, describe, request_fields, request_items
+from .memory import ModelShape, check_sketch, probes_per_pass
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .model.exclusive import holding_the_model
 from .precision import stage_precision
 from .progress import PhaseEstimate, PhaseReporter, Progress, checked_progress
-from .request import TokenizedRequest, sink_token_id, tokenize_context, tokenize_request, with_target
+from .request import (
+    TokenizedRequest,
+    check_option_tokens,
+    sink_token_id,
+    tokenize_context,
+    tokenize_request,
+    with_target,
+)
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
+from .signals.curvature.cuda_graphs import graphs_for, length_bucket
+from .signals.information.signal import plan_passes
+from .windows import Window, context_windows, window_positions
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -176,14 +187,31 @@ class Attributor:
             SIGNALS[name].estimate(self.adapter, request, cfg) for name in cfg.components]
 
     def _call_config(self, config) -> HETAConfig:
-        """This call's config (default: the Attributor's), checked against the model before any work."""
+        """This call's config (default: the Attributor's), checked against the model before any work:
+        its layers, and the special tokens its mask scheme and sink token use (a ConfigError now
+        for one the tokenizer lacks or the model has no embedding for; heta_fast/request.py)."""
         cfg = as_config(config, self.config).check_for_model(len(self.adapter.layers))
-        self.sink_id(cfg)  # a sink token the tokenizer does not have is a ConfigError now
+        check_option_tokens(self.tokenizer, cfg, self.adapter.vocab_size)
         return cfg
 
     def sink_id(self, config: HETAConfig) -> int | None:
         """The token id ``config.sink_token`` puts before every context, or None (heta_fast/request.py)."""
-        return sink_token_id(self.tokenizer, config.sink_token)
+        return sink_token_id(self.tokenizer, config.sink_token, self.adapter.vocab_size)
+
+    def _check_budget(self, req: TokenizedRequest, cfg: HETAConfig) -> None:
+        """Raise now, before any model pass, the MemoryBudgetError a signal would raise after the
+        forward pass: the signal's own check on the sizes it will use, in the order the signals run.
+
+        The curvature sizes every operator's probe passes from the request's lengths; the
+        information term plans its masked passes from them (its fisher estimate checks no budget).
+        """
+        for name in cfg.components:
+            if name == "curvature":
+                graphs = graphs_for(self.adapter, cfg, self.signal_cache.setdefault(name, {}))
+                _check_curvature_budget(self.adapter, req, cfg, graphs is not None)
+            elif name == "information" and cfg.information_estimator != "fisher":
+                # As information() plans them, the prefix coming from the capture forward.
+                plan_passes(self.adapter, req.n_context, req.target_positions, cfg, prefix_given=True)
 
     # ------------------------------------------------------------------ pipeline
     def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,
@@ -221,6 +249,7 @@ class Attributor:
 
     @holding_the_model
     def _attribute(self, req: TokenizedRequest, cfg: HETAConfig, progress: Progress | None = None) -> Attribution:
+        self._check_budget(req, cfg)
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]
@@ -243,7 +272,10 @@ class Attributor:
     def _attribute_batched(self, requests: list[TokenizedRequest], cfg: HETAConfig,
                            progress: list[Progress | None]) -> list[Attribution | FailedAttribution]:
         """The requests through shared passes: one capture forward of all of them (right-padded),
-        then each signal's ``compute_group`` over the requests whose capture is finite."""
+        then each signal's ``compute_group`` over the requests whose capture is finite. A request
+        over the memory budget raises before any pass (attribute_group then goes one by one)."""
+        for req in requests:
+            self._check_budget(req, cfg)
         adapter, timings = self.adapter, {}
         signals = [SIGNALS[name] for name in cfg.components]
         needs = [s.capture_request(adapter, cfg) for s in signals]
@@ -338,6 +370,33 @@ class Attributor:
 
         for position, record, result in attribute_records(self, records, fields, config, generate):
             yield (record.get(fields.id, position) if isinstance(record, dict) else position), result
+
+
+def _curvature_passes(req: TokenizedRequest, cfg: HETAConfig, graphs: bool,
+                      max_length: int | None) -> Iterator[tuple[Window, int]]:
+    """(window, tokens) of every curvature operator's first probe pass, in the order the curvature
+    builds them (signals/curvature: signal.py, estimators.py, operators.py): per window and target,
+    the window's input rows [start, position]; start is the window's first token for the exact
+    estimator's suffix operators (eager, no CUDA graph), 0 otherwise; a CUDA graph runs its padded
+    length. Later passes of an operator run fewer rows."""
+    for win in context_windows(req.n_context, cfg.window_size, cfg.window_overlap):
+        start = win.start if cfg.estimator == "exact" and not graphs else 0
+        for position in window_positions(req.target_positions, req.n_context, win).tolist():
+            n = position + 1 - start
+            yield win, (length_bucket(n, max_length) if graphs else n)
+
+
+def _check_curvature_budget(adapter, req: TokenizedRequest, cfg: HETAConfig, graphs: bool) -> None:
+    """The curvature's MemoryBudgetError, if any, from the request's sizes: the first operator whose
+    one probe does not fit, or the sketch's matrices, in the order the curvature checks them."""
+    shape, layers = ModelShape.of(adapter.model), cfg.layer_subset or len(adapter.layers)
+    # The sketch's vectors are shaped like the operator's point: the input embeddings, or the
+    # residual stream with layer_subset.
+    width = shape.d_model if cfg.layer_subset else adapter.model.get_input_embeddings().weight.shape[-1]
+    for win, n in _curvature_passes(req, cfg, graphs, adapter.max_length):
+        probes_per_pass(shape, n, layers, cfg.memory_budget, cfg.max_batch)
+        if cfg.estimator == "sketch":
+            check_sketch(cfg.sketch_rank, win.size, width, cfg.num_probes, cfg.memory_budget)
 
 
 def _check_finite(capture) -> None:

@@ -87,16 +87,52 @@ def tokenize_target(tokenizer, target, vocab_size: int) -> torch.Tensor:
     return ids
 
 
-def sink_token_id(tokenizer, sink_token: str) -> int | None:
+# The mask schemes that replace a masked token by the embedding of one of the tokenizer's
+# special tokens (heta_fast/signals/information/masking.py); named after the token.
+TOKEN_MASK_SCHEMES = ("pad", "unk")
+
+
+def option_token_id(tokenizer, option: str, token: str, vocab_size: int | None) -> int:
+    """The id of the tokenizer's special ``token`` ("pad", "unk", "bos" or "eos") that the config
+    option ``option`` (``mask_scheme``, ``sink_token``) asks for: the one rule for such a token.
+
+    ``ConfigError`` when the tokenizer has no such token, or when its id lies outside the model's
+    vocabulary ``[0, vocab_size)`` (None: not checked), where the model has no embedding for it.
+    """
+    name = token.upper()
+    token_id = getattr(tokenizer, f"{token}_token_id", None) if tokenizer is not None else None
+    if token_id is None:
+        raise ConfigError(f"{option}={token!r} but the tokenizer has no {name} token; choose another {option}")
+    if vocab_size is not None and not 0 <= int(token_id) < vocab_size:
+        text = getattr(tokenizer, f"{token}_token", None)
+        raise ConfigError(f"{option}={token!r} but the tokenizer's {name} token {text!r} has id {int(token_id)}, "
+                          f"outside the model's vocabulary of {vocab_size} tokens [0, {vocab_size}); "
+                          f"choose another {option}")
+    return int(token_id)
+
+
+def sink_token_id(tokenizer, sink_token: str, vocab_size: int | None = None) -> int | None:
     """The id of ``HETAConfig.sink_token`` ("none" -> None, "bos" / "eos" -> the tokenizer's token);
-    ``ConfigError`` when the tokenizer has no such token."""
+    ``ConfigError`` as :func:`option_token_id` says."""
     if sink_token == "none":
         return None
-    token_id = getattr(tokenizer, f"{sink_token}_token_id", None)
-    if token_id is None:
-        raise ConfigError(f"sink_token={sink_token!r} but the tokenizer has no {sink_token.upper()} token; "
-                          f"choose another sink_token")
-    return int(token_id)
+    return option_token_id(tokenizer, "sink_token", sink_token, vocab_size)
+
+
+def mask_token_id(tokenizer, mask_scheme: str, vocab_size: int | None = None) -> int | None:
+    """The id whose embedding ``HETAConfig.mask_scheme`` puts in place of a masked token ("pad" /
+    "unk": the tokenizer's token; "zero" / "mean" use none: None); ``ConfigError`` as
+    :func:`option_token_id` says."""
+    if mask_scheme not in TOKEN_MASK_SCHEMES:
+        return None
+    return option_token_id(tokenizer, "mask_scheme", mask_scheme, vocab_size)
+
+
+def check_option_tokens(tokenizer, config, vocab_size: int) -> None:
+    """Every special token ``config`` names (its mask scheme's, its sink token): a ``ConfigError``
+    now, before any work, for one the tokenizer lacks or the model cannot embed."""
+    mask_token_id(tokenizer, config.mask_scheme, vocab_size)
+    sink_token_id(tokenizer, config.sink_token, vocab_size)
 
 
 def with_sink_token(context: TokenizedRequest, sink_id: int | None) -> TokenizedRequest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
+from ...request import TOKEN_MASK_SCHEMES, mask_token_id
 
 
 def mask_vectors(scheme: str, context_embeds: torch.Tensor, token_embedding=None, tokenizer=None) -> torch.Tensor:
@@ -17,10 +18,10 @@ def mask_vectors(scheme: str, context_embeds: torch.Tensor, token_embedding=None
         row = torch.zeros(d, dtype=context_embeds.dtype, device=context_embeds.device)
     elif scheme == "mean":
         row = context_embeds.mean(0)
-    elif scheme in ("pad", "unk"):
-        token_id = getattr(tokenizer, f"{scheme}_token_id", None) if tokenizer is not None else None
-        if token_id is None:
-            raise ConfigError(f"mask_scheme={scheme!r} needs a tokenizer with a {scheme} token; this one has none")
+    elif scheme in TOKEN_MASK_SCHEMES:
+        # The engine checked the token against the model's vocabulary already (Attributor._call_config);
+        # other callers get the same ConfigError here, against the rows the embedding has.
+        token_id = mask_token_id(tokenizer, scheme, getattr(token_embedding, "num_embeddings", None))
         ids = torch.tensor([token_id], device=context_embeds.device)
         row = token_embedding(ids)[0].detach().to(context_embeds.dtype)
     else:
