@@ -30,8 +30,8 @@ FIELDS = {"format_version", "method", "unit", "context_tokens", "target_tokens",
 
 def read_result(path_or_text) -> dict:
     """Attribution keyword arguments from a path or the JSON text itself: text is a string that
-    starts with ``{`` and ends with ``}`` (white space aside) and names no file, so that a path
-    such as ``{run}.json`` is read as the file it names."""
+    starts with ``{`` (white space aside) and names no file, so that a file such as ``{run}.json``
+    is read as the file it names."""
     if isinstance(path_or_text, str) and _is_json_text(path_or_text):
         return parse_result(parse_json(path_or_text, "the JSON text", ResultFormatError), "the JSON text")
     if not isinstance(path_or_text, (str, os.PathLike)) or str(path_or_text).strip() == "":
@@ -40,16 +40,16 @@ def read_result(path_or_text) -> dict:
     path = Path(path_or_text)
     try:
         raw = path.read_bytes()
-    except OSError as exc:
-        raise ResultFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        shown = str(path) if str(path).isprintable() else repr(str(path))  # the error stays one line
+        raise ResultFormatError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
     text = decode_utf8(raw, path, ResultFormatError)
     return parse_result(parse_json(text, str(path), ResultFormatError), str(path))
 
 
 def _is_json_text(text: str) -> bool:
     """Whether ``text`` is an object's JSON text rather than a path (see :func:`read_result`)."""
-    stripped = text.strip().removeprefix("\ufeff")
-    if not (stripped.startswith("{") and stripped.endswith("}")):
+    if not text.strip().removeprefix("\ufeff").startswith("{"):
         return False
     try:
         return not Path(text).is_file()
