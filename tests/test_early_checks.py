@@ -167,3 +167,21 @@ def test_a_group_with_a_request_over_the_budget_runs_the_others(attr, monkeypatc
     over, fits = attr.attribute_group(requests, config, batched=True)
     assert not over.ok and over.error_type == "MemoryBudgetError" and "over 10 tokens" in over.message
     assert fits.ok and torch.equal(fits.scores, alone.scores)
+
+
+@pytest.mark.parametrize("tokenizer,options,match", [
+    (_without_pad_or_unk, {"mask_scheme": "pad"}, "mask_scheme='pad' but the tokenizer has no PAD token"),
+    (_specials_after_the_vocabulary, {"sink_token": "eos"}, "sink_token='eos' but .* has id 67, outside"),
+])
+def test_the_service_refuses_such_options_at_admission(model, tokenizer, options, match):
+    """`heta-fast serve` checks the same rule when it admits a request: one 422 naming the options,
+    not a job that fails in the worker."""
+    from heta_fast.service.admit import Admission, RequestError
+    from heta_fast.service.schema import AttributionRequest
+    from heta_fast.service.settings import ServiceSettings
+
+    admission = Admission(Attributor(model, tokenizer(), HETAConfig(num_probes=1)), ServiceSettings())
+    body = AttributionRequest.model_validate({"prompt": "w4 w5", "target": " w6", "options": options})
+    with pytest.raises(RequestError, match=f"options: {match}") as caught:
+        admission.admit(body)
+    assert caught.value.status == 422

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..config import HETAConfig
 from ..errors import ConfigError, HetaError
 from ..inputs import check_max_new_tokens
-from ..request import sink_token_id, tokenize_context, tokenize_request
+from ..request import check_option_tokens, sink_token_id, tokenize_context, tokenize_request
 from .schema import AttributionRequest
 from .settings import ServiceSettings
 
@@ -77,7 +77,9 @@ class Admission:
         changes = body.options.changes() if body.options is not None else {}
         try:
             config = self.base.replace(**changes).check_for_model(self.n_layers)
-            sink_token_id(self.tokenizer, config.sink_token)
+            # The engine's own check of the special tokens the options name (mask scheme, sink
+            # token): refused here in one 422 rather than as a failed job.
+            check_option_tokens(self.tokenizer, config, self.vocab_size)
             return config
         except (ConfigError, TypeError, ValueError, OverflowError) as exc:
             raise RequestError(422, f"options: {exc}") from None
