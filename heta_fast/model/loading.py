@@ -25,6 +25,8 @@ HUB_TIMEOUT = 5.0
 
 # org/name, as the Hugging Face hub spells repository ids; anything else must exist locally.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Missing weights a refusal names (the rest are counted).
+_SHOWN_MISSING = 3
 # Files of which a model folder must hold at least one for its tokenizer to load.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                     "spiece.model")
@@ -105,9 +107,28 @@ def _load(source: str, torch_dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = _attempt(f"the tokenizer of {source!r}", lambda: AutoTokenizer.from_pretrained(source, **kwargs))
-    model = _attempt(f"the model {source!r}", lambda: AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch_dtype, attn_implementation="eager", **kwargs))
+    model, info = _attempt(f"the model {source!r}", lambda: AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch_dtype, attn_implementation="eager", output_loading_info=True, **kwargs))
+    check_complete(source, info.get("missing_keys") or ())
     return model, tokenizer
+
+
+def check_complete(source: str, missing) -> None:
+    """Refuse a checkpoint without some of the model's weights (``missing``: their names, as
+    transformers reports them after loading).
+
+    transformers initialises a missing weight at random and only prints a warning, so the
+    model would run and every number would be meaningless. Weights it ties or derives (a tied LM
+    head, buffers computed at init) are not reported missing.
+    """
+    missing = sorted(missing)
+    if not missing:
+        return
+    shown = ", ".join(missing[:_SHOWN_MISSING])
+    more = f" and {len(missing) - _SHOWN_MISSING} more" if len(missing) > _SHOWN_MISSING else ""
+    raise IncompleteCheckpointError(
+        f"the model {source!r} could not be loaded: its checkpoint lacks {len(missing)} of the model's weights "
+        f"({shown}{more}), which transformers would initialise at random")
 
 
 def _attempt(what: str, load):
@@ -127,6 +148,11 @@ class EnvironmentLoadError(ModelLoadError):
     rebuilding a converted cache would not help, so it is reported as it is."""
 
 
+class IncompleteCheckpointError(ModelLoadError):
+    """A checkpoint that loads but lacks some of the model's weights (:func:`check_complete`):
+    fetching the rest of a hub model would not add them."""
+
+
 def _check_folder(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
@@ -144,6 +170,8 @@ def _load_from_hub(name: str, torch_dtype):
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         try:
             return _load(name, torch_dtype, local_files_only=True)
+        except IncompleteCheckpointError:
+            raise
         except ModelLoadError:
             pass  # partly cached: fetch the rest
     if constants.HF_HUB_OFFLINE:
