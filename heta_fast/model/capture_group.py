@@ -7,7 +7,10 @@ mask is needed: every sequence keeps its own positions 0..n_b-1, and under causa
 changes none of its rows. transformers then builds its plain causal mask (or the windowed one),
 and the recording attention runs the fused kernel with ``causal=True`` on the causal layers.
 The recorder (:class:`~.attention.recording.GroupRecorder`) cuts every record to its
-sequence's own length.
+sequence's own length. A model whose rotary frequencies depend on the length of the pass
+(longrope: heta_fast.model.rotary) would run a shorter sequence with the longest one's
+frequencies: sequences whose lengths have different frequencies are refused as a group
+(the engine then attributes them one at a time).
 """
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ import torch
 from transformers import DynamicCache
 
 from ..dtypes import at_least_float32
+from ..errors import UnsupportedArchitectureError
 from .attention import RECORDING, attention_implementation
 from .attention.pass_state import pass_state
 from .attention.recording import GroupRecorder
 from .capture import Capture, CaptureRequest, check_every_layer_ran, make_recorder
+from .rotary import frequency_key
 
 
 @torch.no_grad()
@@ -29,6 +34,7 @@ def run_capture_group(adapter, embeds: list[torch.Tensor], positions: list[torch
     :class:`~.capture.Capture`: log_probs [T_b, V]; per layer q [H, n_b, dh], k [Hkv, n_b, dh],
     lse [H, n_b] and the values reduced from v [Hkv, n_b, dh]; kv [1, Hkv, n_b, dh] per layer."""
     lengths = _check_group(embeds, positions)
+    _check_frequencies(adapter, lengths)
     device = embeds[0].device
     wanted = [p.to(device).long() for p in positions]
     recorder = make_recorder(adapter, request, GroupRecorder, lengths=lengths)
@@ -64,6 +70,15 @@ def _check_group(embeds: list[torch.Tensor], positions: list[torch.Tensor]) -> l
         if p.numel() and (int(p.min()) < 0 or int(p.max()) >= n):
             raise ValueError(f"sequence {b} has {n} tokens, its target positions reach {int(p.max())}")
     return lengths
+
+
+def _check_frequencies(adapter, lengths: list[int]) -> None:
+    """Refuse a group whose sequences' own passes would run with different rotary frequencies."""
+    keys = {n: frequency_key(adapter.model, n) for n in sorted(set(lengths))}
+    if len(set(keys.values())) > 1:
+        raise UnsupportedArchitectureError(
+            f"{adapter.spec.name}: sequences of {min(lengths)} and {max(lengths)} tokens cannot share a pass: the "
+            f"model's rotary frequencies depend on the length of the pass (rope type longrope or dynamic)")
 
 
 def _right_pad(embeds: list[torch.Tensor]) -> torch.Tensor:

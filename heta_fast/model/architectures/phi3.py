@@ -1,8 +1,9 @@
-"""Phi-3: fused qkv_proj (rows q | k | v, GQA-aware), separate o_proj."""
+"""Phi-3: fused qkv_proj (rows q | k | v, GQA-aware), separate o_proj; the window its attention
+passes (``config_window``). Longrope's length-dependent rotary: heta_fast/model/rotary.py."""
 from __future__ import annotations
 
 from .base import ArchitectureSpec, HeadLayout, linear_out_proj, split_heads
-from .llama import _window
+from .llama import config_window
 
 
 def _values(attn, layout: HeadLayout, x):
@@ -23,5 +24,5 @@ SPEC = ArchitectureSpec(
     attention=lambda layer: layer.self_attn,
     values=_values,
     out_proj=lambda attn, layout: linear_out_proj(attn.o_proj.weight, layout),
-    window=_window,
+    window=config_window,
 )

@@ -24,6 +24,7 @@ import torch
 from torch.func import grad, vjp, vmap
 
 from ...model.adapter import ModelAdapter
+from ...model.rotary import updating_rotaries
 from .group_hessian import GroupHessian, padded_stack
 from .target import TargetFunction
 
@@ -208,12 +209,14 @@ class GraphCache:
 
 
 def graphs_for(adapter: ModelAdapter, config, caches: dict) -> GraphCache | None:
-    """The graph cache for this config, or None (CPU, graphs disabled, Fisher surrogate).
+    """The graph cache for this config, or None (CPU, graphs disabled, Fisher surrogate, rotary
+    frequencies that change with the pass's length: a graph's padded length would choose them).
 
     caches: the curvature signal's state dict kept by the Attributor, so that every request
     through the same model reuses the captured graphs (one cache per ``layer_subset``).
     """
-    if adapter.device.type != "cuda" or not config.cuda_graphs or config.use_fisher:
+    if adapter.device.type != "cuda" or not config.cuda_graphs or config.use_fisher \
+            or updating_rotaries(adapter.model):
         return None
     layers = config.layer_subset
     if layers not in caches:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch.func import jvp, vjp, vmap
 
+from .hvp import settled_for
 from .target import TargetFunction
 
 
@@ -22,7 +23,8 @@ class FisherOperator:
         self.target = target
         self.h0 = target.primal() if h0 is None else h0
         self.applied = 0
-        logits, self._vjp = vjp(target.logits, self.h0)
+        with settled_for(target):  # the transformed forward (hvp.py)
+            logits, self._vjp = vjp(target.logits, self.h0)
         self.probs = torch.softmax(logits.detach(), dim=-1)  # [V]
 
     @property
@@ -33,7 +35,8 @@ class FisherOperator:
         """vectors [B, n, d] -> G vectors [B, n, d]."""
         self.applied += vectors.shape[0]
         vectors = vectors.to(self.h0)
-        jv = vmap(lambda v: jvp(self.target.logits, (self.h0,), (v,))[1])(vectors)  # [B, V]
+        with settled_for(self.target):
+            jv = vmap(lambda v: jvp(self.target.logits, (self.h0,), (v,))[1])(vectors)  # [B, V]
         p = self.probs.to(jv.dtype)
         u = p * jv - (jv @ p)[:, None] * p  # (diag(p) - p pᵀ) J v
         (out,) = vmap(self._vjp)(u.to(self.probs.dtype))

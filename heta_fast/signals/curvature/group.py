@@ -6,7 +6,8 @@ H [J, L, d] (every x_j right-padded to the longest, L) has a block-diagonal Hess
 reads another's rows, so the cross blocks vanish and one batched product with
 V = (v_1, ..., v_J) returns (H_1 v_1, ..., H_J v_J). A pass of k probe sets over J jobs does the
 work of J passes of k, with one forward and first backward (the primal) for the whole group.
-The padding rows after a job's own rows change nothing of f_j (causal attention) and carry zero
+The padding rows after a job's own rows change nothing of f_j (causal attention; the rotary
+frequencies are settled for the jobs' own length, which a group's jobs share) and carry zero
 probes. Each job keeps its own :class:`~.hvp.ProductPlan` (estimators.product_plan): its probes
 are drawn from the config's seed exactly as when its request runs alone, so a request's S does
 not depend on its companions beyond float rounding (tests/signals/curvature/test_group.py).
@@ -31,6 +32,7 @@ from ...dtypes import accumulation_dtype
 from ...errors import MemoryBudgetError
 from ...memory import ModelShape, probes_per_pass
 from ...model.adapter import ModelAdapter
+from ...model.rotary import frequency_key
 from ...windows import average_over_windows, context_windows, window_input, window_positions
 from .cuda_graphs import GraphCache
 from .estimators import PLANS, product_plan
@@ -105,8 +107,17 @@ def _jobs(items: list[CurvatureItem], config) -> tuple[list[_Job], list]:
 
 def _groups(adapter: ModelAdapter, jobs: list[_Job], config) -> list[list[_Job]]:
     """Jobs sharing passes, longest first: a job joins a group as long as the group still runs its
-    products in no more passes than its longest job would alone (the memory budget decides)."""
+    products in no more passes than its longest job would alone (the memory budget decides), and
+    its length has the group's rotary frequencies (a longrope model's change with the length of
+    the pass: heta_fast.model.rotary)."""
     shape, layers = ModelShape.of(adapter.model), len(adapter.layers)
+    keys: dict[int, tuple] = {}
+
+    def frequencies(job: _Job) -> tuple:
+        length = job.x.shape[0]
+        if length not in keys:
+            keys[length] = frequency_key(adapter.model, length)
+        return keys[length]
 
     def passes(count: int, tokens: int) -> int:
         per_pass = probes_per_pass(shape, tokens, layers, config.memory_budget, config.max_batch)
@@ -114,7 +125,7 @@ def _groups(adapter: ModelAdapter, jobs: list[_Job], config) -> list[list[_Job]]
 
     groups: list[list[_Job]] = []
     for job in sorted(jobs, key=lambda j: -j.x.shape[0]):
-        if groups:
+        if groups and frequencies(job) == frequencies(groups[-1][0]):
             group = groups[-1]
             length, count = group[0].x.shape[0], group[0].plan.count
             alone = passes(count, length)

@@ -12,6 +12,7 @@ from torch.func import grad, vjp, vmap
 
 from ...dtypes import at_least_float32
 from ...model.adapter import ModelAdapter
+from ...model.rotary import settled_rotary
 
 
 def padded_stack(inputs: list[torch.Tensor], length: int, jobs: int | None = None) -> torch.Tensor:
@@ -34,7 +35,8 @@ class GroupHessian:
 
     def __init__(self, adapter: ModelAdapter, inputs: list[torch.Tensor], positions: list[int], tokens: list[int]):
         h0 = padded_stack(inputs, max(x.shape[0] for x in inputs)).detach()
-        self._setup(adapter, h0, torch.tensor(positions, device=h0.device), torch.tensor(tokens, device=h0.device))
+        self._setup(adapter, h0, torch.tensor(positions, device=h0.device), torch.tensor(tokens, device=h0.device),
+                    settle=max(positions) + 1)
 
     @classmethod
     def of_padded(cls, adapter: ModelAdapter, h0: torch.Tensor, positions: torch.Tensor,
@@ -42,16 +44,20 @@ class GroupHessian:
         """The operator over inputs already stacked and padded (h0 [J, L, d], positions [J] long,
         tokens [J] long: a graph's static buffers), without a host synchronisation."""
         operator = cls.__new__(cls)
-        operator._setup(adapter, h0, positions, tokens)
+        operator._setup(adapter, h0, positions, tokens, settle=h0.shape[1])
         return operator
 
-    def _setup(self, adapter: ModelAdapter, h0: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor) -> None:
+    def _setup(self, adapter: ModelAdapter, h0: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor,
+               settle: int) -> None:
+        """settle: the length whose rotary frequencies the padded pass runs with (the jobs' own:
+        group.py groups only jobs whose lengths share them; heta_fast.model.rotary)."""
         self.adapter, self.h0, self.positions, self.tokens = adapter, h0, positions, tokens
         self.rows = torch.arange(h0.shape[0], device=h0.device)
         self.head = adapter.model.get_output_embeddings()
         self.transform = adapter.logit_transform()
         self.applied = 0
-        _, self._vjp = vjp(grad(self.log_prob), self.h0)
+        with settled_rotary(adapter.model, settle):
+            _, self._vjp = vjp(grad(self.log_prob), self.h0)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -7,6 +7,10 @@ H v is reverse-over-reverse: ``vjp(grad(f), h0)`` runs the forward and the first
 once, keeping its graph; each batch of probes is then one vmapped backward through that graph.
 (Forward-over-reverse, ``vmap(jvp(grad(f)))``, was measured at 1.9–2.6× the time per HVP on
 the default model on CPU and dropped; docs/method.md §2.)
+
+The transformed forward runs with the rotary frequencies settled for the input's length
+(:func:`settled_for`): a rotary embedding that updates them per pass (longrope, dynamic) would
+write a buffer in place, which torch.func forbids.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Callable
 import torch
 from torch.func import grad, vjp, vmap
 
+from ...model.rotary import settled_rotary
 from .target import TargetFunction
 
 
@@ -26,7 +31,8 @@ class HessianOperator:
         self.target = target
         self.h0 = target.primal() if h0 is None else h0
         self.applied = 0
-        _, self._vjp = vjp(grad(target.log_prob), self.h0)
+        with settled_for(target):
+            _, self._vjp = vjp(grad(target.log_prob), self.h0)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -38,6 +44,12 @@ class HessianOperator:
         self.applied += vectors.shape[0]
         (out,) = vmap(self._vjp)(vectors.to(self.h0))
         return out
+
+
+def settled_for(target: TargetFunction):
+    """The block in which ``target``'s forward may run under a torch.func transform: the rotary
+    frequencies of the model's pass over the target's input (positions 0 .. start + rows - 1)."""
+    return settled_rotary(target.adapter.model, target.start + target.embeds.shape[0])
 
 
 def apply_chunked(operator, vectors_of, count: int, chunk: int, consume) -> None:

@@ -18,3 +18,14 @@ def test_llama3_rebuilds_attention():
 
 def test_llama3_engine_equals_reference():
     assert_engine_matches_reference("llama3")
+
+
+def test_dynamic_rope_engine_equals_reference():
+    """Dynamic NTK updates its frequencies in the forward, as longrope does (test_phi3.py): the
+    curvature's transformed forward runs with them settled (heta_fast.model.rotary)."""
+    from heta_fast.model.rotary import updating_rotaries
+
+    dynamic = dict(rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+    assert updating_rotaries(tiny_model("llama", **dynamic))
+    assert_engine_matches_reference("llama", **dynamic)
+    assert_engine_matches_reference("llama", tol=1e-6, **dynamic, max_position_embeddings=7)
