@@ -82,4 +82,48 @@ def test_a_registered_architecture_is_used_without_editing_the_package():
 def test_supported_types_cover_the_required_families():
     assert {"llama", "mistral", "qwen2", "gpt2", "gptj", "phi3", "mixtral", "qwen3", "qwen3_moe", "smollm3",
             "granite", "olmo2", "gpt_neox", "gemma", "gemma2", "gemma3_text", "gemma3"} <= set(supported_model_types())
-    assert spec_for_config(tiny_model("qwen2").config).name == "llama"
+    assert spec_for_config(tiny_model("qwen2").config).name == "qwen2"
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"model_types": "opt"}, "model_types must be a non-empty tuple or list"),
+    ({"model_types": ()}, "model_types must be"),
+    ({"model_types": ("opt", "")}, "model_types must be"),
+    ({"model_types": ("opt", 3)}, "model_types must be"),
+    ({"name": ""}, "name must be a non-empty string"),
+    ({"name": None}, "name must be a non-empty string"),
+    ({"values": "v_proj"}, "values must be callable"),
+])
+def test_a_malformed_map_is_refused_when_built(change, match):
+    from dataclasses import replace
+
+    from heta_fast.errors import ConfigError
+    from heta_fast.model import ArchitectureSpec
+    from heta_fast.model.architectures import _BY_MODEL_TYPE, llama
+
+    before = dict(_BY_MODEL_TYPE)
+    with pytest.raises(ConfigError, match=match):
+        replace(llama.SPEC, **change)
+    fields = {f: getattr(llama.SPEC, f) for f in ("name", "model_types", "layers", "attention", "values", "out_proj")}
+    with pytest.raises(ConfigError, match=match):
+        ArchitectureSpec(**{**fields, **change})
+    assert _BY_MODEL_TYPE == before  # nothing registered, no letter of "opt" among the model types
+
+
+def test_register_architecture_takes_a_map_and_a_list_of_types():
+    from dataclasses import replace
+
+    from heta_fast.errors import ConfigError
+    from heta_fast.model import register_architecture
+    from heta_fast.model.architectures import _BY_MODEL_TYPE, llama
+
+    with pytest.raises(ConfigError, match="takes an ArchitectureSpec, got dict"):
+        register_architecture({"name": "x"})
+    spec = replace(llama.SPEC, name="listed", model_types=["my-a", "my-b"])
+    assert spec.model_types == ("my-a", "my-b")
+    try:
+        register_architecture(spec)
+        assert _BY_MODEL_TYPE["my-a"] is spec and "m" not in _BY_MODEL_TYPE
+    finally:
+        _BY_MODEL_TYPE.pop("my-a", None)
+        _BY_MODEL_TYPE.pop("my-b", None)

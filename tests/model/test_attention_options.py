@@ -75,7 +75,7 @@ def test_packed_attention_soft_caps_segment_by_segment():
         out, _ = packed_attention(_module(), q, k, v, None, scaling=0.5, softcap=CAP, sliding_window=3)
     want, _ = _capped_reference(q, k, v, 0.5, window=3)
     torch.testing.assert_close(out.transpose(1, 2), want)
-    with pass_state(layout), pytest.raises(UnsupportedArchitectureError, match="sliding window 5"):
+    with pass_state(layout), pytest.raises(UnsupportedArchitectureError, match="sliding window of 5.*declares 3"):
         packed_attention(_module(), q, k, v, None, scaling=0.5, sliding_window=5)
 
 
@@ -105,3 +105,32 @@ def test_the_capture_checks_the_modules_window_against_the_map():
     recorder = AttentionRecorder({id(module := _module()): 0}, windows=[4])
     with torch.no_grad(), pass_state(recorder), pytest.raises(UnsupportedArchitectureError, match="window of 3"):
         recording_attention(module, q, k, v, _causal_mask(9), sliding_window=3)
+
+
+@pytest.mark.parametrize("passed, declared", [(None, 4), (4, None), (3, 4)])
+def test_a_window_the_module_does_not_pass_is_refused_both_ways(passed, declared):
+    """A map declaring a window the module does not pass (longer than the pass, so the mask shows
+    nothing) is refused, as is a module's window the map leaves out; the message names both."""
+    q, k, v = _inputs()
+    shown = "no sliding window" if passed is None else f"a sliding window of {passed}"
+    match = f"layer 0: .*applies {shown}.*declares {declared or 'none'}"
+    recorder = AttentionRecorder({id(module := _module()): 0}, windows=[declared])
+    with torch.no_grad(), pass_state(recorder), pytest.raises(UnsupportedArchitectureError, match=match):
+        recording_attention(module, q, k, v, _causal_mask(9), sliding_window=passed)
+    layout = PackedSegments(positions=torch.arange(9), offsets=torch.tensor([0]), lengths=torch.tensor([9]),
+                            start=0, prefix=0, windows=[declared])
+    with pass_state(layout), pytest.raises(UnsupportedArchitectureError, match=match):
+        packed_attention(_module(), q, k, v, None, sliding_window=passed)
+
+
+def test_the_capture_checks_the_window_its_mask_applies():
+    """A module that passes no window but masks by one: the mask is what the pass computes, so a
+    map without that window is refused, and the map with it is accepted."""
+    q, k, v = _inputs()
+    windowed = _causal_mask(9) + torch.where(torch.ones(9, 9, dtype=torch.bool).tril(-4), float("-inf"), 0.0)
+    recorder = AttentionRecorder({id(module := _module()): 0}, windows=[None])
+    with torch.no_grad(), pass_state(recorder), pytest.raises(UnsupportedArchitectureError, match="mask"):
+        recording_attention(module, q, k, v, windowed)
+    recorder = AttentionRecorder({id(module): 0}, windows=[4])
+    with torch.no_grad(), pass_state(recorder), pytest.raises(UnsupportedArchitectureError, match="declares 4"):
+        recording_attention(module, q, k, v, windowed)  # passes none: refused whatever the mask shows

@@ -102,3 +102,26 @@ def test_a_layer_whose_mlp_cannot_be_found_is_refused(monkeypatch):
     mine = replace(spec_for_config(model.config), name="mine")
     with pytest.raises(UnsupportedArchitectureError, match=r"layer 0: the MLP .*no_such_module.* is not found"):
         ModelAdapter(model, mine)
+
+
+def _short_opt(positions: int):
+    """The generic family (OPT) with learned positions for ``positions`` tokens only."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    torch.manual_seed(0)
+    cfg = OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                    max_position_embeddings=positions, word_embed_proj_dim=16, bos_token_id=2, eos_token_id=3,
+                    pad_token_id=0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").double().eval()
+
+
+def test_a_model_with_fewer_positions_than_the_verification_tokens_verifies_on_what_it_allows():
+    adapter = ModelAdapter(_short_opt(8))
+    assert adapter.spec.name.startswith("generic") and verify_module.token_count(adapter) == 8
+    res = Attributor(_short_opt(8), tiny_tokenizer(), HETAConfig(num_probes=2)).attribute(PROMPT, TARGET)
+    assert float(res.flow.sum()) > 0
+
+
+def test_a_model_allowing_a_single_position_is_refused_clearly():
+    with pytest.raises(UnsupportedArchitectureError, match="number of positions the model allows is too small"):
+        ModelAdapter(_short_opt(1))

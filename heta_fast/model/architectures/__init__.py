@@ -11,7 +11,7 @@ registered by this module, from the files beside it.
 """
 from __future__ import annotations
 
-from ...errors import UnsupportedArchitectureError
+from ...errors import ConfigError, UnsupportedArchitectureError
 from . import gemma, gpt2, gpt_neox, gptj, llama, olmo2, phi3
 from .base import ArchitectureSpec, HeadLayout, head_layout_from_config, text_config
 
@@ -19,16 +19,22 @@ _BY_MODEL_TYPE: dict[str, ArchitectureSpec] = {}
 _BUILTIN: set[int] = set()
 
 
+def _check_is_spec(spec, what: str) -> None:
+    if not isinstance(spec, ArchitectureSpec):
+        raise ConfigError(f"{what} an ArchitectureSpec, got {type(spec).__name__}")
+
+
 def register_architecture(spec: ArchitectureSpec, *, replace: bool = False) -> ArchitectureSpec:
     """Make ``spec`` the module map of every model type it lists.
 
     A model type that already has a map is refused unless ``replace=True``. Returns ``spec``.
+    Raises :class:`~heta_fast.errors.ConfigError` (a ``ValueError``) for anything but an
+    :class:`ArchitectureSpec` and for a model type already taken.
     """
-    if not isinstance(spec, ArchitectureSpec):
-        raise TypeError(f"register_architecture takes an ArchitectureSpec, got {type(spec).__name__}")
+    _check_is_spec(spec, "register_architecture takes")
     taken = [t for t in spec.model_types if t in _BY_MODEL_TYPE and _BY_MODEL_TYPE[t] is not spec]
     if taken and not replace:
-        raise ValueError(f"model types {taken} already have a module map; pass replace=True to override")
+        raise ConfigError(f"model types {taken} already have a module map; pass replace=True to override")
     for t in spec.model_types:
         _BY_MODEL_TYPE[t] = spec
     return spec
@@ -75,8 +81,7 @@ def resolve_spec(adapter, spec: ArchitectureSpec | None = None) -> ArchitectureS
         spec = _BY_MODEL_TYPE.get(getattr(adapter.model.config, "model_type", None))
         if spec is None:
             return generic.discover(adapter)
-    if not isinstance(spec, ArchitectureSpec):
-        raise TypeError(f"a module map is an ArchitectureSpec, got {type(spec).__name__}")
+    _check_is_spec(spec, "a module map is")
     if not is_builtin(spec):
         verify.verify_cached(adapter, spec)
     return spec

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ...errors import ConfigError
+
 
 @dataclass(frozen=True)
 class HeadLayout:
@@ -41,7 +43,10 @@ class ArchitectureSpec:
       that head h's contribution to the residual stream is ``v @ out_proj[h]`` (the output
       projection's bias is shared by all heads and belongs to no token; it is not included).
     - ``window(config, layer_idx)``: sliding-attention window of that layer, or None (config is
-      the text model's config, ``config.get_text_config()``).
+      the text model's config, ``config.get_text_config()``): the window the layer's attention
+      module applies, which is the ``sliding_window`` it passes to the attention function (heta's
+      recording and packed attention refuse a module that passes another one, or none where the
+      map declares one).
     - ``post_attention_gain(layer)``: for a layer that normalises the attention output before
       adding it to the residual stream (Gemma-2/3, OLMo-2), the norm's elementwise gain [d_model]
       (what the flow gate's value norm linearises the norm by, docs/method.md §1); None otherwise.
@@ -55,6 +60,22 @@ class ArchitectureSpec:
     out_proj: Callable[[nn.Module, HeadLayout], torch.Tensor]
     window: Callable[[object, int], int | None] = lambda config, layer_idx: None
     post_attention_gain: Callable[[nn.Module], torch.Tensor | None] = lambda layer: None
+
+    def __post_init__(self):
+        # Checked when the map is built (``dataclasses.replace`` included): a plain string as
+        # model_types would otherwise register each of its letters.
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"ArchitectureSpec.name must be a non-empty string; got {self.name!r}")
+        types = self.model_types
+        if not isinstance(types, (tuple, list)) or not types \
+                or not all(isinstance(t, str) and t for t in types):
+            raise ConfigError(f"ArchitectureSpec {self.name!r}: model_types must be a non-empty tuple or list of "
+                              f"non-empty strings (transformers model_type values); got {types!r}")
+        object.__setattr__(self, "model_types", tuple(types))
+        for field in ("layers", "attention", "values", "out_proj", "window", "post_attention_gain"):
+            if not callable(getattr(self, field)):
+                raise ConfigError(f"ArchitectureSpec {self.name!r}: {field} must be callable; "
+                                  f"got {getattr(self, field)!r}")
 
 
 def head_layout_from_config(config) -> HeadLayout:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .llama import SPEC as LLAMA
+from .llama import config_window
 
 
 def _gain(layer):
@@ -23,8 +24,9 @@ def _gain(layer):
     return 1.0 + layer.post_attention_layernorm.weight
 
 
+# Gemma's attention passes no window; Gemma-2/3 pass each layer's (``layer_types``).
 GEMMA = replace(LLAMA, name="gemma", model_types=("gemma",))
-GEMMA2 = replace(LLAMA, name="gemma2", model_types=("gemma2",), post_attention_gain=_gain)
+GEMMA2 = replace(LLAMA, name="gemma2", model_types=("gemma2",), post_attention_gain=_gain, window=config_window)
 GEMMA3_TEXT = replace(GEMMA2, name="gemma3_text", model_types=("gemma3_text",))
 GEMMA3 = replace(GEMMA2, name="gemma3", model_types=("gemma3",),
                  layers=lambda model: list(model.model.language_model.layers))

@@ -11,8 +11,9 @@ map, :func:`discover` finds
   ``Wqkv``/``out_proj``),
 
 and accepts the first candidate that verifies itself on the model (verify.py). The window rule is
-transformers' (``sliding_window`` and ``layer_types``); no post-attention norm is assumed (the
-verification refuses a model whose attention output does not reach the residual stream as it is).
+transformers' (``sliding_window`` and ``layer_types``), or none when the attention modules pass no
+window (a config key the family ignores); no post-attention norm is assumed (the verification
+refuses a model whose attention output does not reach the residual stream as it is).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from ...errors import UnsupportedArchitectureError
 from .base import ArchitectureSpec, HeadLayout, split_heads, text_config
-from .llama import _window
+from .llama import config_window
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _OUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "Wo")
@@ -112,15 +113,32 @@ def candidates(model: nn.Module) -> list[ArchitectureSpec]:
             v = _rows(getattr(attn, lay.value_module), x, lay.value_rows(layout).to(x.device))
             return split_heads(v, layout.num_kv_heads, layout.head_dim)
 
-        specs.append(ArchitectureSpec(
-            name=f"generic ({lay.name}, output {out_name})", model_types=(model_type,),
-            layers=lambda m, path=path: list(m.get_submodule(path)),
-            attention=lambda layer, attn_name=attn_name: getattr(layer, attn_name),
-            values=values,
-            out_proj=lambda attn, layout, out_name=out_name: _out_proj(getattr(attn, out_name), layout),
-            window=_window,
-        ))
+        for window_name, window in _window_rules(model):
+            specs.append(ArchitectureSpec(
+                name=f"generic ({lay.name}, output {out_name}{window_name})", model_types=(model_type,),
+                layers=lambda m, path=path: list(m.get_submodule(path)),
+                attention=lambda layer, attn_name=attn_name: getattr(layer, attn_name),
+                values=values,
+                out_proj=lambda attn, layout, out_name=out_name: _out_proj(getattr(attn, out_name), layout),
+                window=window,
+            ))
     return specs
+
+
+def _no_window(config, layer_idx: int) -> None:
+    return None
+
+
+def _window_rules(model: nn.Module) -> list[tuple[str, Callable]]:
+    """(name suffix, window rule) to try: transformers' config rule, then, when the config
+    declares a window, none (a family whose attention ignores a ``sliding_window`` key). The
+    recording attention refuses a rule that contradicts the window a module passes, or, on a pass
+    long enough to show it, the window its mask applies: the rule taken never changes a number."""
+    config = text_config(model.config)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    if not any(config_window(config, i) for i in range(layers)):
+        return [("", config_window)]
+    return [("", config_window), (", no sliding window", _no_window)]
 
 
 def discover(adapter) -> ArchitectureSpec:

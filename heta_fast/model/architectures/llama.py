@@ -8,6 +8,10 @@ the attention function (which the capture records as it is) or in the MLP:
 - qwen3, qwen3_moe (per-head q/k RMSNorm before rotary), mixtral, qwen3_moe (mixture-of-experts
   MLPs), smollm3 (some layers without rotary), granite (the attention multiplier is the
   attention ``scaling``, the residual multiplier scales every layer alike; docs/method.md).
+
+The window is what each family's attention module does: llama and granite apply none (whatever
+the config says); the others pass ``sliding_window`` to the attention function by
+:func:`config_window`.
 """
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ def _values(attn, layout: HeadLayout, x):
     return split_heads(attn.v_proj(x), layout.num_kv_heads, layout.head_dim)
 
 
-def _window(config, layer_idx: int):
+def config_window(config, layer_idx: int) -> int | None:
+    """transformers' rule for the families whose attention passes ``sliding_window`` to the
+    attention function: ``config.sliding_window``, on the layers ``layer_types`` marks sliding
+    (all of them without ``layer_types``, none with ``use_sliding_window`` False)."""
     window = getattr(config, "sliding_window", None)
     if not window:
         return None
@@ -35,18 +42,20 @@ def _window(config, layer_idx: int):
     return int(window)
 
 
+# No window: LlamaAttention passes none and its mask ignores a ``sliding_window`` in the config
+# (a map must say what the module does; the attention functions refuse any other window).
 SPEC = ArchitectureSpec(
     name="llama",
-    model_types=("llama", "mistral", "qwen2"),
+    model_types=("llama",),
     layers=lambda model: list(model.model.layers),
     attention=lambda layer: layer.self_attn,
     values=_values,
     out_proj=lambda attn, layout: linear_out_proj(attn.o_proj.weight, layout),
-    window=_window,
 )
 
-# Same module map, own name (errors name the family).
-SHAPED = tuple(replace(SPEC, name=name, model_types=(name,)) for name in ("mixtral", "qwen3", "qwen3_moe", "smollm3"))
+# Same module map, own name (errors name the family), and the window their attention passes.
+SHAPED = tuple(replace(SPEC, name=name, model_types=(name,), window=config_window)
+               for name in ("mistral", "qwen2", "mixtral", "qwen3", "qwen3_moe", "smollm3"))
 
 
 def _granite_gain(layer):
@@ -56,4 +65,5 @@ def _granite_gain(layer):
                       device=layer.self_attn.o_proj.weight.device)
 
 
+# Llama's attention: no window.
 GRANITE = replace(SPEC, name="granite", model_types=("granite",), post_attention_gain=_granite_gain)

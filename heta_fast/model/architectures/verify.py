@@ -1,7 +1,7 @@
 """A module map proves itself on the model before heta-fast reads the model through it.
 
-On a short fixed input (:data:`N_TOKENS` tokens drawn from a fixed seed) the map must give, for
-every decoder layer:
+On a short fixed input (:data:`N_TOKENS` tokens drawn from a fixed seed, fewer when the model
+allows fewer positions; at least :data:`MIN_TOKENS`) the map must give, for every decoder layer:
 
 1. head counts: the attention function sees the config's query heads, the recorded keys have
    its key/value heads and head size, the map's values and per-head output projection have
@@ -29,6 +29,8 @@ from ...errors import UnsupportedArchitectureError
 from .base import ArchitectureSpec, text_config
 
 N_TOKENS = 12
+# Below two tokens no token attends to another: nothing of the map would be checked.
+MIN_TOKENS = 2
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 4e-2}
 # The module whose output is the MLP's contribution (OPT's is its second linear layer, fc2).
 _MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn", "fc2")
@@ -89,12 +91,15 @@ def _check(adapter, spec, refuse, capture_matrices, run_capture, CaptureRequest)
     if expected_layers is not None and len(adapter.layers) != expected_layers:
         refuse(None, "the number of decoder layers",
                f"the map gives {len(adapter.layers)}, the config {expected_layers}")
+    n = token_count(adapter)
+    if n < MIN_TOKENS:
+        refuse(None, "the number of positions the model allows", f"{n}; the verification needs {MIN_TOKENS}",
+               verb="is too small")
     vocab = model.get_input_embeddings().num_embeddings
-    ids = torch.randint(0, vocab, (N_TOKENS,), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(0))
     embeds = adapter.embed(ids)
     tol = tolerance(adapter.dtype)
     residual = _ResidualProbe(adapter)
-    n = N_TOKENS
     rec = _run(refuse, lambda: run_capture(adapter, embeds, torch.tensor([n - 1]), CaptureRequest(attention=True)))
     for layer, r in enumerate(rec.layers):
         for quantity, got, want in (("query heads", r.q.shape[0], layout.num_heads),
@@ -132,6 +137,12 @@ def _check(adapter, spec, refuse, capture_matrices, run_capture, CaptureRequest)
             refuse(layer, "the attention output as it reaches the residual stream (a norm or multiplier after "
                    "attention that the map's post_attention_gain does not describe?)",
                    f"relative error {error:.2e} > {tol:.0e}")
+
+
+def token_count(adapter) -> int:
+    """Tokens of the verification input: :data:`N_TOKENS`, or the positions the model allows."""
+    limit = adapter.max_length
+    return N_TOKENS if limit is None else min(N_TOKENS, limit)
 
 
 def _run(refuse, step):

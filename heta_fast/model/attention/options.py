@@ -12,7 +12,8 @@ import torch
 from ...errors import UnsupportedArchitectureError
 
 # Keywords that carry no attention semantics of their own: bookkeeping of the call, or what the
-# mask heta receives already applies (the sliding window; the packed attention checks it).
+# mask heta receives already applies (the sliding window; the recording and packed attention check it
+# against the map's, check_window).
 # (transformers' TransformersKwargs: the output_* flags and position ids; the packing keywords
 # cu_seq_lens_* / max_length_* / seq_idx do change the attention and are refused when given.)
 _NO_SEMANTICS = frozenset({
@@ -38,6 +39,25 @@ def check_options(module, implementation: str, kwargs: dict) -> float | None:
             _refuse(module, implementation, name, value)
     softcap = kwargs.get("softcap")
     return None if softcap is None or softcap == 0 else float(softcap)
+
+
+def check_window(module, layer: int, passed, declared: int | None) -> None:
+    """Refuse a layer whose attention module passes a sliding window (``passed``; None or 0: none)
+    other than the one the architecture's module map declares (``declared``; None: none).
+
+    heta's recording and packed attention, the flow gate and the information term's packed
+    passes apply the map's window, not the module's; a window the model does not apply (a stray
+    ``sliding_window`` in a config the family ignores, a wrong registered map) or one the map
+    leaves out would silently give wrong numbers, even when it is longer than the pass.
+    """
+    passed = int(passed) if passed else None
+    if passed != declared:
+        applies = "no sliding window" if passed is None else f"a sliding window of {passed}"
+        says = "none" if declared is None else str(declared)
+        raise UnsupportedArchitectureError(
+            f"layer {layer}: the attention module ({type(module).__name__}) applies {applies}, the "
+            f"architecture's module map declares {says}; describe the window the module passes as the "
+            f"map's window (heta_fast.model.ArchitectureSpec)")
 
 
 def _refuse(module, implementation: str, name: str, value) -> None:

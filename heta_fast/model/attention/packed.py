@@ -16,9 +16,9 @@ then cached [0, first_r), its run, cached [first_r + run_r, resume_r) and its re
 every position 0 .. its last once.
 
 A layer with attention logit soft-capping attends each segment on the math path with the cap
-(SDPA cannot cap); any other attention option is refused, and a sliding window the module passes
-must be the layer's window. The segment geometry travels in the pass state (:mod:`.pass_state`)
-as a :class:`PackedSegments`; the information term builds it
+(SDPA cannot cap); any other attention option is refused, and the window the module passes (or
+its absence) must be the layer's window in the map (options.check_window). The segment geometry
+travels in the pass state (:mod:`.pass_state`) as a :class:`PackedSegments`; the information term builds it
 (:mod:`heta_fast.signals.information.packing`).
 """
 from __future__ import annotations
@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ...dtypes import work_dtype
-from ...errors import UnsupportedArchitectureError
-from .options import check_options, soft_cap
+from .options import check_options, check_window, soft_cap
 from .pass_state import current
 
 NAME = "heta_packed"
@@ -100,9 +99,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     softcap = check_options(module, NAME, kwargs)
     layout = current(PackedSegments, NAME)
     window = layout.windows[module.layer_idx] if layout.windows else None
-    if kwargs.get("sliding_window") is not None and kwargs["sliding_window"] != window:
-        raise UnsupportedArchitectureError(f"layer {module.layer_idx}: the module's sliding window "
-                                           f"{kwargs['sliding_window']} is not the layer's window {window}")
+    check_window(module, module.layer_idx, kwargs.get("sliding_window"), window)
     attend = F.scaled_dot_product_attention if softcap is None else _capped_attention(softcap)
     gqa = query.shape[1] != key.shape[1]
     p = layout.prefix

@@ -19,7 +19,7 @@ import torch
 
 from ...dtypes import work_dtype
 from ...errors import UnsupportedArchitectureError
-from .options import check_options, soft_cap
+from .options import check_options, check_window, soft_cap
 from .pass_state import current
 
 NAME = "heta_recording"
@@ -37,8 +37,9 @@ def recording_attention(module, query, key, value, attention_mask, scaling=None,
         raise RuntimeError("the recording attention runs under torch.no_grad() only")
     softcap = check_options(module, NAME, kwargs)
     recorder = current(AttentionRecorder, NAME)
-    recorder.check_window(module, kwargs.get("sliding_window"))
-    out, _ = recorder.attend(module, query, key, value, attention_mask, scaling, softcap)
+    mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
+    recorder.check_window(module, kwargs.get("sliding_window"), mask, query.shape[2])
+    out, _ = recorder.attend(module, query, key, value, mask, scaling, softcap)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -48,8 +49,9 @@ def _cpu_flash_kernel():
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def is_plain_causal(mask: torch.Tensor | None, block: int = 256) -> bool:
-    """True if the additive/boolean mask [B, 1, n, m] is exactly causal (no window, no padding).
+def is_plain_causal(mask: torch.Tensor | None, block: int = 256, window: int | None = None) -> bool:
+    """True if the additive/boolean mask [B, 1, n, m] is exactly causal (no padding), within
+    ``window`` when given (query j sees keys i with j - window < i <= j).
 
     A plain causal mask lets the fused kernel skip the masked half and read no n x m tensor.
     Checked in row blocks, so the check itself needs no n x m temporary.
@@ -61,6 +63,8 @@ def is_plain_causal(mask: torch.Tensor | None, block: int = 256) -> bool:
     for j0 in range(0, n, block):
         rows = torch.arange(j0, min(j0 + block, n), device=mask.device) + (m - n)
         causal = cols[None, :] <= rows[:, None]
+        if window is not None:
+            causal &= rows[:, None] - cols[None, :] < window
         tile = mask[..., j0 : j0 + block, :]
         if mask.dtype == torch.bool:
             ok = tile == causal
@@ -164,20 +168,47 @@ class AttentionRecorder:
         self.seen: set[int] = set()
         # (mask tensor, is plain causal): layers share one mask object per kind, checked once.
         self._causal: list[tuple[torch.Tensor, bool]] = []
+        # (mask tensor, window) pairs whose mask was checked to follow the window.
+        self._follows: list[tuple[torch.Tensor, int | None]] = []
 
     @property
     def keeps(self) -> bool:
         return self.attention or self.reduce_values is not None
 
-    def check_window(self, module, sliding_window: int | None) -> None:
-        """The module's own sliding window must be the one the flow gate will recompute with."""
+    def check_window(self, module, sliding_window: int | None, mask: torch.Tensor | None, n: int) -> None:
+        """The window the flow gate will recompute with (the map's) must be the module's: the one
+        it passes (options.check_window) and the one its mask [B, 1, n, m] applies (a module may
+        pass none and mask by the config: the mask is what this pass computes; n query rows)."""
         layer = self.layer_of.get(id(module))
-        if self.windows is None or layer is None or sliding_window is None:
+        if self.windows is None or layer is None:
             return
-        if self.windows[layer] != sliding_window:
+        window = self.windows[layer]
+        check_window(module, layer, sliding_window, window)
+        if not self._mask_follows(mask, window, n):
+            shown = "no window" if window is None else f"a window of {window}"
             raise UnsupportedArchitectureError(
-                f"layer {layer}: the attention module uses a sliding window of {sliding_window}, the "
-                f"architecture's module map says {self.windows[layer]}")
+                f"layer {layer}: the attention mask the model builds is not causal with the architecture's "
+                f"module map's window ({shown}); describe the window the model applies as the map's window "
+                f"(heta_fast.model.ArchitectureSpec)")
+
+    def _mask_follows(self, mask: torch.Tensor | None, window: int | None, n: int) -> bool:
+        """Whether the mask shows causal attention within ``window`` on every sequence's own rows
+        (checked once per mask object and window: layers share one mask per kind)."""
+        if mask is None:  # the pass attends causally (see _is_causal), with no window
+            return window is None or window >= n
+        if window is None and self._is_causal(mask):
+            return True
+        root = mask if mask._base is None else mask._base
+        if any(seen is root and w == window for seen, w in self._follows):
+            return True
+        follows = all(is_plain_causal(rows, window=window) for rows in self._sequences(mask))
+        if follows:
+            self._follows.append((root, window))
+        return follows
+
+    def _sequences(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each sequence's rows of the mask, [1, 1, n_b, m_b] (here the one sequence's)."""
+        return [mask[:1]]
 
     @property
     def batch(self) -> int:
@@ -245,6 +276,10 @@ class GroupRecorder(AttentionRecorder):
     @property
     def batch(self) -> int:
         return len(self.lengths)
+
+    def _sequences(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        # Sequence b's own rows and keys: the padding after it is hidden by causality already.
+        return [mask[min(b, mask.shape[0] - 1), None, :, :n, :n] for b, n in enumerate(self.lengths)]
 
     def _keep(self, layer: int, query, key, value, lse, scale: float, softcap: float | None) -> None:
         for b, n in enumerate(self.lengths):
