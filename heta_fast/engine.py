@@ -12,7 +12,6 @@ from .combine import combine, unattributed_to_zero
 from .config import HETAConfig, as_config
 from .errors import HetaError, InputError, NonFiniteError
 from .inputs import check_max_new_tokens, check_token_count, describe, request_fields, request_items
-from .memory import ModelShape, check_sketch, probes_per_pass
 from .model.adapter import ModelAdapter
 from .model.capture import CaptureRequest
 from .model.exclusive import holding_the_model
@@ -28,9 +27,6 @@ from .request import (
 )
 from .result import Attribution, FailedAttribution
 from .signals import SIGNALS, SignalContext
-from .signals.curvature.cuda_graphs import graphs_for, length_bucket
-from .signals.information.signal import plan_passes
-from .windows import Window, context_windows, window_positions
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -200,18 +196,9 @@ class Attributor:
 
     def _check_budget(self, req: TokenizedRequest, cfg: HETAConfig) -> None:
         """Raise now, before any model pass, the MemoryBudgetError a signal would raise after the
-        forward pass: the signal's own check on the sizes it will use, in the order the signals run.
-
-        The curvature sizes every operator's probe passes from the request's lengths; the
-        information term plans its masked passes from them (its fisher estimate checks no budget).
-        """
+        forward pass: each signal's own check (``Signal.check_budget``), in the order they run."""
         for name in cfg.components:
-            if name == "curvature":
-                graphs = graphs_for(self.adapter, cfg, self.signal_cache.setdefault(name, {}))
-                _check_curvature_budget(self.adapter, req, cfg, graphs is not None)
-            elif name == "information" and cfg.information_estimator != "fisher":
-                # As information() plans them, the prefix coming from the capture forward.
-                plan_passes(self.adapter, req.n_context, req.target_positions, cfg, prefix_given=True)
+            SIGNALS[name].check_budget(self.adapter, req, cfg, self.signal_cache.setdefault(name, {}))
 
     # ------------------------------------------------------------------ pipeline
     def attribute_group(self, requests: list[TokenizedRequest], config: HETAConfig | None = None,
@@ -370,33 +357,6 @@ class Attributor:
 
         for position, record, result in attribute_records(self, records, fields, config, generate):
             yield (record.get(fields.id, position) if isinstance(record, dict) else position), result
-
-
-def _curvature_passes(req: TokenizedRequest, cfg: HETAConfig, graphs: bool,
-                      max_length: int | None) -> Iterator[tuple[Window, int]]:
-    """(window, tokens) of every curvature operator's first probe pass, in the order the curvature
-    builds them (signals/curvature: signal.py, estimators.py, operators.py): per window and target,
-    the window's input rows [start, position]; start is the window's first token for the exact
-    estimator's suffix operators (eager, no CUDA graph), 0 otherwise; a CUDA graph runs its padded
-    length. Later passes of an operator run fewer rows."""
-    for win in context_windows(req.n_context, cfg.window_size, cfg.window_overlap):
-        start = win.start if cfg.estimator == "exact" and not graphs else 0
-        for position in window_positions(req.target_positions, req.n_context, win).tolist():
-            n = position + 1 - start
-            yield win, (length_bucket(n, max_length) if graphs else n)
-
-
-def _check_curvature_budget(adapter, req: TokenizedRequest, cfg: HETAConfig, graphs: bool) -> None:
-    """The curvature's MemoryBudgetError, if any, from the request's sizes: the first operator whose
-    one probe does not fit, or the sketch's matrices, in the order the curvature checks them."""
-    shape, layers = ModelShape.of(adapter.model), cfg.layer_subset or len(adapter.layers)
-    # The sketch's vectors are shaped like the operator's point: the input embeddings, or the
-    # residual stream with layer_subset.
-    width = shape.d_model if cfg.layer_subset else adapter.model.get_input_embeddings().weight.shape[-1]
-    for win, n in _curvature_passes(req, cfg, graphs, adapter.max_length):
-        probes_per_pass(shape, n, layers, cfg.memory_budget, cfg.max_batch)
-        if cfg.estimator == "sketch":
-            check_sketch(cfg.sketch_rank, win.size, width, cfg.num_probes, cfg.memory_budget)
 
 
 def _check_finite(capture) -> None:

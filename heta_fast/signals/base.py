@@ -73,6 +73,11 @@ class Signal(Protocol):
     def estimate(self, model, request: TokenizedRequest, config) -> PhaseEstimate:
         """The work :meth:`compute` will do for ``request`` (no model pass runs)."""
 
+    def check_budget(self, model, request: TokenizedRequest, config, cache: dict) -> None:
+        """Raise now, before any model pass, the MemoryBudgetError :meth:`compute` would raise for
+        ``request`` under ``config.memory_budget`` (sized by the rule the computation uses);
+        ``cache``: this signal's state (:meth:`SignalContext.cache_for`)."""
+
     def compute(self, context: SignalContext) -> torch.Tensor:
         """The component for every target and context token: [T, n_context] on the CPU, float32
         (float64 for a float64 model). Reports its progress through ``context.phase``."""

@@ -4,6 +4,7 @@
 - target.py: f = log p(x_T | x_<T) as a pure function of the embeddings or of the residual stream
 - hvp.py / fisher.py: batched operators V -> H V (torch.func) and V -> G V (Gauss-Newton/Fisher)
 - operators.py: which operator a config asks for, with probes per pass under the memory budget
+- budget.py: those operators' sizes checked against the memory budget before any model pass
 - probes.py: the seeded Rademacher probes
 - exact.py / probing.py / sketch.py: the estimators; estimators.py picks one by config
 - cuda_graphs.py: CUDA-only capture and replay of the batched HVP and of the group operator
@@ -19,6 +20,7 @@ from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ...windows import context_windows
 from ..base import SignalContext
+from .budget import check_budget
 from .cuda_graphs import graphs_for
 from .estimators import ESTIMATORS, estimate, products_needed
 from .fisher import FisherOperator
@@ -50,6 +52,10 @@ class CurvatureSignal:
             peak += check_sketch(config.sketch_rank, windows[0].size, shape.d_model, config.num_probes,
                                  config.memory_budget)
         return PhaseEstimate(self.name, hvps, "HVPs", passes=-(-hvps // probes) if hvps else 0, peak_bytes=peak)
+
+    def check_budget(self, model, request, config, cache) -> None:
+        """Every operator's first probe pass, and the sketch's matrices, against the budget (budget.py)."""
+        check_budget(model, request, config, graphs_for(model, config, cache))
 
     def compute(self, context: SignalContext) -> torch.Tensor:
         cfg = context.config

@@ -6,7 +6,7 @@ import torch
 
 from ...memory import ModelShape, probes_per_pass
 from ...model.adapter import ModelAdapter
-from .cuda_graphs import length_bucket
+from .budget import operator_rows, runs_graph
 from .fisher import FisherOperator
 from .hvp import HessianOperator
 from .target import TargetFunction, prefix_keys_values
@@ -32,7 +32,7 @@ class OperatorFactory:
         self.shape = ModelShape.of(adapter.model)
         # Suffix operators (start > 0) need an eager forward with a key/value prefix; a captured
         # graph always runs the whole (padded) input.
-        self.suffixes = graphs is None or config.use_fisher
+        self.suffixes = not runs_graph(config, graphs)
         self._whole = None    # the operator over the whole input, shared by every caller
         self._prefix = None   # keys/values of every row, sliced for each suffix
 
@@ -49,13 +49,13 @@ class OperatorFactory:
             if start != 0:
                 raise ValueError("a captured graph runs the whole input; suffix operators need the eager path")
             if self._whole is None:
-                length = length_bucket(self.position + 1, self.adapter.max_length)
+                length = operator_rows(self.adapter, self.position, 0, cfg, self.graphs)
                 chunk = probes_per_pass(self.shape, length, self.layers, cfg.memory_budget, cfg.max_batch)
                 self._whole = self.graphs.operator(self.x, self.pos, self.tok, chunk), chunk
             return self._whole
         if start == 0 and self._whole is not None:
             return self._whole
-        n = self.position + 1 - start
+        n = operator_rows(self.adapter, self.position, start, cfg, self.graphs)
         chunk = probes_per_pass(self.shape, n, self.layers, cfg.memory_budget, cfg.max_batch)
         prefix = None
         if start > 0:

@@ -27,6 +27,9 @@ class FlowSignal:
     def estimate(self, model, request, config) -> PhaseEstimate:
         return PhaseEstimate(self.name, len(model.layers), "layers")
 
+    def check_budget(self, model, request, config, cache) -> None:
+        """Nothing to check: the rollout reads the capture, whose memory the capture pass owns."""
+
     def compute(self, context: SignalContext) -> torch.Tensor:
         """M_T [T, n_context]; reports the attention sinks it finds as the mark ``sinks``
         (``config.sinks = "exclude"``: they get no gate mass and the rest is renormalised)."""

@@ -47,6 +47,12 @@ class InformationSignal:
         return PhaseEstimate(self.name, variants, "masked variants", passes=len(plan.batches),
                              peak_bytes=plan.peak_bytes)
 
+    def check_budget(self, model, request, config, cache) -> None:
+        """The masked passes planned as :meth:`compute` plans them (the prefix from the capture
+        forward); the second-order estimate checks no budget."""
+        if config.information_estimator != "fisher":
+            plan_passes(model, request.n_context, request.target_positions, config, prefix_given=True)
+
     def compute(self, context: SignalContext) -> torch.Tensor:
         n_ctx, model = context.n_context, context.model
         masks = mask_vectors(context.config.mask_scheme, context.embeds[:n_ctx], model.model.get_input_embeddings(),
