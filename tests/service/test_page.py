@@ -125,3 +125,29 @@ def _submit(page, url: str, chat: bool = False) -> None:
     if chat:
         page.check("#chat")
     page.click("#run")
+
+
+def test_the_page_says_when_the_results_file_could_not_be_written(limited_service, browser):
+    """The result is shown, and the status line says why the service's results file is missing."""
+    from tests.service.helpers import TOKEN
+
+    url, results = limited_service
+    aside = results.with_name(results.name + "-aside")
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    assert page.goto(f"{url}?token={TOKEN}").status == 200
+    page.fill("#prompt", PROMPT)
+    page.fill("#target", TARGET)
+    page.click("details summary")
+    page.uncheck(".component[value=curvature]")  # cheap: this service stops jobs after 4 s
+    results.rename(aside)  # the folder gone while the service runs
+    try:
+        page.click("#run")
+        page.wait_for_selector("#heatmap .tok")
+    finally:
+        aside.rename(results)
+    status = page.inner_text("#status")
+    assert status.startswith("done in ") and "could not be written" in status
+    assert page.get_attribute("#status", "class") == "error"
+    context.close()

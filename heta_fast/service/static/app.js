@@ -118,7 +118,10 @@ function finish(view) {
     return;
   }
   const t = view.result.timings || {};
-  setStatus("done in " + Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(2)}s`).join(", "));
+  const done = "done in " + Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(2)}s`).join(", ");
+  // The result is here; only the service's copy in its results folder is missing: say so.
+  if (view.results_file_error) setStatus(`${done}; ${view.results_file_error}`, true);
+  else setStatus(done);
   current.result = view.result;
   const select = $("target-select");
   select.innerHTML = "";
