@@ -131,7 +131,8 @@ def mask_token_id(tokenizer, mask_scheme: str, vocab_size: int | None = None) ->
 def check_option_tokens(tokenizer, config, vocab_size: int) -> None:
     """Every special token ``config`` names (its mask scheme's, its sink token): a ``ConfigError``
     now, before any work, for one the tokenizer lacks or the model cannot embed."""
-    mask_token_id(tokenizer, config.mask_scheme, vocab_size)
+    if "information" in config.components:  # the only user of the mask scheme's token
+        mask_token_id(tokenizer, config.mask_scheme, vocab_size)
     sink_token_id(tokenizer, config.sink_token, vocab_size)
 
 

@@ -33,7 +33,8 @@ def read_result(path_or_text) -> dict:
     starts with ``{`` (white space aside) and names no file, so that a file such as ``{run}.json``
     is read as the file it names."""
     if isinstance(path_or_text, str) and _is_json_text(path_or_text):
-        return parse_result(parse_json(path_or_text, "the JSON text", ResultFormatError), "the JSON text")
+        text = path_or_text.lstrip().removeprefix("\ufeff")  # a byte-order mark is no part of the text
+        return parse_result(parse_json(text, "the JSON text", ResultFormatError), "the JSON text")
     if not isinstance(path_or_text, (str, os.PathLike)) or str(path_or_text).strip() == "":
         raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__} "
                                 f"{str(path_or_text)[:40]!r}")

@@ -39,7 +39,7 @@ def decode_utf8(data: bytes, path, error: type[InputError] = InputError) -> str:
 def utf8_error(path: str | Path) -> InputError | None:
     """The error for the first bytes of the file at ``path`` that are not UTF-8, or None when it all is.
 
-    Read a block at a time: for a reader that decodes as it streams (a text-mode file, pandas),
+    Read a block at a time: for a reader that decodes as it streams (a text-mode file),
     whose own UnicodeDecodeError knows neither the line nor the position in the file."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 1

@@ -494,3 +494,5 @@ def test_result_files_named_like_json_and_files_with_a_byte_order_mark_read(attr
     assert list(read_file(records)) == [{"id": "a", "prompt": "w1", "target": "w2"}]
     with pytest.raises(ResultFormatError, match="the JSON text: not valid JSON"):
         Attribution.from_json('{"format_version": 2,}')
+    text = res.to_json()
+    assert Attribution.from_json("\ufeff" + text).scores.tolist() == res.scores.tolist()

@@ -185,3 +185,12 @@ def test_the_service_refuses_such_options_at_admission(model, tokenizer, options
     with pytest.raises(RequestError, match=f"options: {match}") as caught:
         admission.admit(body)
     assert caught.value.status == 422
+
+
+def test_the_mask_token_is_checked_only_where_the_information_term_runs(model):
+    """mask_scheme names a token only the information term uses: without that term, a tokenizer
+    lacking the token is no reason to refuse the request."""
+    attr = Attributor(model, _without_pad_or_unk(), HETAConfig(num_probes=1))
+    res = attr.attribute("w4 w5 w6", " w7", config=HETAConfig(num_probes=1, mask_scheme="pad",
+                                                                 components=("flow", "curvature")))
+    assert res.information is None and torch.isfinite(res.scores).all()

@@ -102,8 +102,8 @@ class FileRecords:
                 import pyarrow.parquet as pq
 
                 return list(pq.read_schema(self.path).names)
-            with _csv_rows(self.path) as rows:
-                return _csv_header(self.path, rows)
+            with _csv_rows(self.path) as (rows, _):
+                return [name for name in _csv_header(self.path, rows) if name]
 
     def _parquet(self, names: list[str] | None) -> Iterator[dict]:
         import pyarrow.parquet as pq
@@ -121,10 +121,15 @@ class FileRecords:
         # Every field is parsed, also when only the ids are wanted: a malformed row (an extra
         # field, an unclosed quote, bytes that are not UTF-8) is then found by a run's first
         # reading, before any work, not after hours of it.
-        with _csv_rows(self.path) as rows:
+        with _csv_rows(self.path) as (rows, raw):
             header = _csv_header(self.path, rows)
-            wanted = header if names is None else [n for n in header if n in names]
+            raw.record()
+            # A column without a name (a spreadsheet's trailing commas) is no field any flag can name.
+            wanted = [n for n in header if n and (names is None or n in names)]
             for row in rows:
+                if _stray_quote(raw.record()):
+                    raise InputError(f"{self.path}: not a readable CSV file (line {rows.line_num}: a quote inside "
+                                     'a field that does not start with one; quote the whole field, "" for a quote)')
                 if not row:  # a blank line
                     continue
                 if len(row) > len(header):
@@ -172,27 +177,77 @@ def _reason(exc: Exception) -> str:
 CSV_FIELD_LIMIT = 2**31 - 1
 
 
+class _RawLines:
+    """The lines of a text file as ``csv.reader`` reads them, keeping those of the record it is
+    reading: the reader takes exactly one record's lines before it gives the record."""
+
+    def __init__(self, lines):
+        self.lines, self.taken = lines, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.taken.append(line)
+        return line
+
+    def record(self) -> str:
+        """The raw text of the record read last (and forget it)."""
+        text = "".join(self.taken)
+        self.taken.clear()
+        return text
+
+
+def _stray_quote(text: str) -> bool:
+    """Whether a field of the record ``text`` (its raw lines) that does not start with a quote holds
+    one. The csv module reads such a quote as a character (``say "a, b" now`` becomes two fields,
+    'say "a' and ' b" now'), so it is refused rather than read as something else (RFC 4180: a field
+    holding a quote is quoted, its quotes doubled)."""
+    if '"' not in text:
+        return False
+    at_start, quoted, closed = True, False, False
+    for ch in text:
+        if quoted:
+            quoted, closed = ch != '"', ch == '"'
+            continue
+        if closed and ch == '"':  # a doubled quote inside a quoted field
+            quoted, closed = True, False
+            continue
+        closed = False
+        if ch in ',\r\n':
+            at_start = True
+        elif ch == '"' and not at_start:
+            return True
+        else:
+            quoted, at_start = ch == '"', False
+    return False
+
+
 @contextmanager
 def _csv_rows(path: Path):
-    """A strict ``csv.reader`` over the UTF-8 file (a byte-order mark is dropped): an unclosed or
-    stray quote is an error (``csv.Error``), not text read up to the next quote."""
+    """(rows, raw): a strict ``csv.reader`` over the UTF-8 file (a byte-order mark is dropped),
+    whose unclosed quote or text after a closing quote is an error (``csv.Error``), and the
+    :class:`_RawLines` it reads, for the checks the reader does not make (:func:`_stray_quote`)."""
     if csv.field_size_limit() < CSV_FIELD_LIMIT:
         csv.field_size_limit(CSV_FIELD_LIMIT)
     with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = csv.reader(f, strict=True)
+        raw = _RawLines(f)
+        rows = csv.reader(raw, strict=True)
         try:
-            yield rows
+            yield rows, raw
         except csv.Error as exc:
             raise InputError(f"{path}: not a readable CSV file (line {rows.line_num}: {_reason(exc)})") from None
 
 
 def _csv_header(path: Path, rows) -> list[str]:
-    """The column names of the header line, the first that is not blank; each named once."""
+    """The column names of the header line, the first that is not blank; each named once (but
+    columns without a name, which no flag can name)."""
     header = next((row for row in rows if row), None)
     if header is None:
         raise InputError(f"{path}: not a readable CSV file (the file is empty: a CSV file starts with a "
                          "header line naming its columns)")
-    twice = sorted({name for name in header if header.count(name) > 1})
+    twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
         raise InputError(f"{path}: not a readable CSV file (the header names {', '.join(map(repr, twice))} "
                          "more than once)")

@@ -93,6 +93,8 @@ UNREADABLE = {
     "open-quote.csv": (b'id,prompt,target\na,"w1,w2\n', r"not a readable CSV file \(line 2: unexpected end of data"),
     "stray-quote.csv": (b'id,prompt,target\na,"w1"w2,w3\n', r"not a readable CSV file \(line 2: ',' expected after"),
     "header-twice.csv": (b'id,prompt,prompt\na,w1,w2\n', r"not a readable CSV file \(the header names 'prompt' more"),
+    "quote-in-field.csv": (b'id,prompt,target\na,say "w1, w2" w3,w4\n',
+                           r"not a readable CSV file \(line 2: a quote inside a field that does not start with one"),
     "latin-1.csv": ("id,prompt,target\na,café,w1\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 2\)"),
     "utf-16.csv": ("id,prompt,target\na,w1,w2\n".encode("utf-16"), r"not UTF-8 text \(byte 0xff on line 1\)"),
     "text.parquet": (b"id,prompt,target\na,w1,w2\n", "not a readable Parquet file"),

@@ -176,3 +176,14 @@ def test_a_short_csv_row_lacks_its_last_fields_and_an_empty_field_is_empty_text(
     assert results["a"].ok
     assert (results["b"].error_type, results["b"].message) == ("InputError", "the record has no 'target' field")
     assert (results["c"].error_type, results["c"].message) == ("InputError", "the target is empty")
+
+
+def test_columns_without_a_name_are_left_out_and_doubled_quotes_read(tmp_path):
+    """A spreadsheet's trailing commas (columns without a name, several of them) are no fields; a
+    quoted field's doubled quotes and line breaks are text."""
+    path = tmp_path / "r.csv"
+    path.write_text('id,prompt,target,,\na,"say ""w1""\nw2",w3,,\n', encoding="utf-8")
+    source = read_file(path)
+    assert source.names() == ["id", "prompt", "target"]
+    assert list(source) == [{"id": "a", "prompt": 'say "w1"\nw2', "target": "w3"}]
+    assert read_input(source, Fields(), None) == ["a"]

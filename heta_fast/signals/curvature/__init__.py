@@ -20,7 +20,7 @@ from ...model.capture import CaptureRequest
 from ...progress import PhaseEstimate
 from ...windows import context_windows
 from ..base import SignalContext
-from .budget import check_budget
+from .budget import check_budget, operator_layers
 from .cuda_graphs import graphs_for
 from .estimators import ESTIMATORS, estimate, products_needed
 from .fisher import FisherOperator
@@ -41,7 +41,7 @@ class CurvatureSignal:
 
     def estimate(self, model, request, config) -> PhaseEstimate:
         n_ctx, targets = request.n_context, request.target_ids.numel()
-        shape, layers = ModelShape.of(model.model), config.layer_subset or len(model.layers)
+        shape, layers = ModelShape.of(model.model), operator_layers(model, config)
         # The longest operator runs over the whole window input up to the last target.
         windows = context_windows(n_ctx, config.window_size, config.window_overlap)
         n = min(windows[0].size, n_ctx) + targets

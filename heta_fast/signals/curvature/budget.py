@@ -12,6 +12,11 @@ from ...windows import context_windows, window_positions
 from .cuda_graphs import length_bucket
 
 
+def operator_layers(adapter, config) -> int:
+    """Decoder layers a curvature pass runs through: the last ``layer_subset``, or all of them."""
+    return config.layer_subset or len(adapter.layers)
+
+
 def runs_graph(config, graphs) -> bool:
     """Whether the operators replay a captured CUDA graph of the whole input (the Hessian only;
     the Fisher surrogate and suffix operators run eagerly)."""
@@ -36,7 +41,7 @@ def check_budget(adapter, request, config, graphs) -> None:
     """Raise the MemoryBudgetError the curvature would raise for ``request`` (a TokenizedRequest):
     for every window and target, in the order :func:`~.signal.curvature` builds them, the first
     operator's probe pass (one probe must fit) and, for the sketch, its matrices."""
-    shape, layers = ModelShape.of(adapter.model), config.layer_subset or len(adapter.layers)
+    shape, layers = ModelShape.of(adapter.model), operator_layers(adapter, config)
     # The operator's point: the input embeddings, or the residual stream with layer_subset.
     width = shape.d_model if config.layer_subset else adapter.model.get_input_embeddings().weight.shape[-1]
     for win in context_windows(request.n_context, config.window_size, config.window_overlap):

@@ -6,7 +6,7 @@ import torch
 
 from ...memory import ModelShape, probes_per_pass
 from ...model.adapter import ModelAdapter
-from .budget import operator_rows, runs_graph
+from .budget import operator_layers, operator_rows, runs_graph
 from .fisher import FisherOperator
 from .hvp import HessianOperator
 from .target import TargetFunction, prefix_keys_values
@@ -28,7 +28,7 @@ class OperatorFactory:
         self.position = position
         self.pos = torch.tensor(position, device=self.x.device)
         self.tok = torch.tensor(int(token), device=self.x.device)
-        self.layers = config.layer_subset or len(adapter.layers)
+        self.layers = operator_layers(adapter, config)
         self.shape = ModelShape.of(adapter.model)
         # Suffix operators (start > 0) need an eager forward with a key/value prefix; a captured
         # graph always runs the whole (padded) input.
