@@ -17,7 +17,8 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..errors import HetaError, JobCancelledError, JobTimeoutError, QueueFullError
+from ..errors import HetaError, JobCancelledError, JobTimeoutError, OutputError, QueueFullError
+from ..files import atomic_write
 from ..progress import ProgressEvent
 from ..result import Attribution, FailedAttribution
 from ..scheduler import Job as SchedulerJob
@@ -251,7 +252,7 @@ class JobManager:
         return max(1, min(3600, round(mean * max(self.queue_depth(), 1) / max(self.settings.max_group, 1))))
 
     def _write(self, job_id: str, data: dict) -> str | None:
-        """Write a result to ``<results_dir>/<id>.json`` (through a temporary file: never half a file).
+        """Write a result to ``<results_dir>/<id>.json`` (``files.atomic_write``: never half a file).
 
         Returns None, or one line saying why the file could not be written (logged too). Never
         raises for it: the failure concerns this job's file only, not the result itself nor the
@@ -260,22 +261,10 @@ class JobManager:
         if folder is None:
             return None
         path = os.path.join(folder, f"{job_id}.json")
-        tmp = f"{path}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except OSError as exc:
-            _discard(tmp)
-            problem = f"the results file {path} could not be written: {exc.strerror or exc}"
+            atomic_write(path, json.dumps(data))
+        except OutputError as exc:
+            problem = f"the results file {path} could not be written ({exc})"
             LOG.error("heta-fast serve: %s", problem)
             return problem
         return None
-
-
-def _discard(path: str) -> None:
-    """Remove a partly written file if there is one (its folder may be gone too)."""
-    try:
-        os.remove(path)
-    except OSError:
-        pass
