@@ -16,6 +16,7 @@ that input, whatever the transform or the padding.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 from torch import nn
@@ -26,10 +27,21 @@ def _updates_per_pass(rope_type) -> bool:
     return isinstance(rope_type, str) and ("dynamic" in rope_type or rope_type == "longrope")
 
 
+# model -> its updating rotaries: a model's modules do not change, and the lookup runs for every
+# curvature operator (settled_rotary), so the walk over the modules is done once per model.
+_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def updating_rotaries(model: nn.Module) -> list[tuple[nn.Module, list[str | None]]]:
     """(module, layer types) of every rotary embedding whose forward updates its frequencies per
     pass; layer types: the keys of a per-layer-type ``rope_type`` that update, or [None] for a
     module with one rope type."""
+    if model not in _FOUND:
+        _FOUND[model] = _find_updating_rotaries(model)
+    return _FOUND[model]
+
+
+def _find_updating_rotaries(model: nn.Module) -> list[tuple[nn.Module, list[str | None]]]:
     found = []
     for module in model.modules():
         rope_type = getattr(module, "rope_type", None)

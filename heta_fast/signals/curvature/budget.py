@@ -46,8 +46,8 @@ def check_budget(adapter, request, config, graphs) -> None:
     width = shape.d_model if config.layer_subset else adapter.model.get_input_embeddings().weight.shape[-1]
     for win in context_windows(request.n_context, config.window_size, config.window_overlap):
         start = first_operator_start(config, win.start, graphs)
-        for position in window_positions(request.target_positions.cpu(), request.n_context, win).tolist():
+        for i, position in enumerate(window_positions(request.target_positions.cpu(), request.n_context, win).tolist()):
             rows = operator_rows(adapter, position, start, config, graphs)
             probes_per_pass(shape, rows, layers, config.memory_budget, config.max_batch)
-            if config.estimator == "sketch":
+            if i == 0 and config.estimator == "sketch":  # its matrices depend on the window alone
                 check_sketch(config.sketch_rank, win.size, width, config.num_probes, config.memory_budget)
