@@ -12,10 +12,10 @@ import sys
 from .cli_args import add_engine_args, add_model_args, config_from_args, int_at_least, load_args
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-# The options of --ray and their defaults. The parser leaves them None, so that one given
-# without --ray is refused instead of ignored (check_modes); _run_ray fills in the defaults.
-RAY_DEFAULTS = {"ray_address": None, "concurrency": 2, "gpus_per_worker": 0.0, "threads_per_worker": 1,
-                "memory_per_worker": None, "batch_size": 1}
+# The options of --ray. The parser leaves them None, so that one given without --ray is refused
+# instead of ignored (check_modes); _run_ray passes the given ones, attribute_ray has the defaults.
+RAY_OPTIONS = ("ray_address", "concurrency", "gpus_per_worker", "threads_per_worker", "memory_per_worker",
+               "batch_size")
 
 
 def add_run_parser(sub) -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def check_modes(args) -> None:
     if args.ray and args.shard is not None:
         raise ConfigError("--shard and --ray do not combine: Ray spreads the records over its actors")
     if not args.ray:
-        given = ["--" + name.replace("_", "-") for name in RAY_DEFAULTS if getattr(args, name) is not None]
+        given = ["--" + name.replace("_", "-") for name in RAY_OPTIONS if getattr(args, name) is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --ray runs only; "
                               "add --ray or leave it out")
@@ -137,17 +137,13 @@ def _run_ray(args, config, fields, progress) -> int:
     from .distributed import attribute_ray
     from .pipeline.readers import read_dataset
 
-    for name, default in RAY_DEFAULTS.items():  # the options not given
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    memory = None if args.memory_per_worker is None else parse_bytes(args.memory_per_worker, "--memory-per-worker")
+    given = {name: getattr(args, name) for name in RAY_OPTIONS if getattr(args, name) is not None}
+    if "memory_per_worker" in given:
+        given["memory_per_worker"] = parse_bytes(given["memory_per_worker"], "--memory-per-worker")
     # A data set is memory-mapped and read on the driver like a file: ids first, then a block at a time.
     source = args.input if args.input is not None else read_dataset(args.dataset, args.split)
     attribute_ray(source, args.output, model=args.model, config=config, fields=fields, generate=args.generate,
-                  concurrency=args.concurrency, gpus_per_worker=args.gpus_per_worker,
-                  threads_per_worker=args.threads_per_worker, batch_size=args.batch_size, fmt=args.fmt,
-                  memory_per_worker=memory,
-                  rows_per_part=args.rows_per_part, retry_failed=args.retry_failed, progress=progress,
-                  ray_address=args.ray_address, batching=args.batching, **load_args(args))
+                  fmt=args.fmt, rows_per_part=args.rows_per_part, retry_failed=args.retry_failed, progress=progress,
+                  batching=args.batching, **given, **load_args(args))
     return 0
 
