@@ -32,8 +32,8 @@ def read_result(path_or_text) -> dict:
     """Attribution keyword arguments from a path or the JSON text itself: text is a string that
     starts with ``{`` (white space aside) and names no file, so that a file such as ``{run}.json``
     is read as the file it names."""
-    if isinstance(path_or_text, str) and _is_json_text(path_or_text):
-        text = path_or_text.lstrip().removeprefix("\ufeff")  # a byte-order mark is no part of the text
+    text = _json_text(path_or_text) if isinstance(path_or_text, str) else None
+    if text is not None:
         return parse_result(parse_json(text, "the JSON text", ResultFormatError), "the JSON text")
     if not isinstance(path_or_text, (str, os.PathLike)) or str(path_or_text).strip() == "":
         raise ResultFormatError(f"from_json takes a path or JSON text, got {type(path_or_text).__name__} "
@@ -48,14 +48,16 @@ def read_result(path_or_text) -> dict:
     return parse_result(parse_json(text, str(path), ResultFormatError), str(path))
 
 
-def _is_json_text(text: str) -> bool:
-    """Whether ``text`` is an object's JSON text rather than a path (see :func:`read_result`)."""
-    if not text.strip().removeprefix("\ufeff").startswith("{"):
-        return False
+def _json_text(text: str) -> str | None:
+    """``text`` as an object's JSON text (white space and a byte-order mark, no part of it, dropped),
+    or None when it is a path (see :func:`read_result`)."""
+    stripped = text.strip().removeprefix("\ufeff")
+    if not stripped.startswith("{"):
+        return None
     try:
-        return not Path(text).is_file()
+        return None if Path(text).is_file() else stripped
     except (OSError, ValueError):  # too long or NUL bytes for a file name: text
-        return True
+        return stripped
 
 
 def parse_result(d, where: str = "the result") -> dict:
