@@ -317,7 +317,7 @@ class Attributor:
                 raise NonFiniteError(f"the {name} of this input are not finite")
         return Attribution(
             scores=scores, **parts,
-            context_tokens=self._pieces(req.context_ids), target_tokens=self._pieces(req.target_ids),
+            context_tokens=self.pieces(req.context_ids), target_tokens=self.pieces(req.target_ids),
             context_ids=req.context_ids.tolist(), target_ids=req.target_ids.tolist(), prompt=req.prompt,
             special=_as_list(req.special), segments=_as_list(req.segments), attributed=attributed.tolist(),
             sinks=_as_list(context.marks.get("sinks")),
@@ -326,7 +326,8 @@ class Attributor:
             device=str(adapter.device), architecture=type(self.model).__name__, config=cfg.to_dict(), timings=timings,
         )
 
-    def _pieces(self, ids: torch.Tensor) -> list[str]:
+    def pieces(self, ids: torch.Tensor) -> list[str]:
+        """Each token id [n] as its own text: how a result records its tokens."""
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
     # ------------------------------------------------------------------ data sets (heta_fast/pipeline)

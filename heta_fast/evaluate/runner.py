@@ -182,11 +182,7 @@ def check_same_examples(attributor, examples: Sequence[EvalExample], records: Se
 
 def _same_input(attributor, ex: EvalExample, record: dict, settings: EvalSettings) -> bool:
     """Whether ``record`` (a scored one) was computed on ``ex`` under ``settings``."""
-    tok = attributor.tokenizer
-
-    def pieces(ids: torch.Tensor) -> list[str]:  # as the engine records a result's tokens
-        return [tok.decode([int(i)]) for i in ids]
-
+    tok, pieces = attributor.tokenizer, attributor.pieces  # as the engine records a result's tokens
     try:
         ex = _formatted(ex, tok, settings)
         prompt = pieces(tokenize_context(tok, ex.prompt, attributor.adapter.vocab_size,
